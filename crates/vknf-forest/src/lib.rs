@@ -1,0 +1,1 @@
+//! vknf-forest (in progress).

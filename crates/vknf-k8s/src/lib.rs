@@ -1,0 +1,1 @@
+//! vknf-k8s (in progress).

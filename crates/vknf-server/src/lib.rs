@@ -1,0 +1,1 @@
+//! vknf-server (in progress).
