@@ -1,4 +1,5 @@
-//! Compiles every `shaders/*.comp` to SPIR-V with `glslc` and generates a table of them, the way
+//! Compiles every `shaders/*.comp` to SPIR-V with `glslc` (unoptimised: drivers optimise anyway, and the
+//! debug names must stay so that kernels can be reflected by name), and generates a table of them, the way
 //! llama.cpp's Vulkan backend embeds its shaders: the SPIR-V is produced at build time, never committed.
 
 use std::env;
@@ -20,20 +21,23 @@ fn main() {
         .collect();
     shaders.sort();
 
-    let mut table = String::from("/// Every kernel of this crate: (name, SPIR-V bytes).\npub static ALL: &[(&str, &[u8])] = &[\n");
+    let mut table =
+        String::from("/// Every kernel of this crate: (name, SPIR-V bytes).\npub static ALL: &[(&str, &[u8])] = &[\n");
     let mut consts = String::new();
     for shader in &shaders {
         let stem = shader.file_stem().unwrap().to_string_lossy().to_string();
         let spv = out_dir.join(format!("{stem}.spv"));
         println!("cargo:rerun-if-changed={}", shader.display());
         let output = Command::new(&glslc)
-            .args(["--target-env=vulkan1.2", "-O", "-Werror", "-Ishaders"])
+            .args(["--target-env=vulkan1.2", "-Werror", "-Ishaders"])
             .arg(shader)
             .arg("-o")
             .arg(&spv)
             .output()
             .unwrap_or_else(|err| {
-                panic!("could not run `{glslc}` ({err}); install it with `sudo apt-get install glslc` or run `make deps`")
+                panic!(
+                    "could not run `{glslc}` ({err}); install it with `sudo apt-get install glslc` or run `make deps`"
+                )
             });
         if !output.status.success() {
             panic!(

@@ -1,0 +1,466 @@
+//! Submission: streams (a queue and a timeline semaphore), command lists recorded once and reused,
+//! and tickets that the host waits on with a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ash::vk;
+use bytemuck::Pod;
+
+use crate::device::{Device, DeviceShared, QueueKind};
+use crate::error::{Error, Result, VkResultExt};
+use crate::memory::Buffer;
+use crate::pipeline::{BindGroup, Pipeline};
+
+/// Deadline of the runtime's own one-off transfers (initial data uploads).
+pub(crate) const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A submission stream: one queue of a family and a timeline semaphore counting its submissions.
+/// Several streams may exist per device (they spread over the family's queues).
+pub struct Stream {
+    device: Arc<DeviceShared>,
+    kind: QueueKind,
+    family: u32,
+    queue: usize,
+    timeline: Arc<Timeline>,
+    next_value: u64,
+}
+
+/// A timeline semaphore; tickets keep it alive.
+pub(crate) struct Timeline {
+    device: Arc<DeviceShared>,
+    raw: vk::Semaphore,
+}
+
+impl Drop for Timeline {
+    fn drop(&mut self) {
+        // SAFETY: no ticket refers to the semaphore any more, so no submission waits on or signals it
+        // that the host still cares about; command lists wait for their last ticket before dropping.
+        unsafe { self.device.raw.destroy_semaphore(self.raw, None) };
+    }
+}
+
+/// Completion of one submission: waitable from any thread, usable as a dependency of other streams.
+#[derive(Clone)]
+pub struct Ticket {
+    timeline: Arc<Timeline>,
+    value: u64,
+}
+
+impl Ticket {
+    /// Blocks until the submission finished, or fails with [`Error::Timeout`] after `deadline` (and marks
+    /// the device lost, since work that overran its deadline cannot be trusted to ever finish).
+    pub fn wait(&self, deadline: Duration) -> Result<()> {
+        let device = &self.timeline.device;
+        device.check_lost()?;
+        let semaphores = [self.timeline.raw];
+        let values = [self.value];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
+        let nanos = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+        // SAFETY: the semaphore is a live timeline semaphore of this device.
+        match unsafe { device.raw.wait_semaphores(&info, nanos) } {
+            Ok(()) => Ok(()),
+            Err(vk::Result::TIMEOUT) => {
+                device.mark_lost();
+                Err(Error::Timeout(deadline))
+            }
+            Err(result) => {
+                let error = Error::vk("vkWaitSemaphores", result);
+                if error.is_device_lost() {
+                    device.mark_lost();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// True once the submission has finished.
+    pub fn is_done(&self) -> Result<bool> {
+        // SAFETY: live timeline semaphore of this device.
+        let value = unsafe { self.timeline.device.raw.get_semaphore_counter_value(self.timeline.raw) }
+            .call("vkGetSemaphoreCounterValue")?;
+        Ok(value >= self.value)
+    }
+}
+
+impl Device {
+    /// Opens a submission stream on a queue of `kind`.
+    pub fn stream(&self, kind: QueueKind) -> Result<Stream> {
+        let shared = &self.shared;
+        shared.check_lost()?;
+        let family = shared.family(kind);
+        let mut type_info = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
+        let info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
+        // SAFETY: valid create info; destroyed by `Timeline::drop`.
+        let raw = unsafe { shared.raw.create_semaphore(&info, None) }.call("vkCreateSemaphore")?;
+        Ok(Stream {
+            device: shared.clone(),
+            kind,
+            family: family.family,
+            queue: family.pick(),
+            timeline: Arc::new(Timeline {
+                device: shared.clone(),
+                raw,
+            }),
+            next_value: 1,
+        })
+    }
+}
+
+impl Stream {
+    /// The queue kind this stream submits to.
+    pub fn kind(&self) -> QueueKind {
+        self.kind
+    }
+
+    /// Records a command list for this stream's queue family. The list can be submitted any number
+    /// of times (and re-recorded in place) without allocating.
+    pub fn record(&self, record: impl FnOnce(&mut Recorder<'_>) -> Result<()>) -> Result<CommandList> {
+        let device = &self.device;
+        device.check_lost()?;
+        let pool_info = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(self.family)
+            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
+        // SAFETY: valid create info; the pool is owned by the command list and destroyed with it.
+        let pool = unsafe { device.raw.create_command_pool(&pool_info, None) }.call("vkCreateCommandPool")?;
+        let alloc_info = vk::CommandBufferAllocateInfo::default()
+            .command_pool(pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: the pool is live and externally synchronised by its single owner.
+        let raw = match unsafe { device.raw.allocate_command_buffers(&alloc_info) } {
+            Ok(buffers) => buffers[0],
+            Err(result) => {
+                // SAFETY: nothing was allocated from the pool.
+                unsafe { device.raw.destroy_command_pool(pool, None) };
+                return Err(Error::vk("vkAllocateCommandBuffers", result));
+            }
+        };
+        let mut list = CommandList {
+            device: device.clone(),
+            family: self.family,
+            kind: self.kind,
+            pool,
+            raw,
+            keep: Vec::new(),
+            last: None,
+        };
+        list.fill(record)?;
+        Ok(list)
+    }
+
+    /// Submits `list`; the returned ticket completes when it has executed.
+    pub fn submit(&mut self, list: &mut CommandList) -> Result<Ticket> {
+        self.submit_after(list, &[])
+    }
+
+    /// Submits `list` to start only after every ticket in `after` completed (e.g. an upload on a
+    /// transfer stream before a dispatch on a compute stream).
+    pub fn submit_after(&mut self, list: &mut CommandList, after: &[&Ticket]) -> Result<Ticket> {
+        let device = &self.device;
+        device.check_lost()?;
+        if list.family != self.family {
+            return Err(Error::Binding(format!(
+                "command list was recorded for a {:?} stream (queue family {}), not this {:?} stream (family {})",
+                list.kind, list.family, self.kind, self.family
+            )));
+        }
+        list.ensure_idle()?;
+        let value = self.next_value;
+        let wait_semaphores: Vec<vk::Semaphore> = after.iter().map(|t| t.timeline.raw).collect();
+        let wait_values: Vec<u64> = after.iter().map(|t| t.value).collect();
+        let wait_stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; after.len()];
+        let signal_semaphores = [self.timeline.raw];
+        let signal_values = [value];
+        let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default()
+            .wait_semaphore_values(&wait_values)
+            .signal_semaphore_values(&signal_values);
+        let command_buffers = [list.raw];
+        let submit = vk::SubmitInfo::default()
+            .wait_semaphores(&wait_semaphores)
+            .wait_dst_stage_mask(&wait_stages)
+            .command_buffers(&command_buffers)
+            .signal_semaphores(&signal_semaphores)
+            .push_next(&mut timeline_info);
+        let queue = device.family(self.kind).queues[self.queue].lock();
+        // SAFETY: the queue is externally synchronised by its lock; the command buffer is fully recorded,
+        // not pending (checked above) and keeps every resource it references alive.
+        let result = unsafe { device.raw.queue_submit(*queue, &[submit], vk::Fence::null()) };
+        drop(queue);
+        if let Err(result) = result {
+            let error = Error::vk("vkQueueSubmit", result);
+            if error.is_device_lost() {
+                device.mark_lost();
+            }
+            return Err(error);
+        }
+        self.next_value += 1;
+        let ticket = Ticket {
+            timeline: self.timeline.clone(),
+            value,
+        };
+        list.last = Some(ticket.clone());
+        Ok(ticket)
+    }
+
+    /// Submits and waits, with a deadline.
+    pub fn run(&mut self, list: &mut CommandList, deadline: Duration) -> Result<()> {
+        self.submit(list)?.wait(deadline)
+    }
+}
+
+/// A recorded command buffer with everything it references kept alive.
+pub struct CommandList {
+    device: Arc<DeviceShared>,
+    family: u32,
+    kind: QueueKind,
+    pool: vk::CommandPool,
+    raw: vk::CommandBuffer,
+    keep: Vec<Keep>,
+    last: Option<Ticket>,
+}
+
+/// Resources a command list references; held, never read, so that they outlive GPU execution.
+enum Keep {
+    Buffer(#[allow(dead_code)] Buffer),
+    BindGroup(#[allow(dead_code)] BindGroup),
+}
+
+impl CommandList {
+    /// Re-records the list in place (no allocation), e.g. for a batch of another size. Fails with
+    /// [`Error::StillExecuting`] if its last submission has not completed.
+    pub fn rerecord(&mut self, record: impl FnOnce(&mut Recorder<'_>) -> Result<()>) -> Result<()> {
+        self.device.check_lost()?;
+        self.ensure_idle()?;
+        self.fill(record)
+    }
+
+    /// The ticket of the last submission, if any.
+    pub fn last_ticket(&self) -> Option<&Ticket> {
+        self.last.as_ref()
+    }
+
+    fn ensure_idle(&self) -> Result<()> {
+        match &self.last {
+            Some(ticket) if !ticket.is_done()? => Err(Error::StillExecuting),
+            _ => Ok(()),
+        }
+    }
+
+    fn fill(&mut self, record: impl FnOnce(&mut Recorder<'_>) -> Result<()>) -> Result<()> {
+        let device = self.device.clone();
+        self.keep.clear();
+        // SAFETY: the buffer is not pending (checked by callers) and its pool is owned by this list.
+        unsafe {
+            device
+                .raw
+                .reset_command_buffer(self.raw, vk::CommandBufferResetFlags::empty())
+                .call("vkResetCommandBuffer")?;
+            device
+                .raw
+                .begin_command_buffer(self.raw, &vk::CommandBufferBeginInfo::default())
+                .call("vkBeginCommandBuffer")?;
+        }
+        let mut recorder = Recorder {
+            device: &device,
+            list: self,
+        };
+        let recorded = record(&mut recorder);
+        // Make every device write visible to the host once the ticket completes.
+        recorder.barrier_to(vk::PipelineStageFlags::HOST, vk::AccessFlags::HOST_READ);
+        // SAFETY: recording began above.
+        let ended = unsafe { device.raw.end_command_buffer(self.raw) }.call("vkEndCommandBuffer");
+        recorded.and(ended)
+    }
+}
+
+impl Drop for CommandList {
+    fn drop(&mut self) {
+        // The GPU may still be executing this list; its resources must outlive that.
+        if let Some(ticket) = &self.last {
+            while !self.device.lost.load(std::sync::atomic::Ordering::Acquire) && !ticket.is_done().unwrap_or(true) {
+                if ticket.wait(Duration::from_secs(3600)).is_err() {
+                    break;
+                }
+            }
+            if self.device.lost.load(std::sync::atomic::Ordering::Acquire) {
+                // A lost device may still be running the list (a missed deadline); wait for the whole
+                // device before freeing what the list uses.
+                // SAFETY: waiting for idle needs no synchronisation beyond the device being alive.
+                let _ = unsafe { self.device.raw.device_wait_idle() };
+            }
+        }
+        // SAFETY: the list is no longer executing; freeing the pool frees its command buffer.
+        unsafe { self.device.raw.destroy_command_pool(self.pool, None) };
+    }
+}
+
+/// Records commands into a [`CommandList`].
+pub struct Recorder<'a> {
+    device: &'a DeviceShared,
+    list: &'a mut CommandList,
+}
+
+impl Recorder<'_> {
+    fn is_transfer_only(&self) -> bool {
+        self.list.kind == QueueKind::Transfer && self.device.transfer.is_some()
+    }
+
+    fn stages(&self) -> vk::PipelineStageFlags {
+        if self.is_transfer_only() {
+            vk::PipelineStageFlags::TRANSFER
+        } else {
+            vk::PipelineStageFlags::TRANSFER | vk::PipelineStageFlags::COMPUTE_SHADER
+        }
+    }
+
+    fn barrier_to(&mut self, dst_stage: vk::PipelineStageFlags, dst_access: vk::AccessFlags) {
+        let barrier = vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+            .dst_access_mask(dst_access);
+        // SAFETY: the command buffer is in the recording state for the recorder's lifetime.
+        unsafe {
+            self.device.raw.cmd_pipeline_barrier(
+                self.list.raw,
+                self.stages(),
+                dst_stage,
+                vk::DependencyFlags::empty(),
+                &[barrier],
+                &[],
+                &[],
+            )
+        };
+    }
+
+    /// Orders everything recorded before against everything after (copies and dispatches).
+    pub fn barrier(&mut self) {
+        let access = if self.is_transfer_only() {
+            vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE
+        } else {
+            vk::AccessFlags::SHADER_READ
+                | vk::AccessFlags::SHADER_WRITE
+                | vk::AccessFlags::TRANSFER_READ
+                | vk::AccessFlags::TRANSFER_WRITE
+        };
+        let stages = self.stages();
+        self.barrier_to(stages, access);
+    }
+
+    fn check_buffer(&self, buffer: &Buffer, offset: u64, size: u64) -> Result<()> {
+        if !Arc::ptr_eq(&buffer.inner.device, &self.list.device) {
+            return Err(Error::Binding(format!(
+                "buffer {:?} belongs to another device",
+                buffer.name()
+            )));
+        }
+        if offset.checked_add(size).is_none_or(|end| end > buffer.size()) || offset % 4 != 0 || size % 4 != 0 {
+            return Err(Error::BufferAccess {
+                name: buffer.name().to_string(),
+                problem: format!(
+                    "range {offset}..+{size} is outside its {} bytes or not 4-byte aligned",
+                    buffer.size()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies `size` bytes between buffers (offsets and size multiples of 4).
+    pub fn copy(&mut self, src: &Buffer, src_offset: u64, dst: &Buffer, dst_offset: u64, size: u64) -> Result<()> {
+        self.check_buffer(src, src_offset, size)?;
+        self.check_buffer(dst, dst_offset, size)?;
+        if size == 0 {
+            return Ok(());
+        }
+        let region = vk::BufferCopy {
+            src_offset,
+            dst_offset,
+            size,
+        };
+        // SAFETY: both buffers are live (kept by the list) and the ranges were checked.
+        unsafe {
+            self.device
+                .raw
+                .cmd_copy_buffer(self.list.raw, src.inner.raw, dst.inner.raw, &[region])
+        };
+        self.list.keep.push(Keep::Buffer(src.clone()));
+        self.list.keep.push(Keep::Buffer(dst.clone()));
+        Ok(())
+    }
+
+    /// Fills `size` bytes at `offset` with the 32-bit `value`.
+    pub fn fill(&mut self, buffer: &Buffer, offset: u64, size: u64, value: u32) -> Result<()> {
+        self.check_buffer(buffer, offset, size)?;
+        if size == 0 {
+            return Ok(());
+        }
+        // SAFETY: live buffer, checked range.
+        unsafe {
+            self.device
+                .raw
+                .cmd_fill_buffer(self.list.raw, buffer.inner.raw, offset, size, value)
+        };
+        self.list.keep.push(Keep::Buffer(buffer.clone()));
+        Ok(())
+    }
+
+    /// Dispatches the bind group's pipeline over `groups` workgroups with push constants `push` (their
+    /// size must equal the kernel's push-constant block; use `&()`-like empty data for none).
+    pub fn dispatch<P: Pod>(&mut self, bind_group: &BindGroup, push: &P, groups: [u32; 3]) -> Result<()> {
+        self.dispatch_bytes(bind_group, bytemuck::bytes_of(push), groups)
+    }
+
+    /// [`Recorder::dispatch`] with raw push-constant bytes.
+    pub fn dispatch_bytes(&mut self, bind_group: &BindGroup, push: &[u8], groups: [u32; 3]) -> Result<()> {
+        if self.is_transfer_only() {
+            return Err(Error::Binding(
+                "dispatches need a compute stream, not a transfer stream".into(),
+            ));
+        }
+        let pipeline: &Pipeline = &bind_group.inner.pipeline;
+        let inner = &pipeline.inner;
+        if !Arc::ptr_eq(&inner.device, &self.list.device) {
+            return Err(Error::Binding("the pipeline belongs to another device".into()));
+        }
+        let expected = pipeline.info().push_constant_size as usize;
+        if push.len() != expected {
+            return Err(Error::PushConstants(format!(
+                "{} bytes given, the kernel declares {expected} bytes ({:?})",
+                push.len(),
+                pipeline.info().push_constant_fields
+            )));
+        }
+        let max = self.device.info.max_workgroup_count;
+        if groups.iter().zip(max).any(|(&g, m)| g > m) || groups.contains(&0) {
+            return Err(Error::Binding(format!(
+                "{groups:?} workgroups: each must be between 1 and {max:?}"
+            )));
+        }
+        let raw = self.list.raw;
+        // SAFETY: pipeline, layout and sets are live (kept by the list) and match each other; push data
+        // size equals the layout's range.
+        unsafe {
+            self.device
+                .raw
+                .cmd_bind_pipeline(raw, vk::PipelineBindPoint::COMPUTE, inner.raw);
+            if !bind_group.inner.sets.is_empty() {
+                self.device.raw.cmd_bind_descriptor_sets(
+                    raw,
+                    vk::PipelineBindPoint::COMPUTE,
+                    inner.layout,
+                    0,
+                    &bind_group.inner.sets,
+                    &[],
+                );
+            }
+            if !push.is_empty() {
+                self.device
+                    .raw
+                    .cmd_push_constants(raw, inner.layout, vk::ShaderStageFlags::COMPUTE, 0, push);
+            }
+            self.device.raw.cmd_dispatch(raw, groups[0], groups[1], groups[2]);
+        }
+        self.list.keep.push(Keep::BindGroup(bind_group.clone()));
+        Ok(())
+    }
+}
