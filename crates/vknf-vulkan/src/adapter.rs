@@ -164,6 +164,7 @@ pub(crate) fn enumerate(instance: &InstanceShared) -> Result<Vec<(vk::PhysicalDe
             queue_families,
             memory_heaps,
             external_memory_host,
+            timestamp_period_ns: limits.timestamp_period,
         };
         adapters.push((physical, info));
     }
@@ -222,6 +223,7 @@ mod tests {
             queue_families: vec![],
             memory_heaps: vec![],
             external_memory_host: false,
+            timestamp_period_ns: 1.0,
         }
     }
 

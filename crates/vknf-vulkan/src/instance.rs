@@ -377,6 +377,8 @@ pub struct AdapterInfo {
     pub memory_heaps: Vec<MemoryHeapInfo>,
     /// Supports importing host memory (`VK_EXT_external_memory_host`).
     pub external_memory_host: bool,
+    /// Nanoseconds per timestamp tick.
+    pub timestamp_period_ns: f32,
 }
 
 impl AdapterInfo {

@@ -48,7 +48,7 @@ pub use error::{Error, Result};
 pub use instance::{
     AdapterInfo, DeviceSelector, DeviceType, Instance, InstanceOptions, MemoryHeapInfo, QueueFamilyInfo,
 };
-pub use memory::{Buffer, MemoryKind};
+pub use memory::{Buffer, Mapped, MemoryKind};
 pub use pipeline::{BindGroup, Kernel, Pipeline, Specialization};
 pub use reflect::{Access, BindingInfo, BindingKind, KernelInfo, SpecType, SpecValue};
-pub use submit::{CommandList, Recorder, Stream, Ticket};
+pub use submit::{CommandList, Recorder, Stream, Ticket, Timestamps};

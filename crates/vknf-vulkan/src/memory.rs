@@ -49,6 +49,8 @@ pub(crate) struct BufferInner {
     pub(crate) raw: vk::Buffer,
     allocation: Mutex<Option<Allocation>>,
     mapped: Option<std::ptr::NonNull<u8>>,
+    // Serialises host access to the mapped memory across clones of the handle.
+    host_access: Mutex<()>,
     size: u64,
     kind: MemoryKind,
     name: String,
@@ -149,6 +151,7 @@ impl Device {
                 raw,
                 allocation: Mutex::new(Some(allocation)),
                 mapped,
+                host_access: Mutex::new(()),
                 size,
                 kind,
                 name: name.to_string(),
@@ -216,8 +219,9 @@ impl Buffer {
     pub fn write<T: Pod>(&self, offset: u64, data: &[T]) -> Result<()> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let mapped = self.check_range(offset, bytes.len())?;
+        let _guard = self.lock_host()?;
         // SAFETY: the range was checked to lie inside the persistently mapped allocation, which lives as
-        // long as `self`; the memory is host-coherent, so no flush is needed.
+        // long as `self`; host access is exclusive under the lock; the memory is host-coherent.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), mapped.as_ptr().add(offset as usize), bytes.len()) };
         Ok(())
     }
@@ -226,6 +230,7 @@ impl Buffer {
     pub fn read<T: Pod>(&self, offset: u64, out: &mut [T]) -> Result<()> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
         let mapped = self.check_range(offset, bytes.len())?;
+        let _guard = self.lock_host()?;
         // SAFETY: as in `write`; the memory is host-coherent, so completed GPU writes are visible.
         unsafe { std::ptr::copy_nonoverlapping(mapped.as_ptr().add(offset as usize), bytes.as_mut_ptr(), bytes.len()) };
         Ok(())
@@ -238,25 +243,56 @@ impl Buffer {
         Ok(out)
     }
 
-    /// Gives direct access to the mapped memory as `T`s, so that data can be produced in place
-    /// (zero-copy; e.g. a network receive straight into an upload buffer). Needs `&mut` access to this
-    /// handle, and fails if the buffer is shared (other clones exist) or not host-visible.
-    pub fn mapped_mut<T: Pod>(&mut self) -> Result<&mut [T]> {
+    fn lock_host(&self) -> Result<parking_lot::MutexGuard<'_, ()>> {
+        // A handle mapped on this thread and accessed again would deadlock; refuse instead.
+        self.inner
+            .host_access
+            .try_lock_for(std::time::Duration::from_secs(10))
+            .ok_or_else(|| Error::BufferAccess {
+                name: self.inner.name.clone(),
+                problem: "the buffer is mapped elsewhere (a `Mapped` guard is alive)".into(),
+            })
+    }
+
+    /// Maps the whole buffer as `T`s for reading and writing in place (zero-copy: e.g. producing input
+    /// rows straight into an upload buffer). Host access through other clones waits until the guard is
+    /// dropped. GPU work touching the buffer must not be executing meanwhile (the caller's protocol, as
+    /// for [`Buffer::write`]).
+    pub fn map<T: Pod>(&self) -> Result<Mapped<'_, T>> {
         let size = self.inner.size as usize;
         let mapped = self.check_range(0, size)?;
-        if Arc::strong_count(&self.inner) != 1 {
+        let guard = self.lock_host()?;
+        let whole = size / std::mem::size_of::<T>().max(1);
+        if (mapped.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
             return Err(Error::BufferAccess {
                 name: self.inner.name.clone(),
-                problem: "mapped_mut needs the only handle to the buffer (a clone is alive, e.g. in a bind group)"
-                    .into(),
+                problem: "mapping is misaligned".into(),
             });
         }
-        // SAFETY: exclusive handle (strong count 1 under `&mut self`), mapped range of `size` bytes that
-        // lives as long as `self`; alignment of mapped memory is at least 64 bytes and Pod has no invalid
-        // bit patterns. Length is truncated to whole elements.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(mapped.as_ptr(), size) };
-        let whole = size / std::mem::size_of::<T>().max(1) * std::mem::size_of::<T>();
-        Ok(bytemuck::cast_slice_mut(&mut bytes[..whole]))
+        // SAFETY: the mapping covers `size` bytes, lives as long as `self` (the guard borrows `self`),
+        // is aligned for `T` (checked), and host access is exclusive while the lock guard lives. Pod types
+        // accept any bit pattern.
+        let slice = unsafe { std::slice::from_raw_parts_mut(mapped.as_ptr().cast::<T>(), whole) };
+        Ok(Mapped { _guard: guard, slice })
+    }
+}
+
+/// Exclusive host access to a buffer's mapped memory; see [`Buffer::map`].
+pub struct Mapped<'a, T> {
+    _guard: parking_lot::MutexGuard<'a, ()>,
+    slice: &'a mut [T],
+}
+
+impl<T> std::ops::Deref for Mapped<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.slice
+    }
+}
+
+impl<T> std::ops::DerefMut for Mapped<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.slice
     }
 }
 

@@ -224,6 +224,79 @@ pub struct CommandList {
 enum Keep {
     Buffer(#[allow(dead_code)] Buffer),
     BindGroup(#[allow(dead_code)] BindGroup),
+    Timestamps(#[allow(dead_code)] Timestamps),
+}
+
+/// GPU timestamps, written by command lists, for measuring kernels without the host in the way.
+#[derive(Clone)]
+pub struct Timestamps {
+    inner: Arc<TimestampsInner>,
+}
+
+struct TimestampsInner {
+    device: Arc<DeviceShared>,
+    pool: vk::QueryPool,
+    count: u32,
+}
+
+impl Drop for TimestampsInner {
+    fn drop(&mut self) {
+        // SAFETY: the last handle is gone; command lists hold clones while they may run.
+        unsafe { self.device.raw.destroy_query_pool(self.pool, None) };
+    }
+}
+
+impl Device {
+    /// Creates `count` timestamp slots. Fails on devices whose compute queues have no timestamps.
+    pub fn create_timestamps(&self, count: u32) -> Result<Timestamps> {
+        let shared = &self.shared;
+        shared.check_lost()?;
+        let family = shared.family(QueueKind::Compute).family;
+        let valid_bits = shared
+            .info
+            .queue_families
+            .get(family as usize)
+            .map_or(0, |f| f.timestamp_valid_bits);
+        if valid_bits == 0 {
+            return Err(Error::Unsupported {
+                device: shared.info.name.clone(),
+                reason: "no timestamps on the compute queue".into(),
+            });
+        }
+        let info = vk::QueryPoolCreateInfo::default()
+            .query_type(vk::QueryType::TIMESTAMP)
+            .query_count(count.max(1));
+        // SAFETY: valid create info; destroyed with the last handle.
+        let pool = unsafe { shared.raw.create_query_pool(&info, None) }.call("vkCreateQueryPool")?;
+        Ok(Timestamps {
+            inner: Arc::new(TimestampsInner {
+                device: shared.clone(),
+                pool,
+                count: count.max(1),
+            }),
+        })
+    }
+}
+
+impl Timestamps {
+    /// Reads every slot as nanoseconds (device clock; only differences are meaningful). Call after the
+    /// ticket of the list that wrote them completed.
+    pub fn read_ns(&self) -> Result<Vec<f64>> {
+        let inner = &self.inner;
+        let mut ticks = vec![0u64; inner.count as usize];
+        // SAFETY: the pool has `count` timestamp queries; results are 64-bit and waited for.
+        unsafe {
+            inner.device.raw.get_query_pool_results(
+                inner.pool,
+                0,
+                &mut ticks,
+                vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+            )
+        }
+        .call("vkGetQueryPoolResults")?;
+        let period = inner.device.info.timestamp_period_ns as f64;
+        Ok(ticks.into_iter().map(|t| t as f64 * period).collect())
+    }
 }
 
 impl CommandList {
@@ -362,6 +435,38 @@ impl Recorder<'_> {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Resets every timestamp slot (record before writing them in this list).
+    pub fn reset_timestamps(&mut self, timestamps: &Timestamps) {
+        // SAFETY: live pool owned by `timestamps`, kept by the list.
+        unsafe {
+            self.device
+                .raw
+                .cmd_reset_query_pool(self.list.raw, timestamps.inner.pool, 0, timestamps.inner.count)
+        };
+        self.list.keep.push(Keep::Timestamps(timestamps.clone()));
+    }
+
+    /// Writes slot `index` once all previously recorded work has completed.
+    pub fn write_timestamp(&mut self, timestamps: &Timestamps, index: u32) -> Result<()> {
+        if index >= timestamps.inner.count {
+            return Err(Error::Binding(format!(
+                "timestamp slot {index} of {}",
+                timestamps.inner.count
+            )));
+        }
+        // SAFETY: live pool, slot in range, reset earlier in the list by the caller's protocol.
+        unsafe {
+            self.device.raw.cmd_write_timestamp(
+                self.list.raw,
+                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                timestamps.inner.pool,
+                index,
+            )
+        };
+        self.list.keep.push(Keep::Timestamps(timestamps.clone()));
         Ok(())
     }
 

@@ -1,1 +1,56 @@
-fn main() {}
+//! `vknf`: Vulkan network functions. A thin command line over the workspace's crates.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Vulkan network functions: SPIR-V kernels as network functions on any Vulkan GPU.
+#[derive(Parser)]
+#[command(name = "vknf", version, about)]
+struct Cli {
+    /// Enable the Khronos validation layer; any error it reports fails the command.
+    #[arg(long, global = true, env = "VKNF_VALIDATE")]
+    validate: bool,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `vknf_server=debug`.
+    #[arg(long, global = true, env = "VKNF_LOG", default_value = "warn")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List Vulkan devices: type, driver, Vulkan version, subgroup size, queue families, memory heaps.
+    Devices(cmd::devices::DevicesArgs),
+    /// Run a SPIR-V compute kernel on buffers read from files, for trying a kernel by hand.
+    RunKernel(cmd::run_kernel::RunKernelArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let global = cmd::Global { validate: cli.validate };
+    let result = match cli.command {
+        Command::Devices(args) => cmd::devices::run(&global, args),
+        Command::RunKernel(args) => cmd::run_kernel::run(&global, args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

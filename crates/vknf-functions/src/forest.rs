@@ -1,0 +1,552 @@
+//! The random-forest classifier on the GPU: resident model buffers, a pipeline specialised for the
+//! forest's shape, and lanes (one batch in flight each) with their own staging buffers and command lists.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use vknf_forest::{Aggregate, GpuForest, MissingPolicy, NodeFormat, PostTransform, Prediction};
+use vknf_vulkan::{
+    BindGroup, Buffer, CommandList, Device, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream, Ticket,
+    Timestamps,
+};
+
+/// Errors of the GPU forest.
+#[derive(Debug, thiserror::Error)]
+pub enum ForestError {
+    /// The runtime failed (device lost, timeout, out of memory ...).
+    #[error(transparent)]
+    Gpu(#[from] vknf_vulkan::Error),
+    /// The input does not fit the model or the lane.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// The model cannot run on this device.
+    #[error("model not supported on this device: {0}")]
+    Unsupported(String),
+}
+
+impl ForestError {
+    /// True when the device must be re-created.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, ForestError::Gpu(err) if err.is_device_lost())
+    }
+}
+
+/// How input rows reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputPath {
+    /// Rows are written into pinned host memory and copied to device memory by DMA (on the dedicated
+    /// transfer queue where there is one) before the kernel runs.
+    Staged,
+    /// The kernel reads rows straight from the upload buffer (device-local host-visible memory when the
+    /// driver offers it, else host memory over the bus), with no separate copy.
+    Direct,
+}
+
+/// Tuning of the kernel; `None` fields are chosen for the device.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForestOptions {
+    /// Rows per workgroup.
+    pub rows_per_group: Option<u32>,
+    /// Threads per row, each walking a share of the trees.
+    pub tree_lanes: Option<u32>,
+    /// Stage each workgroup's rows in shared memory.
+    pub stage_input: Option<bool>,
+    /// How rows reach the GPU (default: staged).
+    pub input_path: Option<InputPath>,
+}
+
+/// The configuration a kernel was built with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KernelConfig {
+    /// Rows per workgroup.
+    pub rows_per_group: u32,
+    /// Threads per row.
+    pub tree_lanes: u32,
+    /// Rows staged in shared memory.
+    pub stage_input: bool,
+    /// Fixed-point scale of the accumulators.
+    pub fixed_scale: f32,
+    /// How rows reach the GPU.
+    pub input_path: InputPath,
+}
+
+struct Resident {
+    device: Device,
+    pipeline: Pipeline,
+    nodes: Buffer,
+    roots: Buffer,
+    entries: Buffer,
+    base_values: Buffer,
+    n_features: usize,
+    n_outputs: usize,
+    n_trees: u32,
+    n_nodes: u32,
+    n_entries: u32,
+    missing: MissingPolicy,
+    classifier: bool,
+    config: KernelConfig,
+}
+
+/// A forest resident on one device, ready to serve lanes.
+#[derive(Clone)]
+pub struct ForestKernel {
+    resident: Arc<Resident>,
+}
+
+/// Largest power of two `s` such that `bound * s` stays below 2^31 (the accumulators are i32).
+fn fixed_scale(bound: f64) -> f32 {
+    if !(bound.is_finite() && bound > 0.0) {
+        return (1u32 << 30) as f32;
+    }
+    let exponent = ((i32::MAX as f64 * 0.98) / bound).log2().floor().clamp(-60.0, 30.0) as i32;
+    2f32.powi(exponent)
+}
+
+impl ForestKernel {
+    /// Uploads `forest` to `device` and builds the kernel for its shape.
+    pub fn new(device: &Device, forest: &GpuForest, options: &ForestOptions) -> Result<ForestKernel, ForestError> {
+        let info = device.info();
+        let n_features = forest.n_features as usize;
+        let n_outputs = forest.n_outputs as usize;
+        if n_features == 0 || n_outputs == 0 {
+            return Err(ForestError::Unsupported(
+                "a forest needs at least one feature and one output".into(),
+            ));
+        }
+        if forest.binary_complement && n_outputs != 2 {
+            return Err(ForestError::Unsupported(
+                "binary complement needs exactly two outputs".into(),
+            ));
+        }
+        let shared_budget = info.max_shared_memory as usize;
+        let accumulator_bytes = n_outputs * 4;
+        let row_bytes = n_features * 4;
+        let stage_wanted = options.stage_input.unwrap_or(true);
+        // As many rows as fit (accumulators are needed; staging only if asked), capped by preference.
+        let preferred_rows = options.rows_per_group.unwrap_or(32).max(1) as usize;
+        let per_row = accumulator_bytes + if stage_wanted { row_bytes } else { 0 };
+        let mut rows = preferred_rows.min(shared_budget / per_row.max(1));
+        let mut stage_input = stage_wanted;
+        if rows == 0 && stage_wanted {
+            stage_input = false;
+            rows = preferred_rows.min(shared_budget / accumulator_bytes);
+        }
+        if rows == 0 {
+            return Err(ForestError::Unsupported(format!(
+                "{n_outputs} outputs need {accumulator_bytes} bytes of shared memory per row; the device has {shared_budget}"
+            )));
+        }
+        let max_invocations = info.max_workgroup_invocations.min(info.max_workgroup_size[0]) as usize;
+        let tree_lanes = (options.tree_lanes.unwrap_or(8).max(1) as usize).min((max_invocations / rows).max(1));
+        let rows = rows.min(max_invocations / tree_lanes);
+        let fixed_scale = fixed_scale(forest.leaf_weight_bound());
+        let config = KernelConfig {
+            rows_per_group: rows as u32,
+            tree_lanes: tree_lanes as u32,
+            stage_input,
+            fixed_scale,
+            input_path: options.input_path.unwrap_or(InputPath::Staged),
+        };
+
+        let kernel = Kernel::new(device, vknf_kernels::FOREST, "main")?;
+        let spec = Specialization::new()
+            .name("GROUP_SIZE", (rows * tree_lanes) as u32)
+            .name("ROWS_PER_GROUP", rows as u32)
+            .name("TREE_LANES", tree_lanes as u32)
+            .name("N_FEATURES", n_features as u32)
+            .name("N_OUTPUTS", n_outputs as u32)
+            .name("NODE_WORDS", forest.node_format.words() as u32)
+            .name("MAX_DEPTH", forest.max_depth)
+            .name("STAGE_INPUT", stage_input)
+            .name("AGGREGATE", u32::from(forest.aggregate == Aggregate::Average))
+            .name(
+                "POST_TRANSFORM",
+                match forest.post_transform {
+                    PostTransform::None => 0u32,
+                    PostTransform::Logistic => 1,
+                    PostTransform::Softmax => 2,
+                },
+            )
+            .name("BINARY_COMPLEMENT", forest.binary_complement)
+            .name("FIXED_SCALE", fixed_scale)
+            .name(
+                "STAGED_FLOATS",
+                if stage_input { (rows * n_features) as u32 } else { 1 },
+            )
+            .name("ACCUMULATORS", (rows * n_outputs) as u32);
+        let pipeline = device.create_pipeline(&kernel, &spec)?;
+
+        let words_per_node = match forest.node_format {
+            NodeFormat::Compact => 2,
+            NodeFormat::Wide => 4,
+        };
+        let n_nodes = forest.nodes.len() / words_per_node;
+        let nodes = device.create_buffer_with("forest nodes", &forest.nodes, MemoryKind::DeviceLocal)?;
+        let roots = device.create_buffer_with("forest roots", &forest.tree_roots, MemoryKind::DeviceLocal)?;
+        let entries = if forest.leaf_entries.is_empty() {
+            device.create_buffer_with("forest leaf entries", &[0u32, 0u32], MemoryKind::DeviceLocal)?
+        } else {
+            device.create_buffer_with("forest leaf entries", &forest.leaf_entries, MemoryKind::DeviceLocal)?
+        };
+        let base: Vec<f32> = if forest.base_values.is_empty() {
+            vec![0.0; n_outputs]
+        } else {
+            forest.base_values.clone()
+        };
+        if base.len() != n_outputs {
+            return Err(ForestError::Unsupported(
+                "base values do not match the output count".into(),
+            ));
+        }
+        let base_values = device.create_buffer_with("forest base values", &base, MemoryKind::DeviceLocal)?;
+        tracing::info!(
+            device = %info.name, trees = forest.n_trees, nodes = n_nodes, ?config, "forest resident on the GPU"
+        );
+        Ok(ForestKernel {
+            resident: Arc::new(Resident {
+                device: device.clone(),
+                pipeline,
+                nodes,
+                roots,
+                entries,
+                base_values,
+                n_features,
+                n_outputs,
+                n_trees: forest.n_trees,
+                n_nodes: n_nodes as u32,
+                n_entries: (forest.leaf_entries.len() / 2) as u32,
+                missing: forest.missing,
+                classifier: forest.task.is_classifier(),
+                config,
+            }),
+        })
+    }
+
+    /// The kernel configuration chosen.
+    pub fn config(&self) -> KernelConfig {
+        self.resident.config
+    }
+
+    /// The device the forest lives on.
+    pub fn device(&self) -> &Device {
+        &self.resident.device
+    }
+
+    /// Features per row.
+    pub fn n_features(&self) -> usize {
+        self.resident.n_features
+    }
+
+    /// Outputs (classes or targets) per row.
+    pub fn n_outputs(&self) -> usize {
+        self.resident.n_outputs
+    }
+
+    /// True for classifiers (labels are meaningful).
+    pub fn is_classifier(&self) -> bool {
+        self.resident.classifier
+    }
+
+    /// True when NaN inputs are routed by the model; false when they are rejected.
+    pub fn accepts_nan(&self) -> bool {
+        self.resident.missing == MissingPolicy::Route
+    }
+
+    /// Creates a lane for batches of up to `max_rows` rows: its buffers and command lists are allocated
+    /// here, once.
+    pub fn lane(&self, max_rows: usize) -> Result<ForestLane, ForestError> {
+        ForestLane::new(self.clone(), max_rows)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_rows: u32,
+    n_trees: u32,
+    n_nodes: u32,
+    n_entries: u32,
+    write_scores: u32,
+}
+
+/// One batch in flight: staging and result buffers, streams and command lists, all reused.
+pub struct ForestLane {
+    kernel: ForestKernel,
+    max_rows: usize,
+    input: Buffer,
+    device_input: Option<Buffer>,
+    labels: Buffer,
+    scores: Buffer,
+    bind_group: BindGroup,
+    compute: Stream,
+    transfer: Option<Stream>,
+    work: Option<CommandList>,
+    upload: Option<CommandList>,
+    recorded: Option<(usize, bool)>,
+    timestamps: Option<Timestamps>,
+    pending: Option<(Ticket, usize, bool)>,
+}
+
+/// What a finished batch produced, borrowed from the lane's readback buffers.
+pub struct LaneResult {
+    /// Rows in the batch.
+    pub n_rows: usize,
+    /// Argmax label per row (classifiers).
+    pub labels: Vec<u32>,
+    /// `n_rows * n_outputs` scores, when asked for.
+    pub scores: Option<Vec<f32>>,
+}
+
+/// How long one batch may take before the device is declared lost.
+pub const BATCH_DEADLINE: Duration = Duration::from_secs(10);
+
+impl ForestLane {
+    fn new(kernel: ForestKernel, max_rows: usize) -> Result<ForestLane, ForestError> {
+        let r = &kernel.resident;
+        let device = &r.device;
+        let max_rows = max_rows.max(1);
+        let rows_per_group = r.config.rows_per_group as usize;
+        // Whole workgroups of rows, so that staging never reads past the buffer.
+        let padded_rows = max_rows.next_multiple_of(rows_per_group);
+        let input_bytes = (padded_rows * r.n_features * 4) as u64;
+        let (input, device_input) = match r.config.input_path {
+            InputPath::Staged => (
+                device.create_buffer("forest input (pinned)", input_bytes, MemoryKind::Readback)?,
+                Some(device.create_buffer("forest input", input_bytes, MemoryKind::DeviceLocal)?),
+            ),
+            InputPath::Direct => (
+                device.create_buffer("forest input (upload)", input_bytes, MemoryKind::Upload)?,
+                None,
+            ),
+        };
+        let labels = device.create_buffer("forest labels", (padded_rows * 4) as u64, MemoryKind::Readback)?;
+        let scores = device.create_buffer(
+            "forest scores",
+            (padded_rows * r.n_outputs * 4) as u64,
+            MemoryKind::Readback,
+        )?;
+        let rows_buffer = device_input.as_ref().unwrap_or(&input);
+        let bind_group = r.pipeline.bind(&[
+            (0, rows_buffer),
+            (1, &r.nodes),
+            (2, &r.roots),
+            (3, &r.entries),
+            (4, &r.base_values),
+            (5, &labels),
+            (6, &scores),
+        ])?;
+        let compute = device.stream(QueueKind::Compute)?;
+        let transfer = (device_input.is_some() && device.has_dedicated_transfer())
+            .then(|| device.stream(QueueKind::Transfer))
+            .transpose()?;
+        let timestamps = device.create_timestamps(2).ok();
+        Ok(ForestLane {
+            kernel,
+            max_rows,
+            input,
+            device_input,
+            labels,
+            scores,
+            bind_group,
+            compute,
+            transfer,
+            work: None,
+            upload: None,
+            recorded: None,
+            timestamps,
+            pending: None,
+        })
+    }
+
+    /// Largest batch this lane takes.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    /// Features per row.
+    pub fn n_features(&self) -> usize {
+        self.kernel.resident.n_features
+    }
+
+    /// The staging memory rows are written into (row-major, `max_rows * n_features` floats and a few
+    /// padding rows). Zero-copy: this is the memory the GPU reads or copies from.
+    pub fn input(&self) -> Result<vknf_vulkan::Mapped<'_, f32>, ForestError> {
+        Ok(self.input.map::<f32>()?)
+    }
+
+    /// Copies `rows` into the staging memory at row `first_row`.
+    pub fn write_rows(&self, first_row: usize, rows: &[f32]) -> Result<(), ForestError> {
+        let nf = self.n_features();
+        if rows.len() % nf != 0 || first_row + rows.len() / nf > self.max_rows {
+            return Err(ForestError::Input(format!(
+                "{} values at row {first_row} do not fit a lane of {} rows x {nf} features",
+                rows.len(),
+                self.max_rows
+            )));
+        }
+        self.input.write((first_row * nf * 4) as u64, rows)?;
+        Ok(())
+    }
+
+    fn record(&mut self, n_rows: usize, want_scores: bool) -> Result<(), ForestError> {
+        if self.recorded == Some((n_rows, want_scores)) {
+            return Ok(());
+        }
+        let r = self.kernel.resident.clone();
+        let groups = n_rows.div_ceil(r.config.rows_per_group as usize).max(1) as u32;
+        let bytes = (groups as usize * r.config.rows_per_group as usize * r.n_features * 4) as u64;
+        let params = Params {
+            n_rows: n_rows as u32,
+            n_trees: r.n_trees,
+            n_nodes: r.n_nodes,
+            n_entries: r.n_entries,
+            write_scores: want_scores as u32,
+        };
+        let input = self.input.clone();
+        let device_input = self.device_input.clone();
+        let on_transfer_queue = self.transfer.is_some();
+        let bind_group = self.bind_group.clone();
+        let timestamps = self.timestamps.clone();
+        let record_work = |rec: &mut vknf_vulkan::Recorder<'_>| -> vknf_vulkan::Result<()> {
+            if let Some(ts) = &timestamps {
+                rec.reset_timestamps(ts);
+            }
+            if let (Some(device_input), false) = (&device_input, on_transfer_queue) {
+                rec.copy(&input, 0, device_input, 0, bytes)?;
+                rec.barrier();
+            }
+            if let Some(ts) = &timestamps {
+                rec.write_timestamp(ts, 0)?;
+            }
+            rec.dispatch(&bind_group, &params, [groups, 1, 1])?;
+            if let Some(ts) = &timestamps {
+                rec.write_timestamp(ts, 1)?;
+            }
+            Ok(())
+        };
+        match &mut self.work {
+            Some(list) => list.rerecord(record_work)?,
+            None => self.work = Some(self.compute.record(record_work)?),
+        }
+        if let (Some(transfer), Some(device_input)) = (&self.transfer, &self.device_input) {
+            let copy = |rec: &mut vknf_vulkan::Recorder<'_>| rec.copy(&input, 0, device_input, 0, bytes);
+            match &mut self.upload {
+                Some(list) => list.rerecord(copy)?,
+                None => self.upload = Some(transfer.record(copy)?),
+            }
+        }
+        self.recorded = Some((n_rows, want_scores));
+        Ok(())
+    }
+
+    /// Starts the first `n_rows` staged rows on the GPU. Wait with [`ForestLane::finish`].
+    pub fn submit(&mut self, n_rows: usize, want_scores: bool) -> Result<(), ForestError> {
+        if self.pending.is_some() {
+            return Err(ForestError::Input(
+                "the lane already has a batch in flight; finish it first".into(),
+            ));
+        }
+        if n_rows == 0 || n_rows > self.max_rows {
+            return Err(ForestError::Input(format!(
+                "{n_rows} rows: a lane takes 1 to {} rows",
+                self.max_rows
+            )));
+        }
+        if !self.kernel.accepts_nan() {
+            let staged = self.input.map::<f32>()?;
+            let nf = self.n_features();
+            if let Some(pos) = staged[..n_rows * nf].iter().position(|x| x.is_nan()) {
+                return Err(ForestError::Input(format!(
+                    "row {} feature {} is NaN, and this model has no missing-value routing",
+                    pos / nf,
+                    pos % nf
+                )));
+            }
+        }
+        self.record(n_rows, want_scores)?;
+        let work = self.work.as_mut().expect("recorded above");
+        let ticket = match (&mut self.transfer, &mut self.upload) {
+            (Some(transfer), Some(upload)) => {
+                let uploaded = transfer.submit(upload)?;
+                self.compute.submit_after(work, &[&uploaded])?
+            }
+            _ => self.compute.submit(work)?,
+        };
+        self.pending = Some((ticket, n_rows, want_scores));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight and reads its results.
+    pub fn finish(&mut self, deadline: Duration) -> Result<LaneResult, ForestError> {
+        let (ticket, n_rows, want_scores) = self
+            .pending
+            .take()
+            .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
+        ticket.wait(deadline)?;
+        let labels = if self.kernel.is_classifier() {
+            self.labels.read_vec(0, n_rows)?
+        } else {
+            Vec::new()
+        };
+        let scores = if want_scores {
+            Some(self.scores.read_vec(0, n_rows * self.kernel.n_outputs())?)
+        } else {
+            None
+        };
+        Ok(LaneResult { n_rows, labels, scores })
+    }
+
+    /// Reads the results of the last finished batch into caller-owned memory, without allocating.
+    pub fn read_labels(&self, out: &mut [u32]) -> Result<(), ForestError> {
+        self.labels.read(0, out)?;
+        Ok(())
+    }
+
+    /// GPU time of the last finished batch's kernel, in nanoseconds, where the device has timestamps.
+    pub fn last_kernel_ns(&self) -> Option<f64> {
+        let ts = self.timestamps.as_ref()?.read_ns().ok()?;
+        Some(ts[1] - ts[0])
+    }
+
+    /// Runs one batch of staged rows: submit, then finish.
+    pub fn run(&mut self, n_rows: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
+        self.submit(n_rows, want_scores)?;
+        self.finish(BATCH_DEADLINE)
+    }
+
+    /// Predicts any number of rows (in batches of the lane's size), like the CPU reference does.
+    pub fn predict(&mut self, rows: &[f32], want_scores: bool) -> Result<Prediction, ForestError> {
+        let nf = self.n_features();
+        if rows.len() % nf != 0 {
+            return Err(ForestError::Input(format!(
+                "{} values is not a whole number of {nf}-feature rows",
+                rows.len()
+            )));
+        }
+        let n_rows = rows.len() / nf;
+        let n_outputs = self.kernel.n_outputs();
+        let mut labels = Vec::with_capacity(n_rows);
+        let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
+        for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
+            self.write_rows(0, chunk)?;
+            let result = self.run(chunk.len() / nf, want_scores).map_err(|err| match err {
+                ForestError::Input(message) if message.starts_with("row ") => {
+                    ForestError::Input(format!("batch {index}: {message}"))
+                }
+                other => other,
+            })?;
+            labels.extend_from_slice(&result.labels);
+            if let Some(s) = result.scores {
+                scores.extend_from_slice(&s);
+            }
+        }
+        Ok(Prediction {
+            n_rows,
+            n_outputs,
+            scores,
+            labels,
+        })
+    }
+}

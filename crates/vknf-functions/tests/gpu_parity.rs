@@ -1,0 +1,90 @@
+//! The GPU forest kernel against scikit-learn, on the same cases and with the same comparison as the
+//! CPU reference (`vknf_forest::parity`), with the Khronos validation layer on.
+
+use std::path::PathBuf;
+
+use vknf_forest::parity::{self, ParityCase};
+use vknf_forest::{GpuForest, Prediction, Rows};
+use vknf_functions::{ForestKernel, ForestOptions, InputPath};
+use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
+
+struct Gpu {
+    instance: Instance,
+    device: Device,
+}
+
+fn gpu() -> Gpu {
+    let instance = Instance::new(&InstanceOptions {
+        validation: true,
+        application_name: "vknf-parity".into(),
+    })
+    .unwrap();
+    let device = Device::select(&instance, &DeviceSelector::from_env().unwrap()).unwrap();
+    Gpu { instance, device }
+}
+
+fn gpu_predictor(
+    device: &Device,
+    options: ForestOptions,
+    lane_rows: usize,
+) -> impl FnMut(&GpuForest, &Rows) -> anyhow::Result<Prediction> + '_ {
+    move |forest, rows| {
+        let kernel = ForestKernel::new(device, forest, &options)?;
+        let mut lane = kernel.lane(lane_rows)?;
+        Ok(lane.predict(&rows.data, true)?)
+    }
+}
+
+fn check_all(gpu: &Gpu, cases: &[ParityCase], options: ForestOptions, lane_rows: usize) {
+    assert!(!cases.is_empty());
+    for case in cases {
+        let forest = case.import().unwrap();
+        let mut predict = gpu_predictor(&gpu.device, options, lane_rows);
+        let report = case
+            .check(&forest, &mut predict)
+            .unwrap_or_else(|err| panic!("{options:?}: {err}"));
+        assert!(report.rows_compared > 0, "{}: nothing compared", case.meta.name);
+    }
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
+fn fixture_dir() -> PathBuf {
+    parity::workspace_root().join("crates/vknf-forest/tests/fixtures")
+}
+
+#[test]
+fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let configurations = [
+        ForestOptions::default(),
+        ForestOptions {
+            input_path: Some(InputPath::Direct),
+            ..Default::default()
+        },
+        ForestOptions {
+            stage_input: Some(false),
+            tree_lanes: Some(3),
+            rows_per_group: Some(5),
+            ..Default::default()
+        },
+        ForestOptions {
+            tree_lanes: Some(1),
+            rows_per_group: Some(1),
+            ..Default::default()
+        },
+    ];
+    for options in configurations {
+        // Lanes of 37 rows: inputs span several batches, and batches end inside a workgroup.
+        check_all(&gpu, &cases, options, 37);
+    }
+}
+
+#[test]
+fn random_scikit_learn_forests_match_on_the_gpu() {
+    let gpu = gpu();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = parity::generate_cases(dir.path(), 24, 20261127).unwrap();
+    check_all(&gpu, &cases, ForestOptions::default(), 500);
+}

@@ -1,0 +1,184 @@
+#version 450
+// Random-forest inference over the vknf GPU layout (docs/vkf-format.md): one dispatch walks every tree
+// for every row, accumulates the leaf weights per row and output, applies the aggregation and the post
+// transform, and writes the argmax label (and, on request, the scores) of each row.
+//
+// Design (docs/forest-kernel.md):
+// - A workgroup owns ROWS_PER_GROUP rows. Thread l serves row (l % ROWS_PER_GROUP) and walks the trees
+//   (l / ROWS_PER_GROUP), (l / ROWS_PER_GROUP) + TREE_LANES, ...: consecutive lanes of a subgroup walk the
+//   same tree for different rows, so they read the same compact nodes, which stay in cache.
+// - The workgroup's input rows are staged once in shared memory (coalesced), when STAGE_INPUT is set.
+// - Per-row, per-output accumulators live in shared memory as fixed-point integers (weights scaled by
+//   FIXED_SCALE, chosen by the host so that no sum can overflow), added with shared-memory atomics: no
+//   global memory traffic per tree, no dense per-leaf class vectors, and the sum does not depend on the
+//   order in which lanes finish.
+// - Every loop is bounded: traversal by MAX_DEPTH (the validated depth), leaf entries by N_OUTPUTS, and
+//   node indices are checked against the node count, whatever the model data says.
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint GROUP_SIZE = 64;
+layout(constant_id = 1) const uint ROWS_PER_GROUP = 8;
+layout(constant_id = 2) const uint TREE_LANES = 8;
+layout(constant_id = 3) const uint N_FEATURES = 1;
+layout(constant_id = 4) const uint N_OUTPUTS = 1;
+layout(constant_id = 5) const uint NODE_WORDS = 2;
+layout(constant_id = 6) const uint MAX_DEPTH = 64;
+layout(constant_id = 7) const bool STAGE_INPUT = true;
+// 0: sum, 1: average over trees.
+layout(constant_id = 8) const uint AGGREGATE = 1;
+// 0: none, 1: logistic, 2: softmax.
+layout(constant_id = 9) const uint POST_TRANSFORM = 0;
+layout(constant_id = 10) const bool BINARY_COMPLEMENT = false;
+layout(constant_id = 11) const float FIXED_SCALE = 1073741824.0;
+// Shared-memory sizes (in floats / ints) the host derives from the constants above.
+layout(constant_id = 12) const uint STAGED_FLOATS = 1;
+layout(constant_id = 13) const uint ACCUMULATORS = 1;
+
+const uint LEAF_BIT = 0x80000000u;
+const uint FLAG_BIT = 0x40000000u;
+const uint LOW30 = 0x3fffffffu;
+const uint COMPACT_DELTA_MASK = 0x3ffffu;
+const uint COMPACT_FEATURE_SHIFT = 18u;
+const uint COMPACT_FEATURE_MASK = 0xfffu;
+
+layout(set = 0, binding = 0) readonly buffer Rows { float rows[]; };
+layout(set = 0, binding = 1) readonly buffer Nodes { uint nodes[]; };
+layout(set = 0, binding = 2) readonly buffer TreeRoots { uint tree_roots[]; };
+layout(set = 0, binding = 3) readonly buffer LeafEntries { uint leaf_entries[]; };
+layout(set = 0, binding = 4) readonly buffer BaseValues { float base_values[]; };
+layout(set = 0, binding = 5) writeonly buffer Labels { uint labels[]; };
+layout(set = 0, binding = 6) writeonly buffer Scores { float scores[]; };
+
+layout(push_constant) uniform Params {
+    uint n_rows;      // rows in this dispatch
+    uint n_trees;
+    uint n_nodes;
+    uint n_entries;   // pairs in leaf_entries
+    uint write_scores;
+} params;
+
+shared float staged[STAGED_FLOATS];
+shared int accumulators[ACCUMULATORS];
+
+float feature_value(uint local_row, uint global_row, uint feature) {
+    if (STAGE_INPUT) {
+        return staged[local_row * N_FEATURES + feature];
+    }
+    return rows[global_row * N_FEATURES + feature];
+}
+
+void add_weight(uint local_row, uint output_index, float weight) {
+    if (output_index < N_OUTPUTS) {
+        atomicAdd(accumulators[local_row * N_OUTPUTS + output_index], int(round(weight * FIXED_SCALE)));
+    }
+}
+
+// Aggregated value of output o of a row before the post transform (CPU reference: same order of steps).
+float aggregated(uint acc_base, uint o, float divisor) {
+    return float(accumulators[acc_base + o]) / FIXED_SCALE / divisor + base_values[o];
+}
+
+float pre_transform(uint acc_base, uint o, float divisor) {
+    // Nested rather than `&&`: spirq cannot evaluate a LogicalAnd of specialization constants.
+    if (BINARY_COMPLEMENT) {
+        if (o == 0u && N_OUTPUTS == 2u) {
+            return 1.0 - aggregated(acc_base, 1u, divisor);
+        }
+    }
+    return aggregated(acc_base, o, divisor);
+}
+
+void main() {
+    const uint local_id = gl_LocalInvocationIndex;
+    const uint local_row = local_id % ROWS_PER_GROUP;
+    const uint lane = local_id / ROWS_PER_GROUP;
+    const uint first_row = gl_WorkGroupID.x * ROWS_PER_GROUP;
+    const uint row = first_row + local_row;
+    const uint rows_here = min(ROWS_PER_GROUP, params.n_rows - min(first_row, params.n_rows));
+
+    for (uint i = local_id; i < ROWS_PER_GROUP * N_OUTPUTS; i += GROUP_SIZE) {
+        accumulators[i] = 0;
+    }
+    if (STAGE_INPUT) {
+        const uint count = rows_here * N_FEATURES;
+        const uint base = first_row * N_FEATURES;
+        for (uint i = local_id; i < count; i += GROUP_SIZE) {
+            staged[i] = rows[base + i];
+        }
+    }
+    barrier();
+
+    if (local_row < rows_here && lane < TREE_LANES) {
+        for (uint tree = lane; tree < params.n_trees; tree += TREE_LANES) {
+            uint node = tree_roots[tree];
+            uint w0 = 0u;
+            for (uint depth = 0u; depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
+                w0 = nodes[node * NODE_WORDS];
+                if ((w0 & LEAF_BIT) != 0u) {
+                    break;
+                }
+                const float threshold = uintBitsToFloat(nodes[node * NODE_WORDS + 1u]);
+                uint feature;
+                uint left;
+                if (NODE_WORDS == 2u) {
+                    feature = (w0 >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK;
+                    left = node + (w0 & COMPACT_DELTA_MASK);
+                } else {
+                    feature = w0 & LOW30;
+                    left = nodes[node * NODE_WORDS + 2u];
+                }
+                const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
+                const bool go_left = x <= threshold || (isnan(x) && (w0 & FLAG_BIT) != 0u);
+                node = go_left ? left : left + 1u;
+            }
+            if (node >= params.n_nodes || (w0 & LEAF_BIT) == 0u) {
+                continue;
+            }
+            const uint w1 = nodes[node * NODE_WORDS + 1u];
+            if ((w0 & FLAG_BIT) != 0u) {
+                add_weight(local_row, w0 & LOW30, uintBitsToFloat(w1));
+            } else {
+                const uint count = min(w0 & LOW30, N_OUTPUTS);
+                for (uint k = 0u; k < count && w1 + k < params.n_entries; ++k) {
+                    const uint pair = (w1 + k) * 2u;
+                    add_weight(local_row, leaf_entries[pair], uintBitsToFloat(leaf_entries[pair + 1u]));
+                }
+            }
+        }
+    }
+    barrier();
+
+    if (lane == 0u && local_row < rows_here) {
+        const float divisor = AGGREGATE == 1u ? float(max(params.n_trees, 1u)) : 1.0;
+        const uint acc_base = local_row * N_OUTPUTS;
+        // Final value of output o, before the post transform.
+        float best = 0.0;
+        uint best_index = 0u;
+        float max_value = -3.402823466e38;
+        for (uint o = 0u; o < N_OUTPUTS; ++o) {
+            float value = pre_transform(acc_base, o, divisor);
+            if (POST_TRANSFORM == 1u) {
+                value = 1.0 / (1.0 + exp(-value));
+            }
+            // Ties go to the lowest index, as numpy's argmax does (post transforms are monotonic).
+            if (o == 0u || value > best) {
+                best = value;
+                best_index = o;
+            }
+            max_value = max(max_value, value);
+            if (params.write_scores != 0u && POST_TRANSFORM != 2u) {
+                scores[row * N_OUTPUTS + o] = value;
+            }
+        }
+        labels[row] = best_index;
+        if (params.write_scores != 0u && POST_TRANSFORM == 2u) {
+            float total = 0.0;
+            for (uint o = 0u; o < N_OUTPUTS; ++o) {
+                total += exp(pre_transform(acc_base, o, divisor) - max_value);
+            }
+            for (uint o = 0u; o < N_OUTPUTS; ++o) {
+                scores[row * N_OUTPUTS + o] = exp(pre_transform(acc_base, o, divisor) - max_value) / total;
+            }
+        }
+    }
+}
