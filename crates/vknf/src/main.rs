@@ -27,6 +27,8 @@ enum Command {
     Devices(cmd::devices::DevicesArgs),
     /// Run a SPIR-V compute kernel on buffers read from files, for trying a kernel by hand.
     RunKernel(cmd::run_kernel::RunKernelArgs),
+    /// Classify rows with a random forest (`.onnx` or `.vkf`) on the GPU, or with `--cpu`.
+    Predict(cmd::predict::PredictArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Devices(args) => cmd::devices::run(&global, args),
         Command::RunKernel(args) => cmd::run_kernel::run(&global, args),
+        Command::Predict(args) => cmd::predict::run(&global, args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod devices;
+pub mod predict;
+pub mod progress;
 pub mod run_kernel;
 
 use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};

@@ -1,0 +1,59 @@
+# vknf: two commands set everything up on a fresh Debian machine.
+#   make demo   installs what is missing, builds, and runs the main job on the embedded default
+#   make test   installs what is missing, then runs formatting, lints and every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+APT_PACKAGES := libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers python3-venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VENV := $(CURDIR)/.venv
+PYTHON := $(VENV)/bin/python
+FUZZ_SECONDS ?= 20
+
+export VKNF_PYTHON := $(PYTHON)
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help deps apt-deps python-deps build demo test lint unit fuzz bench-local clean
+
+help:
+	@echo "make demo   - install prerequisites, build, run the demo"
+	@echo "make test   - install prerequisites, run fmt, clippy and all tests"
+
+# System packages, installed only when missing (idempotent).
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# Python packages for the scikit-learn parity tests, pinned, in a venv of the project.
+$(VENV)/.installed: python/requirements.txt
+	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r python/requirements.txt
+	@touch $@
+
+python-deps: apt-deps $(VENV)/.installed
+
+deps: apt-deps python-deps
+
+build: apt-deps
+	cargo build --release --bin vknf
+
+demo: deps build
+	./scripts/demo.sh
+
+lint: apt-deps
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit: deps
+	cargo test --workspace
+
+fuzz: apt-deps
+	@if [ -x fuzz/run.sh ]; then fuzz/run.sh $(FUZZ_SECONDS); fi
+
+test: deps lint unit fuzz
+
+clean:
+	cargo clean

@@ -1,0 +1,125 @@
+//! `vknf predict`: classifies rows with a forest, on the GPU or with the CPU reference.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use vknf_forest::{GpuForest, ImportOptions};
+use vknf_functions::{ForestKernel, ForestOptions, InputPath};
+
+/// Arguments of `vknf predict`.
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// The model: `.onnx` (scikit-learn via skl2onnx) or `.vkf` (from `vknf compile-model`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Input rows: `.csv` or `.npy` (float32/float64, 2-D).
+    #[arg(long)]
+    input: PathBuf,
+    /// Also output the per-class probabilities (scores).
+    #[arg(long)]
+    proba: bool,
+    /// Where to write the predictions (CSV); default: standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Use the multi-threaded CPU reference instead of the GPU.
+    #[arg(long)]
+    cpu: bool,
+    /// Device: index, UUID or part of the name (default: VKNF_DEVICE or the best device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Rows per GPU batch.
+    #[arg(long, default_value_t = 65_536)]
+    batch_rows: usize,
+    /// Let the kernel read rows straight from host-visible memory instead of copying them first.
+    #[arg(long)]
+    direct_input: bool,
+}
+
+/// Loads a model from `.onnx` or `.vkf`, with a progress bar for long loads.
+pub fn load_model(path: &Path) -> anyhow::Result<GpuForest> {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match extension.as_str() {
+        "vkf" => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            GpuForest::from_vkf_bytes(&bytes).with_context(|| format!("loading {}", path.display()))
+        }
+        "onnx" => {
+            let bar = super::progress::LoadProgress::new();
+            let forest = vknf_forest::import_onnx_file(path, &ImportOptions::default(), &mut |p| bar.update(p))
+                .with_context(|| format!("importing {}", path.display()))?;
+            bar.finish();
+            Ok(forest
+                .compile()
+                .with_context(|| format!("compiling {}", path.display()))?)
+        }
+        other => anyhow::bail!(
+            "{}: unknown model type {other:?} (expected .onnx or .vkf)",
+            path.display()
+        ),
+    }
+}
+
+/// Predicts and writes CSV.
+pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
+    let forest = load_model(&args.model)?;
+    let rows = vknf_forest::read_rows(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    if rows.n_features != forest.n_features as usize {
+        anyhow::bail!(
+            "{} has {} features per row; the model expects {}",
+            args.input.display(),
+            rows.n_features,
+            forest.n_features
+        );
+    }
+    let started = Instant::now();
+    let (prediction, instance) = if args.cpu {
+        (forest.predict_cpu(&rows.data, rows.n_rows)?, None)
+    } else {
+        let instance = global.instance()?;
+        let device = global.device(&instance, args.device.as_deref())?;
+        let options = ForestOptions {
+            input_path: Some(if args.direct_input {
+                InputPath::Direct
+            } else {
+                InputPath::Staged
+            }),
+            ..ForestOptions::default()
+        };
+        let kernel = ForestKernel::new(&device, &forest, &options)?;
+        let mut lane = kernel.lane(args.batch_rows.min(rows.n_rows.max(1)))?;
+        (
+            lane.predict(&rows.data, args.proba || !forest.task.is_classifier())?,
+            Some(instance),
+        )
+    };
+    tracing::info!(
+        rows = rows.n_rows,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "predicted"
+    );
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    if args.proba || !forest.task.is_classifier() {
+        vknf_forest::write_predictions_csv(&mut out, &forest, &prediction)?;
+    } else {
+        writeln!(out, "label")?;
+        for label in &prediction.labels {
+            writeln!(out, "{}", forest.label_name(*label))?;
+        }
+    }
+    out.flush()?;
+    if let Some(instance) = instance {
+        global.finish(&instance)?;
+    }
+    Ok(())
+}
