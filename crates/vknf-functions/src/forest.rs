@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rayon::prelude::*;
 use serde::Serialize;
 use vknf_forest::{Aggregate, GpuForest, MissingPolicy, NodeFormat, PostTransform, Prediction};
 use vknf_vulkan::{
@@ -53,7 +54,7 @@ pub struct ForestOptions {
     pub tree_lanes: Option<u32>,
     /// Stage each workgroup's rows in shared memory.
     pub stage_input: Option<bool>,
-    /// How rows reach the GPU (default: staged).
+    /// How rows reach the GPU (default: direct, the fastest end to end in the W1 sweep).
     pub input_path: Option<InputPath>,
 }
 
@@ -68,6 +69,8 @@ pub struct KernelConfig {
     pub stage_input: bool,
     /// Fixed-point scale of the accumulators.
     pub fixed_scale: f32,
+    /// Accumulate in float instead of fixed point.
+    pub float_accumulate: bool,
     /// How rows reach the GPU.
     pub input_path: InputPath,
 }
@@ -125,7 +128,8 @@ impl ForestKernel {
         let row_bytes = n_features * 4;
         let stage_wanted = options.stage_input.unwrap_or(true);
         // As many rows as fit (accumulators are needed; staging only if asked), capped by preference.
-        let preferred_rows = options.rows_per_group.unwrap_or(32).max(1) as usize;
+        // Defaults from the W1 sweep on an H200 (bench/RESULTS.md): 16-24 rows x 32 tree lanes.
+        let preferred_rows = options.rows_per_group.unwrap_or(24).max(1) as usize;
         let per_row = accumulator_bytes + if stage_wanted { row_bytes } else { 0 };
         let mut rows = preferred_rows.min(shared_budget / per_row.max(1));
         let mut stage_input = stage_wanted;
@@ -139,15 +143,19 @@ impl ForestKernel {
             )));
         }
         let max_invocations = info.max_workgroup_invocations.min(info.max_workgroup_size[0]) as usize;
-        let tree_lanes = (options.tree_lanes.unwrap_or(8).max(1) as usize).min((max_invocations / rows).max(1));
+        let tree_lanes = (options.tree_lanes.unwrap_or(32).max(1) as usize).min((max_invocations / rows).max(1));
         let rows = rows.min(max_invocations / tree_lanes);
         let fixed_scale = fixed_scale(forest.leaf_weight_bound());
+        // Fixed point is exact and order-independent, but needs a scale that keeps ~2^-16 resolution;
+        // regressors (and unusual weight ranges) accumulate in float instead.
+        let float_accumulate = !forest.task.is_classifier() || fixed_scale < 65536.0;
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
             stage_input,
             fixed_scale,
-            input_path: options.input_path.unwrap_or(InputPath::Staged),
+            float_accumulate,
+            input_path: options.input_path.unwrap_or(InputPath::Direct),
         };
 
         let kernel = Kernel::new(device, vknf_kernels::FOREST, "main")?;
@@ -175,7 +183,9 @@ impl ForestKernel {
                 "STAGED_FLOATS",
                 if stage_input { (rows * n_features) as u32 } else { 1 },
             )
-            .name("ACCUMULATORS", (rows * n_outputs) as u32);
+            .name("ACCUMULATORS", (rows * n_outputs) as u32)
+            .name("REJECT_NAN", forest.missing == MissingPolicy::Reject)
+            .name("FLOAT_ACCUMULATE", float_accumulate);
         let pipeline = device.create_pipeline(&kernel, &spec)?;
 
         let words_per_node = match forest.node_format {
@@ -299,6 +309,12 @@ pub struct LaneResult {
     pub scores: Option<Vec<f32>>,
 }
 
+/// The label the kernel gives rows it rejects for NaN features (models without missing-value routing).
+const NAN_ROW: u32 = u32::MAX;
+
+/// Inputs at least this large are copied into staging memory by several threads.
+const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
 /// How long one batch may take before the device is declared lost.
 pub const BATCH_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -386,7 +402,18 @@ impl ForestLane {
                 self.max_rows
             )));
         }
-        self.input.write((first_row * nf * 4) as u64, rows)?;
+        if rows.len() * 4 < PARALLEL_COPY_BYTES {
+            self.input.write((first_row * nf * 4) as u64, rows)?;
+            return Ok(());
+        }
+        // One core cannot fill pinned memory at the bus's rate; split large copies over the pool.
+        let mut staging = self.input.map::<f32>()?;
+        let target = &mut staging[first_row * nf..first_row * nf + rows.len()];
+        let chunk = (rows.len() / rayon::current_num_threads().max(1)).max(1 << 14);
+        target
+            .par_chunks_mut(chunk)
+            .zip(rows.par_chunks(chunk))
+            .for_each(|(dst, src)| dst.copy_from_slice(src));
         Ok(())
     }
 
@@ -454,17 +481,6 @@ impl ForestLane {
                 self.max_rows
             )));
         }
-        if !self.kernel.accepts_nan() {
-            let staged = self.input.map::<f32>()?;
-            let nf = self.n_features();
-            if let Some(pos) = staged[..n_rows * nf].iter().position(|x| x.is_nan()) {
-                return Err(ForestError::Input(format!(
-                    "row {} feature {} is NaN, and this model has no missing-value routing",
-                    pos / nf,
-                    pos % nf
-                )));
-            }
-        }
         self.record(n_rows, want_scores)?;
         let work = self.work.as_mut().expect("recorded above");
         let ticket = match (&mut self.transfer, &mut self.upload) {
@@ -485,11 +501,25 @@ impl ForestLane {
             .take()
             .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
         ticket.wait(deadline)?;
-        let labels = if self.kernel.is_classifier() {
+        let reject_nan = !self.kernel.accepts_nan();
+        let mut labels = if self.kernel.is_classifier() || reject_nan {
             self.labels.read_vec(0, n_rows)?
         } else {
             Vec::new()
         };
+        if reject_nan {
+            if let Some(row) = labels.iter().position(|l| *l == NAN_ROW) {
+                let nf = self.n_features();
+                let values: Vec<f32> = self.input.read_vec(row * nf, nf)?;
+                let feature = values.iter().position(|v| v.is_nan()).unwrap_or(0);
+                return Err(ForestError::Input(format!(
+                    "row {row} feature {feature} is NaN, and this model has no missing-value routing"
+                )));
+            }
+            if !self.kernel.is_classifier() {
+                labels.clear();
+            }
+        }
         let scores = if want_scores {
             Some(self.scores.read_vec(0, n_rows * self.kernel.n_outputs())?)
         } else {

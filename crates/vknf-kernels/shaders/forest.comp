@@ -33,6 +33,13 @@ layout(constant_id = 11) const float FIXED_SCALE = 1073741824.0;
 // Shared-memory sizes (in floats / ints) the host derives from the constants above.
 layout(constant_id = 12) const uint STAGED_FLOATS = 1;
 layout(constant_id = 13) const uint ACCUMULATORS = 1;
+// The model has no missing-value routing: rows with a NaN feature get the label NAN_ROW instead of a
+// prediction (checked here, in the pass that stages the rows anyway, rather than by a host-side scan).
+layout(constant_id = 14) const bool REJECT_NAN = false;
+const uint NAN_ROW = 0xffffffffu;
+// Accumulate in float (compare-and-swap on the accumulator's bits) instead of fixed point: for weights
+// whose range no 32-bit fixed-point scale covers (regressors with large or widely spread values).
+layout(constant_id = 15) const bool FLOAT_ACCUMULATE = false;
 
 const uint LEAF_BIT = 0x80000000u;
 const uint FLAG_BIT = 0x40000000u;
@@ -59,6 +66,7 @@ layout(push_constant) uniform Params {
 
 shared float staged[STAGED_FLOATS];
 shared int accumulators[ACCUMULATORS];
+shared uint row_has_nan[ROWS_PER_GROUP];
 
 float feature_value(uint local_row, uint global_row, uint feature) {
     if (STAGE_INPUT) {
@@ -68,14 +76,31 @@ float feature_value(uint local_row, uint global_row, uint feature) {
 }
 
 void add_weight(uint local_row, uint output_index, float weight) {
-    if (output_index < N_OUTPUTS) {
-        atomicAdd(accumulators[local_row * N_OUTPUTS + output_index], int(round(weight * FIXED_SCALE)));
+    if (output_index >= N_OUTPUTS) {
+        return;
+    }
+    const uint index = local_row * N_OUTPUTS + output_index;
+    if (FLOAT_ACCUMULATE) {
+        // Each round at least one of the (at most GROUP_SIZE) contending invocations succeeds, so
+        // GROUP_SIZE + 1 rounds always suffice: the loop is bounded.
+        int seen = accumulators[index];
+        for (uint attempt = 0u; attempt <= GROUP_SIZE; ++attempt) {
+            const int expected = seen;
+            seen = atomicCompSwap(accumulators[index], expected, floatBitsToInt(intBitsToFloat(expected) + weight));
+            if (seen == expected) {
+                break;
+            }
+        }
+    } else {
+        atomicAdd(accumulators[index], int(round(weight * FIXED_SCALE)));
     }
 }
 
 // Aggregated value of output o of a row before the post transform (CPU reference: same order of steps).
 float aggregated(uint acc_base, uint o, float divisor) {
-    return float(accumulators[acc_base + o]) / FIXED_SCALE / divisor + base_values[o];
+    const float sum = FLOAT_ACCUMULATE ? intBitsToFloat(accumulators[acc_base + o])
+                                       : float(accumulators[acc_base + o]) / FIXED_SCALE;
+    return sum / divisor + base_values[o];
 }
 
 float pre_transform(uint acc_base, uint o, float divisor) {
@@ -99,11 +124,29 @@ void main() {
     for (uint i = local_id; i < ROWS_PER_GROUP * N_OUTPUTS; i += GROUP_SIZE) {
         accumulators[i] = 0;
     }
+    if (local_id < ROWS_PER_GROUP) {
+        row_has_nan[local_id] = 0u;
+    }
+    barrier();
     if (STAGE_INPUT) {
         const uint count = rows_here * N_FEATURES;
         const uint base = first_row * N_FEATURES;
         for (uint i = local_id; i < count; i += GROUP_SIZE) {
-            staged[i] = rows[base + i];
+            const float value = rows[base + i];
+            staged[i] = value;
+            if (REJECT_NAN) {
+                if (isnan(value)) {
+                    row_has_nan[i / N_FEATURES] = 1u;
+                }
+            }
+        }
+    } else if (REJECT_NAN) {
+        const uint count = rows_here * N_FEATURES;
+        const uint base = first_row * N_FEATURES;
+        for (uint i = local_id; i < count; i += GROUP_SIZE) {
+            if (isnan(rows[base + i])) {
+                row_has_nan[i / N_FEATURES] = 1u;
+            }
         }
     }
     barrier();
@@ -170,7 +213,7 @@ void main() {
                 scores[row * N_OUTPUTS + o] = value;
             }
         }
-        labels[row] = best_index;
+        labels[row] = row_has_nan[local_row] != 0u ? NAN_ROW : best_index;
         if (params.write_scores != 0u && POST_TRANSFORM == 2u) {
             float total = 0.0;
             for (uint o = 0u; o < N_OUTPUTS; ++o) {

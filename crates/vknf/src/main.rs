@@ -27,6 +27,8 @@ enum Command {
     Devices(cmd::devices::DevicesArgs),
     /// Run a SPIR-V compute kernel on buffers read from files, for trying a kernel by hand.
     RunKernel(cmd::run_kernel::RunKernelArgs),
+    /// Compile a model (.onnx or a scikit-learn tree-array directory) to vknf's GPU layout (.vkf).
+    CompileModel(cmd::compile_model::CompileModelArgs),
     /// Classify rows with a random forest (`.onnx` or `.vkf`) on the GPU, or with `--cpu`.
     Predict(cmd::predict::PredictArgs),
 }
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Devices(args) => cmd::devices::run(&global, args),
         Command::RunKernel(args) => cmd::run_kernel::run(&global, args),
         Command::Predict(args) => cmd::predict::run(&global, args),
+        Command::CompileModel(args) => cmd::compile_model::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

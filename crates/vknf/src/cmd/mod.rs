@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod compile_model;
 pub mod devices;
 pub mod predict;
 pub mod progress;
