@@ -1,1 +1,38 @@
-//! vknf-forest (in progress).
+//! Random forests for vknf: import, validation, GPU layout, CPU reference prediction.
+//!
+//! Pipeline: an importer ([`import_onnx_file`], [`SklearnTree`]) produces a [`RawForest`];
+//! [`RawForest::validate`] checks it and yields a [`Forest`]; [`Forest::compile`] lays it out
+//! as a [`GpuForest`], which is what the GPU kernel consumes, what `.vkf` files store
+//! ([`GpuForest::to_vkf_bytes`], [`GpuForest::from_vkf_bytes`]) and what the CPU reference
+//! predictor ([`GpuForest::predict_cpu`]) runs on. The layout and the file format are
+//! documented in `docs/vkf-format.md`.
+
+mod import;
+mod layout;
+mod model;
+pub mod onnx;
+pub mod parity;
+mod predict;
+mod rows;
+mod sklearn;
+pub mod threshold;
+mod validate;
+mod vkf;
+
+pub use import::{ImportError, ImportOptions, NanRouting, Progress, Stage, read_file_with_progress};
+pub use layout::{
+    COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, COMPACT_MAX_FEATURES, CompileError, FLAG_BIT,
+    GpuForest, LEAF_BIT, LOW30_MASK, MAX_LEAF_ENTRIES, NodeFormat,
+};
+pub use model::{
+    Aggregate, ClassLabels, Forest, ForestSummary, LeafEntry, MissingPolicy, Node, PostTransform, Split, Task, Tree,
+};
+pub use onnx::{import_onnx_bytes, import_onnx_file, read_onnx};
+pub use predict::{PredictError, Prediction, argmax};
+pub use rows::{NpyArray, Rows, RowsError, parse_csv, parse_npy, read_rows, write_predictions_csv};
+pub use sklearn::{PAPER_TREE_ENV, PaperWorkload, SklearnTree, paper_tree_dir, paper_workload, rows_around_thresholds};
+pub use validate::{
+    DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS, MAX_TOTAL_NODES, ModelError, ModelProblem, NodeProblem, RawEntry,
+    RawForest, RawNode, RawTree, Side, SplitMode, TreeProblem,
+};
+pub use vkf::{FormatError, MAGIC as VKF_MAGIC, VERSION as VKF_VERSION};
