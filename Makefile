@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-APT_PACKAGES := libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers python3-venv
+APT_PACKAGES := libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers python3-venv curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
@@ -40,7 +40,7 @@ deps: apt-deps python-deps
 build: apt-deps
 	cargo build --release --bin vknf
 
-demo: deps build
+demo: apt-deps build
 	./scripts/demo.sh
 
 lint: apt-deps

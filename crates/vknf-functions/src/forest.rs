@@ -108,8 +108,21 @@ fn fixed_scale(bound: f64) -> f32 {
 }
 
 impl ForestKernel {
-    /// Uploads `forest` to `device` and builds the kernel for its shape.
+    /// Uploads `forest` to `device` and builds vknf's forest kernel for its shape.
     pub fn new(device: &Device, forest: &GpuForest, options: &ForestOptions) -> Result<ForestKernel, ForestError> {
+        Self::with_spirv(device, forest, options, vknf_kernels::FOREST, "main")
+    }
+
+    /// Like [`ForestKernel::new`] with the kernel's SPIR-V supplied (as a function manifest carries it):
+    /// it is validated, and must declare the forest ABI (bindings 0-6 and the named specialization
+    /// constants of `forest.comp`), or loading fails with the mismatch.
+    pub fn with_spirv(
+        device: &Device,
+        forest: &GpuForest,
+        options: &ForestOptions,
+        spirv: &[u8],
+        entry_point: &str,
+    ) -> Result<ForestKernel, ForestError> {
         let info = device.info();
         let n_features = forest.n_features as usize;
         let n_outputs = forest.n_outputs as usize;
@@ -158,7 +171,7 @@ impl ForestKernel {
             input_path: options.input_path.unwrap_or(InputPath::Direct),
         };
 
-        let kernel = Kernel::new(device, vknf_kernels::FOREST, "main")?;
+        let kernel = Kernel::new(device, spirv, entry_point)?;
         let spec = Specialization::new()
             .name("GROUP_SIZE", (rows * tree_lanes) as u32)
             .name("ROWS_PER_GROUP", rows as u32)
