@@ -292,6 +292,7 @@ struct Params {
     n_nodes: u32,
     n_entries: u32,
     write_scores: u32,
+    first_row: u32,
 }
 
 /// One batch in flight: staging and result buffers, streams and command lists, all reused.
@@ -310,6 +311,9 @@ pub struct ForestLane {
     recorded: Option<(usize, bool)>,
     timestamps: Option<Timestamps>,
     pending: Option<(Ticket, usize, bool)>,
+    // One command list per chunk of a pipelined batch, recorded for (rows, chunks, scores).
+    chunk_lists: Vec<CommandList>,
+    chunks_recorded: Option<(usize, usize, bool)>,
 }
 
 /// What a finished batch produced, borrowed from the lane's readback buffers.
@@ -324,6 +328,12 @@ pub struct LaneResult {
 
 /// The label the kernel gives rows it rejects for NaN features (models without missing-value routing).
 const NAN_ROW: u32 = u32::MAX;
+
+/// Batches of at least this many rows are split into [`PIPELINE_CHUNKS`] dispatches by `predict`, so that
+/// writing the rows overlaps the kernel.
+pub const PIPELINE_MIN_ROWS: usize = 2048;
+/// Dispatches a large batch is split into (4 was best on W1, bench/RESULTS.md).
+pub const PIPELINE_CHUNKS: usize = 4;
 
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
@@ -386,6 +396,8 @@ impl ForestLane {
             recorded: None,
             timestamps,
             pending: None,
+            chunk_lists: Vec::new(),
+            chunks_recorded: None,
         })
     }
 
@@ -443,6 +455,7 @@ impl ForestLane {
             n_nodes: r.n_nodes,
             n_entries: r.n_entries,
             write_scores: want_scores as u32,
+            first_row: 0,
         };
         let input = self.input.clone();
         let device_input = self.device_input.clone();
@@ -559,6 +572,78 @@ impl ForestLane {
         self.finish(BATCH_DEADLINE)
     }
 
+    fn record_chunks(&mut self, n_rows: usize, chunks: usize, want_scores: bool) -> Result<(), ForestError> {
+        if self.chunks_recorded == Some((n_rows, chunks, want_scores)) {
+            return Ok(());
+        }
+        let r = self.kernel.resident.clone();
+        let rows_per_group = r.config.rows_per_group as usize;
+        // Chunk boundaries on whole workgroups, so that no workgroup straddles two dispatches.
+        let per_chunk = n_rows.div_ceil(chunks).next_multiple_of(rows_per_group);
+        let mut lists = std::mem::take(&mut self.chunk_lists);
+        let mut first = 0;
+        let mut index = 0;
+        while first < n_rows {
+            let end = (first + per_chunk).min(n_rows);
+            let params = Params {
+                n_rows: end as u32,
+                n_trees: r.n_trees,
+                n_nodes: r.n_nodes,
+                n_entries: r.n_entries,
+                write_scores: want_scores as u32,
+                first_row: first as u32,
+            };
+            let groups = (end - first).div_ceil(rows_per_group) as u32;
+            let bind_group = self.bind_group.clone();
+            let record = |rec: &mut vknf_vulkan::Recorder<'_>| rec.dispatch(&bind_group, &params, [groups, 1, 1]);
+            match lists.get_mut(index) {
+                Some(list) => list.rerecord(record)?,
+                None => lists.push(self.compute.record(record)?),
+            }
+            first = end;
+            index += 1;
+        }
+        lists.truncate(index);
+        self.chunk_lists = lists;
+        self.chunks_recorded = Some((n_rows, chunks, want_scores));
+        Ok(())
+    }
+
+    /// Runs `rows` (at most the lane's size) as `chunks` dispatches, each submitted as soon as its rows
+    /// are written, so that the host's copy of chunk i+1 overlaps the kernel on chunk i. Only for the
+    /// direct input path, where the kernel reads the rows where the host writes them.
+    pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
+        let nf = self.n_features();
+        let n_rows = rows.len() / nf;
+        if self.kernel.config().input_path != InputPath::Direct || chunks <= 1 || n_rows < 2 {
+            self.write_rows(0, rows)?;
+            return self.run(n_rows, want_scores);
+        }
+        if rows.len() % nf != 0 || n_rows > self.max_rows {
+            return Err(ForestError::Input(format!(
+                "{} values do not fit a lane of {} rows x {nf} features",
+                rows.len(),
+                self.max_rows
+            )));
+        }
+        if self.pending.is_some() {
+            return Err(ForestError::Input(
+                "the lane already has a batch in flight; finish it first".into(),
+            ));
+        }
+        self.record_chunks(n_rows, chunks, want_scores)?;
+        let rows_per_chunk = n_rows
+            .div_ceil(chunks)
+            .next_multiple_of(self.kernel.config().rows_per_group as usize);
+        let mut last = None;
+        for (index, chunk) in rows.chunks(rows_per_chunk * nf).enumerate() {
+            self.write_rows(index * rows_per_chunk, chunk)?;
+            last = Some(self.compute.submit(&mut self.chunk_lists[index])?);
+        }
+        self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
+        self.finish(BATCH_DEADLINE)
+    }
+
     /// Predicts any number of rows (in batches of the lane's size), like the CPU reference does.
     pub fn predict(&mut self, rows: &[f32], want_scores: bool) -> Result<Prediction, ForestError> {
         let nf = self.n_features();
@@ -573,13 +658,20 @@ impl ForestLane {
         let mut labels = Vec::with_capacity(n_rows);
         let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
-            self.write_rows(0, chunk)?;
-            let result = self.run(chunk.len() / nf, want_scores).map_err(|err| match err {
-                ForestError::Input(message) if message.starts_with("row ") => {
-                    ForestError::Input(format!("batch {index}: {message}"))
-                }
-                other => other,
-            })?;
+            let chunk_rows = chunk.len() / nf;
+            let pieces = if chunk_rows >= PIPELINE_MIN_ROWS {
+                PIPELINE_CHUNKS
+            } else {
+                1
+            };
+            let result = self
+                .run_pipelined(chunk, pieces, want_scores)
+                .map_err(|err| match err {
+                    ForestError::Input(message) if message.starts_with("row ") => {
+                        ForestError::Input(format!("batch {index}: {message}"))
+                    }
+                    other => other,
+                })?;
             labels.extend_from_slice(&result.labels);
             if let Some(s) = result.scores {
                 scores.extend_from_slice(&s);

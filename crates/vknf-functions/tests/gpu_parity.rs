@@ -82,6 +82,31 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
 }
 
 #[test]
+fn pipelined_batches_match_scikit_learn() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    for chunks in [2usize, 3, 7] {
+        for case in &cases {
+            let forest = case.import().unwrap();
+            let mut predict = |forest: &GpuForest, rows: &Rows| -> anyhow::Result<Prediction> {
+                let kernel = ForestKernel::new(&gpu.device, forest, &ForestOptions::default())?;
+                let mut lane = kernel.lane(rows.n_rows.max(1))?;
+                let result = lane.run_pipelined(&rows.data, chunks, true)?;
+                Ok(Prediction {
+                    n_rows: result.n_rows,
+                    n_outputs: forest.n_outputs as usize,
+                    scores: result.scores.unwrap_or_default(),
+                    labels: result.labels,
+                })
+            };
+            case.check(&forest, &mut predict)
+                .unwrap_or_else(|err| panic!("{chunks} chunks: {err}"));
+        }
+    }
+    assert!(gpu.instance.take_validation_errors().is_empty());
+}
+
+#[test]
 fn random_scikit_learn_forests_match_on_the_gpu() {
     let gpu = gpu();
     let dir = tempfile::tempdir().unwrap();

@@ -57,11 +57,12 @@ layout(set = 0, binding = 5) writeonly buffer Labels { uint labels[]; };
 layout(set = 0, binding = 6) writeonly buffer Scores { float scores[]; };
 
 layout(push_constant) uniform Params {
-    uint n_rows;      // rows in this dispatch
+    uint n_rows;      // end of this dispatch's rows (exclusive), counted from the buffer's start
     uint n_trees;
     uint n_nodes;
     uint n_entries;   // pairs in leaf_entries
     uint write_scores;
+    uint first_row;   // first row of this dispatch: a batch may be split into pipelined dispatches
 } params;
 
 shared float staged[STAGED_FLOATS];
@@ -117,7 +118,7 @@ void main() {
     const uint local_id = gl_LocalInvocationIndex;
     const uint local_row = local_id % ROWS_PER_GROUP;
     const uint lane = local_id / ROWS_PER_GROUP;
-    const uint first_row = gl_WorkGroupID.x * ROWS_PER_GROUP;
+    const uint first_row = params.first_row + gl_WorkGroupID.x * ROWS_PER_GROUP;
     const uint row = first_row + local_row;
     const uint rows_here = min(ROWS_PER_GROUP, params.n_rows - min(first_row, params.n_rows));
 

@@ -22,10 +22,17 @@ pub struct GpuLoader {
 impl GpuLoader {
     /// Opens the device chosen by `selector` (validation layer on when `validate`).
     pub fn new(validate: bool, selector: DeviceSelector) -> Result<GpuLoader, vknf_vulkan::Error> {
-        let instance = Instance::new(&InstanceOptions { validation: validate, ..InstanceOptions::default() })?;
+        let instance = Instance::new(&InstanceOptions {
+            validation: validate,
+            ..InstanceOptions::default()
+        })?;
         let device = Device::select(&instance, &selector)?;
         tracing::info!(device = %device.info().name, "GPU loader ready");
-        Ok(GpuLoader { instance, selector, device: Mutex::new(device) })
+        Ok(GpuLoader {
+            instance,
+            selector,
+            device: Mutex::new(device),
+        })
     }
 
     /// The device functions are loaded onto.
@@ -56,15 +63,29 @@ impl FunctionLoader for GpuLoader {
     fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
         let function = spec.key.to_string();
         if spec.kind != FunctionKind::Forest {
-            return Err(LoadError::UnsupportedKind { function, kind: spec.kind.to_string(), loader: "gpu" });
+            return Err(LoadError::UnsupportedKind {
+                function,
+                kind: spec.kind.to_string(),
+                loader: "gpu",
+            });
         }
         let model = model.ok_or_else(|| LoadError::MissingModel(function.clone()))?;
-        let forest = GpuForest::from_vkf_bytes(model)
-            .map_err(|e| LoadError::InvalidModel { function: function.clone(), reason: e.to_string() })?;
+        let forest = GpuForest::from_vkf_bytes(model).map_err(|e| LoadError::InvalidModel {
+            function: function.clone(),
+            reason: e.to_string(),
+        })?;
         let device = self.device();
-        let kernel =
-            ForestKernel::with_spirv(&device, &forest, &ForestOptions::default(), &spec.spirv, &spec.entry_point)
-                .map_err(|e| LoadError::Exec { function: function.clone(), source: exec_error(e) })?;
+        let kernel = ForestKernel::with_spirv(
+            &device,
+            &forest,
+            &ForestOptions::default(),
+            &spec.spirv,
+            &spec.entry_point,
+        )
+        .map_err(|e| LoadError::Exec {
+            function: function.clone(),
+            source: exec_error(e),
+        })?;
         let info = FunctionInfo {
             input_width: forest.n_features as usize,
             outputs: forest_outputs(&forest),
@@ -136,9 +157,13 @@ impl Lane for GpuForestLane {
             self.scores.extend(scores.iter().flat_map(|s| s.to_le_bytes()));
         }
         if self.classifier {
-            Ok(LaneOutputs { outputs: vec![Some(&self.labels), want_scores.then_some(self.scores.as_slice())] })
+            Ok(LaneOutputs {
+                outputs: vec![Some(&self.labels), want_scores.then_some(self.scores.as_slice())],
+            })
         } else {
-            Ok(LaneOutputs { outputs: vec![Some(&self.scores)] })
+            Ok(LaneOutputs {
+                outputs: vec![Some(&self.scores)],
+            })
         }
     }
 }

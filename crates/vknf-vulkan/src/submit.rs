@@ -12,6 +12,9 @@ use crate::error::{Error, Result, VkResultExt};
 use crate::memory::Buffer;
 use crate::pipeline::{BindGroup, Pipeline};
 
+/// How long [`Ticket::wait`] polls before it blocks in the driver.
+const SPIN_BEFORE_BLOCKING: Duration = Duration::from_micros(50);
+
 /// Deadline of the runtime's own one-off transfers (initial data uploads).
 pub(crate) const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -53,6 +56,15 @@ impl Ticket {
     pub fn wait(&self, deadline: Duration) -> Result<()> {
         let device = &self.timeline.device;
         device.check_lost()?;
+        // Short GPU work finishes sooner than a sleeping thread wakes up: poll the counter for a few
+        // microseconds before blocking in the driver.
+        let polling_started = std::time::Instant::now();
+        while polling_started.elapsed() < SPIN_BEFORE_BLOCKING.min(deadline) {
+            if self.is_done()? {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
         let semaphores = [self.timeline.raw];
         let values = [self.value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);

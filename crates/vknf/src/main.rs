@@ -29,6 +29,14 @@ enum Command {
     RunKernel(cmd::run_kernel::RunKernelArgs),
     /// Compile a model (.onnx or a scikit-learn tree-array directory) to vknf's GPU layout (.vkf).
     CompileModel(cmd::compile_model::CompileModelArgs),
+    /// Serve the network functions of a manifest directory on their ports (the embedded default).
+    Serve(cmd::serve::ServeArgs),
+    /// Write a function manifest (Service, model ConfigMaps, EndpointSlice) ready for `kubectl apply`.
+    Manifest(cmd::manifest::ManifestArgs),
+    /// Generate load against a function: closed or open loop, throughput and latency percentiles.
+    Load(cmd::load::LoadArgs),
+    /// Run the Kubernetes node agent: serve the functions the cluster places on this host.
+    Agent(cmd::agent::AgentArgs),
     /// Classify rows with a random forest (`.onnx` or `.vkf`) on the GPU, or with `--cpu`.
     Predict(cmd::predict::PredictArgs),
 }
@@ -51,6 +59,20 @@ fn main() -> std::process::ExitCode {
         Command::RunKernel(args) => cmd::run_kernel::run(&global, args),
         Command::Predict(args) => cmd::predict::run(&global, args),
         Command::CompileModel(args) => cmd::compile_model::run(args),
+        Command::Serve(args) => {
+            let gpu = (!args.cpu)
+                .then(|| global.gpu_loader(args.device.as_deref()))
+                .transpose();
+            gpu.and_then(|gpu| cmd::serve::run_with_loader(args, gpu))
+        }
+        Command::Manifest(args) => cmd::manifest::run(args),
+        Command::Load(args) => cmd::load::run(args),
+        Command::Agent(args) => {
+            let gpu = (!args.cpu && !args.watchdog)
+                .then(|| global.gpu_loader(args.device.as_deref()))
+                .transpose();
+            gpu.and_then(|gpu| cmd::agent::run_with_loader(args, gpu))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -64,8 +64,15 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         (None, None) => LoadLimit::Duration(Duration::from_secs(10)),
     };
     let mode = match args.rate {
-        Some(rate) => LoadMode::Open { rate, connections: args.connections, max_in_flight: args.max_in_flight },
-        None => LoadMode::Closed { connections: args.connections, depth: args.depth },
+        Some(rate) => LoadMode::Open {
+            rate,
+            connections: args.connections,
+            max_in_flight: args.max_in_flight,
+        },
+        None => LoadMode::Closed {
+            connections: args.connections,
+            depth: args.depth,
+        },
     };
     let config = LoadConfig {
         addr: args.addr.clone(),

@@ -1,10 +1,14 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod compile_model;
 pub mod devices;
+pub mod load;
+pub mod manifest;
 pub mod predict;
 pub mod progress;
 pub mod run_kernel;
+pub mod serve;
 
 use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
 
@@ -30,6 +34,21 @@ impl Global {
             None => DeviceSelector::from_env()?,
         };
         Ok(Device::select(instance, &selector)?)
+    }
+
+    /// The GPU function loader for `vknf serve` and `vknf agent`.
+    pub fn gpu_loader(
+        &self,
+        selector: Option<&str>,
+    ) -> anyhow::Result<std::sync::Arc<dyn vknf_server::FunctionLoader>> {
+        let selector = match selector {
+            Some(text) => text.parse()?,
+            None => DeviceSelector::from_env()?,
+        };
+        Ok(std::sync::Arc::new(vknf_server::gpu::GpuLoader::new(
+            self.validate,
+            selector,
+        )?))
     }
 
     /// Fails if the validation layer reported errors during the command.

@@ -73,7 +73,10 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     fn options(&self) -> anyhow::Result<ServeOptions> {
-        anyhow::ensure!(self.max_frame_mib >= 1 && self.max_frame_mib <= 1024, "--max-frame-mib must be 1..=1024");
+        anyhow::ensure!(
+            self.max_frame_mib >= 1 && self.max_frame_mib <= 1024,
+            "--max-frame-mib must be 1..=1024"
+        );
         let placement = if self.all {
             Placement::All
         } else if self.host_address.is_empty() {
@@ -85,7 +88,10 @@ impl ServeArgs {
             source: DirectorySource {
                 dir: self.manifests.clone(),
                 placement,
-                options: ParseOptions { max_model_bytes: self.max_model_mib << 20, allow_ephemeral_ports: false },
+                options: ParseOptions {
+                    max_model_bytes: self.max_model_mib << 20,
+                    allow_ephemeral_ports: false,
+                },
                 poll_interval: Duration::from_millis(self.poll_ms.max(10)),
             },
             config: ServerConfig {
@@ -104,12 +110,6 @@ impl ServeArgs {
             metrics_addr: self.metrics_addr,
         })
     }
-}
-
-/// Runs `vknf serve` with the CPU loader (`--cpu`); without `--cpu` this needs a GPU loader, see
-/// [`run_with_loader`].
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    run_with_loader(args, None)
 }
 
 /// Runs `vknf serve`; `gpu` is the loader used unless `--cpu` is given.

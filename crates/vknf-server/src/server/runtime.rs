@@ -1,0 +1,408 @@
+//! A loaded function at work: its bounded request queue and the batcher that packs queued
+//! requests into lanes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use super::job::{Admission, Job, Responder, Segment};
+use crate::exec::{ExecError, Function, FunctionInfo, Lane};
+use crate::manifest::{FunctionKey, FunctionSpec};
+use crate::metrics::Metrics;
+use crate::protocol::{ErrorCode, InferRequest};
+
+/// A lane counted in the `live_lanes` gauge for as long as it exists.
+struct CountedLane {
+    lane: Box<dyn Lane>,
+    metrics: Metrics,
+}
+
+impl CountedLane {
+    fn new(lane: Box<dyn Lane>, metrics: &Metrics) -> CountedLane {
+        metrics.live_lanes.inc();
+        CountedLane {
+            lane,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for CountedLane {
+    fn drop(&mut self) {
+        self.metrics.live_lanes.dec();
+    }
+}
+
+/// Queue and batching settings of one runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct RuntimeSettings {
+    pub(crate) max_wait: Duration,
+    pub(crate) max_queued_bytes: usize,
+}
+
+/// A request on its way into a runtime, handed back if the runtime has closed meanwhile.
+pub(crate) struct Submission {
+    pub(crate) request: InferRequest,
+    pub(crate) mask: u32,
+    pub(crate) responder: Responder,
+    pub(crate) connection_closed: Arc<AtomicBool>,
+}
+
+/// A loaded function with its queue and batcher.
+pub(crate) struct FunctionRuntime {
+    pub(crate) label: Arc<str>,
+    pub(crate) info: FunctionInfo,
+    queue: Mutex<Option<mpsc::UnboundedSender<Arc<Job>>>>,
+    queued_bytes: Arc<AtomicUsize>,
+    queued_requests: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+    metrics: Metrics,
+    finished: watch::Receiver<bool>,
+}
+
+/// Creates the lanes of a freshly loaded function. Blocking (lanes allocate device memory).
+pub(crate) fn create_lanes(function: &dyn Function, count: usize) -> Result<Vec<Box<dyn Lane>>, ExecError> {
+    (0..count.max(1)).map(|_| function.new_lane()).collect()
+}
+
+impl FunctionRuntime {
+    /// Starts the batcher of `function` over `lanes`.
+    pub(crate) fn start(
+        spec: FunctionSpec,
+        function: Arc<dyn Function>,
+        lanes: Vec<Box<dyn Lane>>,
+        settings: &RuntimeSettings,
+        metrics: &Metrics,
+        device_lost: mpsc::UnboundedSender<FunctionKey>,
+    ) -> Result<Arc<FunctionRuntime>, ExecError> {
+        let info = function.info().clone();
+        if info.input_width == 0 || info.max_batch_rows == 0 || info.outputs.len() > 32 {
+            return Err(ExecError::InvalidBatch(format!(
+                "function reports input width {}, {} rows per batch and {} outputs",
+                info.input_width,
+                info.max_batch_rows,
+                info.outputs.len()
+            )));
+        }
+        let mut counted: Vec<CountedLane> = lanes.into_iter().map(|lane| CountedLane::new(lane, metrics)).collect();
+        let lane_rows = counted
+            .iter_mut()
+            .map(|l| l.lane.input_mut().len() / info.input_width)
+            .min()
+            .unwrap_or(0)
+            .min(info.max_batch_rows);
+        if lane_rows == 0 {
+            return Err(ExecError::InvalidBatch("lanes hold no whole input row".into()));
+        }
+        let label: Arc<str> = spec.key.to_string().into();
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let (finished_tx, finished_rx) = watch::channel(false);
+        let runtime = Arc::new(FunctionRuntime {
+            label: label.clone(),
+            info: info.clone(),
+            queue: Mutex::new(Some(queue_tx)),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            queued_requests: Arc::new(AtomicUsize::new(0)),
+            max_queued_bytes: settings.max_queued_bytes,
+            metrics: metrics.clone(),
+            finished: finished_rx,
+        });
+        let batcher = Batcher {
+            key: spec.key,
+            label,
+            info,
+            lane_rows,
+            max_wait: spec.max_wait.unwrap_or(settings.max_wait),
+            metrics: metrics.clone(),
+            device_lost,
+        };
+        tokio::spawn(async move {
+            batcher.run(queue_rx, counted).await;
+            let _ = finished_tx.send(true);
+        });
+        Ok(runtime)
+    }
+
+    /// Admits a request into the queue, or answers it with `BUSY` / `TOO_LARGE`. Hands the
+    /// submission back when the runtime has closed, so the caller can retry on its successor.
+    pub(crate) fn submit(&self, submission: Submission) -> Result<(), Box<Submission>> {
+        let queue = self.queue.lock();
+        let Some(queue_tx) = queue.as_ref() else {
+            return Err(Box::new(submission));
+        };
+        let bytes = submission.request.rows.len();
+        if bytes > self.max_queued_bytes {
+            submission.responder.send_error(
+                ErrorCode::TooLarge,
+                &format!(
+                    "{bytes} bytes of rows exceed this function's queue of {} bytes",
+                    self.max_queued_bytes
+                ),
+            );
+            return Ok(());
+        }
+        let Some(admission) = Admission::try_admit(
+            &self.queued_bytes,
+            &self.queued_requests,
+            bytes,
+            self.max_queued_bytes,
+            &self.metrics,
+            &self.label,
+        ) else {
+            submission.responder.send_error(
+                ErrorCode::Busy,
+                &format!(
+                    "queue of {} is full ({} bytes queued); retry later",
+                    self.label,
+                    self.queued_bytes()
+                ),
+            );
+            return Ok(());
+        };
+        let job = Job::new(
+            submission.request,
+            submission.mask,
+            submission.responder,
+            admission,
+            submission.connection_closed,
+        );
+        // The receiver lives until the queue closes, and closing happens under this lock.
+        let _ = queue_tx.send(Arc::new(job));
+        Ok(())
+    }
+
+    /// Stops admitting requests; queued ones still run.
+    pub(crate) fn close(&self) {
+        self.queue.lock().take();
+    }
+
+    /// Waits until every admitted request is answered and every lane released.
+    pub(crate) async fn drained(&self) {
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
+    /// Input bytes admitted and not yet answered.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// Requests admitted and not yet answered.
+    pub(crate) fn queued_requests(&self) -> usize {
+        self.queued_requests.load(Ordering::Acquire)
+    }
+}
+
+/// What a lane thread hands back: the lane, or nothing when the device lost it.
+type LaneReturn = Option<CountedLane>;
+
+struct Batcher {
+    key: FunctionKey,
+    label: Arc<str>,
+    info: FunctionInfo,
+    lane_rows: usize,
+    max_wait: Duration,
+    metrics: Metrics,
+    device_lost: mpsc::UnboundedSender<FunctionKey>,
+}
+
+impl Batcher {
+    async fn run(self, mut queue: mpsc::UnboundedReceiver<Arc<Job>>, lanes: Vec<CountedLane>) {
+        let this = Arc::new(self);
+        let mut free = lanes;
+        let mut running = 0usize;
+        let (return_tx, mut return_rx) = mpsc::unbounded_channel::<LaneReturn>();
+        // A job split across batches: its remaining rows start at this row.
+        let mut carry: Option<(Arc<Job>, usize)> = None;
+        loop {
+            while let Ok(returned) = return_rx.try_recv() {
+                running -= 1;
+                free.extend(returned);
+            }
+            if free.is_empty() {
+                if running == 0 {
+                    // Every lane died with the device; the server is reloading the function.
+                    // Answer what arrives until this runtime is closed and replaced.
+                    this.fail_until_closed(&mut queue, carry.take()).await;
+                    break;
+                }
+                if let Some(returned) = return_rx.recv().await {
+                    running -= 1;
+                    free.extend(returned);
+                }
+                continue;
+            }
+            let first = match carry.take() {
+                Some(split) => split,
+                None => match queue.recv().await {
+                    Some(job) => (job, 0),
+                    None => break,
+                },
+            };
+            let Some(mut lane) = free.pop() else { continue };
+            let batch = this.fill(&mut lane, first, &mut queue, &mut carry).await;
+            if batch.segments.is_empty() {
+                free.push(lane);
+                continue;
+            }
+            running += 1;
+            let batcher = this.clone();
+            let return_tx = return_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let returned = batcher.execute(lane, batch);
+                let _ = return_tx.send(returned);
+            });
+        }
+        while running > 0 {
+            match return_rx.recv().await {
+                Some(_) => running -= 1,
+                None => break,
+            }
+        }
+    }
+
+    async fn fail_until_closed(&self, queue: &mut mpsc::UnboundedReceiver<Arc<Job>>, carry: Option<(Arc<Job>, usize)>) {
+        let message = "the device was lost; the function is being reloaded";
+        if let Some((job, _)) = carry {
+            job.fail(ErrorCode::DeviceLost, message);
+        }
+        while let Some(job) = queue.recv().await {
+            job.fail(ErrorCode::DeviceLost, message);
+        }
+    }
+
+    /// Packs rows into `lane` until it is full or `max_wait` has passed since the first row.
+    async fn fill(
+        &self,
+        lane: &mut CountedLane,
+        first: (Arc<Job>, usize),
+        queue: &mut mpsc::UnboundedReceiver<Arc<Job>>,
+        carry: &mut Option<(Arc<Job>, usize)>,
+    ) -> Batch {
+        let width = self.info.input_width;
+        let deadline = tokio::time::Instant::now() + self.max_wait;
+        let mut batch = Batch {
+            segments: Vec::new(),
+            rows: 0,
+            mask: 0,
+        };
+        let mut next = Some(first);
+        while let Some((job, start)) = next.take() {
+            if !job.is_settled() {
+                let take = (job.n_rows - start).min(self.lane_rows - batch.rows);
+                let input = lane.lane.input_mut();
+                job.request
+                    .decode_rows_into(start, take, &mut input[batch.rows * width..(batch.rows + take) * width]);
+                batch.mask |= job.mask;
+                batch.segments.push(Segment {
+                    job: job.clone(),
+                    job_row: start,
+                    batch_row: batch.rows,
+                    rows: take,
+                });
+                batch.rows += take;
+                if start + take < job.n_rows {
+                    *carry = Some((job, start + take));
+                    break;
+                }
+            }
+            if batch.rows == self.lane_rows {
+                break;
+            }
+            next = match queue.try_recv() {
+                Ok(job) => Some((job, 0)),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(job)) => Some((job, 0)),
+                    _ => None,
+                },
+            };
+        }
+        batch
+    }
+
+    /// Runs one batch on a lane thread and answers its requests.
+    fn execute(&self, mut lane: CountedLane, batch: Batch) -> LaneReturn {
+        let labels = Metrics::function(&self.label);
+        self.metrics
+            .batch_rows
+            .get_or_create(&labels)
+            .observe(batch.rows as f64);
+        let want: Vec<bool> = (0..self.info.outputs.len())
+            .map(|i| batch.mask & (1 << i) != 0)
+            .collect();
+        let started = Instant::now();
+        let failure = match lane.lane.run(batch.rows, &want) {
+            Ok(outputs) => {
+                self.metrics
+                    .execution_time
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                match self.check_outputs(&outputs.outputs, batch.rows, &want) {
+                    Ok(()) => {
+                        for segment in &batch.segments {
+                            segment
+                                .job
+                                .deliver(segment, &outputs.outputs, &self.info, &self.label, &self.metrics);
+                        }
+                        None
+                    }
+                    Err(reason) => Some(ExecError::Failed(reason)),
+                }
+            }
+            Err(error) => Some(error),
+        };
+        let Some(error) = failure else { return Some(lane) };
+        let lost = error.is_device_lost();
+        let code = if lost {
+            ErrorCode::DeviceLost
+        } else {
+            ErrorCode::Internal
+        };
+        tracing::error!(function = %self.label, %error, "batch of {} rows failed", batch.rows);
+        for segment in &batch.segments {
+            segment.job.fail(code, &error.to_string());
+        }
+        if lost {
+            self.metrics.device_losses.inc();
+            let _ = self.device_lost.send(self.key.clone());
+            return None;
+        }
+        Some(lane)
+    }
+
+    fn check_outputs(&self, outputs: &[Option<&[u8]>], rows: usize, want: &[bool]) -> Result<(), String> {
+        if outputs.len() != self.info.outputs.len() {
+            return Err(format!(
+                "function returned {} outputs, declared {}",
+                outputs.len(),
+                self.info.outputs.len()
+            ));
+        }
+        for ((output, info), wanted) in outputs.iter().zip(&self.info.outputs).zip(want) {
+            let needed = rows * info.width * info.dtype.size();
+            match output {
+                Some(data) if data.len() >= needed => {}
+                Some(data) => {
+                    return Err(format!(
+                        "output {} has {} bytes, {rows} rows need {needed}",
+                        info.name,
+                        data.len()
+                    ));
+                }
+                None if *wanted => return Err(format!("output {} was asked for but not returned", info.name)),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Batch {
+    segments: Vec<Segment>,
+    rows: usize,
+    mask: u32,
+}

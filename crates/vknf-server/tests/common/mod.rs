@@ -1,0 +1,306 @@
+//! Shared test fixtures: random forests, manifest directories, servers on loopback ports.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng as _, SeedableRng as _};
+use vknf_forest::{
+    Aggregate, ClassLabels, DEFAULT_MAX_DEPTH, GpuForest, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode,
+    RawTree, SplitMode, Task,
+};
+use vknf_server::cpu::CpuLoader;
+use vknf_server::manifest::{
+    DEFAULT_PART_BYTES, FunctionKey, FunctionKind, ManifestRequest, ParseOptions, Placement, build_objects,
+};
+use vknf_server::{DirectorySource, Server, ServerConfig};
+
+/// A random classifier: `n_trees` full trees of `depth` splits, every leaf weighting every class.
+pub fn random_forest(n_features: usize, n_classes: usize, n_trees: usize, depth: u32, seed: u64) -> GpuForest {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let trees = (0..n_trees)
+        .map(|id| {
+            let mut tree = RawTree {
+                id: id as i64,
+                ..Default::default()
+            };
+            grow(&mut tree, depth, n_features, n_classes, &mut rng);
+            tree
+        })
+        .collect();
+    RawForest {
+        task: Task::Classifier {
+            labels: ClassLabels::Int64((0..n_classes as i64).collect()),
+        },
+        n_features: n_features as u64,
+        n_outputs: n_classes as u64,
+        trees,
+        aggregate: Aggregate::Average,
+        post_transform: PostTransform::None,
+        base_values: Vec::new(),
+        binary_complement: false,
+        missing: MissingPolicy::Reject,
+        max_depth_limit: DEFAULT_MAX_DEPTH,
+    }
+    .validate()
+    .expect("random forest is valid")
+    .compile()
+    .expect("random forest compiles")
+}
+
+fn grow(tree: &mut RawTree, depth: u32, n_features: usize, n_classes: usize, rng: &mut rand::rngs::StdRng) -> i64 {
+    let id = tree.nodes.len() as i64;
+    tree.nodes.push(RawNode::Leaf);
+    if depth == 0 {
+        for class in 0..n_classes {
+            tree.entries.push(RawEntry {
+                node: id,
+                output: class as i64,
+                weight: rng.random_range(0.01..1.0),
+            });
+        }
+        return id;
+    }
+    let true_child = grow(tree, depth - 1, n_features, n_classes, rng);
+    let false_child = grow(tree, depth - 1, n_features, n_classes, rng);
+    tree.nodes[id as usize] = RawNode::Branch {
+        mode: SplitMode::Leq,
+        feature: rng.random_range(0..n_features as i64),
+        threshold: rng.random_range(-1.0..1.0),
+        true_child,
+        false_child,
+        missing_tracks_true: false,
+    };
+    id
+}
+
+/// The forest kernel's SPIR-V (the CPU loader does not run it, but manifests must carry it).
+pub fn forest_spirv() -> &'static [u8] {
+    vknf_kernels::by_name("forest").expect("vknf-kernels has the forest kernel")
+}
+
+/// Writes `NAME.yaml` holding a forest function on an ephemeral port.
+pub fn write_forest_manifest(dir: &Path, name: &str, forest: &GpuForest, max_batch_rows: usize, max_wait_us: u64) {
+    let model = forest.to_vkf_bytes();
+    // Kubernetes (and so the generator) refuses port 0; tests then switch the Service to an
+    // ephemeral port, which the server accepts when parsing with `allow_ephemeral_ports`.
+    let values = build_objects(&ManifestRequest {
+        name: name.to_owned(),
+        namespace: "default".to_owned(),
+        port: 1,
+        kind: FunctionKind::Forest,
+        spirv: forest_spirv(),
+        entry_point: None,
+        model: Some(&model),
+        spec_constants: None,
+        abi: None,
+        max_batch_rows: Some(max_batch_rows),
+        max_wait_us: Some(max_wait_us),
+        node_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        part_bytes: DEFAULT_PART_BYTES,
+    });
+    let mut yaml = String::new();
+    for mut value in values.expect("manifest generates") {
+        if value["kind"] == "Service" {
+            value["spec"]["ports"][0]["port"] = 0.into();
+        }
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_norway::to_string(&value).expect("YAML"));
+    }
+    // Write then rename, as a deploy tool would, so the watcher never reads half a file.
+    let tmp = dir.join(format!(".{name}.yaml.tmp"));
+    std::fs::write(&tmp, yaml).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).expect("rename manifest");
+}
+
+pub fn key(name: &str) -> FunctionKey {
+    FunctionKey {
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// Small limits so tests exercise them quickly.
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        max_in_flight_per_connection: 64,
+        lanes_per_function: 2,
+        default_max_wait: Duration::from_micros(200),
+        idle_timeout: Duration::from_secs(30),
+        read_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(20),
+        ..ServerConfig::default()
+    }
+}
+
+pub fn source(dir: &Path) -> DirectorySource {
+    DirectorySource {
+        dir: dir.to_owned(),
+        placement: Placement::Addresses(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+        options: ParseOptions {
+            allow_ephemeral_ports: true,
+            ..ParseOptions::default()
+        },
+        poll_interval: Duration::from_millis(50),
+    }
+}
+
+/// Starts a CPU server watching `dir` and waits until it has applied the directory.
+pub async fn start_server(dir: &Path, config: ServerConfig) -> Server {
+    let server = Server::start(config, Arc::new(CpuLoader));
+    server.watch_directory(source(dir));
+    wait_for(|| server.status().generation > 0, "first reconcile").await;
+    server
+}
+
+/// Runs a test body with a 60 s bound, so a regression fails instead of hanging.
+pub async fn bounded(body: impl Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), body)
+        .await
+        .expect("test finished within 60 s");
+}
+
+/// Polls `condition` every 20 ms for up to 20 s.
+pub async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn addr(server: &Server, name: &str) -> SocketAddr {
+    server
+        .local_addr(&key(name))
+        .unwrap_or_else(|| panic!("{name} is not serving: {:?}", server.status()))
+}
+
+pub fn random_rows(n_rows: usize, n_features: usize, rng: &mut impl rand::Rng) -> Vec<f32> {
+    (0..n_rows * n_features)
+        .map(|_| rng.random_range(-1.2f32..1.2))
+        .collect()
+}
+
+pub async fn start_server_with(dir: &Path, config: ServerConfig, loader: Arc<dyn FunctionLoader>) -> Server {
+    let server = Server::start(config, loader);
+    server.watch_directory(source(dir));
+    wait_for(|| server.status().generation > 0, "first reconcile").await;
+    server
+}
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use vknf_server::exec::{ExecError, Function, FunctionInfo, FunctionLoader, Lane, LaneOutputs, LoadError};
+use vknf_server::manifest::FunctionSpec;
+
+/// Holds lanes in `run` while closed, so tests can fill queues and keep requests in flight
+/// deterministically. Also counts runs, and can report device loss on a chosen run.
+#[derive(Default)]
+pub struct Gate {
+    closed: Mutex<bool>,
+    changed: Condvar,
+    /// Lane runs started.
+    pub runs: AtomicUsize,
+    /// Lane runs currently waiting at the gate.
+    pub waiting: AtomicUsize,
+    /// Run number (0-based) that reports device loss; usize::MAX for none.
+    pub lose_device_on_run: AtomicUsize,
+    /// Calls of `FunctionLoader::reset`.
+    pub resets: AtomicUsize,
+    /// Functions loaded.
+    pub loads: AtomicUsize,
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        let gate = Gate::default();
+        gate.lose_device_on_run.store(usize::MAX, Ordering::SeqCst);
+        Arc::new(gate)
+    }
+
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    pub fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.changed.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        while *closed {
+            closed = self.changed.wait(closed).unwrap();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The CPU loader with every lane passing through a [`Gate`].
+pub struct GatedLoader(pub Arc<Gate>);
+
+impl FunctionLoader for GatedLoader {
+    fn name(&self) -> &'static str {
+        "gated-cpu"
+    }
+
+    fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
+        let inner = CpuLoader.load(spec, model)?;
+        self.0.loads.fetch_add(1, Ordering::SeqCst);
+        Ok(Arc::new(GatedFunction {
+            inner,
+            gate: self.0.clone(),
+        }))
+    }
+
+    fn reset(&self) -> Result<(), LoadError> {
+        self.0.resets.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+struct GatedFunction {
+    inner: Arc<dyn Function>,
+    gate: Arc<Gate>,
+}
+
+impl Function for GatedFunction {
+    fn info(&self) -> &FunctionInfo {
+        self.inner.info()
+    }
+
+    fn new_lane(&self) -> Result<Box<dyn Lane>, ExecError> {
+        Ok(Box::new(GatedLane {
+            inner: self.inner.new_lane()?,
+            gate: self.gate.clone(),
+        }))
+    }
+}
+
+struct GatedLane {
+    inner: Box<dyn Lane>,
+    gate: Arc<Gate>,
+}
+
+impl Lane for GatedLane {
+    fn input_mut(&mut self) -> &mut [f32] {
+        self.inner.input_mut()
+    }
+
+    fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {
+        self.gate.pass();
+        let run = self.gate.runs.fetch_add(1, Ordering::SeqCst);
+        if run == self.gate.lose_device_on_run.load(Ordering::SeqCst) {
+            return Err(ExecError::DeviceLost("injected by the test".into()));
+        }
+        self.inner.run(n_rows, want)
+    }
+}

@@ -1,0 +1,173 @@
+//! The `vknf serve` daemon, its operations endpoint, and the load generator.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{key, random_forest, wait_for, write_forest_manifest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vknf_server::client::Client;
+use vknf_server::cpu::CpuLoader;
+use vknf_server::daemon::{Daemon, ServeOptions};
+use vknf_server::loadgen::{LoadConfig, LoadLimit, LoadMode, run_load};
+
+/// A bare HTTP/1.1 GET: (status, body).
+async fn get(addr: SocketAddr, path: &str, method: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: vknf\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn start_daemon(dir: &std::path::Path) -> Daemon {
+    let options = ServeOptions {
+        source: common::source(dir),
+        config: common::test_config(),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+    };
+    let daemon = Daemon::start(options, Arc::new(CpuLoader)).await.unwrap();
+    wait_for(|| daemon.server().status().generation > 0, "first reconcile").await;
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_endpoint_reports_liveness_readiness_and_metrics() {
+    common::bounded(ops_body()).await;
+}
+
+async fn ops_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_forest(5, 3, 4, 4, 1);
+    write_forest_manifest(dir.path(), "f", &model, 64, 100);
+    let daemon = start_daemon(dir.path()).await;
+    let ops = daemon.ops_addr().unwrap();
+    let target = daemon.server().local_addr(&key("f")).unwrap();
+
+    assert_eq!(get(ops, "/livez", "GET").await, (200, "ok\n".to_owned()));
+    let (status, body) = get(ops, "/readyz", "GET").await;
+    assert_eq!((status, body.as_str()), (200, "ready: 1 functions serving\n"));
+
+    let client = Client::connect(target).await.unwrap();
+    client.infer(5, &[0.1; 10], 0).await.unwrap();
+    let _ = client.infer(4, &[0.1; 8], 0).await.unwrap_err();
+    let (status, metrics) = get(ops, "/metrics", "GET").await;
+    assert_eq!(status, 200);
+    for line in [
+        "vknf_requests_total{function=\"default/f\"} 1",
+        "vknf_rows_total{function=\"default/f\"} 2",
+        "vknf_errors_total{function=\"default/f\",code=\"SHAPE\"} 1",
+        "vknf_live_lanes 2",
+        "vknf_connections 1",
+        "# TYPE vknf_request_latency_seconds histogram",
+        "# TYPE vknf_execution_seconds histogram",
+        "# TYPE vknf_queued_bytes gauge",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from\n{metrics}");
+    }
+    assert_eq!(get(ops, "/nope", "GET").await.0, 404);
+    assert_eq!(get(ops, "/readyz", "POST").await.0, 405);
+
+    // A function this host should serve but cannot: not ready, and the reason is given.
+    let broken = std::fs::read_to_string(dir.path().join("f.yaml"))
+        .unwrap()
+        .replace("name: f", "name: g")
+        .replace("f-model-0", "g-model-0")
+        .replace("vknf.io/kind: forest", "vknf.io/kind: lstm");
+    std::fs::write(dir.path().join("g.yaml"), broken).unwrap();
+    wait_for(|| daemon.server().status().functions.len() == 2, "g seen").await;
+    let (status, body) = get(ops, "/readyz", "GET").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("default/g") && body.contains("lstm"), "{body}");
+
+    // Shutdown closes both the function port and the ops endpoint.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(daemon.run_until(async move {
+        let _ = stopped.await;
+    }));
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    assert!(TcpStream::connect(target).await.is_err());
+    assert!(TcpStream::connect(ops).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_generator_measures_closed_and_open_loops() {
+    common::bounded(load_body()).await;
+}
+
+async fn load_body() {
+    let dir = tempfile::tempdir().unwrap();
+    write_forest_manifest(dir.path(), "f", &random_forest(8, 3, 6, 5, 2), 256, 100);
+    let server = common::start_server(dir.path(), common::test_config()).await;
+    let addr = server.local_addr(&key("f")).unwrap().to_string();
+
+    let closed = LoadConfig {
+        addr: addr.clone(),
+        mode: LoadMode::Closed {
+            connections: 2,
+            depth: 4,
+        },
+        limit: LoadLimit::Requests(300),
+        rows_per_request: 10,
+        output_mask: 0b10,
+        seed: 1,
+        value_range: (-1.0, 1.0),
+    };
+    let report = run_load(&closed).await.unwrap();
+    assert_eq!(
+        (report.requests, report.rows, report.failed()),
+        (300, 3000, 0),
+        "{report}"
+    );
+    assert!(report.latency(0.5) > Duration::ZERO && report.latency(0.999) >= report.latency(0.5));
+    assert_eq!(
+        server
+            .metrics()
+            .requests
+            .get_or_create(&vknf_server::metrics::Metrics::function("default/f"))
+            .get(),
+        300
+    );
+    let text = report.to_string();
+    assert!(text.contains("300 ok, 0 failed") && text.contains("p99.9"), "{text}");
+
+    let chart =
+        std::env::var_os("VKNF_KEEP_CHART").map_or_else(|| dir.path().join("latency.png"), std::path::PathBuf::from);
+    report.write_chart(&chart, None).unwrap();
+    let png = std::fs::read(&chart).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    let open = LoadConfig {
+        mode: LoadMode::Open {
+            rate: 2000.0,
+            connections: 2,
+            max_in_flight: 64,
+        },
+        limit: LoadLimit::Requests(200),
+        ..closed.clone()
+    };
+    let report = run_load(&open).await.unwrap();
+    let skipped = report.errors.get("SKIPPED").copied().unwrap_or(0);
+    assert_eq!(report.requests + skipped, 200, "{report}");
+    assert_eq!(report.failed(), skipped, "{report}");
+
+    let bad = LoadConfig {
+        rows_per_request: 0,
+        ..closed
+    };
+    assert!(run_load(&bad).await.is_err());
+    server.shutdown().await;
+}

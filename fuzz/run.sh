@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of vknf for SECONDS each (default 60) on the stable toolchain.
+#
+# cargo-fuzz is installed from crates.io when missing. libFuzzer's coverage instrumentation
+# works on stable Rust, so by default targets run with `--sanitizer none`, which needs no
+# nightly flags. FUZZ_SANITIZER=address adds AddressSanitizer; that needs `-Zsanitizer`, which
+# stable rustc accepts only with RUSTC_BOOTSTRAP=1 (set here for that case alone).
+#
+# Usage: fuzz/run.sh [SECONDS]        Crashes land in fuzz/artifacts/<target>/.
+set -euo pipefail
+
+seconds="${1:-60}"
+if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
+    echo "usage: $0 [SECONDS]  (a positive whole number)" >&2
+    exit 2
+fi
+sanitizer="${FUZZ_SANITIZER:-none}"
+cd "$(dirname "$0")"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz ..." >&2
+    cargo install cargo-fuzz --locked
+fi
+if [ "$sanitizer" != none ]; then
+    export RUSTC_BOOTSTRAP=1
+fi
+
+for target in $(cargo fuzz list); do
+    echo "== fuzzing $target for ${seconds}s (sanitizer: $sanitizer)" >&2
+    mkdir -p "corpus/$target"
+    cargo fuzz run "$target" --sanitizer "$sanitizer" "corpus/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1
+done
