@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-APT_PACKAGES := libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers python3-venv curl
+APT_PACKAGES := libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers python3-venv curl fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python

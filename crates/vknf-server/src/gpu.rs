@@ -62,12 +62,8 @@ impl FunctionLoader for GpuLoader {
 
     fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
         let function = spec.key.to_string();
-        if spec.kind != FunctionKind::Forest {
-            return Err(LoadError::UnsupportedKind {
-                function,
-                kind: spec.kind.to_string(),
-                loader: "gpu",
-            });
+        if spec.kind == FunctionKind::Generic {
+            return Ok(Arc::new(GpuGenericFunction::load(&self.device(), spec, model)?));
         }
         let model = model.ok_or_else(|| LoadError::MissingModel(function.clone()))?;
         let forest = GpuForest::from_vkf_bytes(model).map_err(|e| LoadError::InvalidModel {
@@ -165,5 +161,298 @@ impl Lane for GpuForestLane {
                 outputs: vec![Some(&self.scores)],
             })
         }
+    }
+}
+
+/// Rows per batch of a generic function when the manifest does not say.
+const GENERIC_DEFAULT_BATCH_ROWS: usize = 4096;
+
+/// A generic kernel wired by its manifest's ABI (`vknf.io/abi`): the request rows go to the input
+/// binding, resident buffers come from byte ranges of the model, outputs are read back per row, the
+/// row count goes to a push-constant field, and the kernel runs one invocation per row along x.
+pub struct GpuGenericFunction {
+    device: Device,
+    pipeline: vknf_vulkan::Pipeline,
+    abi: crate::manifest::GenericAbi,
+    resident: Vec<(u32, u32, vknf_vulkan::Buffer)>,
+    info: FunctionInfo,
+}
+
+fn spec_error(function: &str, reason: impl Into<String>) -> LoadError {
+    LoadError::InvalidSpec {
+        function: function.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl GpuGenericFunction {
+    fn load(device: &Device, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<GpuGenericFunction, LoadError> {
+        use crate::manifest::{SpecConstantKey, SpecConstantValue};
+        use vknf_vulkan::{BindingKind, Kernel, MemoryKind, SpecType, SpecValue, Specialization};
+
+        let function = spec.key.to_string();
+        let abi = spec
+            .abi
+            .clone()
+            .ok_or_else(|| spec_error(&function, "kind generic needs vknf.io/abi"))?;
+        let vulkan = |e: vknf_vulkan::Error| LoadError::Exec {
+            function: function.clone(),
+            source: if e.is_device_lost() {
+                ExecError::DeviceLost(e.to_string())
+            } else {
+                ExecError::Failed(e.to_string())
+            },
+        };
+        let kernel = Kernel::new(device, &spec.spirv, &spec.entry_point).map_err(vulkan)?;
+        let info = kernel.info().clone();
+        let mut specialization = Specialization::new();
+        for (key, value) in &spec.spec_constants {
+            let declared = match key {
+                SpecConstantKey::Id(id) => info.spec_constants.iter().find(|s| s.id == *id),
+                SpecConstantKey::Name(name) => info.spec_constant(name),
+            }
+            .ok_or_else(|| {
+                spec_error(
+                    &function,
+                    format!("the kernel declares no specialization constant {key:?}"),
+                )
+            })?;
+            let value = match (value, declared.ty) {
+                (SpecConstantValue::Bool(b), SpecType::Bool) => SpecValue::Bool(*b),
+                (SpecConstantValue::Int(v), SpecType::U32) => SpecValue::U32(
+                    u32::try_from(*v).map_err(|_| spec_error(&function, format!("{key:?} = {v} does not fit u32")))?,
+                ),
+                (SpecConstantValue::Int(v), SpecType::I32) => SpecValue::I32(
+                    i32::try_from(*v).map_err(|_| spec_error(&function, format!("{key:?} = {v} does not fit i32")))?,
+                ),
+                (SpecConstantValue::Int(v), SpecType::F32) => SpecValue::F32(*v as f32),
+                (SpecConstantValue::Float(v), SpecType::F32) => SpecValue::F32(*v as f32),
+                (value, ty) => return Err(spec_error(&function, format!("{key:?} = {value:?} is not a {ty:?}"))),
+            };
+            specialization = specialization.id(declared.id, value);
+        }
+        let pipeline = device.create_pipeline(&kernel, &specialization).map_err(vulkan)?;
+
+        // Every declared binding is wired exactly once, and every wired binding exists as a storage buffer.
+        let mut wired: Vec<(u32, u32, &str)> = vec![(abi.input.at.set, abi.input.at.binding, "input")];
+        wired.extend(abi.resident.iter().map(|r| (r.at.set, r.at.binding, "resident")));
+        wired.extend(abi.outputs.iter().map(|o| (o.at.set, o.at.binding, "output")));
+        for (set, binding, role) in &wired {
+            let declared = info.bindings.iter().find(|b| b.set == *set && b.binding == *binding);
+            match declared {
+                Some(b) if b.kind == BindingKind::StorageBuffer => {}
+                Some(_) => {
+                    return Err(spec_error(
+                        &function,
+                        format!("{role} binding {set}.{binding} is not a storage buffer"),
+                    ));
+                }
+                None => {
+                    return Err(spec_error(
+                        &function,
+                        format!("the kernel declares no binding {set}.{binding} ({role})"),
+                    ));
+                }
+            }
+        }
+        if let Some(unwired) = info
+            .bindings
+            .iter()
+            .find(|b| !wired.iter().any(|(s, n, _)| *s == b.set && *n == b.binding))
+        {
+            return Err(spec_error(
+                &function,
+                format!(
+                    "binding {}.{} of the kernel is not wired by vknf.io/abi",
+                    unwired.set, unwired.binding
+                ),
+            ));
+        }
+        if abi.row_count.push_constant_offset % 4 != 0
+            || abi.row_count.push_constant_offset + 4 > info.push_constant_size
+        {
+            return Err(spec_error(
+                &function,
+                format!(
+                    "row_count push_constant_offset {} is not a 4-byte field inside the kernel's {}-byte push constants",
+                    abi.row_count.push_constant_offset, info.push_constant_size
+                ),
+            ));
+        }
+        let mut resident = Vec::new();
+        for r in &abi.resident {
+            let bytes = model
+                .and_then(|m| m.get(r.offset as usize..(r.offset + r.length) as usize))
+                .ok_or_else(|| {
+                    spec_error(
+                        &function,
+                        format!("resident range {}+{} is outside the model", r.offset, r.length),
+                    )
+                })?;
+            let buffer = device
+                .create_buffer_with(
+                    &format!("{function} resident {}.{}", r.at.set, r.at.binding),
+                    bytes,
+                    MemoryKind::DeviceLocal,
+                )
+                .map_err(vulkan)?;
+            resident.push((r.at.set, r.at.binding, buffer));
+        }
+        let outputs = abi
+            .outputs
+            .iter()
+            .map(|o| crate::exec::OutputInfo {
+                name: o.name.clone(),
+                dtype: o.dtype,
+                width: o.width,
+                on_request: o.on_request,
+            })
+            .collect();
+        let info = FunctionInfo {
+            input_width: abi.input.width,
+            outputs,
+            max_batch_rows: spec.max_batch_rows.unwrap_or(GENERIC_DEFAULT_BATCH_ROWS),
+            accepts_nan: abi.accepts_nan,
+        };
+        Ok(GpuGenericFunction {
+            device: device.clone(),
+            pipeline,
+            abi,
+            resident,
+            info,
+        })
+    }
+}
+
+impl Function for GpuGenericFunction {
+    fn info(&self) -> &FunctionInfo {
+        &self.info
+    }
+
+    fn new_lane(&self) -> Result<Box<dyn Lane>, ExecError> {
+        use vknf_vulkan::{MemoryKind, QueueKind};
+        let failed = |e: vknf_vulkan::Error| {
+            if e.is_device_lost() {
+                ExecError::DeviceLost(e.to_string())
+            } else {
+                ExecError::Failed(e.to_string())
+            }
+        };
+        let rows = self.info.max_batch_rows.max(1);
+        let input = self
+            .device
+            .create_buffer(
+                "generic input",
+                (rows * self.info.input_width.max(1) * 4) as u64,
+                MemoryKind::Upload,
+            )
+            .map_err(failed)?;
+        let mut outputs = Vec::new();
+        for o in &self.abi.outputs {
+            let bytes = (rows * o.width.max(1) * o.dtype.size()) as u64;
+            outputs.push(
+                self.device
+                    .create_buffer(&format!("generic output {}", o.name), bytes, MemoryKind::Readback)
+                    .map_err(failed)?,
+            );
+        }
+        let mut wiring: Vec<(u32, u32, &vknf_vulkan::Buffer)> =
+            vec![(self.abi.input.at.set, self.abi.input.at.binding, &input)];
+        wiring.extend(self.resident.iter().map(|(s, b, buf)| (*s, *b, buf)));
+        wiring.extend(
+            self.abi
+                .outputs
+                .iter()
+                .zip(&outputs)
+                .map(|(o, buf)| (o.at.set, o.at.binding, buf)),
+        );
+        let bind_group = self.pipeline.bind_sets(&wiring).map_err(failed)?;
+        let stream = self.device.stream(QueueKind::Compute).map_err(failed)?;
+        Ok(Box::new(GpuGenericLane {
+            host_input: vec![0.0; rows * self.info.input_width],
+            input,
+            outputs,
+            results: vec![Vec::new(); self.abi.outputs.len()],
+            widths: self.abi.outputs.iter().map(|o| o.width * o.dtype.size()).collect(),
+            bind_group,
+            pipeline: self.pipeline.clone(),
+            stream,
+            list: None,
+            recorded_rows: None,
+            push_size: self.pipeline.info().push_constant_size as usize,
+            input_width: self.info.input_width,
+            row_count_offset: self.abi.row_count.push_constant_offset as usize,
+        }))
+    }
+}
+
+struct GpuGenericLane {
+    host_input: Vec<f32>,
+    input: vknf_vulkan::Buffer,
+    outputs: Vec<vknf_vulkan::Buffer>,
+    results: Vec<Vec<u8>>,
+    widths: Vec<usize>,
+    bind_group: vknf_vulkan::BindGroup,
+    pipeline: vknf_vulkan::Pipeline,
+    stream: vknf_vulkan::Stream,
+    list: Option<vknf_vulkan::CommandList>,
+    recorded_rows: Option<usize>,
+    push_size: usize,
+    row_count_offset: usize,
+    input_width: usize,
+}
+
+impl Lane for GpuGenericLane {
+    fn input_mut(&mut self) -> &mut [f32] {
+        &mut self.host_input
+    }
+
+    fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {
+        let failed = |e: vknf_vulkan::Error| {
+            if e.is_device_lost() {
+                ExecError::DeviceLost(e.to_string())
+            } else {
+                ExecError::Failed(e.to_string())
+            }
+        };
+        let values = self
+            .host_input
+            .get(..n_rows * self.input_width)
+            .ok_or_else(|| ExecError::InvalidBatch(format!("{n_rows} rows exceed the lane")))?;
+        if n_rows == 0 {
+            return Err(ExecError::InvalidBatch("an empty batch".into()));
+        }
+        self.input.write(0, values).map_err(failed)?;
+        if self.recorded_rows != Some(n_rows) {
+            let mut push = vec![0u8; self.push_size];
+            push[self.row_count_offset..self.row_count_offset + 4].copy_from_slice(&(n_rows as u32).to_le_bytes());
+            let groups = self.pipeline.groups_for(n_rows as u64);
+            let bind_group = &self.bind_group;
+            let record = |rec: &mut vknf_vulkan::Recorder<'_>| rec.dispatch_bytes(bind_group, &push, [groups, 1, 1]);
+            match &mut self.list {
+                Some(list) => list.rerecord(record).map_err(failed)?,
+                None => self.list = Some(self.stream.record(record).map_err(failed)?),
+            }
+            self.recorded_rows = Some(n_rows);
+        }
+        let list = self.list.as_mut().expect("recorded above");
+        self.stream
+            .run(list, vknf_functions::forest::BATCH_DEADLINE)
+            .map_err(failed)?;
+        for (index, output) in self.outputs.iter().enumerate() {
+            let result = &mut self.results[index];
+            result.resize(n_rows * self.widths[index], 0);
+            if want.get(index).copied().unwrap_or(true) {
+                output.read(0, result).map_err(failed)?;
+            }
+        }
+        Ok(LaneOutputs {
+            outputs: self
+                .results
+                .iter()
+                .enumerate()
+                .map(|(index, r)| want.get(index).copied().unwrap_or(true).then_some(r.as_slice()))
+                .collect(),
+        })
     }
 }
