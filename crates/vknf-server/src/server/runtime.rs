@@ -196,6 +196,24 @@ impl FunctionRuntime {
     }
 }
 
+/// Waits shorter than this are polled rather than timed (tokio's timer resolution is 1 ms).
+const SHORT_WAIT: Duration = Duration::from_millis(2);
+
+/// Takes the next job before `deadline`, yielding to the runtime between looks.
+async fn poll_until(
+    queue: &mut mpsc::UnboundedReceiver<Arc<Job>>,
+    deadline: tokio::time::Instant,
+) -> Option<(Arc<Job>, usize)> {
+    loop {
+        match queue.try_recv() {
+            Ok(job) => return Some((job, 0)),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if tokio::time::Instant::now() >= deadline => return None,
+            Err(mpsc::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+        }
+    }
+}
+
 /// What a lane thread hands back: the lane, or nothing when the device lost it.
 type LaneReturn = Option<CountedLane>;
 
@@ -243,7 +261,9 @@ impl Batcher {
                 },
             };
             let Some(mut lane) = free.pop() else { continue };
-            let batch = this.fill(&mut lane, first, &mut queue, &mut carry).await;
+            // With nothing running, the device is idle: waiting for more rows would only add latency.
+            let wait = if running == 0 { Duration::ZERO } else { this.max_wait };
+            let batch = this.fill(&mut lane, first, &mut queue, &mut carry, wait).await;
             if batch.segments.is_empty() {
                 free.push(lane);
                 continue;
@@ -274,16 +294,17 @@ impl Batcher {
         }
     }
 
-    /// Packs rows into `lane` until it is full or `max_wait` has passed since the first row.
+    /// Packs rows into `lane` until it is full or `wait` has passed since the first row.
     async fn fill(
         &self,
         lane: &mut CountedLane,
         first: (Arc<Job>, usize),
         queue: &mut mpsc::UnboundedReceiver<Arc<Job>>,
         carry: &mut Option<(Arc<Job>, usize)>,
+        wait: Duration,
     ) -> Batch {
         let width = self.info.input_width;
-        let deadline = tokio::time::Instant::now() + self.max_wait;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut batch = Batch {
             segments: Vec::new(),
             rows: 0,
@@ -315,6 +336,9 @@ impl Batcher {
             next = match queue.try_recv() {
                 Ok(job) => Some((job, 0)),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) if wait.is_zero() => None,
+                // Tokio's timers tick in milliseconds: sub-millisecond waits poll instead.
+                Err(mpsc::error::TryRecvError::Empty) if wait < SHORT_WAIT => poll_until(queue, deadline).await,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
                     Ok(Some(job)) => Some((job, 0)),
                     _ => None,

@@ -111,7 +111,10 @@ impl AgentArgs {
         config.resync_interval = Duration::from_secs(self.resync_s.max(1));
         config.drain_delay = Duration::from_secs(self.drain_delay_s);
         config.state_dir = state_dir;
-        config.parse_options = ParseOptions { max_model_bytes: self.max_model_mib << 20, allow_ephemeral_ports: false };
+        config.parse_options = ParseOptions {
+            max_model_bytes: self.max_model_mib << 20,
+            allow_ephemeral_ports: false,
+        };
         config.server = ServerConfig {
             bind_ip: self.bind,
             max_connections: self.max_connections.max(1),
@@ -151,13 +154,8 @@ fn hostname_lossy() -> anyhow::Result<String> {
         .to_lowercase())
 }
 
-/// Runs `vknf agent` with the CPU loader (`--cpu`) or as the watchdog; otherwise this needs a
-/// GPU loader, see [`run_with_loader`].
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    run_with_loader(args, None)
-}
-
-/// Runs `vknf agent`; `gpu` is the loader used unless `--cpu` is given.
+/// Runs `vknf agent`: the watchdog with `--watchdog`, else the node agent with the CPU loader
+/// (`--cpu`) or `gpu`.
 pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) -> anyhow::Result<()> {
     let role = if args.watchdog {
         Role::Watchdog(args.watchdog_config()?)
@@ -167,7 +165,14 @@ pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) ->
             (false, Some(gpu)) => gpu,
             (false, None) => anyhow::bail!("no GPU loader in this build; pass --cpu to serve with the CPU"),
         };
-        Role::Agent { config: Box::new(args.agent_config()?), loader }
+        Role::Agent {
+            config: Box::new(args.agent_config()?),
+            loader,
+        }
     };
-    Ok(run_blocking(DaemonOptions { kubeconfig: args.kubeconfig.clone(), metrics_addr: args.metrics_addr, role })?)
+    Ok(run_blocking(DaemonOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        metrics_addr: args.metrics_addr,
+        role,
+    })?)
 }
