@@ -329,12 +329,6 @@ pub struct LaneResult {
 /// The label the kernel gives rows it rejects for NaN features (models without missing-value routing).
 const NAN_ROW: u32 = u32::MAX;
 
-/// Batches of at least this many rows are split into [`PIPELINE_CHUNKS`] dispatches by `predict`, so that
-/// writing the rows overlaps the kernel.
-pub const PIPELINE_MIN_ROWS: usize = 2048;
-/// Dispatches a large batch is split into (4 was best on W1, bench/RESULTS.md).
-pub const PIPELINE_CHUNKS: usize = 4;
-
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
 
@@ -658,20 +652,13 @@ impl ForestLane {
         let mut labels = Vec::with_capacity(n_rows);
         let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
-            let chunk_rows = chunk.len() / nf;
-            let pieces = if chunk_rows >= PIPELINE_MIN_ROWS {
-                PIPELINE_CHUNKS
-            } else {
-                1
-            };
-            let result = self
-                .run_pipelined(chunk, pieces, want_scores)
-                .map_err(|err| match err {
-                    ForestError::Input(message) if message.starts_with("row ") => {
-                        ForestError::Input(format!("batch {index}: {message}"))
-                    }
-                    other => other,
-                })?;
+            self.write_rows(0, chunk)?;
+            let result = self.run(chunk.len() / nf, want_scores).map_err(|err| match err {
+                ForestError::Input(message) if message.starts_with("row ") => {
+                    ForestError::Input(format!("batch {index}: {message}"))
+                }
+                other => other,
+            })?;
             labels.extend_from_slice(&result.labels);
             if let Some(s) = result.scores {
                 scores.extend_from_slice(&s);
