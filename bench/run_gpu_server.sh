@@ -16,7 +16,7 @@ echo "== W1a in process, default configuration, pipelined"; timeout 90 $B/bench-
 $B/vknf compile-model $B/paper-rf-tree --trees 150 -o $W/w1.vkf --quiet
 $B/vknf manifest --name w1 --port 7700 --kind forest --spirv $B/forest.spv --model $W/w1.vkf \
   --max-batch-rows 8192 --max-wait-us 50 --node-address 127.0.0.1 -o $W/manifests/w1.yaml
-$B/vknf --log info serve --manifests $W/manifests --host-address 127.0.0.1 --lanes 4 \
+$B/vknf --log info serve --manifests $W/manifests --host-address 127.0.0.1 --lanes ${LANES:-8} \
   --metrics-addr 127.0.0.1:9700 > "$OUT/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do curl -fs http://127.0.0.1:9700/readyz >/dev/null 2>&1 && break; sleep 0.2; done
@@ -27,6 +27,8 @@ run --rows 1 --rate 2000 --connections 4 --duration 5
 run --rows 1 --rate 20000 --connections 8 --duration 5
 run --rows 1 --connections 16 --depth 64 --duration 5
 run --rows 64 --connections 16 --depth 16 --duration 5
+run --rows 512 --connections 16 --depth 8 --duration 5
+run --rows 2048 --connections 8 --depth 4 --duration 5
 run --rows 5788 --connections 1 --depth 1 --duration 5
 run --rows 5788 --connections 4 --depth 4 --duration 5
 run --rows 5788 --connections 8 --depth 8 --duration 5

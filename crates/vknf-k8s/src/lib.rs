@@ -3,7 +3,7 @@
 //! GPU hosts run no container runtime. A function is a selector-less Service carrying SPIR-V in
 //! its annotations (docs/functions.md); the agent on each GPU host watches those Services, their
 //! EndpointSlices and legacy Endpoints, and the model ConfigMaps, decides which functions the
-//! host serves ([`plan`]), and feeds the very same reader and server as `vknf serve`
+//! host serves ([`plan`]), and feeds the very same resolver and server as `vknf serve`
 //! ([`render`], [`vknf_server::Server::reconcile`]). It tells the cluster what it serves:
 //! EndpointSlices for managed placement ([`slices`]), a status annotation and Events per
 //! function ([`status`]), and a host Lease that the [`watchdog`] checks. docs/kubernetes.md

@@ -11,8 +11,8 @@ use prometheus_client::registry::Registry;
 /// Labels naming an error kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// What failed: `watch`, `model_fetch`, `render`, `slice`, `status`, `event`, `lease`,
-    /// `watchdog`.
+    /// What failed: `watch`, `model_fetch`, `render`, `state_dir`, `slice`, `status`, `event`,
+    /// `lease`, `watchdog`.
     pub kind: String,
 }
 

@@ -1,8 +1,9 @@
 //! Turning the cluster's objects for this host into the server's desired state with the very
-//! reader `vknf serve` uses: the objects are written as a manifest directory (the agent's
-//! state directory, which an operator can inspect or serve with `vknf serve --manifests`) and
-//! read back with [`vknf_server::manifest::load_dir`]. Validation, model assembly, digest checks
-//! and port clashes are therefore exactly those of `vknf serve`.
+//! resolver `vknf serve` uses ([`vknf_server::manifest::resolve`]), in memory: validation, model
+//! assembly, digest checks and port clashes are exactly those of `vknf serve`, without a trip
+//! through YAML and the disk. The same objects can also be written as a manifest directory (the
+//! agent's state directory, which an operator can inspect or serve with `vknf serve
+//! --manifests`); that copy is for people and is never read back.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +11,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use vknf_server::manifest::{
-    FunctionKey, HostManifest, ManifestError, ParseOptions, Placement, RejectedFunction, load_dir,
-};
+use vknf_server::manifest::{FunctionKey, HostManifest, ObjectSet, ParseOptions, Placement, RejectedFunction, resolve};
 
 use crate::keys::STATUS_PREFIX;
 
-/// Why the desired state could not be rendered.
+/// Why the state directory could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     /// Writing the state directory failed.
@@ -37,9 +36,6 @@ pub enum RenderError {
         #[source]
         source: serde_norway::Error,
     },
-    /// The server's reader refused the directory as a whole.
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
 }
 
 /// The parts of a Service that describe a function; everything else (status annotations,
@@ -71,7 +67,7 @@ pub fn function_service(service: &Service) -> Service {
     }
 }
 
-/// The parts of a ConfigMap the reader uses.
+/// The parts of a ConfigMap the resolver uses.
 pub fn model_configmap(configmap: &ConfigMap) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
@@ -83,6 +79,21 @@ pub fn model_configmap(configmap: &ConfigMap) -> ConfigMap {
         data: configmap.data.clone(),
         immutable: None,
     }
+}
+
+/// The functions (trimmed with [`function_service`]) with their model ConfigMaps, as the server
+/// will serve them. CPU-bound (SPIR-V decoding, model assembly and digests): run it off the
+/// async runtime when models are large.
+pub fn resolve_functions(services: &[Service], configmaps: &[Arc<ConfigMap>], options: &ParseOptions) -> HostManifest {
+    let mut objects = ObjectSet::default();
+    for service in services {
+        objects.add_service(service.clone());
+    }
+    for configmap in configmaps {
+        objects.add_configmap(model_configmap(configmap));
+    }
+    // Placement was decided by the agent; every given function is for this host.
+    resolve(&objects, &Placement::All, options)
 }
 
 fn file_name(prefix: &str, meta: &ObjectMeta) -> String {
@@ -109,14 +120,9 @@ fn write_yaml<T: serde::Serialize>(dir: &Path, name: &str, object: &T) -> Result
 }
 
 /// Writes the functions (trimmed with [`function_service`]) and their model ConfigMaps into
-/// `dir`, replacing what an earlier render left, and reads them back as the server will serve
-/// them. Blocking: run it off the async runtime.
-pub fn render(
-    dir: &Path,
-    services: &[Service],
-    configmaps: &[Arc<ConfigMap>],
-    options: &ParseOptions,
-) -> Result<HostManifest, RenderError> {
+/// `dir` as a manifest directory that `vknf serve --manifests` reads, replacing what an earlier
+/// write left. Blocking: run it off the async runtime.
+pub fn write_state_dir(dir: &Path, services: &[Service], configmaps: &[Arc<ConfigMap>]) -> Result<(), RenderError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| RenderError::Write { path, source }
@@ -143,8 +149,7 @@ pub fn render(
             std::fs::remove_file(&path).map_err(io(&path))?;
         }
     }
-    // Placement was decided by the agent; every rendered function is for this host.
-    Ok(load_dir(dir, &Placement::All, options)?)
+    Ok(())
 }
 
 /// A copy of a host manifest (the server's type is not `Clone`).
@@ -177,6 +182,7 @@ pub fn manifest_keys(manifest: &HostManifest) -> Vec<FunctionKey> {
 mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::ServicePort;
+    use vknf_server::manifest::{FunctionKind, ManifestRequest, build_objects, load_dir};
 
     use super::*;
 
@@ -208,6 +214,37 @@ mod tests {
         }
     }
 
+    /// A valid forest function `prod/classifier` on port 7001 whose model spans several
+    /// ConfigMaps.
+    fn valid_function(model: &[u8]) -> (Service, Vec<Arc<ConfigMap>>) {
+        let values = build_objects(&ManifestRequest {
+            name: "classifier".to_owned(),
+            namespace: "prod".to_owned(),
+            port: 7001,
+            kind: FunctionKind::Forest,
+            spirv: vknf_kernels::by_name("forest").expect("forest kernel"),
+            entry_point: None,
+            model: Some(model),
+            spec_constants: None,
+            abi: None,
+            max_batch_rows: Some(256),
+            max_wait_us: Some(100),
+            node_addresses: Vec::new(),
+            part_bytes: model.len() / 3 + 1,
+        })
+        .unwrap();
+        let mut service = None;
+        let mut configmaps = Vec::new();
+        for value in values {
+            match value["kind"].as_str() {
+                Some("Service") => service = Some(serde_norway::from_value(value).unwrap()),
+                Some("ConfigMap") => configmaps.push(Arc::new(serde_norway::from_value(value).unwrap())),
+                _ => {}
+            }
+        }
+        (function_service(&service.unwrap()), configmaps)
+    }
+
     #[test]
     fn status_annotations_and_cluster_fields_do_not_reach_the_loader() {
         let trimmed = function_service(&service_with_status());
@@ -230,7 +267,44 @@ mod tests {
     }
 
     #[test]
-    fn rendering_replaces_the_previous_render_and_reports_invalid_functions_per_function() {
+    fn functions_resolve_in_memory_as_vknf_serve_reads_them_from_the_state_directory() {
+        let model: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (valid, configmaps) = valid_function(&model);
+        assert!(configmaps.len() > 1, "the model spans several ConfigMaps");
+        // Lacks its SPIR-V: rejected on its own, the others still resolve.
+        let broken = function_service(&service_with_status());
+        let services = [valid, broken];
+        let options = ParseOptions::default();
+
+        let resolved = resolve_functions(&services, &configmaps, &options);
+        assert_eq!(resolved.functions.len(), 1);
+        let function = &resolved.functions[0];
+        assert_eq!(function.spec.key.to_string(), "prod/classifier");
+        assert_eq!(function.spec.port, 7001);
+        assert_eq!(function.model.as_deref(), Some(&model[..]));
+        assert_eq!(resolved.rejected.len(), 1);
+        assert_eq!(resolved.rejected[0].key.to_string(), "prod/web");
+
+        let dir = tempfile::tempdir().unwrap();
+        write_state_dir(dir.path(), &services, &configmaps).unwrap();
+        let served = load_dir(dir.path(), &Placement::All, &options).unwrap();
+        let specs = |m: &HostManifest| m.functions.iter().map(|f| f.spec.clone()).collect::<Vec<_>>();
+        let models = |m: &HostManifest| m.functions.iter().map(|f| f.model.clone()).collect::<Vec<_>>();
+        let rejected = |m: &HostManifest| {
+            m.rejected
+                .iter()
+                .map(|r| (r.key.clone(), r.error.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(specs(&served), specs(&resolved));
+        assert_eq!(models(&served), models(&resolved));
+        assert_eq!(rejected(&served), rejected(&resolved));
+        let copy = clone_manifest(&resolved);
+        assert_eq!(manifest_keys(&copy), manifest_keys(&resolved));
+    }
+
+    #[test]
+    fn writing_the_state_directory_replaces_the_previous_write() {
         let dir = tempfile::tempdir().unwrap();
         let leftover = dir.path().join("service.prod.gone.yaml");
         std::fs::write(&leftover, "not: yaml: [").unwrap();
@@ -238,25 +312,19 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("m".into()),
                 namespace: Some("prod".into()),
+                resource_version: Some("7".into()),
                 ..Default::default()
             },
             binary_data: Some([("model.vkf.part0".to_owned(), ByteString(vec![1, 2, 3]))].into()),
             ..Default::default()
         });
-        let manifest = render(
-            dir.path(),
-            &[function_service(&service_with_status())],
-            &[configmap],
-            &ParseOptions::default(),
-        )
-        .unwrap();
+        write_state_dir(dir.path(), &[function_service(&service_with_status())], &[configmap]).unwrap();
         assert!(!leftover.exists());
-        assert!(dir.path().join("configmap.prod.m.yaml").exists());
-        // The service lacks its SPIR-V: rejected on its own, the directory as a whole is fine.
-        assert!(manifest.functions.is_empty());
-        assert_eq!(manifest.rejected.len(), 1);
-        assert_eq!(manifest.rejected[0].key.to_string(), "prod/web");
-        let copy = clone_manifest(&manifest);
-        assert_eq!(manifest_keys(&copy), manifest_keys(&manifest));
+        let written = std::fs::read_to_string(dir.path().join("configmap.prod.m.yaml")).unwrap();
+        let read_back: ConfigMap = serde_norway::from_str(&written).unwrap();
+        assert_eq!(read_back.binary_data.unwrap()["model.vkf.part0"].0, vec![1, 2, 3]);
+        // Only what the resolver uses is kept.
+        assert_eq!(read_back.metadata.resource_version, None);
+        assert!(dir.path().join("service.prod.web.yaml").exists());
     }
 }

@@ -12,8 +12,10 @@ use common::*;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use vknf_k8s::{FunctionPhase, Watchdog, WatchdogConfig, keys};
+use vknf_k8s::{Agent, FunctionPhase, Watchdog, WatchdogConfig, keys};
 use vknf_k8s_fake::{FakeApiServer, InjectedFailure};
+use vknf_server::cpu::CpuLoader;
+use vknf_server::manifest::{ParseOptions, Placement, load_dir};
 
 fn at(host: &Host, port: u16) -> SocketAddr {
     SocketAddr::new(host.ip, port)
@@ -494,6 +496,59 @@ async fn api_server_errors_are_retried_until_the_function_serves() {
     assert!(metrics.error_count("model_fetch") >= 1);
     assert!(metrics.error_count("slice") >= 1);
     assert!(metrics.error_count("status") >= 1);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_directory_is_a_copy_that_vknf_serve_reads_and_serving_never_waits_for_it() {
+    let fake = FakeApiServer::start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let state_dir = root.path().join("manifests");
+    let mut config = agent_config(&GPU_A);
+    config.state_dir = Some(state_dir.clone());
+    let agent = Agent::start(fake.client().unwrap(), config, Arc::new(CpuLoader)).unwrap();
+    // The first pass writes the (empty) copy; later passes write only when functions change.
+    wait_for("a first pass", || agent.status().reconciles >= 1).await;
+    // A file where the directory should be: every write of the copy fails.
+    std::fs::remove_dir(&state_dir).unwrap();
+    std::fs::write(&state_dir, "in the way").unwrap();
+
+    let port = free_port();
+    let model = forest(8, 4, 3);
+    let (mut service, configmaps) = function("copied", port, &model, "v1");
+    annotate(&mut service, keys::HOST_NAMES, GPU_A.name);
+    apply(&fake, &service, &configmaps);
+    wait_for("served without a state directory", || {
+        phase(&fake, "copied", &GPU_A) == Some(FunctionPhase::Serving)
+    })
+    .await;
+    let input = rows(2, 20);
+    assert_eq!(
+        classify(at(&GPU_A, port), &input).await.unwrap(),
+        expected_labels(&model, &input)
+    );
+    wait_for("the failed write counted", || {
+        agent.metrics().error_count("state_dir") >= 1
+    })
+    .await;
+
+    // Once the directory can be written again, the copy catches up and `vknf serve` reads
+    // exactly the function the agent serves.
+    std::fs::remove_file(&state_dir).unwrap();
+    let key = |namespace: &str| format!("{namespace}/copied");
+    let read = || load_dir(&state_dir, &Placement::All, &ParseOptions::default()).ok();
+    wait_for("the state directory written", || {
+        read().is_some_and(|m| m.functions.len() == 1)
+    })
+    .await;
+    let served = read().unwrap();
+    assert_eq!(served.functions[0].spec.key.to_string(), key(NAMESPACE));
+    assert_eq!(served.functions[0].spec.port, port);
+    assert_eq!(served.functions[0].model.as_deref(), Some(&model.to_vkf_bytes()[..]));
+
+    // A removed function leaves the copy too.
+    fake.remove::<Service>(NAMESPACE, "copied").unwrap();
+    wait_for("the copy emptied", || read().is_some_and(|m| m.functions.is_empty())).await;
     agent.shutdown().await;
 }
 

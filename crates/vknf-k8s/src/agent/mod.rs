@@ -44,7 +44,8 @@ pub struct AgentConfig {
     /// How long a function no longer placed here keeps serving, marked not ready, before its
     /// port closes (time for kube-proxy to stop routing to it).
     pub drain_delay: Duration,
-    /// Where the rendered manifests go (`None`: a private temporary directory).
+    /// Where a copy of the resolved objects is written as a manifest directory that `vknf serve
+    /// --manifests` reads (`None`: no copy). The agent itself never reads it.
     pub state_dir: Option<PathBuf>,
     /// Limits of the manifest reader.
     pub parse_options: ParseOptions,
@@ -135,8 +136,6 @@ pub struct Agent {
     reconciler: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     stop: signal::Sender<bool>,
-    // Removed (with the rendered manifests) when the agent is dropped.
-    _state_dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
@@ -144,25 +143,14 @@ impl Agent {
     /// inside a Tokio runtime. `loader` turns functions into executors (the GPU loader, or the
     /// CPU loader of vknf-server).
     pub fn start(client: Client, config: AgentConfig, loader: Arc<dyn FunctionLoader>) -> Result<Agent, AgentError> {
-        let (state_dir, temporary) = match &config.state_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| AgentError::StateDir {
-                    path: dir.clone(),
-                    source,
-                })?;
-                (dir.clone(), None)
-            }
-            None => {
-                let temporary = tempfile::Builder::new()
-                    .prefix("vknf-agent-")
-                    .tempdir()
-                    .map_err(|source| AgentError::StateDir {
-                        path: std::env::temp_dir(),
-                        source,
-                    })?;
-                (temporary.path().to_owned(), Some(temporary))
-            }
-        };
+        // A state directory that cannot be created is a configuration error, told at once.
+        if let Some(dir) = &config.state_dir {
+            std::fs::create_dir_all(dir).map_err(|source| AgentError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let state_dir = config.state_dir.clone();
         let metrics = AgentMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -205,7 +193,6 @@ impl Agent {
             reconciler,
             background,
             stop,
-            _state_dir: temporary,
         })
     }
 

@@ -18,10 +18,10 @@ use vknf_forest::{
 use vknf_k8s::host::parse_labels;
 use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
 use vknf_k8s_fake::FakeApiServer;
-use vknf_server::ServerConfig;
 use vknf_server::client::Client;
 use vknf_server::cpu::CpuLoader;
 use vknf_server::manifest::{FunctionKind, ManifestRequest, build_objects};
+use vknf_server::{FunctionLoader, ServerConfig};
 
 pub const NAMESPACE: &str = "default";
 pub const LEASE_NAMESPACE: &str = "vknf-system";
@@ -224,13 +224,13 @@ pub fn init_logs() {
 }
 
 pub fn start_agent(fake: &FakeApiServer, host: &Host) -> Agent {
+    start_agent_with_loader(fake, host, Arc::new(CpuLoader))
+}
+
+/// Like [`start_agent`], loading functions with `loader`.
+pub fn start_agent_with_loader(fake: &FakeApiServer, host: &Host, loader: Arc<dyn FunctionLoader>) -> Agent {
     init_logs();
-    Agent::start(
-        fake.client().expect("kube client"),
-        agent_config(host),
-        Arc::new(CpuLoader),
-    )
-    .expect("agent starts")
+    Agent::start(fake.client().expect("kube client"), agent_config(host), loader).expect("agent starts")
 }
 
 /// Polls `condition` every 20 ms for up to 20 s.

@@ -55,7 +55,7 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 5)]
     pub drain_delay_s: u64,
     /// Where the rendered manifests are kept (default: $RUNTIME_DIRECTORY/manifests under
-    /// systemd, else a temporary directory).
+    /// systemd, else none).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Run forest functions with the CPU reference predictor instead of the GPU.

@@ -1,5 +1,6 @@
-//! One reconcile pass makes the host match the cluster: plan, fetch models, render, hand the
-//! result to [`Server::reconcile`], probe the ports, then publish slices, status and Events.
+//! One reconcile pass makes the host match the cluster: plan, fetch models, resolve the
+//! functions in memory, hand the result to [`Server::reconcile`], probe the ports, then publish
+//! slices, status and Events, and finally refresh the state directory (a copy for operators).
 //! Every step is idempotent, so a restarted agent converges to the same state, and every
 //! failure is confined to the function it concerns and retried on a later pass.
 
@@ -25,7 +26,7 @@ use super::{AgentConfig, Shared};
 use crate::keys;
 use crate::models::ModelCache;
 use crate::plan::{PlacementMode, Plan, object_key, plan};
-use crate::render::{clone_manifest, function_service, render};
+use crate::render::{clone_manifest, function_service, resolve_functions, write_state_dir};
 use crate::slices::{EndpointState, desired_slice, slice_host, up_to_date};
 use crate::status::{FunctionPhase, HostFunctionStatus};
 
@@ -38,7 +39,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// First retry delay after a failed write; doubled up to the resync interval.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 
-/// What the manifest reader was given last time; an identical input is not rendered again.
+/// What the resolver was given last time; an identical input is not resolved again.
 #[derive(Debug, Clone, PartialEq)]
 struct RenderInput {
     services: Vec<Service>,
@@ -98,7 +99,9 @@ pub(crate) struct Reconciler {
     caches: Caches,
     shared: Arc<Shared>,
     first_seen: FirstSeen,
-    state_dir: PathBuf,
+    state_dir: Option<PathBuf>,
+    /// Objects resolved since the state directory was last written successfully.
+    unwritten_state: Option<(Vec<Service>, Vec<Arc<ConfigMap>>)>,
     models: ModelCache,
     recorder: Recorder,
     last_render: Option<(RenderInput, HostManifest)>,
@@ -128,7 +131,7 @@ impl Reconciler {
         caches: Caches,
         shared: Arc<Shared>,
         first_seen: FirstSeen,
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
     ) -> Reconciler {
         let recorder = Recorder::new(
             client.clone(),
@@ -146,6 +149,7 @@ impl Reconciler {
             shared,
             first_seen,
             state_dir,
+            unwritten_state: None,
             recorder,
             last_render: None,
             last_signature: None,
@@ -310,6 +314,7 @@ impl Reconciler {
         self.record_events(&plan, &reports).await;
         self.record_cold_starts(pass_start, &newly_answering, &was_running, &timings);
         self.forget_first_seen(&plan, &reports);
+        self.write_state_dir(&mut write_failed).await;
 
         let count = |phase: FunctionPhase| reports.values().filter(|r| r.phase == phase).count();
         metrics.set_functions("pending", count(FunctionPhase::Pending));
@@ -369,7 +374,7 @@ impl Reconciler {
         fetched
     }
 
-    /// Renders and parses the functions unless the input is what was rendered last; returns
+    /// Resolves the functions in memory unless the input is what was resolved last; returns
     /// whether `last_render` holds the current input.
     async fn render_if_changed(
         &mut self,
@@ -388,26 +393,51 @@ impl Reconciler {
             return true;
         }
         let started = Instant::now();
-        let (dir, services, configmaps, options) = (
-            self.state_dir.clone(),
+        let configmaps: Vec<Arc<ConfigMap>> = configmaps.values().cloned().collect();
+        let (services, resolver_configmaps, options) = (
             input.services.clone(),
-            configmaps.values().cloned().collect::<Vec<_>>(),
+            configmaps.clone(),
             self.config.parse_options.clone(),
         );
-        let result = tokio::task::spawn_blocking(move || render(&dir, &services, &configmaps, &options)).await;
+        // Off the runtime: assembling and hashing a large model takes a while.
+        let result =
+            tokio::task::spawn_blocking(move || resolve_functions(&services, &resolver_configmaps, &options)).await;
         timings.validation = started.elapsed();
         let error = match result {
-            Ok(Ok(manifest)) => {
+            Ok(manifest) => {
+                if self.state_dir.is_some() {
+                    self.unwritten_state = Some((input.services.clone(), configmaps));
+                }
                 self.last_render = Some((input, manifest));
                 return true;
             }
-            Ok(Err(error)) => error.to_string(),
-            Err(error) => format!("renderer failed: {error}"),
+            Err(error) => format!("resolver failed: {error}"),
         };
-        tracing::error!(%error, "cannot render the functions; the running ones keep serving");
+        tracing::error!(%error, "cannot resolve the functions; the running ones keep serving");
         self.shared.metrics.error("render");
         self.server.report_source_error(error);
         false
+    }
+
+    /// Writes the objects resolved last into the state directory, when one is configured and
+    /// they changed since the last successful write. Nothing reads it back: a failure only
+    /// leaves the operators' copy stale, and it is retried like any failed write.
+    async fn write_state_dir(&mut self, write_failed: &mut bool) {
+        let (Some(dir), Some((services, configmaps))) = (self.state_dir.clone(), self.unwritten_state.take()) else {
+            return;
+        };
+        let (written_services, written_configmaps) = (services.clone(), configmaps.clone());
+        let result =
+            tokio::task::spawn_blocking(move || write_state_dir(&dir, &written_services, &written_configmaps)).await;
+        let error = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => format!("state directory writer failed: {error}"),
+        };
+        tracing::warn!(%error, "cannot write the state directory; retrying");
+        self.shared.metrics.error("state_dir");
+        self.unwritten_state = Some((services, configmaps));
+        *write_failed = true;
     }
 
     /// Starts draining functions that are no longer placed here, marks their endpoints
