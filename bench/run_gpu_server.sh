@@ -35,3 +35,6 @@ run --rows 5788 --connections 8 --depth 8 --duration 5
 curl -fs http://127.0.0.1:9700/metrics | grep -E "^vknf_" | grep -vE "_bucket" | head -40 > "$OUT/metrics.txt"
 kill -TERM $server; wait $server
 date -u
+echo "== agent cold start (fake API server, GPU loader): ADDED event to port answering"
+timeout 120 $B/cold_start --gpu --json "$OUT/cold_start_gpu.json" 20 64 8
+timeout 120 $B/cold_start --gpu --json "$OUT/cold_start_gpu_150.json" 10 150 7
