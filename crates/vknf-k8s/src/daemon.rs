@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use vknf_server::FunctionLoader;
 
 use crate::agent::{Agent, AgentConfig, AgentError};
-use crate::ops::{OpsSource, serve_ops};
+use crate::ops::{OpsSource, serve_ops_source};
 use crate::watchdog::{Watchdog, WatchdogConfig};
 
 /// What the process runs.
@@ -108,7 +108,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
             tracing::info!(%addr, "operations endpoint: /metrics /livez /readyz");
         }
         let mut stopped = ops_stopped.clone();
-        Some(tokio::spawn(serve_ops(listener, source, async move {
+        Some(tokio::spawn(serve_ops_source(listener, source, async move {
             let _ = stopped.wait_for(|s| *s).await;
         })))
     };

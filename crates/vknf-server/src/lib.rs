@@ -12,6 +12,7 @@ pub mod client;
 pub mod cpu;
 pub mod daemon;
 pub mod exec;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod loadgen;
 pub mod manifest;
