@@ -17,6 +17,7 @@ fn gpu() -> Gpu {
     let instance = Instance::new(&InstanceOptions {
         validation: true,
         application_name: "vknf-parity".into(),
+        ..InstanceOptions::default()
     })
     .unwrap();
     let device = Device::select(&instance, &DeviceSelector::from_env().unwrap()).unwrap();

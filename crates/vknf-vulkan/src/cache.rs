@@ -42,8 +42,11 @@ fn header_matches(data: &[u8], info: &AdapterInfo) -> bool {
 }
 
 impl PipelineCache {
-    pub(crate) fn open(device: &ash::Device, info: &AdapterInfo) -> PipelineCache {
-        let path = cache_dir().map(|dir| dir.join(format!("pipelines-{}-{:08x}.bin", info.uuid, info.driver_version)));
+    pub(crate) fn open(device: &ash::Device, info: &AdapterInfo, dir: Option<&Path>) -> PipelineCache {
+        let path = dir
+            .map(Path::to_path_buf)
+            .or_else(cache_dir)
+            .map(|dir| dir.join(format!("pipelines-{}-{:08x}.bin", info.uuid, info.driver_version)));
         let initial = path
             .as_ref()
             .and_then(|p| std::fs::read(p).ok())

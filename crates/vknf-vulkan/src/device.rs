@@ -162,7 +162,7 @@ impl Device {
                 });
             }
         };
-        let pipeline_cache = PipelineCache::open(&raw, info);
+        let pipeline_cache = PipelineCache::open(&raw, info, instance.shared.pipeline_cache_dir.as_deref());
         let spirv_env = crate::validate::TargetEnv::for_api_version(&info.api_version);
         tracing::info!(device = %info.name, driver = %info.driver_info, "vulkan device created");
         Ok(Device {

@@ -20,6 +20,9 @@ pub struct InstanceOptions {
     pub validation: bool,
     /// Application name reported to drivers.
     pub application_name: String,
+    /// Where devices keep their pipeline caches. `None`: `$VKNF_CACHE_DIR` (`off` disables caching),
+    /// else `$XDG_CACHE_HOME/vknf`, else `~/.cache/vknf`.
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for InstanceOptions {
@@ -27,6 +30,7 @@ impl Default for InstanceOptions {
         InstanceOptions {
             validation: std::env::var_os("VKNF_VALIDATE").is_some_and(|v| v != "0"),
             application_name: "vknf".to_string(),
+            pipeline_cache_dir: None,
         }
     }
 }
@@ -50,6 +54,7 @@ pub(crate) struct InstanceShared {
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     // Boxed so that its address, handed to the driver as callback user data, never moves.
     log: Box<ValidationLog>,
+    pub(crate) pipeline_cache_dir: Option<std::path::PathBuf>,
     adapters: Vec<(vk::PhysicalDevice, AdapterInfo)>,
 }
 
@@ -142,6 +147,7 @@ impl Instance {
             raw,
             debug,
             log,
+            pipeline_cache_dir: options.pipeline_cache_dir.clone(),
             adapters: Vec::new(),
         };
         shared.adapters = crate::adapter::enumerate(&shared)?;

@@ -56,8 +56,9 @@ impl Ticket {
     pub fn wait(&self, deadline: Duration) -> Result<()> {
         let device = &self.timeline.device;
         device.check_lost()?;
-        // Short GPU work finishes sooner than a sleeping thread wakes up: poll the counter for a few
-        // microseconds before blocking in the driver.
+        // A small batch's kernel finishes within tens to hundreds of microseconds, sooner than a thread
+        // blocked in the driver is woken: poll the counter for a while before blocking (the tail latency
+        // of one-row requests depends on it; bench/RESULTS.md).
         let polling_started = std::time::Instant::now();
         while polling_started.elapsed() < SPIN_BEFORE_BLOCKING.min(deadline) {
             if self.is_done()? {

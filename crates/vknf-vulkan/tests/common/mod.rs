@@ -11,10 +11,15 @@ pub struct Gpu {
 
 impl Gpu {
     pub fn new() -> Gpu {
-        // Pipeline caches of tests go to a throw-away place, never the user's cache.
+        Gpu::with_cache_dir(None)
+    }
+
+    /// With the pipeline cache in `pipeline_cache_dir` (`None`: the default location).
+    pub fn with_cache_dir(pipeline_cache_dir: Option<std::path::PathBuf>) -> Gpu {
         let instance = Instance::new(&InstanceOptions {
             validation: true,
             application_name: "vknf-tests".into(),
+            pipeline_cache_dir,
         })
         .expect("a Vulkan instance with validation (install libvulkan1, mesa-vulkan-drivers, vulkan-validationlayers)");
         let device = Device::select(&instance, &DeviceSelector::from_env().unwrap()).expect("a Vulkan device");
