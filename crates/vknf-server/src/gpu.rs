@@ -46,10 +46,17 @@ impl GpuLoader {
     }
 }
 
+fn vulkan_error(err: vknf_vulkan::Error) -> ExecError {
+    match err {
+        vknf_vulkan::Error::OutOfMemory { .. } => ExecError::OutOfMemory(err.to_string()),
+        err if err.is_device_lost() => ExecError::DeviceLost(err.to_string()),
+        err => ExecError::Failed(err.to_string()),
+    }
+}
+
 fn exec_error(err: ForestError) -> ExecError {
     match err {
-        ForestError::Gpu(vknf_vulkan::Error::OutOfMemory { .. }) => ExecError::OutOfMemory(err.to_string()),
-        err if err.is_device_lost() => ExecError::DeviceLost(err.to_string()),
+        ForestError::Gpu(err) => vulkan_error(err),
         ForestError::Input(message) => ExecError::InvalidBatch(message),
         err => ExecError::Failed(err.to_string()),
     }
@@ -197,11 +204,7 @@ impl GpuGenericFunction {
             .ok_or_else(|| spec_error(&function, "kind generic needs vknf.io/abi"))?;
         let vulkan = |e: vknf_vulkan::Error| LoadError::Exec {
             function: function.clone(),
-            source: if e.is_device_lost() {
-                ExecError::DeviceLost(e.to_string())
-            } else {
-                ExecError::Failed(e.to_string())
-            },
+            source: vulkan_error(e),
         };
         let kernel = Kernel::new(device, &spec.spirv, &spec.entry_point).map_err(vulkan)?;
         let info = kernel.info().clone();
@@ -331,13 +334,6 @@ impl Function for GpuGenericFunction {
 
     fn new_lane(&self) -> Result<Box<dyn Lane>, ExecError> {
         use vknf_vulkan::{MemoryKind, QueueKind};
-        let failed = |e: vknf_vulkan::Error| {
-            if e.is_device_lost() {
-                ExecError::DeviceLost(e.to_string())
-            } else {
-                ExecError::Failed(e.to_string())
-            }
-        };
         let rows = self.info.max_batch_rows.max(1);
         let input = self
             .device
@@ -346,14 +342,14 @@ impl Function for GpuGenericFunction {
                 (rows * self.info.input_width.max(1) * 4) as u64,
                 MemoryKind::Upload,
             )
-            .map_err(failed)?;
+            .map_err(vulkan_error)?;
         let mut outputs = Vec::new();
         for o in &self.abi.outputs {
             let bytes = (rows * o.width.max(1) * o.dtype.size()) as u64;
             outputs.push(
                 self.device
                     .create_buffer(&format!("generic output {}", o.name), bytes, MemoryKind::Readback)
-                    .map_err(failed)?,
+                    .map_err(vulkan_error)?,
             );
         }
         let mut wiring: Vec<(u32, u32, &vknf_vulkan::Buffer)> =
@@ -366,8 +362,8 @@ impl Function for GpuGenericFunction {
                 .zip(&outputs)
                 .map(|(o, buf)| (o.at.set, o.at.binding, buf)),
         );
-        let bind_group = self.pipeline.bind_sets(&wiring).map_err(failed)?;
-        let stream = self.device.stream(QueueKind::Compute).map_err(failed)?;
+        let bind_group = self.pipeline.bind_sets(&wiring).map_err(vulkan_error)?;
+        let stream = self.device.stream(QueueKind::Compute).map_err(vulkan_error)?;
         Ok(Box::new(GpuGenericLane {
             host_input: vec![0.0; rows * self.info.input_width],
             input,
@@ -408,13 +404,6 @@ impl Lane for GpuGenericLane {
     }
 
     fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {
-        let failed = |e: vknf_vulkan::Error| {
-            if e.is_device_lost() {
-                ExecError::DeviceLost(e.to_string())
-            } else {
-                ExecError::Failed(e.to_string())
-            }
-        };
         let values = self
             .host_input
             .get(..n_rows * self.input_width)
@@ -422,7 +411,7 @@ impl Lane for GpuGenericLane {
         if n_rows == 0 {
             return Err(ExecError::InvalidBatch("an empty batch".into()));
         }
-        self.input.write(0, values).map_err(failed)?;
+        self.input.write(0, values).map_err(vulkan_error)?;
         if self.recorded_rows != Some(n_rows) {
             let mut push = vec![0u8; self.push_size];
             push[self.row_count_offset..self.row_count_offset + 4].copy_from_slice(&(n_rows as u32).to_le_bytes());
@@ -430,20 +419,20 @@ impl Lane for GpuGenericLane {
             let bind_group = &self.bind_group;
             let record = |rec: &mut vknf_vulkan::Recorder<'_>| rec.dispatch_bytes(bind_group, &push, [groups, 1, 1]);
             match &mut self.list {
-                Some(list) => list.rerecord(record).map_err(failed)?,
-                None => self.list = Some(self.stream.record(record).map_err(failed)?),
+                Some(list) => list.rerecord(record).map_err(vulkan_error)?,
+                None => self.list = Some(self.stream.record(record).map_err(vulkan_error)?),
             }
             self.recorded_rows = Some(n_rows);
         }
         let list = self.list.as_mut().expect("recorded above");
         self.stream
             .run(list, vknf_functions::forest::BATCH_DEADLINE)
-            .map_err(failed)?;
+            .map_err(vulkan_error)?;
         for (index, output) in self.outputs.iter().enumerate() {
             let result = &mut self.results[index];
             result.resize(n_rows * self.widths[index], 0);
             if want.get(index).copied().unwrap_or(true) {
-                output.read(0, result).map_err(failed)?;
+                output.read(0, result).map_err(vulkan_error)?;
             }
         }
         Ok(LaneOutputs {

@@ -1,12 +1,11 @@
 //! `vknf compile-model`: import a random forest (ONNX-ML file or scikit-learn tree-array
 //! directory), validate it, lay it out for the GPU and write a `.vkf` file.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use super::progress::{progress_bar, show};
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vknf_forest::{
     DEFAULT_MAX_DEPTH, Forest, GpuForest, ImportOptions, MissingPolicy, NanRouting, NodeFormat, Progress, SklearnTree,
     Stage, Task, import_onnx_file,
@@ -82,36 +81,6 @@ pub fn run(args: CompileModelArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", summary(&args.output, &forest, &gpu, bytes.len()))?;
     Ok(())
-}
-
-fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({eta})")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-fn show(bar: &ProgressBar, p: Progress) {
-    let (message, scale) = match p.stage {
-        Stage::Reading => ("reading", 1 << 20),
-        Stage::Decoding => ("decoding", 1 << 20),
-        Stage::Validating => ("validating", 1),
-        Stage::Compiling => ("compiling", 1),
-    };
-    // Byte stages are shown in MiB so the counters stay readable.
-    bar.set_message(if scale > 1 {
-        format!("{message} MiB")
-    } else {
-        message.to_owned()
-    });
-    bar.set_length(p.total.div_ceil(scale));
-    bar.set_position(p.done / scale);
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -51,10 +51,11 @@ pub fn load_model(path: &Path) -> anyhow::Result<GpuForest> {
             GpuForest::from_vkf_bytes(&bytes).with_context(|| format!("loading {}", path.display()))
         }
         "onnx" => {
-            let bar = super::progress::LoadProgress::new();
-            let forest = vknf_forest::import_onnx_file(path, &ImportOptions::default(), &mut |p| bar.update(p))
-                .with_context(|| format!("importing {}", path.display()))?;
-            bar.finish();
+            let bar = super::progress::progress_bar(false);
+            let forest =
+                vknf_forest::import_onnx_file(path, &ImportOptions::default(), &mut |p| super::progress::show(&bar, p))
+                    .with_context(|| format!("importing {}", path.display()))?;
+            bar.finish_and_clear();
             Ok(forest
                 .compile()
                 .with_context(|| format!("compiling {}", path.display()))?)

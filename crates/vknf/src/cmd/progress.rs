@@ -1,42 +1,39 @@
-//! Progress bars for long model loads.
+//! The progress bar of long model loads, shared by `vknf compile-model` and `vknf predict`.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vknf_forest::{Progress, Stage};
 
-/// Shows the stages of a model load as one progress bar on standard error (hidden when not a terminal).
-pub struct LoadProgress {
-    bar: ProgressBar,
+/// A bar on standard error, hidden when `quiet` or when standard error is not a terminal.
+pub fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({eta})")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
-impl LoadProgress {
-    /// A bar, hidden until the first report.
-    pub fn new() -> LoadProgress {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:40}] {percent:>3}% {elapsed}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        LoadProgress { bar }
-    }
-
-    /// Takes one report from the loader.
-    pub fn update(&self, progress: Progress) {
-        let stage = match progress.stage {
-            Stage::Reading => "reading",
-            Stage::Decoding => "decoding",
-            Stage::Validating => "validating",
-            Stage::Compiling => "compiling",
-        };
-        if self.bar.message() != stage {
-            self.bar.set_message(stage);
-            self.bar.set_length(progress.total.max(1));
-        }
-        self.bar.set_position(progress.done);
-    }
-
-    /// Removes the bar.
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
+/// Shows one report of the model loader on `bar`.
+pub fn show(bar: &ProgressBar, p: Progress) {
+    let (message, scale) = match p.stage {
+        Stage::Reading => ("reading", 1 << 20),
+        Stage::Decoding => ("decoding", 1 << 20),
+        Stage::Validating => ("validating", 1),
+        Stage::Compiling => ("compiling", 1),
+    };
+    // Byte stages are shown in MiB so the counters stay readable.
+    bar.set_message(if scale > 1 {
+        format!("{message} MiB")
+    } else {
+        message.to_owned()
+    });
+    bar.set_length(p.total.div_ceil(scale));
+    bar.set_position(p.done / scale);
 }
