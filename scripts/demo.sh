@@ -35,8 +35,8 @@ curl -fs http://127.0.0.1:9700/readyz && echo " (ready)"
 echo; echo "== vknf load: 4 connections x 8 requests in flight, 64 rows per request, 3 seconds"
 $vknf load --addr 127.0.0.1:7700 --connections 4 --depth 8 --rows 64 --duration 3 --min-value 0 --max-value 1500
 
-echo; echo "== labels of the first held-out flows (GPU) next to scikit-learn's"
-$vknf predict --model "$work/model.vkf" --input $example/inputs.csv -o "$work/labels.csv"
+echo; echo "== labels of held-out flows, asked of the served function over TCP, next to scikit-learn's"
+$vknf predict --model "$work/model.vkf" --input $example/inputs.csv --addr 127.0.0.1:7700 -o "$work/labels.csv"
 paste -d, <(head -6 "$work/labels.csv") <(head -6 $example/expected.csv)
 matches=$(paste -d, <(tail -n +2 "$work/labels.csv") <(tail -n +2 $example/expected.csv) | awk -F, '$1==$2' | wc -l)
 echo "agreement with scikit-learn: $matches / $(($(wc -l < $example/expected.csv) - 1)) rows"

@@ -43,6 +43,9 @@ struct Args {
     /// Sweep kernel configurations (otherwise only the default one).
     #[arg(long)]
     sweep: bool,
+    /// Also time small batches (1 to 256 rows) with and without the small-batch pipeline.
+    #[arg(long)]
+    small_batches: bool,
     /// Skip the CPU reference timing.
     #[arg(long)]
     no_cpu: bool,
@@ -145,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                             tree_lanes: Some(tree_lanes),
                             stage_input: Some(stage_input),
                             input_path: Some(input_path),
+                            ..ForestOptions::default()
                         });
                     }
                 }
@@ -218,6 +222,11 @@ fn main() -> anyhow::Result<()> {
             "label_mismatches_vs_cpu_reference": mismatches,
         }));
     }
+    let small_batches = if args.small_batches {
+        small_batch_table(&device, &forest, &rows, &reference.labels, args.runs)?
+    } else {
+        Vec::new()
+    };
     if let (Some(path), Some((_, labels))) = (&args.write_labels, &best) {
         let bytes: Vec<u8> = labels.iter().flat_map(|l| (*l as i64).to_le_bytes()).collect();
         write_npy(path, "<i8", &[labels.len()], &bytes)?;
@@ -233,10 +242,78 @@ fn main() -> anyhow::Result<()> {
         "cpu_reference": cpu,
         "cpu_threads": std::thread::available_parallelism()?.get(),
         "gpu": results,
+        "small_batches": small_batches,
         "finished_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
     });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// Latency of small batches (the server's one-row requests) on the bulk pipeline and on the
+/// small-batch one (one row per workgroup, a thread per tree).
+fn small_batch_table(
+    device: &vknf_vulkan::Device,
+    forest: &GpuForest,
+    rows: &Rows,
+    reference: &[u32],
+    runs: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let nf = forest.n_features as usize;
+    let mut table = Vec::new();
+    for (name, small_batch_rows) in [("bulk", Some(0)), ("small-batch", Some(usize::MAX))] {
+        let kernel = ForestKernel::new(
+            device,
+            forest,
+            &ForestOptions {
+                small_batch_rows,
+                ..ForestOptions::default()
+            },
+        )?;
+        let mut lane = kernel.lane(rows.n_rows)?;
+        for n in [
+            1usize,
+            2,
+            4,
+            8,
+            16,
+            32,
+            64,
+            128,
+            256,
+            512,
+            1024,
+            2048,
+            4096,
+            rows.n_rows,
+        ]
+        .into_iter()
+        .filter(|n| *n <= rows.n_rows)
+        {
+            let mut kernel_us = Vec::new();
+            let mut labels = Vec::new();
+            let e2e = Stats::of(time_runs(20, if n > 256 { runs } else { runs.max(200) }, || {
+                lane.write_rows(0, &rows.data[..n * nf])?;
+                labels = lane.run(n, false)?.labels;
+                if let Some(ns) = lane.last_kernel_ns() {
+                    kernel_us.push(ns / 1e3);
+                }
+                Ok(())
+            })?);
+            let kernel_stats = (!kernel_us.is_empty()).then(|| Stats::of(kernel_us));
+            let wrong = labels.iter().zip(reference).filter(|(a, b)| a != b).count();
+            println!(
+                "  {name:>11} {n:>3} rows: e2e median {:.1} us p99 {:.1} us, kernel {:?} us, mismatches {wrong}",
+                e2e.median_us,
+                e2e.p99_us,
+                kernel_stats.as_ref().map(|k| (k.median_us * 10.0).round() / 10.0),
+            );
+            table.push(json!({
+                "pipeline": name, "rows": n, "end_to_end": e2e, "kernel": kernel_stats,
+                "label_mismatches_vs_cpu_reference": wrong,
+            }));
+        }
+    }
+    Ok(table)
 }

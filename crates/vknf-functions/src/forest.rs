@@ -56,7 +56,14 @@ pub struct ForestOptions {
     pub stage_input: Option<bool>,
     /// How rows reach the GPU (default: direct, the fastest end to end in the W1 sweep).
     pub input_path: Option<InputPath>,
+    /// Batches of at most this many rows run on a second pipeline with one row per workgroup and one
+    /// thread per tree (up to the device's workgroup limit), so that a lone row's tree walks run side by
+    /// side instead of a few after one another. `Some(0)` disables it.
+    pub small_batch_rows: Option<usize>,
 }
+
+/// Default of [`ForestOptions::small_batch_rows`].
+pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
 
 /// The configuration a kernel was built with.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -73,11 +80,23 @@ pub struct KernelConfig {
     pub float_accumulate: bool,
     /// How rows reach the GPU.
     pub input_path: InputPath,
+    /// Threads per row of the small-batch pipeline, and the most rows a batch may have to use it; `None`
+    /// when there is no small-batch pipeline (disabled, or the bulk one already gives every tree a thread).
+    pub small_batch: Option<SmallBatchConfig>,
 }
 
+/// The one-row-per-workgroup pipeline used for small batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SmallBatchConfig {
+    /// Batches of at most this many rows use it.
+    pub max_rows: u32,
+    /// Threads per row.
+    pub tree_lanes: u32,
+}
 struct Resident {
     device: Device,
     pipeline: Pipeline,
+    small_pipeline: Option<Pipeline>,
     nodes: Buffer,
     roots: Buffer,
     entries: Buffer,
@@ -105,6 +124,49 @@ fn fixed_scale(bound: f64) -> f32 {
     }
     let exponent = ((i32::MAX as f64 * 0.98) / bound).log2().floor().clamp(-60.0, 30.0) as i32;
     2f32.powi(exponent)
+}
+
+/// What the kernel's specialization constants are derived from, besides the workgroup shape.
+struct ShaderShape<'a> {
+    forest: &'a GpuForest,
+    fixed_scale: f32,
+    float_accumulate: bool,
+}
+
+impl ShaderShape<'_> {
+    /// The constants for workgroups of `rows` rows x `tree_lanes` threads per row.
+    fn specialization(&self, rows: usize, tree_lanes: usize, stage_input: bool) -> Specialization {
+        let forest = self.forest;
+        let n_features = forest.n_features as usize;
+        let n_outputs = forest.n_outputs as usize;
+        Specialization::new()
+            .name("GROUP_SIZE", (rows * tree_lanes) as u32)
+            .name("ROWS_PER_GROUP", rows as u32)
+            .name("TREE_LANES", tree_lanes as u32)
+            .name("N_FEATURES", n_features as u32)
+            .name("N_OUTPUTS", n_outputs as u32)
+            .name("NODE_WORDS", forest.node_format.words() as u32)
+            .name("MAX_DEPTH", forest.max_depth)
+            .name("STAGE_INPUT", stage_input)
+            .name("AGGREGATE", u32::from(forest.aggregate == Aggregate::Average))
+            .name(
+                "POST_TRANSFORM",
+                match forest.post_transform {
+                    PostTransform::None => 0u32,
+                    PostTransform::Logistic => 1,
+                    PostTransform::Softmax => 2,
+                },
+            )
+            .name("BINARY_COMPLEMENT", forest.binary_complement)
+            .name("FIXED_SCALE", self.fixed_scale)
+            .name(
+                "STAGED_FLOATS",
+                if stage_input { (rows * n_features) as u32 } else { 1 },
+            )
+            .name("ACCUMULATORS", (rows * n_outputs) as u32)
+            .name("REJECT_NAN", forest.missing == MissingPolicy::Reject)
+            .name("FLOAT_ACCUMULATE", self.float_accumulate)
+    }
 }
 
 impl ForestKernel {
@@ -169,37 +231,33 @@ impl ForestKernel {
             fixed_scale,
             float_accumulate,
             input_path: options.input_path.unwrap_or(InputPath::Direct),
+            small_batch: None,
         };
 
+        let small_max_rows = options.small_batch_rows.unwrap_or(DEFAULT_SMALL_BATCH_ROWS);
+        // One thread per tree, in whole subgroups of 32, within the workgroup limit.
+        let small_lanes = (forest.n_trees as usize).next_multiple_of(32).min(max_invocations);
+        let small_batch = (small_max_rows > 0 && small_lanes > tree_lanes).then_some(SmallBatchConfig {
+            max_rows: small_max_rows.min(u32::MAX as usize) as u32,
+            tree_lanes: small_lanes as u32,
+        });
+        let config = KernelConfig { small_batch, ..config };
+
         let kernel = Kernel::new(device, spirv, entry_point)?;
-        let spec = Specialization::new()
-            .name("GROUP_SIZE", (rows * tree_lanes) as u32)
-            .name("ROWS_PER_GROUP", rows as u32)
-            .name("TREE_LANES", tree_lanes as u32)
-            .name("N_FEATURES", n_features as u32)
-            .name("N_OUTPUTS", n_outputs as u32)
-            .name("NODE_WORDS", forest.node_format.words() as u32)
-            .name("MAX_DEPTH", forest.max_depth)
-            .name("STAGE_INPUT", stage_input)
-            .name("AGGREGATE", u32::from(forest.aggregate == Aggregate::Average))
-            .name(
-                "POST_TRANSFORM",
-                match forest.post_transform {
-                    PostTransform::None => 0u32,
-                    PostTransform::Logistic => 1,
-                    PostTransform::Softmax => 2,
-                },
-            )
-            .name("BINARY_COMPLEMENT", forest.binary_complement)
-            .name("FIXED_SCALE", fixed_scale)
-            .name(
-                "STAGED_FLOATS",
-                if stage_input { (rows * n_features) as u32 } else { 1 },
-            )
-            .name("ACCUMULATORS", (rows * n_outputs) as u32)
-            .name("REJECT_NAN", forest.missing == MissingPolicy::Reject)
-            .name("FLOAT_ACCUMULATE", float_accumulate);
-        let pipeline = device.create_pipeline(&kernel, &spec)?;
+        let shape = ShaderShape {
+            forest,
+            fixed_scale,
+            float_accumulate,
+        };
+        let pipeline = device.create_pipeline(&kernel, &shape.specialization(rows, tree_lanes, stage_input))?;
+        let small_pipeline = small_batch
+            .map(|small| {
+                device.create_pipeline(
+                    &kernel,
+                    &shape.specialization(1, small.tree_lanes as usize, stage_input),
+                )
+            })
+            .transpose()?;
 
         let words_per_node = match forest.node_format {
             NodeFormat::Compact => 2,
@@ -231,6 +289,7 @@ impl ForestKernel {
             resident: Arc::new(Resident {
                 device: device.clone(),
                 pipeline,
+                small_pipeline,
                 nodes,
                 roots,
                 entries,
@@ -304,6 +363,7 @@ pub struct ForestLane {
     labels: Buffer,
     scores: Buffer,
     bind_group: BindGroup,
+    small_bind_group: Option<BindGroup>,
     compute: Stream,
     transfer: Option<Stream>,
     work: Option<CommandList>,
@@ -331,6 +391,10 @@ const NAN_ROW: u32 = u32::MAX;
 
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
+/// How long a lane polls for the completion of a batch on the small-batch pipeline before it blocks
+/// (bulk batches poll for the runtime's default, then sleep in the driver).
+const SMALL_BATCH_POLL: Duration = Duration::from_micros(250);
 
 /// How long one batch may take before the device is declared lost.
 pub const BATCH_DEADLINE: Duration = Duration::from_secs(10);
@@ -361,7 +425,7 @@ impl ForestLane {
             MemoryKind::Readback,
         )?;
         let rows_buffer = device_input.as_ref().unwrap_or(&input);
-        let bind_group = r.pipeline.bind(&[
+        let bindings = [
             (0, rows_buffer),
             (1, &r.nodes),
             (2, &r.roots),
@@ -369,7 +433,9 @@ impl ForestLane {
             (4, &r.base_values),
             (5, &labels),
             (6, &scores),
-        ])?;
+        ];
+        let bind_group = r.pipeline.bind(&bindings)?;
+        let small_bind_group = r.small_pipeline.as_ref().map(|p| p.bind(&bindings)).transpose()?;
         let compute = device.stream(QueueKind::Compute)?;
         let transfer = (device_input.is_some() && device.has_dedicated_transfer())
             .then(|| device.stream(QueueKind::Transfer))
@@ -383,6 +449,7 @@ impl ForestLane {
             labels,
             scores,
             bind_group,
+            small_bind_group,
             compute,
             transfer,
             work: None,
@@ -441,8 +508,18 @@ impl ForestLane {
             return Ok(());
         }
         let r = self.kernel.resident.clone();
-        let groups = n_rows.div_ceil(r.config.rows_per_group as usize).max(1) as u32;
-        let bytes = (groups as usize * r.config.rows_per_group as usize * r.n_features * 4) as u64;
+        let padded_rows = n_rows.next_multiple_of(r.config.rows_per_group as usize).max(1);
+        let bytes = (padded_rows * r.n_features * 4) as u64;
+        // Small batches: one row per workgroup, a thread per tree.
+        let small = r
+            .config
+            .small_batch
+            .filter(|small| n_rows <= small.max_rows as usize)
+            .and(self.small_bind_group.clone());
+        let groups = match small {
+            Some(_) => n_rows.max(1) as u32,
+            None => n_rows.div_ceil(r.config.rows_per_group as usize).max(1) as u32,
+        };
         let params = Params {
             n_rows: n_rows as u32,
             n_trees: r.n_trees,
@@ -454,7 +531,7 @@ impl ForestLane {
         let input = self.input.clone();
         let device_input = self.device_input.clone();
         let on_transfer_queue = self.transfer.is_some();
-        let bind_group = self.bind_group.clone();
+        let bind_group = small.unwrap_or_else(|| self.bind_group.clone());
         let timestamps = self.timestamps.clone();
         let record_work = |rec: &mut vknf_vulkan::Recorder<'_>| -> vknf_vulkan::Result<()> {
             if let Some(ts) = &timestamps {
@@ -520,7 +597,16 @@ impl ForestLane {
             .pending
             .take()
             .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
-        ticket.wait(deadline)?;
+        let small = self
+            .kernel
+            .config()
+            .small_batch
+            .is_some_and(|s| n_rows <= s.max_rows as usize);
+        if small {
+            ticket.wait_polling(deadline, SMALL_BATCH_POLL)?;
+        } else {
+            ticket.wait(deadline)?;
+        }
         let reject_nan = !self.kernel.accepts_nan();
         let mut labels = if self.kernel.is_classifier() || reject_nan {
             self.labels.read_vec(0, n_rows)?

@@ -6,4 +6,7 @@
 
 pub mod forest;
 
-pub use forest::{ForestError, ForestKernel, ForestLane, ForestOptions, InputPath, KernelConfig, LaneResult};
+pub use forest::{
+    DEFAULT_SMALL_BATCH_ROWS, ForestError, ForestKernel, ForestLane, ForestOptions, InputPath, KernelConfig,
+    LaneResult, SmallBatchConfig,
+};

@@ -75,7 +75,19 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
             rows_per_group: Some(1),
             ..Default::default()
         },
+        // Every batch on the small-batch pipeline (a thread per tree; the bulk one has 4 per row).
+        ForestOptions {
+            tree_lanes: Some(4),
+            small_batch_rows: Some(usize::MAX),
+            ..Default::default()
+        },
     ];
+    let small = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &configurations[4]).unwrap();
+    assert!(
+        small.config().small_batch.is_some_and(|s| s.tree_lanes >= 12),
+        "the forced configuration must build the small-batch pipeline: {:?}",
+        small.config()
+    );
     for options in configurations {
         // Lanes of 37 rows: inputs span several batches, and batches end inside a workgroup.
         check_all(&gpu, &cases, options, 37);

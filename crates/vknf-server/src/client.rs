@@ -56,7 +56,7 @@ impl ClientError {
 
 /// An answer of the server.
 #[derive(Debug)]
-enum Answer {
+pub(crate) enum Answer {
     Response(ResponseBody),
     Description(Description),
 }
@@ -175,6 +175,26 @@ impl Client {
     }
 }
 
+/// What an answer frame says: a response, a description or the server's error.
+pub(crate) fn parse_answer(frame: crate::protocol::Frame) -> Result<Answer, ClientError> {
+    match frame.header.frame_type {
+        FrameType::Response => ResponseBody::parse(frame.payload)
+            .map(Answer::Response)
+            .map_err(Into::into),
+        FrameType::Description => Description::parse(&frame.payload)
+            .map(Answer::Description)
+            .map_err(Into::into),
+        FrameType::Error => match ErrorBody::parse(&frame.payload) {
+            Ok(body) => Err(ClientError::Server {
+                code: body.code,
+                message: body.message,
+            }),
+            Err(error) => Err(error.into()),
+        },
+        other => Err(FrameError::Unsupported(format!("frame type {} from the server", other.code())).into()),
+    }
+}
+
 fn finish(pending: &Pending, error: ClientError) {
     let calls = {
         let mut pending = pending.lock();
@@ -217,22 +237,7 @@ async fn read_loop(mut reader: tokio::net::tcp::OwnedReadHalf, mut decoder: Fram
                 );
             };
             let id = frame.header.request_id;
-            let answer = match frame.header.frame_type {
-                FrameType::Response => ResponseBody::parse(frame.payload)
-                    .map(Answer::Response)
-                    .map_err(Into::into),
-                FrameType::Description => Description::parse(&frame.payload)
-                    .map(Answer::Description)
-                    .map_err(Into::into),
-                FrameType::Error => match ErrorBody::parse(&frame.payload) {
-                    Ok(body) => Err(ClientError::Server {
-                        code: body.code,
-                        message: body.message,
-                    }),
-                    Err(error) => Err(error.into()),
-                },
-                other => Err(FrameError::Unsupported(format!("frame type {} from the server", other.code())).into()),
-            };
+            let answer = parse_answer(frame);
             let call = pending.lock().calls.remove(&id);
             match call {
                 Some(call) => {

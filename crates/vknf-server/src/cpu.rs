@@ -124,8 +124,13 @@ struct CpuForestLane {
 }
 
 impl Lane for CpuForestLane {
-    fn input_mut(&mut self) -> &mut [f32] {
-        &mut self.input
+    fn capacity_rows(&self) -> usize {
+        self.input.len() / (self.forest.n_features as usize).max(1)
+    }
+
+    fn write_input(&mut self, write: &mut dyn FnMut(&mut [f32])) -> Result<(), ExecError> {
+        write(&mut self.input);
+        Ok(())
     }
 
     fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {

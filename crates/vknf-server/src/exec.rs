@@ -145,9 +145,13 @@ pub struct LaneOutputs<'a> {
 /// Owns the staging memory of one in-flight batch (on the GPU: the mapped upload buffer, the
 /// readback buffers and a command buffer).
 pub trait Lane: Send {
-    /// Where the batcher writes up to `max_batch_rows` rows of input (row-major `f32`); on the
-    /// GPU this is mapped device memory, so rows are written once, in place.
-    fn input_mut(&mut self) -> &mut [f32];
+    /// Most rows one run takes.
+    fn capacity_rows(&self) -> usize;
+
+    /// Lends the lane's input memory (row-major `f32`, at least `capacity_rows` rows) to `write`,
+    /// which puts the next batch's rows there. On the GPU this is mapped device memory, so rows
+    /// are written once, in place. Called on the lane's thread, before [`Lane::run`].
+    fn write_input(&mut self, write: &mut dyn FnMut(&mut [f32])) -> Result<(), ExecError>;
 
     /// Runs the first `n_rows` rows. Blocking: call it from a dedicated thread.
     ///
@@ -215,6 +219,14 @@ pub trait FunctionLoader: Send + Sync + 'static {
 
     /// Loads one function.
     fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError>;
+
+    /// How long an idle lane thread polls for its next batch before sleeping, unless the server's
+    /// configuration says otherwise. Polling pays off when batches run on a separate device; where
+    /// they run on the host's own cores (this default: the CPU loader, or a CPU Vulkan device) a
+    /// polling thread would only take a core from the work.
+    fn default_lane_spin(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 
     /// Called after a lane reported [`ExecError::DeviceLost`], before every function is loaded
     /// again: recreate the device here. The default does nothing (for loaders without a device).

@@ -98,6 +98,14 @@ impl FunctionLoader for GpuLoader {
         Ok(Arc::new(GpuForestFunction { kernel, info }))
     }
 
+    fn default_lane_spin(&self) -> std::time::Duration {
+        if self.device.lock().info().device_type == vknf_vulkan::DeviceType::Cpu {
+            std::time::Duration::ZERO
+        } else {
+            crate::server::GPU_LANE_SPIN
+        }
+    }
+
     fn reset(&self) -> Result<(), LoadError> {
         let fresh = Device::select(&self.instance, &self.selector).map_err(|e| LoadError::Exec {
             function: "device".into(),
@@ -122,7 +130,6 @@ impl Function for GpuForestFunction {
     fn new_lane(&self) -> Result<Box<dyn Lane>, ExecError> {
         let lane = self.kernel.lane(self.info.max_batch_rows).map_err(exec_error)?;
         Ok(Box::new(GpuForestLane {
-            input: vec![0.0; self.info.max_batch_rows * self.info.input_width],
             lane,
             labels: Vec::new(),
             scores: Vec::new(),
@@ -133,24 +140,23 @@ impl Function for GpuForestFunction {
 
 struct GpuForestLane {
     lane: ForestLane,
-    input: Vec<f32>,
     labels: Vec<u8>,
     scores: Vec<u8>,
     classifier: bool,
 }
 
 impl Lane for GpuForestLane {
-    fn input_mut(&mut self) -> &mut [f32] {
-        &mut self.input
+    fn capacity_rows(&self) -> usize {
+        self.lane.max_rows()
+    }
+
+    fn write_input(&mut self, write: &mut dyn FnMut(&mut [f32])) -> Result<(), ExecError> {
+        let mut input = self.lane.input().map_err(exec_error)?;
+        write(&mut input);
+        Ok(())
     }
 
     fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {
-        let width = self.lane.n_features();
-        let rows = self
-            .input
-            .get(..n_rows * width)
-            .ok_or_else(|| ExecError::InvalidBatch(format!("{n_rows} rows exceed the lane")))?;
-        self.lane.write_rows(0, rows).map_err(exec_error)?;
         let want_scores = !self.classifier || want.get(1).copied().unwrap_or(false);
         let result = self.lane.run(n_rows, want_scores).map_err(exec_error)?;
         self.labels.clear();
@@ -365,7 +371,7 @@ impl Function for GpuGenericFunction {
         let bind_group = self.pipeline.bind_sets(&wiring).map_err(vulkan_error)?;
         let stream = self.device.stream(QueueKind::Compute).map_err(vulkan_error)?;
         Ok(Box::new(GpuGenericLane {
-            host_input: vec![0.0; rows * self.info.input_width],
+            capacity_rows: rows,
             input,
             outputs,
             results: vec![Vec::new(); self.abi.outputs.len()],
@@ -376,14 +382,13 @@ impl Function for GpuGenericFunction {
             list: None,
             recorded_rows: None,
             push_size: self.pipeline.info().push_constant_size as usize,
-            input_width: self.info.input_width,
             row_count_offset: self.abi.row_count.push_constant_offset as usize,
         }))
     }
 }
 
 struct GpuGenericLane {
-    host_input: Vec<f32>,
+    capacity_rows: usize,
     input: vknf_vulkan::Buffer,
     outputs: Vec<vknf_vulkan::Buffer>,
     results: Vec<Vec<u8>>,
@@ -395,23 +400,26 @@ struct GpuGenericLane {
     recorded_rows: Option<usize>,
     push_size: usize,
     row_count_offset: usize,
-    input_width: usize,
 }
 
 impl Lane for GpuGenericLane {
-    fn input_mut(&mut self) -> &mut [f32] {
-        &mut self.host_input
+    fn capacity_rows(&self) -> usize {
+        self.capacity_rows
+    }
+
+    fn write_input(&mut self, write: &mut dyn FnMut(&mut [f32])) -> Result<(), ExecError> {
+        let mut input = self.input.map::<f32>().map_err(vulkan_error)?;
+        write(&mut input);
+        Ok(())
     }
 
     fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {
-        let values = self
-            .host_input
-            .get(..n_rows * self.input_width)
-            .ok_or_else(|| ExecError::InvalidBatch(format!("{n_rows} rows exceed the lane")))?;
-        if n_rows == 0 {
-            return Err(ExecError::InvalidBatch("an empty batch".into()));
+        if n_rows == 0 || n_rows > self.capacity_rows {
+            return Err(ExecError::InvalidBatch(format!(
+                "{n_rows} rows: a lane takes 1 to {}",
+                self.capacity_rows
+            )));
         }
-        self.input.write(0, values).map_err(vulkan_error)?;
         if self.recorded_rows != Some(n_rows) {
             let mut push = vec![0u8; self.push_size];
             push[self.row_count_offset..self.row_count_offset + 4].copy_from_slice(&(n_rows as u32).to_le_bytes());

@@ -8,6 +8,7 @@
 //! - [`client`] and [`loadgen`]: an async pipelined client and the load generator behind
 //!   `vknf load`.
 
+pub mod blocking_client;
 pub mod client;
 pub mod cpu;
 pub mod daemon;
@@ -23,4 +24,4 @@ pub mod server;
 
 pub use exec::{DType, ExecError, Function, FunctionInfo, FunctionLoader, Lane, LaneOutputs, LoadError, OutputInfo};
 pub use manifest::FunctionSpec;
-pub use server::{DirectorySource, FunctionStatus, HostStatus, Server, ServerConfig};
+pub use server::{DirectorySource, FunctionStatus, GPU_LANE_SPIN, HostStatus, Server, ServerConfig};

@@ -73,6 +73,27 @@ proptest! {
     }
 
     #[test]
+    fn the_first_non_finite_value_is_found_wherever_it_is(
+        n_features in 1u32..80,
+        n_rows in 1usize..30,
+        bad in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3), 0..4),
+    ) {
+        let mut values: Vec<f32> = (0..n_rows * n_features as usize).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let len = values.len();
+        for (at, kind) in &bad {
+            values[at.index(len)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][*kind as usize];
+        }
+        let mut bytes = BytesMut::new();
+        encode_request(&mut bytes, 1, n_features, 0, &values).unwrap();
+        let request = InferRequest::parse(bytes.split_off(HEADER_LEN).freeze()).unwrap();
+        let expected = values
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| (i / n_features as usize, i % n_features as usize));
+        prop_assert_eq!(request.first_non_finite(), expected);
+    }
+
+    #[test]
     fn responses_round_trip(
         id in any::<u64>(),
         n_rows in 0u32..50,

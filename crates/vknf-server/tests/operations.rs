@@ -150,6 +150,22 @@ async fn load_body() {
     let png = std::fs::read(&chart).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 
+    // Depth 1 runs on threads with blocking clients.
+    let blocking = LoadConfig {
+        mode: LoadMode::Closed {
+            connections: 3,
+            depth: 1,
+        },
+        limit: LoadLimit::Requests(90),
+        ..closed.clone()
+    };
+    let report = run_load(&blocking).await.unwrap();
+    assert_eq!(
+        (report.requests, report.rows, report.failed()),
+        (90, 900, 0),
+        "{report}"
+    );
+
     let open = LoadConfig {
         mode: LoadMode::Open {
             rate: 2000.0,

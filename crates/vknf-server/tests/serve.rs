@@ -29,7 +29,7 @@ fn forest(seed: u64) -> GpuForest {
 
 /// Checks an answer against the CPU reference, bit for bit.
 fn assert_matches_reference(forest: &GpuForest, rows: &[f32], answer: &ResponseBody, with_scores: bool) {
-    let n_rows = rows.len() / FEATURES;
+    let n_rows = rows.len() / forest.n_features as usize;
     let expected = forest.predict_cpu(rows, n_rows).unwrap();
     assert_eq!(answer.n_rows as usize, n_rows);
     assert_eq!(answer.output(0).expect("labels").to_u32(), expected.labels);
@@ -169,6 +169,55 @@ async fn concurrent_clients_get_the_reference_answers_across_split_batches_body(
         4.0 * 6.0 * 12.0
     );
     assert_eq!(server.queued_requests().await, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_copied_by_several_threads_get_the_reference_answers() {
+    common::bounded(large_batches_body()).await;
+}
+
+async fn large_batches_body() {
+    // 300 features: batches of several requests pass the 1 MiB at which the lane's rows are
+    // copied in parallel chunks, and requests straddle the chunks' edges.
+    const WIDE: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let model = Arc::new(random_forest(WIDE, CLASSES, 6, 6, 7));
+    write_forest_manifest(dir.path(), "wide", &model, 4096, 5000);
+    let server = common::start_server(dir.path(), common::test_config()).await;
+    let target = addr(&server, "wide");
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..3u64 {
+        let model = model.clone();
+        tasks.spawn(async move {
+            let client = Client::connect(target).await.unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(900 + c);
+            for _ in 0..4 {
+                let rows = random_rows(rng.random_range(600..1700), WIDE, &mut rng);
+                let answer = client.infer(WIDE as u32, &rows, SCORES).await.unwrap();
+                assert_matches_reference(&model, &rows, &answer, true);
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    let metrics = server.encode_metrics();
+    let largest_bucket_seen = metrics
+        .lines()
+        .filter(|l| l.starts_with("vknf_batch_rows_bucket{le=\"1024.0\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .next()
+        .expect("batch histogram");
+    let batches = metrics
+        .lines()
+        .find(|l| l.starts_with("vknf_batch_rows_count"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .expect("batch count");
+    assert!(
+        largest_bucket_seen < batches,
+        "no batch exceeded 1024 rows (1.2 MB), so the parallel copy was not exercised:\n{metrics}"
+    );
     server.shutdown().await;
 }
 

@@ -54,13 +54,18 @@ impl Ticket {
     /// Blocks until the submission finished, or fails with [`Error::Timeout`] after `deadline` (and marks
     /// the device lost, since work that overran its deadline cannot be trusted to ever finish).
     pub fn wait(&self, deadline: Duration) -> Result<()> {
+        self.wait_polling(deadline, SPIN_BEFORE_BLOCKING)
+    }
+
+    /// [`Ticket::wait`] polling the completion for up to `poll` before blocking in the driver. A small
+    /// batch's kernel finishes within tens of microseconds, sooner than a thread blocked in the driver
+    /// is woken: callers that expect a short wait poll longer (the tail latency of one-row requests
+    /// depends on it; bench/RESULTS.md), callers running long batches poll briefly and sleep.
+    pub fn wait_polling(&self, deadline: Duration, poll: Duration) -> Result<()> {
         let device = &self.timeline.device;
         device.check_lost()?;
-        // A small batch's kernel finishes within tens to hundreds of microseconds, sooner than a thread
-        // blocked in the driver is woken: poll the counter for a while before blocking (the tail latency
-        // of one-row requests depends on it; bench/RESULTS.md).
         let polling_started = std::time::Instant::now();
-        while polling_started.elapsed() < SPIN_BEFORE_BLOCKING.min(deadline) {
+        while polling_started.elapsed() < poll.min(deadline) {
             if self.is_done()? {
                 return Ok(());
             }

@@ -80,18 +80,31 @@ impl InferRequest {
     pub fn decode_rows_into(&self, first: usize, count: usize, dst: &mut [f32]) {
         let width = self.n_features as usize * 4;
         let src = &self.rows[first * width..(first + count) * width];
-        for (value, bytes) in dst.iter_mut().zip(src.chunks_exact(4)) {
-            *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if cfg!(target_endian = "little") {
+            // The wire's little-endian floats are the host's: one memcpy, whose wide stores also
+            // suit write-combined device memory.
+            bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(src);
+        } else {
+            for (value, bytes) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
         }
     }
 
     /// Position (row, column) of the first NaN or infinity, if any.
     pub fn first_non_finite(&self) -> Option<(usize, usize)> {
+        const EXPONENT: u32 = 0x7f80_0000;
+        let non_finite = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXPONENT == EXPONENT;
         let width = self.n_features.max(1) as usize;
-        self.rows
-            .chunks_exact(4)
-            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
-            .map(|i| (i / width, i % width))
+        // Blocks are checked without early exit (which vectorises); only a failing block is searched.
+        const BLOCK: usize = 256;
+        let block = self
+            .rows
+            .chunks(BLOCK)
+            .position(|block| block.chunks_exact(4).fold(false, |seen, b| seen | non_finite(b)))?;
+        let within = self.rows[block * BLOCK..].chunks_exact(4).position(non_finite)?;
+        let index = block * BLOCK / 4 + within;
+        Some((index / width, index % width))
     }
 }
 
@@ -122,8 +135,12 @@ pub fn encode_request(
     out.put_u8(INPUT_DTYPE_F32);
     out.put_slice(&[0; 3]);
     out.put_u32_le(output_mask);
-    for value in rows {
-        out.put_f32_le(*value);
+    if cfg!(target_endian = "little") {
+        out.put_slice(bytemuck::cast_slice(rows));
+    } else {
+        for value in rows {
+            out.put_f32_le(*value);
+        }
     }
     Ok(())
 }

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::ServerConfig;
 use super::job::Responder;
+use super::outbox::{Outbox, write_loop};
 use super::runtime::Submission;
 use super::slot::FunctionSlot;
 use crate::exec::FunctionInfo;
@@ -46,10 +46,12 @@ pub(crate) async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
+    let outbox = Outbox::new(writer);
     let (tx, rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection.max(1) + 1);
-    let writer_task = tokio::spawn(write_loop(writer, rx, config.write_timeout));
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), rx, config.write_timeout));
     let mut connection = Connection {
         tx,
+        outbox,
         slot,
         metrics,
         closed: Arc::new(AtomicBool::new(false)),
@@ -61,8 +63,9 @@ pub(crate) async fn serve_connection(
     }
     // Outstanding answers keep the channel open through their reserved slots; the writer ends
     // once every one is written (or the client is gone).
-    let Connection { tx, closed, .. } = connection;
+    let Connection { tx, closed, outbox, .. } = connection;
     drop(tx);
+    drop(outbox);
     let mut writer_task = writer_task;
     if tokio::time::timeout(config.drain_timeout, &mut writer_task)
         .await
@@ -75,6 +78,7 @@ pub(crate) async fn serve_connection(
 
 struct Connection {
     tx: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
     slot: Arc<FunctionSlot>,
     metrics: Metrics,
     /// Set when the client is gone, so queued work for it is skipped.
@@ -178,7 +182,20 @@ impl Connection {
         };
         let mut frame = BytesMut::new();
         encode_description(&mut frame, request_id, &runtime.label, &runtime.info);
-        self.tx.send(frame.freeze()).await.is_ok()
+        self.send(frame.freeze()).await
+    }
+
+    /// Sends a frame of the connection's own (not an answer holding a reserved slot); false when
+    /// the writer is gone.
+    async fn send(&self, frame: Bytes) -> bool {
+        let Some(queued) = self.outbox.write_or_queue(frame) else {
+            return true;
+        };
+        if self.tx.send(queued).await.is_ok() {
+            return true;
+        }
+        self.outbox.unqueue();
+        false
     }
 
     async fn handle_request(&mut self, frame: Frame) -> bool {
@@ -202,6 +219,7 @@ impl Connection {
         };
         let responder = Responder::new(
             permit,
+            self.outbox.clone(),
             id,
             self.in_flight.clone(),
             runtime.label.clone(),
@@ -255,7 +273,7 @@ impl Connection {
         self.metrics.error(&self.slot.label, code);
         let mut frame = BytesMut::new();
         encode_error(&mut frame, request_id, code, message);
-        self.tx.send(frame.freeze()).await.is_ok()
+        self.send(frame.freeze()).await
     }
 }
 
@@ -293,31 +311,6 @@ fn validate(request: &InferRequest, info: &FunctionInfo) -> Result<u32, (ErrorCo
         ));
     }
     Ok(request.output_mask | info.mandatory_mask())
-}
-
-async fn write_loop(writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, timeout: Duration) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-    while let Some(frame) = rx.recv().await {
-        if !matches!(
-            tokio::time::timeout(timeout, writer.write_all(&frame)).await,
-            Ok(Ok(()))
-        ) {
-            return;
-        }
-        // Coalesce whatever else is ready into the same flush.
-        while let Ok(frame) = rx.try_recv() {
-            if !matches!(
-                tokio::time::timeout(timeout, writer.write_all(&frame)).await,
-                Ok(Ok(()))
-            ) {
-                return;
-            }
-        }
-        if !matches!(tokio::time::timeout(timeout, writer.flush()).await, Ok(Ok(()))) {
-            return;
-        }
-    }
-    let _ = tokio::time::timeout(timeout, writer.shutdown()).await;
 }
 
 /// Answers a connection refused at the connection limit with `BUSY`, then closes it.

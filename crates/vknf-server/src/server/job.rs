@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::mpsc::OwnedPermit;
 
+use super::outbox::Outbox;
 use crate::exec::{DType, FunctionInfo};
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, InferRequest, encode_error, encode_response};
@@ -20,6 +21,7 @@ use crate::protocol::{ErrorCode, InferRequest, encode_error, encode_response};
 /// Dropping an unanswered responder answers `INTERNAL`, so no request is ever left unanswered.
 pub(crate) struct Responder {
     permit: Option<OwnedPermit<Bytes>>,
+    outbox: Arc<Outbox>,
     request_id: u64,
     in_flight: Arc<AtomicUsize>,
     function: Arc<str>,
@@ -29,6 +31,7 @@ pub(crate) struct Responder {
 impl Responder {
     pub(crate) fn new(
         permit: OwnedPermit<Bytes>,
+        outbox: Arc<Outbox>,
         request_id: u64,
         in_flight: Arc<AtomicUsize>,
         function: Arc<str>,
@@ -37,6 +40,7 @@ impl Responder {
         in_flight.fetch_add(1, Ordering::AcqRel);
         Responder {
             permit: Some(permit),
+            outbox,
             request_id,
             in_flight,
             function,
@@ -56,10 +60,17 @@ impl Responder {
         permit
     }
 
-    /// Queues an encoded frame as the answer.
+    /// Sends an encoded frame as the answer: straight to the socket when it can, else through the
+    /// connection's writer task (the reserved slot guarantees room there).
     pub(crate) fn send(mut self, frame: Bytes) {
         if let Some(permit) = self.release() {
-            permit.send(frame);
+            self.deliver(permit, frame);
+        }
+    }
+
+    fn deliver(&self, permit: OwnedPermit<Bytes>, frame: Bytes) {
+        if let Some(queued) = self.outbox.write_or_queue(frame) {
+            permit.send(queued);
         }
     }
 
@@ -73,7 +84,7 @@ impl Responder {
         if let Some(permit) = self.release() {
             let mut frame = BytesMut::new();
             encode_error(&mut frame, self.request_id, code, message);
-            permit.send(frame.freeze());
+            self.deliver(permit, frame.freeze());
         }
     }
 

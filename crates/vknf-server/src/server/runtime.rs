@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rayon::prelude::*;
 use tokio::sync::{mpsc, watch};
 
 use super::job::{Admission, Job, Responder, Segment};
+use super::lane_worker::{BatchRunner, LaneWorker, WorkerEvent};
 use crate::exec::{ExecError, Function, FunctionInfo, Lane};
 use crate::manifest::{FunctionKey, FunctionSpec};
 use crate::metrics::Metrics;
@@ -41,6 +43,8 @@ impl Drop for CountedLane {
 pub(crate) struct RuntimeSettings {
     pub(crate) max_wait: Duration,
     pub(crate) max_queued_bytes: usize,
+    /// How long an idle lane thread polls for its next batch before it sleeps.
+    pub(crate) lane_spin: Duration,
 }
 
 /// A request on its way into a runtime, handed back if the runtime has closed meanwhile.
@@ -87,10 +91,10 @@ impl FunctionRuntime {
                 info.outputs.len()
             )));
         }
-        let mut counted: Vec<CountedLane> = lanes.into_iter().map(|lane| CountedLane::new(lane, metrics)).collect();
+        let counted: Vec<CountedLane> = lanes.into_iter().map(|lane| CountedLane::new(lane, metrics)).collect();
         let lane_rows = counted
-            .iter_mut()
-            .map(|l| l.lane.input_mut().len() / info.input_width)
+            .iter()
+            .map(|l| l.lane.capacity_rows())
             .min()
             .unwrap_or(0)
             .min(info.max_batch_rows);
@@ -119,8 +123,25 @@ impl FunctionRuntime {
             metrics: metrics.clone(),
             device_lost,
         };
+        let batcher = Arc::new(batcher);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut workers = Vec::with_capacity(counted.len());
+        for (index, lane) in counted.into_iter().enumerate() {
+            let runner: Arc<dyn BatchRunner<CountedLane, Batch>> = batcher.clone();
+            let worker = LaneWorker::spawn(
+                format!("vknf-lane-{index}"),
+                index,
+                lane,
+                runner,
+                events_tx.clone(),
+                settings.lane_spin,
+            )
+            .map_err(|e| ExecError::Failed(format!("cannot start a lane thread: {e}")))?;
+            workers.push(worker);
+        }
+        drop(events_tx);
         tokio::spawn(async move {
-            batcher.run(queue_rx, counted).await;
+            batcher.run(queue_rx, workers, events_rx).await;
             let _ = finished_tx.send(true);
         });
         Ok(runtime)
@@ -214,8 +235,28 @@ async fn poll_until(
     }
 }
 
-/// What a lane thread hands back: the lane, or nothing when the device lost it.
-type LaneReturn = Option<CountedLane>;
+/// Which lane threads are idle, busy or gone.
+struct LaneCounts {
+    free: Vec<usize>,
+    running: usize,
+    live: usize,
+}
+
+impl LaneCounts {
+    fn settle(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Done(index) => {
+                self.running -= 1;
+                self.free.push(index);
+            }
+            WorkerEvent::Lost(_) => {
+                self.running -= 1;
+                self.live -= 1;
+            }
+            WorkerEvent::Stopped(_) => self.live -= 1,
+        }
+    }
+}
 
 struct Batcher {
     key: FunctionKey,
@@ -227,29 +268,39 @@ struct Batcher {
     device_lost: mpsc::UnboundedSender<FunctionKey>,
 }
 
+impl BatchRunner<CountedLane, Batch> for Batcher {
+    fn run_batch(&self, lane: &mut CountedLane, batch: Batch) -> bool {
+        self.execute(lane, batch)
+    }
+}
+
 impl Batcher {
-    async fn run(self, mut queue: mpsc::UnboundedReceiver<Arc<Job>>, lanes: Vec<CountedLane>) {
-        let this = Arc::new(self);
-        let mut free = lanes;
-        let mut running = 0usize;
-        let (return_tx, mut return_rx) = mpsc::unbounded_channel::<LaneReturn>();
+    async fn run(
+        self: Arc<Self>,
+        mut queue: mpsc::UnboundedReceiver<Arc<Job>>,
+        workers: Vec<LaneWorker<Batch>>,
+        mut events: mpsc::UnboundedReceiver<WorkerEvent>,
+    ) {
+        let mut lanes = LaneCounts {
+            free: (0..workers.len()).collect(),
+            running: 0,
+            live: workers.len(),
+        };
         // A job split across batches: its remaining rows start at this row.
         let mut carry: Option<(Arc<Job>, usize)> = None;
         loop {
-            while let Ok(returned) = return_rx.try_recv() {
-                running -= 1;
-                free.extend(returned);
+            while let Ok(event) = events.try_recv() {
+                lanes.settle(event);
             }
-            if free.is_empty() {
-                if running == 0 {
+            if lanes.free.is_empty() {
+                if lanes.running == 0 {
                     // Every lane died with the device; the server is reloading the function.
                     // Answer what arrives until this runtime is closed and replaced.
-                    this.fail_until_closed(&mut queue, carry.take()).await;
+                    self.fail_until_closed(&mut queue, carry.take()).await;
                     break;
                 }
-                if let Some(returned) = return_rx.recv().await {
-                    running -= 1;
-                    free.extend(returned);
+                if let Some(event) = events.recv().await {
+                    lanes.settle(event);
                 }
                 continue;
             }
@@ -260,25 +311,35 @@ impl Batcher {
                     None => break,
                 },
             };
-            let Some(mut lane) = free.pop() else { continue };
+            // Batches may have finished while this task waited for the job.
+            while let Ok(event) = events.try_recv() {
+                lanes.settle(event);
+            }
+            let Some(worker) = lanes.free.pop() else {
+                carry = Some(first);
+                continue;
+            };
             // With nothing running, the device is idle: waiting for more rows would only add latency.
-            let wait = if running == 0 { Duration::ZERO } else { this.max_wait };
-            let batch = this.fill(&mut lane, first, &mut queue, &mut carry, wait).await;
+            let wait = if lanes.running == 0 {
+                Duration::ZERO
+            } else {
+                self.max_wait
+            };
+            let batch = self.fill(first, &mut queue, &mut carry, wait).await;
             if batch.segments.is_empty() {
-                free.push(lane);
+                lanes.free.push(worker);
                 continue;
             }
-            running += 1;
-            let batcher = this.clone();
-            let return_tx = return_tx.clone();
-            tokio::task::spawn_blocking(move || {
-                let returned = batcher.execute(lane, batch);
-                let _ = return_tx.send(returned);
-            });
+            lanes.running += 1;
+            workers[worker].hand(batch);
         }
-        while running > 0 {
-            match return_rx.recv().await {
-                Some(_) => running -= 1,
+        for worker in &workers {
+            worker.stop();
+        }
+        // Every lane is released before the runtime reports itself drained.
+        while lanes.live > 0 {
+            match events.recv().await {
+                Some(event) => lanes.settle(event),
                 None => break,
             }
         }
@@ -294,16 +355,15 @@ impl Batcher {
         }
     }
 
-    /// Packs rows into `lane` until it is full or `wait` has passed since the first row.
+    /// Plans a batch: takes rows until a lane is full or `wait` has passed since the first row. The
+    /// rows are copied later, by the lane's thread, straight into the lane's input memory.
     async fn fill(
         &self,
-        lane: &mut CountedLane,
         first: (Arc<Job>, usize),
         queue: &mut mpsc::UnboundedReceiver<Arc<Job>>,
         carry: &mut Option<(Arc<Job>, usize)>,
         wait: Duration,
     ) -> Batch {
-        let width = self.info.input_width;
         let deadline = tokio::time::Instant::now() + wait;
         let mut batch = Batch {
             segments: Vec::new(),
@@ -314,9 +374,6 @@ impl Batcher {
         while let Some((job, start)) = next.take() {
             if !job.is_settled() {
                 let take = (job.n_rows - start).min(self.lane_rows - batch.rows);
-                let input = lane.lane.input_mut();
-                job.request
-                    .decode_rows_into(start, take, &mut input[batch.rows * width..(batch.rows + take) * width]);
                 batch.mask |= job.mask;
                 batch.segments.push(Segment {
                     job: job.clone(),
@@ -348,8 +405,8 @@ impl Batcher {
         batch
     }
 
-    /// Runs one batch on a lane thread and answers its requests.
-    fn execute(&self, mut lane: CountedLane, batch: Batch) -> LaneReturn {
+    /// Runs one batch on its lane's thread and answers its requests; false when the lane is lost.
+    fn execute(&self, lane: &mut CountedLane, batch: Batch) -> bool {
         let labels = Metrics::function(&self.label);
         self.metrics
             .batch_rows
@@ -359,7 +416,22 @@ impl Batcher {
             .map(|i| batch.mask & (1 << i) != 0)
             .collect();
         let started = Instant::now();
-        let failure = match lane.lane.run(batch.rows, &want) {
+        let width = self.info.input_width;
+        let written = lane.lane.write_input(&mut |input: &mut [f32]| {
+            let input = &mut input[..batch.rows * width];
+            if input.len() * 4 < PARALLEL_COPY_BYTES {
+                copy_rows(&batch.segments, input, 0, width);
+                return;
+            }
+            // One core cannot fill device memory at the bus's rate: large batches are copied by several.
+            let chunk_rows = (PARALLEL_COPY_BYTES / 4 / width).max(1);
+            input
+                .par_chunks_mut(chunk_rows * width)
+                .enumerate()
+                .for_each(|(index, chunk)| copy_rows(&batch.segments, chunk, index * chunk_rows, width));
+        });
+        let ran = written.and_then(|()| lane.lane.run(batch.rows, &want));
+        let failure = match ran {
             Ok(outputs) => {
                 self.metrics
                     .execution_time
@@ -379,7 +451,7 @@ impl Batcher {
             }
             Err(error) => Some(error),
         };
-        let Some(error) = failure else { return Some(lane) };
+        let Some(error) = failure else { return true };
         let lost = error.is_device_lost();
         let code = if lost {
             ErrorCode::DeviceLost
@@ -393,9 +465,9 @@ impl Batcher {
         if lost {
             self.metrics.device_losses.inc();
             let _ = self.device_lost.send(self.key.clone());
-            return None;
+            return false;
         }
-        Some(lane)
+        true
     }
 
     fn check_outputs(&self, outputs: &[Option<&[u8]>], rows: usize, want: &[bool]) -> Result<(), String> {
@@ -422,6 +494,28 @@ impl Batcher {
             }
         }
         Ok(())
+    }
+}
+
+/// Batches at least this large are copied into the lane by several threads, in chunks of this size.
+const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
+/// Copies the rows of `segments` (ordered by batch row) that fall into `dst`, which holds the
+/// batch's rows from `first_row` on.
+fn copy_rows(segments: &[Segment], dst: &mut [f32], first_row: usize, width: usize) {
+    let end_row = first_row + dst.len() / width;
+    let first_segment = segments.partition_point(|s| s.batch_row + s.rows <= first_row);
+    for segment in &segments[first_segment..] {
+        if segment.batch_row >= end_row {
+            break;
+        }
+        let from = segment.batch_row.max(first_row);
+        let to = (segment.batch_row + segment.rows).min(end_row);
+        segment.job.request.decode_rows_into(
+            segment.job_row + (from - segment.batch_row),
+            to - from,
+            &mut dst[(from - first_row) * width..(to - first_row) * width],
+        );
     }
 }
 

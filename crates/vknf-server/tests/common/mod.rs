@@ -291,8 +291,12 @@ struct GatedLane {
 }
 
 impl Lane for GatedLane {
-    fn input_mut(&mut self) -> &mut [f32] {
-        self.inner.input_mut()
+    fn capacity_rows(&self) -> usize {
+        self.inner.capacity_rows()
+    }
+
+    fn write_input(&mut self, write: &mut dyn FnMut(&mut [f32])) -> Result<(), ExecError> {
+        self.inner.write_input(write)
     }
 
     fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {

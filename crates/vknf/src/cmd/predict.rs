@@ -24,8 +24,12 @@ pub struct PredictArgs {
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// Use the multi-threaded CPU reference instead of the GPU.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "addr")]
     cpu: bool,
+    /// Ask the network function serving this model at `host:port` (`vknf serve`, `vknf agent`) instead
+    /// of running it here; the model file names the labels and is checked against the function's shape.
+    #[arg(long)]
+    addr: Option<String>,
     /// Device: index, UUID or part of the name (default: VKNF_DEVICE or the best device).
     #[arg(long)]
     device: Option<String>,
@@ -80,7 +84,10 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
-    let (prediction, instance) = if args.cpu {
+    let want_scores = args.proba || !forest.task.is_classifier();
+    let (prediction, instance) = if let Some(addr) = &args.addr {
+        (predict_remote(addr, &forest, &rows, want_scores)?, None)
+    } else if args.cpu {
         (forest.predict_cpu(&rows.data, rows.n_rows)?, None)
     } else {
         let instance = global.instance()?;
@@ -95,10 +102,7 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
         };
         let kernel = ForestKernel::new(&device, &forest, &options)?;
         let mut lane = kernel.lane(args.batch_rows.min(rows.n_rows.max(1)))?;
-        (
-            lane.predict(&rows.data, args.proba || !forest.task.is_classifier())?,
-            Some(instance),
-        )
+        (lane.predict(&rows.data, want_scores)?, Some(instance))
     };
     tracing::info!(
         rows = rows.n_rows,
@@ -111,7 +115,7 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    if args.proba || !forest.task.is_classifier() {
+    if want_scores {
         vknf_forest::write_predictions_csv(&mut out, &forest, &prediction)?;
     } else {
         writeln!(out, "label")?;
@@ -124,4 +128,69 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
         global.finish(&instance)?;
     }
     Ok(())
+}
+
+/// Most row bytes per request to a remote function (well inside the server's default frame limit).
+const REMOTE_REQUEST_BYTES: usize = 4 << 20;
+
+/// Runs `rows` through the function at `addr`, after checking that it has the model's shape.
+fn predict_remote(
+    addr: &str,
+    forest: &GpuForest,
+    rows: &vknf_forest::Rows,
+    want_scores: bool,
+) -> anyhow::Result<vknf_forest::Prediction> {
+    use vknf_server::blocking_client::BlockingClient;
+
+    let mut client = BlockingClient::connect(addr, std::time::Duration::from_secs(30))
+        .with_context(|| format!("connecting to {addr}"))?;
+    let description = client
+        .describe()
+        .with_context(|| format!("describing the function at {addr}"))?;
+    let info = &description.info;
+    let classifier = forest.task.is_classifier();
+    let n_outputs = forest.n_outputs as usize;
+    let labels_index = info.output_index("labels");
+    let scores_index = info
+        .output_index("scores")
+        .filter(|i| info.outputs[*i].width == n_outputs);
+    let shape = (info.input_width == forest.n_features as usize)
+        .then_some(scores_index)
+        .flatten()
+        .filter(|_| !classifier || labels_index.is_some());
+    let Some(scores_index) = shape else {
+        anyhow::bail!(
+            "{} at {addr} takes {} features and has outputs {:?}; the model has {} features and {} outputs",
+            description.name,
+            info.input_width,
+            info.outputs
+                .iter()
+                .map(|o| format!("{} x{}", o.name, o.width))
+                .collect::<Vec<_>>(),
+            forest.n_features,
+            n_outputs
+        );
+    };
+    let mask = if want_scores { 1u32 << scores_index } else { 0 };
+    let width = rows.n_features;
+    let chunk_rows = (REMOTE_REQUEST_BYTES / 4 / width.max(1)).max(1);
+    let mut labels = Vec::with_capacity(if classifier { rows.n_rows } else { 0 });
+    let mut scores = Vec::with_capacity(if want_scores { rows.n_rows * n_outputs } else { 0 });
+    for chunk in rows.data.chunks(chunk_rows * width.max(1)) {
+        let answer = client
+            .infer(width as u32, chunk, mask)
+            .with_context(|| format!("the function at {addr} refused a request"))?;
+        if let Some(index) = labels_index.filter(|_| classifier) {
+            labels.extend(answer.output(index).context("the answer lacks labels")?.to_u32());
+        }
+        if want_scores {
+            scores.extend(answer.output(scores_index).context("the answer lacks scores")?.to_f32());
+        }
+    }
+    Ok(vknf_forest::Prediction {
+        n_rows: rows.n_rows,
+        n_outputs,
+        scores,
+        labels,
+    })
 }

@@ -1,10 +1,13 @@
 //! The load generator behind `vknf load`.
 //!
 //! Closed loop: `connections x depth` workers, each sending its next request when the previous
-//! one is answered (measures capacity). Open loop: requests leave on a fixed schedule whatever
-//! the answers do, and latency is measured from the scheduled send time, so a stalled server
-//! shows up as latency instead of silently lowering the offered load (no coordinated
-//! omission).
+//! one is answered (measures capacity). At depth 1 each connection is a thread with a blocking
+//! client, so that latency figures hold the server's time and not the hand-offs of an async
+//! client. Open loop: requests leave on a fixed schedule whatever the answers do, and latency is
+//! measured from the scheduled send time, so a stalled server shows up as latency instead of
+//! silently lowering the offered load (no coordinated omission); the schedule is kept by a thread
+//! that sleeps to just before each send and spins the rest, since async timers tick in
+//! milliseconds.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,11 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use parking_lot::Mutex;
 use rand::{Rng as _, SeedableRng as _};
-use tokio::sync::Semaphore;
 
+mod open_loop;
+
+use crate::blocking_client::BlockingClient;
 use crate::client::{Client, ClientError};
+
+/// Connect, read and write timeout of the blocking clients.
+const BLOCKING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How requests are paced.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -239,11 +246,19 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
             "value range {low}..{high} is empty or not finite"
         )));
     }
+    let first = Client::connect(config.addr.as_str()).await?;
+    let description = first.describe().await?;
+    // Every mode but a deep closed loop runs on threads with blocking sockets.
+    let blocking = !matches!(config.mode, LoadMode::Closed { depth, .. } if depth > 1);
     let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(Arc::new(Client::connect(config.addr.as_str()).await?));
+    if !blocking {
+        clients.push(Arc::new(first));
+        for _ in 1..connections {
+            clients.push(Arc::new(Client::connect(config.addr.as_str()).await?));
+        }
+    } else {
+        drop(first);
     }
-    let description = clients[0].describe().await?;
     let width = description.info.input_width;
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let pool: Arc<Vec<Vec<f32>>> = Arc::new(
@@ -261,6 +276,25 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
         mask: config.output_mask,
         pool,
     });
+    let mut blocking_clients = Vec::new();
+    if matches!(config.mode, LoadMode::Closed { .. }) && blocking {
+        for _ in 0..connections {
+            let addr = config.addr.clone();
+            let client = tokio::task::spawn_blocking(move || BlockingClient::connect(addr.as_str(), BLOCKING_TIMEOUT))
+                .await
+                .map_err(|e| LoadError::Config(format!("connecting failed: {e}")))??;
+            blocking_clients.push(client);
+        }
+    }
+    let open_connections = match config.mode {
+        LoadMode::Open { connections, .. } => {
+            let addr = config.addr.clone();
+            tokio::task::spawn_blocking(move || open_loop::connect(&addr, connections))
+                .await
+                .map_err(|e| LoadError::Config(format!("connecting failed: {e}")))??
+        }
+        LoadMode::Closed { .. } => Vec::new(),
+    };
     let started = Instant::now();
     let budget = Arc::new(Budget {
         limit: config.limit,
@@ -272,10 +306,18 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
             },
     });
     let mut report = match config.mode {
+        LoadMode::Closed { .. } if blocking => blocking_closed_loop(blocking_clients, &request, &budget).await,
         LoadMode::Closed { depth, .. } => closed_loop(&clients, depth, &request, &budget).await,
         LoadMode::Open {
             rate, max_in_flight, ..
-        } => open_loop(&clients, rate, max_in_flight, &request, &budget, started).await,
+        } => {
+            let (request, budget) = (request.clone(), budget.clone());
+            tokio::task::spawn_blocking(move || {
+                open_loop::run(&open_connections, rate, max_in_flight, &request, &budget, started)
+            })
+            .await
+            .map_err(|e| LoadError::Config(format!("the open loop failed: {e}")))??
+        }
     };
     report.elapsed = started.elapsed();
     Ok(report)
@@ -317,6 +359,11 @@ async fn closed_loop(
             });
         }
     }
+    merge_reports(workers).await
+}
+
+/// The sum of the workers' reports.
+async fn merge_reports(mut workers: tokio::task::JoinSet<LoadReport>) -> LoadReport {
     let mut total = LoadReport::new();
     while let Some(joined) = workers.join_next().await {
         if let Ok(report) = joined {
@@ -326,38 +373,28 @@ async fn closed_loop(
     total
 }
 
-async fn open_loop(
-    clients: &[Arc<Client>],
-    rate: f64,
-    max_in_flight: usize,
+/// Closed loop at depth 1: a thread per connection, each with a blocking client.
+async fn blocking_closed_loop(
+    clients: Vec<BlockingClient>,
     request: &Arc<RequestShape>,
     budget: &Arc<Budget>,
-    started: Instant,
 ) -> LoadReport {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let in_flight = Arc::new(Semaphore::new(max_in_flight));
-    let shared = Arc::new(Mutex::new(LoadReport::new()));
-    let mut n: u64 = 0;
-    while budget.take() {
-        let scheduled = started + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        match in_flight.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let client = clients[(n % clients.len() as u64) as usize].clone();
-                let (request, shared) = (request.clone(), shared.clone());
-                tokio::spawn(async move {
-                    let result = client.infer(request.width, request.rows(n), request.mask).await;
-                    // Measured from the scheduled send time, not the actual one.
-                    shared.lock().record(request.rows, result.map(|_| scheduled.elapsed()));
-                    drop(permit);
-                });
+    let mut workers = tokio::task::JoinSet::new();
+    for (c, mut client) in clients.into_iter().enumerate() {
+        let (request, budget) = (request.clone(), budget.clone());
+        workers.spawn_blocking(move || {
+            let mut report = LoadReport::new();
+            let mut n = c as u64;
+            while budget.take() {
+                let sent = Instant::now();
+                let result = client.infer(request.width, request.rows(n), request.mask);
+                report.record(request.rows, result.map(|_| sent.elapsed()));
+                n += 1;
             }
-            Err(_) => *shared.lock().errors.entry("SKIPPED".to_owned()).or_default() += 1,
-        }
-        n += 1;
+            report
+        });
     }
-    let _ = in_flight.acquire_many(max_in_flight as u32).await;
-    shared.lock().clone()
+    merge_reports(workers).await
 }
 
 /// `vknf load` on a fresh runtime; writes the chart when `chart` is given.

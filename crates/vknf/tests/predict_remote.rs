@@ -1,0 +1,159 @@
+//! The `vknf` binary end to end: the shipped scikit-learn classifier compiled, declared in a
+//! manifest, served by `vknf serve` (GPU loader, validation layer on), and asked through
+//! `vknf predict --addr`, whose answers must equal those computed in process.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+fn vknf() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vknf"))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn succeed(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Equal texts, or the first line that differs.
+fn same_lines(got: &str, want: &str, what: &str) {
+    let difference = got.lines().zip(want.lines()).enumerate().find(|(_, (g, w))| g != w);
+    assert!(difference.is_none(), "{what}: line {:?} differs", difference);
+    assert_eq!(got.lines().count(), want.lines().count(), "{what}: line counts differ");
+}
+
+#[test]
+fn predictions_through_the_served_function_equal_those_made_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = workspace().join("examples/traffic-classifier");
+    let model = dir.path().join("model.vkf");
+    let spirv = dir.path().join("forest.spv");
+    std::fs::write(&spirv, vknf_kernels::FOREST).unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let port = free_port();
+    succeed(
+        vknf()
+            .args(["compile-model", "--quiet"])
+            .arg(example.join("model.onnx"))
+            .arg("-o")
+            .arg(&model)
+            .output()
+            .unwrap(),
+        "compile-model",
+    );
+    succeed(
+        vknf()
+            .args([
+                "manifest",
+                "--name",
+                "tc",
+                "--kind",
+                "forest",
+                "--node-address",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port.to_string(), "--spirv"])
+            .arg(&spirv)
+            .arg("--model")
+            .arg(&model)
+            .arg("-o")
+            .arg(manifests.join("tc.yaml"))
+            .output()
+            .unwrap(),
+        "manifest",
+    );
+    let _server = Server(
+        vknf()
+            .args([
+                "--validate",
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--host-address",
+                "127.0.0.1",
+            ])
+            .arg("--manifests")
+            .arg(&manifests)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the function's port never opened:\n{}",
+            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let predict = |extra: &[&str]| -> String {
+        let output = succeed(
+            vknf()
+                .arg("predict")
+                .arg("--model")
+                .arg(&model)
+                .arg("--input")
+                .arg(example.join("inputs.csv"))
+                .args(extra)
+                .output()
+                .unwrap(),
+            &format!("predict {extra:?}"),
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let remote = predict(&["--addr", &addr]);
+    same_lines(&remote, &predict(&["--cpu"]), "served labels vs the CPU reference");
+    let expected = std::fs::read_to_string(example.join("expected.csv")).unwrap();
+    same_lines(&remote, &expected, "served labels vs scikit-learn");
+    // Scores: the same kernel in process gives the same bits.
+    same_lines(
+        &predict(&["--addr", &addr, "--proba"]),
+        &predict(&["--proba"]),
+        "served scores vs the GPU in process",
+    );
+
+    // A model of another shape is refused with the function's shape, not answered.
+    let other = workspace().join("crates/vknf-forest/tests/fixtures/rf12_5classes");
+    let output = vknf()
+        .args(["predict", "--addr", &addr, "--model"])
+        .arg(other.join("model.onnx"))
+        .arg("--input")
+        .arg(other.join("X.npy"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("default/tc") && message.contains("features"),
+        "{message}"
+    );
+}
