@@ -5,8 +5,8 @@
 //! - [`manifest`]: functions described as Kubernetes objects (docs/functions.md).
 //! - [`server`]: the data plane: connections, dynamic batching, backpressure, hot reload.
 //! - [`ops`]: `/metrics`, `/livez`, `/readyz`.
-//! - [`client`] and [`loadgen`]: an async pipelined client and the load generator behind
-//!   `vknf load`.
+//! - [`client`], [`blocking_client`] and [`loadgen`]: an async pipelined client, a blocking one, and
+//!   the load generator behind `vknf load`.
 
 pub mod blocking_client;
 pub mod client;
