@@ -60,16 +60,16 @@ fn main() -> std::process::ExitCode {
         Command::Predict(args) => cmd::predict::run(&global, args),
         Command::CompileModel(args) => cmd::compile_model::run(args),
         Command::Serve(args) => {
-            let gpu = (!args.cpu)
-                .then(|| global.gpu_loader(args.device.as_deref()))
+            let gpu = (!args.data_plane.cpu)
+                .then(|| global.gpu_loader(args.data_plane.device.as_deref()))
                 .transpose();
             gpu.and_then(|gpu| cmd::serve::run_with_loader(args, gpu))
         }
         Command::Manifest(args) => cmd::manifest::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Agent(args) => {
-            let gpu = (!args.cpu && !args.watchdog)
-                .then(|| global.gpu_loader(args.device.as_deref()))
+            let gpu = (!args.data_plane.cpu && !args.watchdog)
+                .then(|| global.gpu_loader(args.data_plane.device.as_deref()))
                 .transpose();
             gpu.and_then(|gpu| cmd::agent::run_with_loader(args, gpu))
         }

@@ -1,7 +1,7 @@
 //! `vknf agent`: the Kubernetes node agent of a GPU host (or, with `--watchdog`, the watchdog
 //! that marks the endpoints of dead hosts not ready). See docs/kubernetes.md.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use vknf_k8s::daemon::{DaemonOptions, Role, run_blocking};
 use vknf_k8s::host::{HostIdentity, parse_labels};
 use vknf_k8s::{AgentConfig, WatchdogConfig};
-use vknf_server::cpu::CpuLoader;
-use vknf_server::manifest::ParseOptions;
-use vknf_server::{FunctionLoader, ServerConfig};
+use vknf_server::FunctionLoader;
+
+use super::data_plane::DataPlaneArgs;
 
 /// Arguments of `vknf agent`.
 #[derive(clap::Args, Debug, Clone)]
@@ -58,41 +58,9 @@ pub struct AgentArgs {
     /// systemd, else none).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Run forest functions with the CPU reference predictor instead of the GPU.
-    #[arg(long)]
-    pub cpu: bool,
-    /// Device for the GPU loader: index, UUID or part of the name.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Serve /metrics, /livez and /readyz here, e.g. 0.0.0.0:9090.
-    #[arg(long)]
-    pub metrics_addr: Option<SocketAddr>,
-    /// Address the function ports are bound on.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub bind: IpAddr,
-    /// Batches in flight per function.
-    #[arg(long, default_value_t = 3)]
-    pub lanes: usize,
-    /// Longest a batch waits to fill up, in microseconds, unless the Service says otherwise.
-    #[arg(long, default_value_t = 200)]
-    pub max_wait_us: u64,
-    /// Microseconds a lane thread that has just finished a batch polls for the next one before it
-    /// sleeps (waking a sleeping thread adds to the next request's latency); 0 never polls. Default:
-    /// 2000 on a GPU, 0 with --cpu or a CPU Vulkan device (where polling takes a core from the work).
-    #[arg(long)]
-    pub lane_spin_us: Option<u64>,
-    /// Open connections across all functions.
-    #[arg(long, default_value_t = 4096)]
-    pub max_connections: usize,
-    /// Input MiB a function may have queued before answering BUSY.
-    #[arg(long, default_value_t = 64)]
-    pub max_queued_mib: usize,
-    /// Largest model in MiB.
-    #[arg(long, default_value_t = 256)]
-    pub max_model_mib: usize,
-    /// Seconds removals, replacements and shutdown wait for in-flight requests.
-    #[arg(long, default_value_t = 30)]
-    pub drain_timeout_s: u64,
+    /// The server's flags.
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
     /// The watchdog's identity in its leader election (default: host name and process id).
     #[arg(long)]
     pub identity: Option<String>,
@@ -116,20 +84,8 @@ impl AgentArgs {
         config.resync_interval = Duration::from_secs(self.resync_s.max(1));
         config.drain_delay = Duration::from_secs(self.drain_delay_s);
         config.state_dir = state_dir;
-        config.parse_options = ParseOptions {
-            max_model_bytes: self.max_model_mib << 20,
-            allow_ephemeral_ports: false,
-        };
-        config.server = ServerConfig {
-            bind_ip: self.bind,
-            max_connections: self.max_connections.max(1),
-            max_queued_bytes: self.max_queued_mib << 20,
-            lanes_per_function: self.lanes.max(1),
-            default_max_wait: Duration::from_micros(self.max_wait_us),
-            lane_spin: self.lane_spin_us.map(Duration::from_micros),
-            drain_timeout: Duration::from_secs(self.drain_timeout_s),
-            ..ServerConfig::default()
-        };
+        config.parse_options = self.data_plane.parse_options();
+        config.server = self.data_plane.server_config()?;
         Ok(config)
     }
 
@@ -166,11 +122,7 @@ pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) ->
     let role = if args.watchdog {
         Role::Watchdog(args.watchdog_config()?)
     } else {
-        let loader: Arc<dyn FunctionLoader> = match (args.cpu, gpu) {
-            (true, _) => Arc::new(CpuLoader),
-            (false, Some(gpu)) => gpu,
-            (false, None) => anyhow::bail!("no GPU loader in this build; pass --cpu to serve with the CPU"),
-        };
+        let loader = args.data_plane.loader(gpu)?;
         Role::Agent {
             config: Box::new(args.agent_config()?),
             loader,
@@ -178,7 +130,7 @@ pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) ->
     };
     Ok(run_blocking(DaemonOptions {
         kubeconfig: args.kubeconfig.clone(),
-        metrics_addr: args.metrics_addr,
+        metrics_addr: args.data_plane.metrics_addr,
         role,
     })?)
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod compile_model;
+pub mod data_plane;
 pub mod devices;
 pub mod load;
 pub mod manifest;

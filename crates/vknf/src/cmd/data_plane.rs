@@ -1,0 +1,103 @@
+//! The data-plane flags `vknf serve` and `vknf agent` share: which loader, where ports and metrics
+//! listen, batching, and the server's limits.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vknf_server::cpu::CpuLoader;
+use vknf_server::manifest::ParseOptions;
+use vknf_server::{FunctionLoader, ServerConfig};
+
+/// Flags of the network-function server, flattened into `vknf serve` and `vknf agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataPlaneArgs {
+    /// Run forest functions with the CPU reference predictor instead of the GPU.
+    #[arg(long)]
+    pub cpu: bool,
+    /// Device for the GPU loader: index, UUID or part of the name.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Serve /metrics, /livez and /readyz here, e.g. 0.0.0.0:9090.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Address the function ports are bound on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Batches in flight per function.
+    #[arg(long, default_value_t = 3)]
+    pub lanes: usize,
+    /// Longest a batch waits to fill up, in microseconds, unless the function says otherwise.
+    #[arg(long, default_value_t = 200)]
+    pub max_wait_us: u64,
+    /// Microseconds a lane thread that has just finished a batch polls for the next one before it
+    /// sleeps (waking a sleeping thread adds to the next request's latency); 0 never polls. Default:
+    /// 2000 on a GPU, 0 with --cpu or a CPU Vulkan device (where polling takes a core from the work).
+    #[arg(long)]
+    pub lane_spin_us: Option<u64>,
+    /// Open connections across all functions.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Requests one connection may have in flight.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Input MiB a function may have queued before answering BUSY.
+    #[arg(long, default_value_t = 64)]
+    pub max_queued_mib: usize,
+    /// Largest frame payload in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub max_frame_mib: u32,
+    /// Largest model in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub max_model_mib: usize,
+    /// Seconds before an idle connection is closed.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_s: u64,
+    /// Seconds a write may block before a client that does not read is dropped.
+    #[arg(long, default_value_t = 10)]
+    pub write_timeout_s: u64,
+    /// Seconds removals, replacements and shutdown wait for in-flight requests.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_s: u64,
+}
+
+impl DataPlaneArgs {
+    /// The server's configuration.
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        anyhow::ensure!(
+            (1..=1024).contains(&self.max_frame_mib),
+            "--max-frame-mib must be 1..=1024"
+        );
+        Ok(ServerConfig {
+            bind_ip: self.bind,
+            max_payload: self.max_frame_mib << 20,
+            max_connections: self.max_connections.max(1),
+            max_in_flight_per_connection: self.max_in_flight.max(1),
+            max_queued_bytes: self.max_queued_mib << 20,
+            lanes_per_function: self.lanes.max(1),
+            default_max_wait: Duration::from_micros(self.max_wait_us),
+            lane_spin: self.lane_spin_us.map(Duration::from_micros),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(self.write_timeout_s.max(1)),
+            drain_timeout: Duration::from_secs(self.drain_timeout_s),
+        })
+    }
+
+    /// Limits applied to the functions' manifests.
+    pub fn parse_options(&self) -> ParseOptions {
+        ParseOptions {
+            max_model_bytes: self.max_model_mib << 20,
+            allow_ephemeral_ports: false,
+        }
+    }
+
+    /// The CPU loader with `--cpu`, else `gpu`.
+    pub fn loader(&self, gpu: Option<Arc<dyn FunctionLoader>>) -> anyhow::Result<Arc<dyn FunctionLoader>> {
+        match (self.cpu, gpu) {
+            (true, _) => Ok(Arc::new(CpuLoader)),
+            (false, Some(gpu)) => Ok(gpu),
+            (false, None) => anyhow::bail!("no GPU loader in this build; pass --cpu to serve with the CPU"),
+        }
+    }
+}
