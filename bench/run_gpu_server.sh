@@ -45,8 +45,8 @@ breakdown() {
 }
 reset_breakdown() { prev_ls=0; prev_lc=0; prev_es=0; prev_ec=0; }
 
-echo "== one-row latency, lane threads polling 2 ms (the default on a GPU)"
-serve serve-spin.log
+echo "== one-row latency, default settings (lane threads sleep when idle)"
+serve serve-default.log
 run --rows 1 --connections 1 --depth 1 --duration 5; breakdown
 run --rows 1 --connections 2 --depth 1 --duration 5; breakdown
 run --rows 1 --connections 4 --depth 1 --duration 5; breakdown
@@ -56,15 +56,15 @@ run --rows 1 --rate 20000 --connections 8 --duration 5; breakdown
 run --rows 64 --connections 1 --depth 1 --duration 5; breakdown
 run --rows 5788 --connections 1 --depth 1 --duration 5; breakdown
 stop; reset_breakdown
-echo "== one-row latency, lane threads sleeping at once (--lane-spin-us 0)"
-serve serve-nospin.log --lane-spin-us 0
-run --rows 1 --connections 1 --depth 1 --duration 5; breakdown
-run --rows 1 --rate 1000 --connections 1 --duration 5; breakdown
-stop; reset_breakdown
-echo "== one-row latency, lane threads polling 200 us (--lane-spin-us 200)"
-serve serve-spin200.log --lane-spin-us 200
-run --rows 1 --rate 1000 --connections 1 --duration 5; breakdown
-stop; reset_breakdown
+for spin in 200 2000; do
+  echo "== one-row latency, lane threads polling ${spin} us for work (--lane-spin-us ${spin})"
+  serve serve-spin${spin}.log --lane-spin-us ${spin}
+  run --rows 1 --connections 1 --depth 1 --duration 5; breakdown
+  run --rows 1 --connections 4 --depth 1 --duration 5; breakdown
+  run --rows 1 --rate 1000 --connections 1 --duration 5; breakdown
+  run --rows 1 --rate 20000 --connections 8 --duration 5; breakdown
+  stop; reset_breakdown
+done
 
 echo "== throughput"
 serve serve.log

@@ -220,14 +220,6 @@ pub trait FunctionLoader: Send + Sync + 'static {
     /// Loads one function.
     fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError>;
 
-    /// How long an idle lane thread polls for its next batch before sleeping, unless the server's
-    /// configuration says otherwise. Polling pays off when batches run on a separate device; where
-    /// they run on the host's own cores (this default: the CPU loader, or a CPU Vulkan device) a
-    /// polling thread would only take a core from the work.
-    fn default_lane_spin(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
-    }
-
     /// Called after a lane reported [`ExecError::DeviceLost`], before every function is loaded
     /// again: recreate the device here. The default does nothing (for loaders without a device).
     fn reset(&self) -> Result<(), LoadError> {

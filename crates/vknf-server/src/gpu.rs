@@ -98,14 +98,6 @@ impl FunctionLoader for GpuLoader {
         Ok(Arc::new(GpuForestFunction { kernel, info }))
     }
 
-    fn default_lane_spin(&self) -> std::time::Duration {
-        if self.device.lock().info().device_type == vknf_vulkan::DeviceType::Cpu {
-            std::time::Duration::ZERO
-        } else {
-            crate::server::GPU_LANE_SPIN
-        }
-    }
-
     fn reset(&self) -> Result<(), LoadError> {
         let fresh = Device::select(&self.instance, &self.selector).map_err(|e| LoadError::Exec {
             function: "device".into(),

@@ -24,4 +24,4 @@ pub mod server;
 
 pub use exec::{DType, ExecError, Function, FunctionInfo, FunctionLoader, Lane, LaneOutputs, LoadError, OutputInfo};
 pub use manifest::FunctionSpec;
-pub use server::{DirectorySource, FunctionStatus, GPU_LANE_SPIN, HostStatus, Server, ServerConfig};
+pub use server::{DirectorySource, FunctionStatus, HostStatus, Server, ServerConfig};

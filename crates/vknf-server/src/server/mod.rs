@@ -34,10 +34,6 @@ use crate::protocol::DEFAULT_MAX_PAYLOAD;
 use runtime::{FunctionRuntime, RuntimeSettings, create_lanes};
 use slot::FunctionSlot;
 
-/// How long the GPU loader's idle lane threads poll for their next batch by default (see
-/// [`crate::FunctionLoader::default_lane_spin`]).
-pub const GPU_LANE_SPIN: Duration = Duration::from_millis(2);
-
 /// Limits and timeouts of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -55,10 +51,11 @@ pub struct ServerConfig {
     pub lanes_per_function: usize,
     /// Longest a batch waits to fill up, unless the manifest says otherwise.
     pub default_max_wait: Duration,
-    /// How long a lane thread that has just finished a batch polls for the next one before it sleeps
-    /// (waking a sleeping thread adds to the next request's latency); zero never polls; `None` lets
-    /// the loader choose ([`crate::FunctionLoader::default_lane_spin`]).
-    pub lane_spin: Option<Duration>,
+    /// How long a lane thread that has just finished a batch polls for the next one before it sleeps.
+    /// Polling spares the next request a thread wake-up (~10 us) but takes a core while it lasts; on
+    /// shared or virtualised hosts the cores it takes cost more than that (bench/RESULTS.md), so the
+    /// default is zero.
+    pub lane_spin: Duration,
     /// A connection with nothing in flight and nothing received for this long is closed.
     pub idle_timeout: Duration,
     /// A frame that has started must be complete within this.
@@ -79,7 +76,7 @@ impl Default for ServerConfig {
             max_queued_bytes: 64 << 20,
             lanes_per_function: 3,
             default_max_wait: Duration::from_micros(200),
-            lane_spin: None,
+            lane_spin: Duration::ZERO,
             idle_timeout: Duration::from_secs(300),
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -438,11 +435,7 @@ impl Server {
         let settings = RuntimeSettings {
             max_wait: self.inner.config.default_max_wait,
             max_queued_bytes: self.inner.config.max_queued_bytes,
-            lane_spin: self
-                .inner
-                .config
-                .lane_spin
-                .unwrap_or_else(|| self.inner.loader.default_lane_spin()),
+            lane_spin: self.inner.config.lane_spin,
         };
         FunctionRuntime::start(
             function.spec.clone(),

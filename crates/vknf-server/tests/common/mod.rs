@@ -129,6 +129,8 @@ pub fn test_config() -> ServerConfig {
         max_in_flight_per_connection: 64,
         lanes_per_function: 2,
         default_max_wait: Duration::from_micros(200),
+        // Exercises lane threads polling for work (the default sleeps at once).
+        lane_spin: Duration::from_micros(100),
         idle_timeout: Duration::from_secs(30),
         read_timeout: Duration::from_secs(5),
         write_timeout: Duration::from_secs(5),

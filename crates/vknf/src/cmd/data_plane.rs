@@ -31,10 +31,10 @@ pub struct DataPlaneArgs {
     #[arg(long, default_value_t = 200)]
     pub max_wait_us: u64,
     /// Microseconds a lane thread that has just finished a batch polls for the next one before it
-    /// sleeps (waking a sleeping thread adds to the next request's latency); 0 never polls. Default:
-    /// 2000 on a GPU, 0 with --cpu or a CPU Vulkan device (where polling takes a core from the work).
-    #[arg(long)]
-    pub lane_spin_us: Option<u64>,
+    /// sleeps: spares the next request a thread wake-up, but takes a core while it polls (worth it
+    /// only on hosts with cores to spare).
+    #[arg(long, default_value_t = 0)]
+    pub lane_spin_us: u64,
     /// Open connections across all functions.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
@@ -76,7 +76,7 @@ impl DataPlaneArgs {
             max_queued_bytes: self.max_queued_mib << 20,
             lanes_per_function: self.lanes.max(1),
             default_max_wait: Duration::from_micros(self.max_wait_us),
-            lane_spin: self.lane_spin_us.map(Duration::from_micros),
+            lane_spin: Duration::from_micros(self.lane_spin_us),
             idle_timeout: Duration::from_secs(self.idle_timeout_s),
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(self.write_timeout_s.max(1)),
