@@ -15,6 +15,7 @@ pub mod parity;
 mod predict;
 mod rows;
 mod sklearn;
+pub mod synthetic;
 pub mod threshold;
 mod validate;
 mod vkf;

@@ -11,10 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use rand::{Rng as _, SeedableRng as _};
-use vknf_forest::{
-    Aggregate, ClassLabels, DEFAULT_MAX_DEPTH, GpuForest, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode,
-    RawTree, SplitMode, Task,
-};
+use vknf_forest::GpuForest;
 use vknf_k8s::host::parse_labels;
 use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
 use vknf_k8s_fake::FakeApiServer;
@@ -28,63 +25,9 @@ pub const LEASE_NAMESPACE: &str = "vknf-system";
 pub const FEATURES: usize = 6;
 pub const CLASSES: usize = 4;
 
-/// A random classifier of `n_trees` full trees of `depth` splits.
+/// A random classifier of `n_trees` full trees of `depth` splits, of the tests' shape.
 pub fn forest(seed: u64, n_trees: usize, depth: u32) -> GpuForest {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let trees = (0..n_trees)
-        .map(|id| {
-            let mut tree = RawTree {
-                id: id as i64,
-                ..Default::default()
-            };
-            grow(&mut tree, depth, &mut rng);
-            tree
-        })
-        .collect();
-    RawForest {
-        task: Task::Classifier {
-            labels: ClassLabels::Int64((0..CLASSES as i64).collect()),
-        },
-        n_features: FEATURES as u64,
-        n_outputs: CLASSES as u64,
-        trees,
-        aggregate: Aggregate::Average,
-        post_transform: PostTransform::None,
-        base_values: Vec::new(),
-        binary_complement: false,
-        missing: MissingPolicy::Reject,
-        max_depth_limit: DEFAULT_MAX_DEPTH,
-    }
-    .validate()
-    .expect("random forest is valid")
-    .compile()
-    .expect("random forest compiles")
-}
-
-fn grow(tree: &mut RawTree, depth: u32, rng: &mut rand::rngs::StdRng) -> i64 {
-    let id = tree.nodes.len() as i64;
-    tree.nodes.push(RawNode::Leaf);
-    if depth == 0 {
-        for class in 0..CLASSES {
-            tree.entries.push(RawEntry {
-                node: id,
-                output: class as i64,
-                weight: rng.random_range(0.01..1.0),
-            });
-        }
-        return id;
-    }
-    let true_child = grow(tree, depth - 1, rng);
-    let false_child = grow(tree, depth - 1, rng);
-    tree.nodes[id as usize] = RawNode::Branch {
-        mode: SplitMode::Leq,
-        feature: rng.random_range(0..FEATURES as i64),
-        threshold: rng.random_range(-1.0..1.0),
-        true_child,
-        false_child,
-        missing_tracks_true: false,
-    };
-    id
+    vknf_forest::synthetic::random_classifier(FEATURES, CLASSES, n_trees, depth, seed)
 }
 
 pub fn rows(seed: u64, n_rows: usize) -> Vec<f32> {

@@ -6,75 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::{Rng as _, SeedableRng as _};
-use vknf_forest::{
-    Aggregate, ClassLabels, DEFAULT_MAX_DEPTH, GpuForest, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode,
-    RawTree, SplitMode, Task,
-};
+use vknf_forest::GpuForest;
 use vknf_server::cpu::CpuLoader;
 use vknf_server::manifest::{
     DEFAULT_PART_BYTES, FunctionKey, FunctionKind, ManifestRequest, ParseOptions, Placement, build_objects,
 };
 use vknf_server::{DirectorySource, Server, ServerConfig};
 
-/// A random classifier: `n_trees` full trees of `depth` splits, every leaf weighting every class.
-pub fn random_forest(n_features: usize, n_classes: usize, n_trees: usize, depth: u32, seed: u64) -> GpuForest {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let trees = (0..n_trees)
-        .map(|id| {
-            let mut tree = RawTree {
-                id: id as i64,
-                ..Default::default()
-            };
-            grow(&mut tree, depth, n_features, n_classes, &mut rng);
-            tree
-        })
-        .collect();
-    RawForest {
-        task: Task::Classifier {
-            labels: ClassLabels::Int64((0..n_classes as i64).collect()),
-        },
-        n_features: n_features as u64,
-        n_outputs: n_classes as u64,
-        trees,
-        aggregate: Aggregate::Average,
-        post_transform: PostTransform::None,
-        base_values: Vec::new(),
-        binary_complement: false,
-        missing: MissingPolicy::Reject,
-        max_depth_limit: DEFAULT_MAX_DEPTH,
-    }
-    .validate()
-    .expect("random forest is valid")
-    .compile()
-    .expect("random forest compiles")
-}
-
-fn grow(tree: &mut RawTree, depth: u32, n_features: usize, n_classes: usize, rng: &mut rand::rngs::StdRng) -> i64 {
-    let id = tree.nodes.len() as i64;
-    tree.nodes.push(RawNode::Leaf);
-    if depth == 0 {
-        for class in 0..n_classes {
-            tree.entries.push(RawEntry {
-                node: id,
-                output: class as i64,
-                weight: rng.random_range(0.01..1.0),
-            });
-        }
-        return id;
-    }
-    let true_child = grow(tree, depth - 1, n_features, n_classes, rng);
-    let false_child = grow(tree, depth - 1, n_features, n_classes, rng);
-    tree.nodes[id as usize] = RawNode::Branch {
-        mode: SplitMode::Leq,
-        feature: rng.random_range(0..n_features as i64),
-        threshold: rng.random_range(-1.0..1.0),
-        true_child,
-        false_child,
-        missing_tracks_true: false,
-    };
-    id
-}
+pub use vknf_forest::synthetic::random_classifier as random_forest;
 
 /// The forest kernel's SPIR-V (the CPU loader does not run it, but manifests must carry it).
 pub fn forest_spirv() -> &'static [u8] {
