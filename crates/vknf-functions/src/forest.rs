@@ -85,6 +85,13 @@ pub struct KernelConfig {
     pub small_batch: Option<SmallBatchConfig>,
 }
 
+impl KernelConfig {
+    /// Whether a batch of `n_rows` runs on the small-batch pipeline.
+    pub fn uses_small_batch(&self, n_rows: usize) -> bool {
+        self.small_batch.is_some_and(|small| n_rows <= small.max_rows as usize)
+    }
+}
+
 /// The one-row-per-workgroup pipeline used for small batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SmallBatchConfig {
@@ -224,16 +231,6 @@ impl ForestKernel {
         // Fixed point is exact and order-independent, but needs a scale that keeps ~2^-16 resolution;
         // regressors (and unusual weight ranges) accumulate in float instead.
         let float_accumulate = !forest.task.is_classifier() || fixed_scale < 65536.0;
-        let config = KernelConfig {
-            rows_per_group: rows as u32,
-            tree_lanes: tree_lanes as u32,
-            stage_input,
-            fixed_scale,
-            float_accumulate,
-            input_path: options.input_path.unwrap_or(InputPath::Direct),
-            small_batch: None,
-        };
-
         let small_max_rows = options.small_batch_rows.unwrap_or(DEFAULT_SMALL_BATCH_ROWS);
         // One thread per tree, in whole subgroups of 32, within the workgroup limit.
         let small_lanes = (forest.n_trees as usize).next_multiple_of(32).min(max_invocations);
@@ -241,7 +238,15 @@ impl ForestKernel {
             max_rows: small_max_rows.min(u32::MAX as usize) as u32,
             tree_lanes: small_lanes as u32,
         });
-        let config = KernelConfig { small_batch, ..config };
+        let config = KernelConfig {
+            rows_per_group: rows as u32,
+            tree_lanes: tree_lanes as u32,
+            stage_input,
+            fixed_scale,
+            float_accumulate,
+            input_path: options.input_path.unwrap_or(InputPath::Direct),
+            small_batch,
+        };
 
         let kernel = Kernel::new(device, spirv, entry_point)?;
         let shape = ShaderShape {
@@ -511,11 +516,10 @@ impl ForestLane {
         let padded_rows = n_rows.next_multiple_of(r.config.rows_per_group as usize).max(1);
         let bytes = (padded_rows * r.n_features * 4) as u64;
         // Small batches: one row per workgroup, a thread per tree.
-        let small = r
-            .config
-            .small_batch
-            .filter(|small| n_rows <= small.max_rows as usize)
-            .and(self.small_bind_group.clone());
+        let small = self
+            .small_bind_group
+            .clone()
+            .filter(|_| r.config.uses_small_batch(n_rows));
         let groups = match small {
             Some(_) => n_rows.max(1) as u32,
             None => n_rows.div_ceil(r.config.rows_per_group as usize).max(1) as u32,
@@ -597,12 +601,7 @@ impl ForestLane {
             .pending
             .take()
             .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
-        let small = self
-            .kernel
-            .config()
-            .small_batch
-            .is_some_and(|s| n_rows <= s.max_rows as usize);
-        if small {
+        if self.kernel.config().uses_small_batch(n_rows) {
             ticket.wait_polling(deadline, SMALL_BATCH_POLL)?;
         } else {
             ticket.wait(deadline)?;

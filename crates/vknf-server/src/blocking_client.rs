@@ -14,11 +14,44 @@ use crate::protocol::{Decoded, Description, FrameDecoder, FrameError, ResponseBo
 /// A connection to one function, used by one thread.
 pub struct BlockingClient {
     stream: TcpStream,
-    decoder: FrameDecoder,
-    read_buf: BytesMut,
-    scratch: Box<[u8]>,
+    answers: AnswerReader,
     write_buf: BytesMut,
     next_id: u64,
+}
+
+/// Reads answer frames from a blocking socket.
+pub(crate) struct AnswerReader {
+    decoder: FrameDecoder,
+    buf: BytesMut,
+    scratch: Box<[u8]>,
+}
+
+impl AnswerReader {
+    pub(crate) fn new() -> AnswerReader {
+        AnswerReader {
+            decoder: FrameDecoder::new(crate::client::ClientConfig::default().max_payload),
+            buf: BytesMut::with_capacity(64 * 1024),
+            scratch: vec![0; 64 * 1024].into_boxed_slice(),
+        }
+    }
+
+    /// The next answer and the request id it names, reading from `stream` as needed. Fails when the
+    /// connection closes or breaks, or the server sends something that is not an answer frame.
+    pub(crate) fn next(&mut self, mut stream: &TcpStream) -> Result<(u64, Result<Answer, ClientError>), ClientError> {
+        loop {
+            if let Some(decoded) = self.decoder.decode(&mut self.buf)? {
+                let Decoded::Frame(frame) = decoded else {
+                    return Err(FrameError::Malformed("answer too large".into()).into());
+                };
+                return Ok((frame.header.request_id, parse_answer(frame)));
+            }
+            match stream.read(&mut self.scratch) {
+                Ok(0) => return Err(ClientError::Closed(None)),
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Err(error) => return Err(ClientError::Io(error.to_string())),
+            }
+        }
+    }
 }
 
 impl BlockingClient {
@@ -34,9 +67,7 @@ impl BlockingClient {
                     stream.set_write_timeout(Some(timeout)).map_err(io)?;
                     return Ok(BlockingClient {
                         stream,
-                        decoder: FrameDecoder::new(crate::client::ClientConfig::default().max_payload),
-                        read_buf: BytesMut::with_capacity(64 * 1024),
-                        scratch: vec![0; 64 * 1024].into_boxed_slice(),
+                        answers: AnswerReader::new(),
                         write_buf: BytesMut::new(),
                         next_id: 1,
                     });
@@ -79,27 +110,17 @@ impl BlockingClient {
 
     /// Sends the frame in `write_buf` and reads until the answer to `id` arrives.
     fn call(&mut self, id: u64) -> Result<Answer, ClientError> {
-        let io = |e: std::io::Error| ClientError::Io(e.to_string());
-        self.stream.write_all(&self.write_buf).map_err(io)?;
+        self.stream
+            .write_all(&self.write_buf)
+            .map_err(|e| ClientError::Io(e.to_string()))?;
         loop {
-            while let Some(decoded) = self.decoder.decode(&mut self.read_buf)? {
-                let Decoded::Frame(frame) = decoded else {
-                    return Err(FrameError::Malformed("answer too large".into()).into());
-                };
-                let answer_id = frame.header.request_id;
-                let answer = parse_answer(frame);
-                if answer_id == id {
-                    return answer;
-                }
-                // Id 0 is a connection-level error: the server explains why it hangs up.
-                if answer_id == 0 {
-                    return Err(answer.err().unwrap_or(ClientError::Closed(None)));
-                }
+            let (answer_id, answer) = self.answers.next(&self.stream)?;
+            if answer_id == id {
+                return answer;
             }
-            match self.stream.read(&mut self.scratch) {
-                Ok(0) => return Err(ClientError::Closed(None)),
-                Ok(n) => self.read_buf.extend_from_slice(&self.scratch[..n]),
-                Err(error) => return Err(io(error)),
+            // Id 0 is a connection-level error: the server explains why it hangs up.
+            if answer_id == 0 {
+                return Err(answer.err().unwrap_or(ClientError::Closed(None)));
             }
         }
     }

@@ -248,17 +248,6 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
     }
     let first = Client::connect(config.addr.as_str()).await?;
     let description = first.describe().await?;
-    // Every mode but a deep closed loop runs on threads with blocking sockets.
-    let blocking = !matches!(config.mode, LoadMode::Closed { depth, .. } if depth > 1);
-    let mut clients = Vec::with_capacity(connections);
-    if !blocking {
-        clients.push(Arc::new(first));
-        for _ in 1..connections {
-            clients.push(Arc::new(Client::connect(config.addr.as_str()).await?));
-        }
-    } else {
-        drop(first);
-    }
     let width = description.info.input_width;
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let pool: Arc<Vec<Vec<f32>>> = Arc::new(
@@ -276,24 +265,37 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
         mask: config.output_mask,
         pool,
     });
-    let mut blocking_clients = Vec::new();
-    if matches!(config.mode, LoadMode::Closed { .. }) && blocking {
-        for _ in 0..connections {
-            let addr = config.addr.clone();
-            let client = tokio::task::spawn_blocking(move || BlockingClient::connect(addr.as_str(), BLOCKING_TIMEOUT))
-                .await
-                .map_err(|e| LoadError::Config(format!("connecting failed: {e}")))??;
-            blocking_clients.push(client);
+    // Every mode but a deep closed loop runs on threads with blocking sockets.
+    let addr = config.addr.clone();
+    let prepared = match config.mode {
+        LoadMode::Closed { connections, depth } if depth > 1 => {
+            let mut clients = vec![Arc::new(first)];
+            for _ in 1..connections {
+                clients.push(Arc::new(Client::connect(addr.as_str()).await?));
+            }
+            Prepared::Pipelined { clients, depth }
         }
-    }
-    let open_connections = match config.mode {
-        LoadMode::Open { connections, .. } => {
-            let addr = config.addr.clone();
-            tokio::task::spawn_blocking(move || open_loop::connect(&addr, connections))
-                .await
-                .map_err(|e| LoadError::Config(format!("connecting failed: {e}")))??
+        LoadMode::Closed { connections, .. } => Prepared::Blocking({
+            drop(first);
+            blocking(move || {
+                (0..connections)
+                    .map(|_| BlockingClient::connect(addr.as_str(), BLOCKING_TIMEOUT).map_err(LoadError::from))
+                    .collect()
+            })
+            .await?
+        }),
+        LoadMode::Open {
+            rate,
+            connections,
+            max_in_flight,
+        } => {
+            drop(first);
+            Prepared::Open {
+                connections: blocking(move || open_loop::connect(&addr, connections)).await?,
+                rate,
+                max_in_flight,
+            }
         }
-        LoadMode::Closed { .. } => Vec::new(),
     };
     let started = Instant::now();
     let budget = Arc::new(Budget {
@@ -305,22 +307,43 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
                 LoadLimit::Requests(_) => Duration::MAX / 4,
             },
     });
-    let mut report = match config.mode {
-        LoadMode::Closed { .. } if blocking => blocking_closed_loop(blocking_clients, &request, &budget).await,
-        LoadMode::Closed { depth, .. } => closed_loop(&clients, depth, &request, &budget).await,
-        LoadMode::Open {
-            rate, max_in_flight, ..
+    let mut report = match prepared {
+        Prepared::Pipelined { clients, depth } => closed_loop(&clients, depth, &request, &budget).await,
+        Prepared::Blocking(clients) => blocking_closed_loop(clients, &request, &budget).await,
+        Prepared::Open {
+            connections,
+            rate,
+            max_in_flight,
         } => {
             let (request, budget) = (request.clone(), budget.clone());
-            tokio::task::spawn_blocking(move || {
-                open_loop::run(&open_connections, rate, max_in_flight, &request, &budget, started)
-            })
-            .await
-            .map_err(|e| LoadError::Config(format!("the open loop failed: {e}")))??
+            blocking(move || open_loop::run(&connections, rate, max_in_flight, &request, &budget, started)).await?
         }
     };
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Connections opened for a run, before its clock starts.
+enum Prepared {
+    /// Async clients, `depth` requests in flight on each.
+    Pipelined { clients: Vec<Arc<Client>>, depth: usize },
+    /// One blocking client per thread, one request in flight on each.
+    Blocking(Vec<BlockingClient>),
+    /// The open loop's sockets.
+    Open {
+        connections: Vec<Arc<open_loop::Connection>>,
+        rate: f64,
+        max_in_flight: usize,
+    },
+}
+
+/// Runs blocking work (connecting, the open loop's threads) off the async runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+) -> Result<T, LoadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LoadError::Config(format!("a load thread failed: {e}")))?
 }
 
 struct RequestShape {

@@ -4,7 +4,7 @@
 //! server's, and not the hand-offs of a client.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +15,9 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 
 use super::{BLOCKING_TIMEOUT, Budget, LoadError, LoadReport, RequestShape};
-use crate::client::{Answer, ClientConfig, ClientError, parse_answer};
-use crate::protocol::{Decoded, FrameDecoder, FrameError, encode_request};
+use crate::blocking_client::AnswerReader;
+use crate::client::{Answer, ClientError};
+use crate::protocol::{FrameError, encode_request};
 
 /// One connection: its socket and the send time of every request it has in flight.
 pub(super) struct Connection {
@@ -131,38 +132,28 @@ pub(super) fn run(
 }
 
 /// Reads one connection's answers until it closes, recording each against its send time.
-fn read_answers(mut stream: TcpStream, conn: &Connection, in_flight: &AtomicUsize, rows: u64) {
-    let mut decoder = FrameDecoder::new(ClientConfig::default().max_payload);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut scratch = vec![0u8; 64 * 1024];
+fn read_answers(stream: TcpStream, conn: &Connection, in_flight: &AtomicUsize, rows: u64) {
+    let mut answers = AnswerReader::new();
     loop {
-        loop {
-            let frame = match decoder.decode(&mut buf) {
-                Ok(Some(Decoded::Frame(frame))) => frame,
-                Ok(None) => break,
-                Ok(Some(Decoded::Oversized(_))) | Err(_) => {
-                    conn.report
-                        .lock()
-                        .record(rows, Err(FrameError::Malformed("unreadable answer".into()).into()));
-                    return;
-                }
-            };
-            let id = frame.header.request_id;
-            let answer = parse_answer(frame);
-            let Some(scheduled) = conn.sent.lock().remove(&id) else {
-                continue;
-            };
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            let result = answer.and_then(|answer| match answer {
-                Answer::Response(_) => Ok(scheduled.elapsed()),
-                Answer::Description(_) => Err(FrameError::Malformed("description sent for a request".into()).into()),
-            });
-            conn.report.lock().record(rows, result);
-        }
-        // A socket shut by the pacer ends the loop.
-        match stream.read(&mut scratch) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&scratch[..n]),
-        }
+        let (id, answer) = match answers.next(&stream) {
+            Ok(next) => next,
+            Err(ClientError::Protocol(_)) => {
+                conn.report
+                    .lock()
+                    .record(rows, Err(FrameError::Malformed("unreadable answer".into()).into()));
+                return;
+            }
+            // A socket shut by the pacer ends the loop.
+            Err(_) => return,
+        };
+        let Some(scheduled) = conn.sent.lock().remove(&id) else {
+            continue;
+        };
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        let result = answer.and_then(|answer| match answer {
+            Answer::Response(_) => Ok(scheduled.elapsed()),
+            Answer::Description(_) => Err(FrameError::Malformed("description sent for a request".into()).into()),
+        });
+        conn.report.lock().record(rows, result);
     }
 }

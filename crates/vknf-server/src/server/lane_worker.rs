@@ -3,13 +3,13 @@
 //! is written once, and the copies of several batches run on several cores), runs it and answers its
 //! requests.
 //!
-//! A worker that has just finished polls for its next batch for a short while before it sleeps: waking
-//! a sleeping thread costs tens of microseconds on a virtualised host, as much as a small batch's GPU
-//! time, while under steady traffic the next batch usually comes within that window.
+//! A worker that has just finished may poll for its next batch for a while before it sleeps
+//! (`ServerConfig::lane_spin`, zero by default): that spares the next batch the thread's wake-up, at
+//! the cost of a core while it polls.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle, Thread};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -37,11 +37,10 @@ struct Handoff<B> {
     stop: AtomicBool,
 }
 
-/// The batcher's handle on one worker thread.
+/// The batcher's handle on one worker thread. Dropping it stops the thread once idle (the thread is not joined: that could block an async task).
 pub(crate) struct LaneWorker<B> {
     handoff: Arc<Handoff<B>>,
     thread: Thread,
-    join: Option<JoinHandle<()>>,
 }
 
 impl<B: Send + 'static> LaneWorker<B> {
@@ -78,7 +77,6 @@ impl<B: Send + 'static> LaneWorker<B> {
         Ok(LaneWorker {
             thread: join.thread().clone(),
             handoff,
-            join: Some(join),
         })
     }
 
@@ -89,7 +87,9 @@ impl<B: Send + 'static> LaneWorker<B> {
         // Cheap when the worker is polling; wakes it when it sleeps.
         self.thread.unpark();
     }
+}
 
+impl<B> LaneWorker<B> {
     /// Asks the worker to end once idle; it reports [`WorkerEvent::Stopped`] after releasing its lane.
     pub(crate) fn stop(&self) {
         self.handoff.stop.store(true, Ordering::Release);
@@ -99,10 +99,7 @@ impl<B: Send + 'static> LaneWorker<B> {
 
 impl<B> Drop for LaneWorker<B> {
     fn drop(&mut self) {
-        self.handoff.stop.store(true, Ordering::Release);
-        self.thread.unpark();
-        // The thread ends by itself; joining here could block an async task.
-        drop(self.join.take());
+        self.stop();
     }
 }
 

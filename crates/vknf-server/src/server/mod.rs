@@ -52,9 +52,9 @@ pub struct ServerConfig {
     /// Longest a batch waits to fill up, unless the manifest says otherwise.
     pub default_max_wait: Duration,
     /// How long a lane thread that has just finished a batch polls for the next one before it sleeps.
-    /// Polling spares the next request a thread wake-up (~10 us) but takes a core while it lasts; on
-    /// shared or virtualised hosts the cores it takes cost more than that (bench/RESULTS.md), so the
-    /// default is zero.
+    /// Polling spares the next request a thread wake-up (20-30 us of a one-row request's 88 us on the
+    /// GPU machine) but takes a core while it lasts; on shared or virtualised hosts the cores it takes
+    /// cost more than that (bench/RESULTS.md), so the default is zero.
     pub lane_spin: Duration,
     /// A connection with nothing in flight and nothing received for this long is closed.
     pub idle_timeout: Duration,
