@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use vknf_server::protocol::{Decoded, Description, ErrorBody, FrameDecoder, InferRequest, ResponseBody};
+use vknf_protocol::{Decoded, Description, ErrorBody, FrameDecoder, InferRequest, ResponseBody};
 
 /// Small enough that the fuzzer reaches the oversized-frame path.
 const MAX_PAYLOAD: u32 = 4096;

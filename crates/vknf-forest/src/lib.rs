@@ -11,11 +11,9 @@ mod import;
 mod layout;
 mod model;
 pub mod onnx;
-pub mod parity;
 mod predict;
 mod rows;
 mod sklearn;
-pub mod synthetic;
 pub mod threshold;
 mod validate;
 mod vkf;
@@ -31,7 +29,7 @@ pub use model::{
 pub use onnx::{import_onnx_bytes, import_onnx_file, read_onnx};
 pub use predict::{PredictError, Prediction, argmax};
 pub use rows::{NpyArray, Rows, RowsError, parse_csv, parse_npy, read_rows, write_predictions_csv};
-pub use sklearn::{PAPER_TREE_ENV, PaperWorkload, SklearnTree, paper_tree_dir, paper_workload, rows_around_thresholds};
+pub use sklearn::{PaperWorkload, SklearnTree, paper_workload, rows_around_thresholds};
 pub use validate::{
     DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS, MAX_TOTAL_NODES, ModelError, ModelProblem, NodeProblem, RawEntry,
     RawForest, RawNode, RawTree, Side, SplitMode, TreeProblem,

@@ -6,16 +6,13 @@
 //! values of `tree_.value[:, 0, :]`). Optional: `missing_go_to_left.csv` (one line, 0/1 per
 //! node; enables NaN routing) and `classes.csv` (one line of class labels).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::import::{ImportError, ImportOptions};
 use crate::model::{Aggregate, ClassLabels, Forest, MissingPolicy, PostTransform, Task};
 use crate::rows::Rows;
 use crate::threshold::floor_f32;
 use crate::validate::{RawEntry, RawForest, RawNode, RawTree, SplitMode};
-
-/// Environment variable that overrides where the paper's tree is found.
-pub const PAPER_TREE_ENV: &str = "VKNF_PAPER_TREE";
 
 /// One scikit-learn classification tree as arrays.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,14 +33,6 @@ pub struct SklearnTree {
     pub missing_go_to_left: Option<Vec<bool>>,
     /// Class labels, when given (`0..n_classes` otherwise).
     pub classes: Option<ClassLabels>,
-}
-
-/// The directory of the paper's tree: `$VKNF_PAPER_TREE`, else `<workspace>/../shared/paper-rf-tree`.
-pub fn paper_tree_dir() -> PathBuf {
-    match std::env::var_os(PAPER_TREE_ENV) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/paper-rf-tree"),
-    }
 }
 
 fn arrays_err(path: &Path, problem: impl Into<String>) -> ImportError {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use vknf_forest::parity::{self, ParityCase};
+use vknf_testkit::parity::{self, ParityCase};
 use vknf_forest::{GpuForest, MissingPolicy};
 
 fn fixture() -> ParityCase {

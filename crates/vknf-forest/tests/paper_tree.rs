@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use vknf_forest::{
-    GpuForest, ImportOptions, MissingPolicy, NodeFormat, SklearnTree, paper_tree_dir, paper_workload,
-    rows_around_thresholds,
+    GpuForest, ImportOptions, MissingPolicy, NodeFormat, SklearnTree, paper_workload, rows_around_thresholds,
 };
+use vknf_testkit::paper_tree_dir;
 
 fn dir() -> PathBuf {
     let dir = paper_tree_dir();

@@ -1,7 +1,7 @@
 //! Parity with scikit-learn over freshly generated random forests (needs the Python venv).
 
 use vknf_forest::GpuForest;
-use vknf_forest::parity::{self, CaseReport};
+use vknf_testkit::parity::{self, CaseReport};
 
 #[test]
 fn cpu_predictor_matches_scikit_learn_on_generated_cases() {

@@ -757,3 +757,49 @@ impl ForestLane {
         })
     }
 }
+
+/// Results read in place: the serving path waits for a batch without reading it, then copies each
+/// request's share of the results straight from the readback memory into that request's answer.
+impl ForestLane {
+    /// Waits for the batch in flight without reading its results, and returns its row count. Rows
+    /// the kernel rejected for NaN features (models without missing-value routing) fail the batch.
+    pub fn finish_in_place(&mut self, deadline: Duration) -> Result<usize, ForestError> {
+        let (ticket, n_rows, _) = self
+            .pending
+            .take()
+            .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
+        if self.kernel.config().uses_small_batch(n_rows) {
+            ticket.wait_polling(deadline, SMALL_BATCH_POLL)?;
+        } else {
+            ticket.wait(deadline)?;
+        }
+        if !self.kernel.accepts_nan() {
+            let labels = self.labels.map::<u32>()?;
+            if let Some(row) = labels[..n_rows].iter().position(|l| *l == NAN_ROW) {
+                drop(labels);
+                let nf = self.n_features();
+                let values: Vec<f32> = self.input.read_vec(row * nf, nf)?;
+                let feature = values.iter().position(|v| v.is_nan()).unwrap_or(0);
+                return Err(ForestError::Input(format!(
+                    "row {row} feature {feature} is NaN, and this model has no missing-value routing"
+                )));
+            }
+        }
+        Ok(n_rows)
+    }
+
+    /// Copies the labels of rows `first_row..` of the last finished batch into `out` (little-endian
+    /// `u32`, four bytes a row), without allocating.
+    pub fn read_labels_at(&self, first_row: usize, out: &mut [u8]) -> Result<(), ForestError> {
+        self.labels.read((first_row * 4) as u64, out)?;
+        Ok(())
+    }
+
+    /// Copies the scores of rows `first_row..` of the last finished batch into `out` (little-endian
+    /// `f32`, `n_outputs` a row), without allocating. Valid only when the batch was run with scores.
+    pub fn read_scores_at(&self, first_row: usize, out: &mut [u8]) -> Result<(), ForestError> {
+        self.scores
+            .read((first_row * self.kernel.n_outputs() * 4) as u64, out)?;
+        Ok(())
+    }
+}

@@ -1,11 +1,35 @@
 //! # vknf-functions
 //!
-//! Network functions that run on the GPU through the `vknf-vulkan` runtime. The flagship is the
-//! paper's encrypted-traffic classifier: random-forest inference with one generic SPIR-V kernel
-//! (`vknf_kernels::FOREST`) that serves any forest compiled by `vknf-forest`; the model is data.
+//! Network-function families and the contract they implement. A family ([`Family`]) validates its
+//! specs and loads functions onto the CPU or a Vulkan device; a function ([`Function`]) describes its
+//! typed input and outputs ([`FunctionInfo`]) and hands out lanes ([`Lane`]), each the staging memory
+//! of one batch in flight. vknf ships two families ([`Families::builtin`]):
+//!
+//! - `forest`: the paper's encrypted-traffic classifier, random-forest inference with one generic
+//!   SPIR-V kernel (`vknf_kernels::FOREST`) that serves any forest compiled by `vknf-forest`;
+//! - `generic`: any SPIR-V kernel wired to requests by an ABI.
+//!
+//! Without the default `gpu` feature the crate has no Vulkan dependency: the contract, the schemas,
+//! the families' validation and CPU implementations remain.
 
+pub mod families;
+mod family;
+#[cfg(feature = "gpu")]
 pub mod forest;
+mod function;
+mod loader;
+mod schema;
+mod spec;
 
+pub use family::{Families, Family, ParamError};
+pub use function::{ExecError, Function, FunctionLoader, Lane, LoadError};
+#[cfg(feature = "gpu")]
+pub use loader::{GpuLoader, vulkan_error};
+pub use loader::CpuLoader;
+pub use schema::{DType, FunctionInfo, InputInfo, OutputInfo, first_non_finite};
+pub use spec::{FunctionSpec, SpecConstantKey, SpecConstantValue};
+
+#[cfg(feature = "gpu")]
 pub use forest::{
     DEFAULT_SMALL_BATCH_ROWS, ForestError, ForestKernel, ForestLane, ForestOptions, InputPath, KernelConfig,
     LaneResult, SmallBatchConfig,

@@ -1,9 +1,9 @@
 //! The GPU forest kernel against scikit-learn, on the same cases and with the same comparison as the
-//! CPU reference (`vknf_forest::parity`), with the Khronos validation layer on.
+//! CPU reference (`vknf_testkit::parity`), with the Khronos validation layer on.
 
 use std::path::PathBuf;
 
-use vknf_forest::parity::{self, ParityCase};
+use vknf_testkit::parity::{self, ParityCase};
 use vknf_forest::{GpuForest, Prediction, Rows};
 use vknf_functions::{ForestKernel, ForestOptions, InputPath};
 use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};

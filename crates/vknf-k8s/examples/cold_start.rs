@@ -18,9 +18,9 @@ use common::*;
 use k8s_openapi::api::core::v1::Service;
 use vknf_k8s::{ColdStart, FunctionPhase, keys};
 use vknf_k8s_fake::FakeApiServer;
-use vknf_server::FunctionLoader;
-use vknf_server::cpu::CpuLoader;
-use vknf_server::gpu::GpuLoader;
+use vknf_functions::FunctionLoader;
+use vknf_functions::CpuLoader;
+use vknf_functions::GpuLoader;
 
 const USAGE: &str = "usage: cold_start [--gpu] [--json PATH] [ITERATIONS] [TREES] [DEPTH]";
 
@@ -99,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let device = loader.device().info().name.clone();
         (Arc::new(loader), device)
     } else {
-        (Arc::new(CpuLoader), "CPU reference predictor".to_owned())
+        (Arc::new(CpuLoader::default()), "CPU reference predictor".to_owned())
     };
     let fake = FakeApiServer::start().await?;
     let agent = start_agent_with_loader(&fake, &GPU_A, loader);

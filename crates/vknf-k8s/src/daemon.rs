@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::watch;
-use vknf_server::FunctionLoader;
+use vknf_functions::FunctionLoader;
 
 use crate::agent::{Agent, AgentConfig, AgentError};
 use crate::ops::{OpsSource, serve_ops_source};

@@ -1,9 +1,9 @@
 //! Names the agent reads and writes in the cluster: annotations, labels, object names.
 //!
 //! The function schema itself (`vknf.io/spirv`, `vknf.io/model-configmaps` ...) belongs to
-//! vknf-server (`vknf_server::manifest::annotations`); these are the agent's additions.
+//! vknf-server (`vknf_manifest::annotations`); these are the agent's additions.
 
-pub use vknf_server::manifest::annotations::{FUNCTION_LABEL, MODEL_CONFIGMAPS, SERVICE_NAME_LABEL};
+pub use vknf_manifest::annotations::{FUNCTION_LABEL, MODEL_CONFIGMAPS, SERVICE_NAME_LABEL};
 
 /// Service annotation: a label selector over host labels naming the hosts that serve the
 /// function (managed placement), e.g. `gpu=h100` or `zone in (a,b),!maintenance`.

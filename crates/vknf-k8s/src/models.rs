@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
-use vknf_server::manifest::FunctionKey;
+use vknf_manifest::FunctionKey;
 
 /// The ConfigMaps of one function, as far as they exist.
 #[derive(Debug, Default)]

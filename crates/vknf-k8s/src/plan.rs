@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use vknf_server::manifest::FunctionKey;
+use vknf_manifest::FunctionKey;
 
 use crate::host::HostIdentity;
 use crate::keys;

@@ -1,5 +1,5 @@
 //! Turning the cluster's objects for this host into the server's desired state with the very
-//! resolver `vknf serve` uses ([`vknf_server::manifest::resolve`]), in memory: validation, model
+//! resolver `vknf serve` uses ([`vknf_manifest::resolve`]), in memory: validation, model
 //! assembly, digest checks and port clashes are exactly those of `vknf serve`, without a trip
 //! through YAML and the disk. The same objects can also be written as a manifest directory (the
 //! agent's state directory, which an operator can inspect or serve with `vknf serve
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use vknf_server::manifest::{FunctionKey, HostManifest, ObjectSet, ParseOptions, Placement, RejectedFunction, resolve};
+use vknf_manifest::{FunctionKey, HostManifest, ObjectSet, ParseOptions, Placement, RejectedFunction, resolve};
 
 use crate::keys::STATUS_PREFIX;
 
@@ -182,7 +182,7 @@ pub fn manifest_keys(manifest: &HostManifest) -> Vec<FunctionKey> {
 mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::ServicePort;
-    use vknf_server::manifest::{FunctionKind, ManifestRequest, build_objects, load_dir};
+    use vknf_manifest::{ManifestRequest, build_objects, load_dir};
 
     use super::*;
 
@@ -221,12 +221,12 @@ mod tests {
             name: "classifier".to_owned(),
             namespace: "prod".to_owned(),
             port: 7001,
-            kind: FunctionKind::Forest,
+            kind: "forest".to_owned(),
             spirv: vknf_kernels::by_name("forest").expect("forest kernel"),
             entry_point: None,
             model: Some(model),
             spec_constants: None,
-            abi: None,
+            params: Default::default(),
             max_batch_rows: Some(256),
             max_wait_us: Some(100),
             node_addresses: Vec::new(),

@@ -2,7 +2,7 @@
 //! (`vknf.io/status-<host>`) and the reasons of the Events it records.
 
 use serde::{Deserialize, Serialize};
-use vknf_server::manifest::{SpecError, annotations};
+use vknf_manifest::{SpecError, annotations};
 
 /// Why a function is not served as its Service says; the Event reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -154,14 +154,14 @@ pub fn truncate_note(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use vknf_server::manifest::FunctionKey;
+    use vknf_manifest::FunctionKey;
 
     use super::*;
 
     #[test]
     fn rejections_are_classified_by_what_is_wrong() {
         let spirv = SpecError::BadAnnotation {
-            annotation: annotations::SPIRV,
+            annotation: annotations::SPIRV.to_owned(),
             reason: "bad magic".into(),
         };
         assert_eq!(FailureReason::of_spec_error(&spirv), FailureReason::InvalidSpirv);
@@ -195,7 +195,7 @@ mod tests {
             FailureReason::of_server_failure("cannot listen on port 7000: Address already in use (os error 98)"),
             FailureReason::PortConflict
         );
-        let invalid = vknf_server::LoadError::InvalidModel {
+        let invalid = vknf_functions::LoadError::InvalidModel {
             function: "default/web".into(),
             reason: "truncated".into(),
         };

@@ -14,8 +14,8 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use vknf_k8s::{Agent, FunctionPhase, Watchdog, WatchdogConfig, keys};
 use vknf_k8s_fake::{FakeApiServer, InjectedFailure};
-use vknf_server::cpu::CpuLoader;
-use vknf_server::manifest::{ParseOptions, Placement, load_dir};
+use vknf_functions::CpuLoader;
+use vknf_manifest::{ParseOptions, Placement, load_dir};
 
 fn at(host: &Host, port: u16) -> SocketAddr {
     SocketAddr::new(host.ip, port)
@@ -104,7 +104,7 @@ async fn a_managed_function_is_served_by_exactly_the_selected_hosts_through_its_
     let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sender = {
         let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
-        let client = vknf_server::client::Client::connect(at(&GPU_A, port)).await.unwrap();
+        let client = vknf_protocol::client::Client::connect(at(&GPU_A, port)).await.unwrap();
         tokio::spawn(async move {
             let batch = rows(11, 64);
             for _ in 0..100_000 {
@@ -506,7 +506,7 @@ async fn the_state_directory_is_a_copy_that_vknf_serve_reads_and_serving_never_w
     let state_dir = root.path().join("manifests");
     let mut config = agent_config(&GPU_A);
     config.state_dir = Some(state_dir.clone());
-    let agent = Agent::start(fake.client().unwrap(), config, Arc::new(CpuLoader)).unwrap();
+    let agent = Agent::start(fake.client().unwrap(), config, Arc::new(CpuLoader::default())).unwrap();
     // The first pass writes the (empty) copy; later passes write only when functions change.
     wait_for("a first pass", || agent.status().reconciles >= 1).await;
     // A file where the directory should be: every write of the copy fails.
@@ -580,7 +580,7 @@ async fn the_shipped_example_function_is_served_by_gpu_labelled_hosts() {
     let input: Vec<f32> = (0..64 * n_features)
         .map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0)
         .collect();
-    let client = vknf_server::client::Client::connect(at(&GPU_A, 7100)).await.unwrap();
+    let client = vknf_protocol::client::Client::connect(at(&GPU_A, 7100)).await.unwrap();
     let answer = client.infer(n_features as u32, &input, 0).await.unwrap();
     assert_eq!(
         answer.output(0).unwrap().to_u32(),

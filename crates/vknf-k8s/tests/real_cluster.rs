@@ -25,7 +25,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
-use vknf_server::cpu::CpuLoader;
+use vknf_functions::CpuLoader;
 
 async fn real_cluster() -> Client {
     let opted_in = std::env::var("VKNF_REAL_CLUSTER").is_ok_and(|v| v == "1");
@@ -91,7 +91,7 @@ async fn an_agent_serves_a_function_placed_through_a_real_api_server() {
     config.lease_duration = Duration::from_secs(15);
     config.resync_interval = Duration::from_secs(2);
     config.drain_delay = Duration::from_secs(1);
-    let agent = Agent::start(client.clone(), config, Arc::new(CpuLoader)).expect("agent starts");
+    let agent = Agent::start(client.clone(), config, Arc::new(CpuLoader::default())).expect("agent starts");
 
     let port = free_port();
     let model = forest(21, 8, 4);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::exec::FunctionLoader;
+use vknf_functions::FunctionLoader;
 use crate::ops::{bind_ops, serve_ops};
 use crate::server::{DirectorySource, Server, ServerConfig};
 

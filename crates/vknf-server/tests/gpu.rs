@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use common::*;
 use rand::SeedableRng;
-use vknf_server::client::Client;
-use vknf_server::gpu::GpuLoader;
-use vknf_server::manifest::{
-    AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, DEFAULT_PART_BYTES, FunctionKind, GenericAbi,
-    ManifestRequest, build_objects,
+use vknf_protocol::client::Client;
+use vknf_functions::GpuLoader;
+use vknf_functions::families::generic::{
+    ABI_PARAM, AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, GenericAbi,
 };
-use vknf_server::{DType, FunctionLoader};
+use vknf_functions::{DType, FunctionLoader};
+use vknf_manifest::{DEFAULT_PART_BYTES, ManifestRequest, build_objects};
 use vknf_vulkan::DeviceSelector;
 
 fn gpu_loader() -> Arc<GpuLoader> {
@@ -71,7 +71,11 @@ async fn generic_kernel_wired_by_its_manifest_runs_on_the_gpu() {
         let model: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
         let at = |binding| BindingRef { set: 0, binding };
         let abi = GenericAbi {
-            input: AbiInput { at: at(0), width },
+            input: AbiInput {
+                at: at(0),
+                width,
+                dtype: DType::F32,
+            },
             resident: vec![AbiResident {
                 at: at(1),
                 offset: 0,
@@ -102,12 +106,12 @@ async fn generic_kernel_wired_by_its_manifest_runs_on_the_gpu() {
             name: "weighted-sum".into(),
             namespace: "default".into(),
             port: 1,
-            kind: FunctionKind::Generic,
+            kind: "generic".into(),
             spirv: vknf_kernels::WEIGHTED_SUM,
             entry_point: None,
             model: Some(&model),
             spec_constants: Some(format!("{{\"WIDTH\": {width}, \"WORKGROUP_SIZE\": 32}}")),
-            abi: Some(abi),
+            params: [(ABI_PARAM.to_owned(), abi.to_json())].into(),
             max_batch_rows: Some(128),
             max_wait_us: Some(100),
             node_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],

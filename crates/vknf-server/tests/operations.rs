@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::{key, random_forest, wait_for, write_forest_manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vknf_server::client::Client;
-use vknf_server::cpu::CpuLoader;
+use vknf_protocol::client::Client;
+use vknf_functions::CpuLoader;
 use vknf_server::daemon::{Daemon, ServeOptions};
-use vknf_server::loadgen::{LoadConfig, LoadLimit, LoadMode, run_load};
+use vknf_protocol::loadgen::{LoadConfig, LoadLimit, LoadMode, run_load};
 
 /// A bare HTTP/1.1 GET: (status, body).
 async fn get(addr: SocketAddr, path: &str, method: &str) -> (u16, String) {
@@ -38,7 +38,7 @@ async fn start_daemon(dir: &std::path::Path) -> Daemon {
         config: common::test_config(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
     };
-    let daemon = Daemon::start(options, Arc::new(CpuLoader)).await.unwrap();
+    let daemon = Daemon::start(options, Arc::new(CpuLoader::default())).await.unwrap();
     wait_for(|| daemon.server().status().generation > 0, "first reconcile").await;
     daemon
 }
@@ -137,7 +137,7 @@ async fn load_body() {
         server
             .metrics()
             .requests
-            .get_or_create(&vknf_server::metrics::Metrics::function("default/f"))
+            .get_or_create(&vknf_runtime::Metrics::function("default/f"))
             .get(),
         300
     );

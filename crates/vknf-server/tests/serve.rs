@@ -13,8 +13,8 @@ use rand::{Rng as _, SeedableRng as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vknf_forest::GpuForest;
-use vknf_server::client::{Client, ClientError};
-use vknf_server::protocol::{
+use vknf_protocol::client::{Client, ClientError};
+use vknf_protocol::{
     Decoded, ErrorBody, ErrorCode, Frame, FrameDecoder, FrameType, Header, ResponseBody, encode_request,
 };
 use vknf_server::{FunctionStatus, ServerConfig};
@@ -118,7 +118,7 @@ async fn concurrent_clients_get_the_reference_answers_across_split_batches_body(
 
     let description = Client::connect(target).await.unwrap().describe().await.unwrap();
     assert_eq!(description.name, "default/iris");
-    assert_eq!(description.info.input_width, FEATURES);
+    assert_eq!(description.info.input.width, FEATURES);
     assert_eq!(description.info.max_batch_rows, 64);
     assert_eq!(description.info.outputs[1].width, CLASSES);
 
@@ -329,7 +329,7 @@ async fn bad_input_gets_the_right_error_and_everyone_keeps_being_served_body() {
     );
     let answer = good_client.infer(FEATURES as u32, &rows, 0).await.unwrap();
     assert_matches_reference(&model, &rows, &answer, false);
-    assert_eq!(server.metrics().error_count("default/f", ErrorCode::Shape), 3);
+    assert_eq!(server.metrics().error_count("default/f", ErrorCode::Shape.name()), 3);
     wait_for(|| server.open_connections() == 2, "broken connections to close").await;
     server.shutdown().await;
 }
@@ -417,7 +417,7 @@ async fn a_full_queue_answers_busy_and_recovers_body() {
             server
                 .metrics()
                 .queued_requests
-                .get_or_create(&vknf_server::metrics::Metrics::function("default/f"))
+                .get_or_create(&vknf_runtime::Metrics::function("default/f"))
                 .get()
                 == 3
         },
@@ -446,7 +446,7 @@ async fn a_full_queue_answers_busy_and_recovers_body() {
     }
     let answer = other.infer(FEATURES as u32, &rows, 0).await.unwrap();
     assert_matches_reference(&model, &rows, &answer, false);
-    assert_eq!(server.metrics().error_count("default/f", ErrorCode::Busy), 5);
+    assert_eq!(server.metrics().error_count("default/f", ErrorCode::Busy.name()), 5);
     assert_eq!(server.queued_bytes().await, 0);
     server.shutdown().await;
 }
@@ -479,7 +479,7 @@ async fn graceful_shutdown_answers_everything_admitted_body() {
             server
                 .metrics()
                 .queued_requests
-                .get_or_create(&vknf_server::metrics::Metrics::function("default/f"))
+                .get_or_create(&vknf_runtime::Metrics::function("default/f"))
                 .get()
                 == 10
         },

@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use vknf_server::manifest::FunctionKey;
+use vknf_manifest::FunctionKey;
 
 use crate::keys;
 use crate::metrics::{AgentMetrics, ResourceLabels};

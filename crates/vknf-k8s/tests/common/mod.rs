@@ -15,10 +15,11 @@ use vknf_forest::GpuForest;
 use vknf_k8s::host::parse_labels;
 use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
 use vknf_k8s_fake::FakeApiServer;
-use vknf_server::client::Client;
-use vknf_server::cpu::CpuLoader;
-use vknf_server::manifest::{FunctionKind, ManifestRequest, build_objects};
-use vknf_server::{FunctionLoader, ServerConfig};
+use vknf_protocol::client::Client;
+use vknf_functions::CpuLoader;
+use vknf_manifest::{ManifestRequest, build_objects};
+use vknf_functions::FunctionLoader;
+use vknf_server::ServerConfig;
 
 pub const NAMESPACE: &str = "default";
 pub const LEASE_NAMESPACE: &str = "vknf-system";
@@ -27,7 +28,7 @@ pub const CLASSES: usize = 4;
 
 /// A random classifier of `n_trees` full trees of `depth` splits, of the tests' shape.
 pub fn forest(seed: u64, n_trees: usize, depth: u32) -> GpuForest {
-    vknf_forest::synthetic::random_classifier(FEATURES, CLASSES, n_trees, depth, seed)
+    vknf_testkit::synthetic::random_classifier(FEATURES, CLASSES, n_trees, depth, seed)
 }
 
 pub fn rows(seed: u64, n_rows: usize) -> Vec<f32> {
@@ -57,12 +58,12 @@ pub fn function(name: &str, port: u16, forest: &GpuForest, model_suffix: &str) -
         name: name.to_owned(),
         namespace: NAMESPACE.to_owned(),
         port,
-        kind: FunctionKind::Forest,
+        kind: "forest".to_owned(),
         spirv,
         entry_point: None,
         model: Some(&model),
         spec_constants: None,
-        abi: None,
+        params: Default::default(),
         max_batch_rows: Some(256),
         max_wait_us: Some(100),
         node_addresses: Vec::new(),
@@ -167,7 +168,7 @@ pub fn init_logs() {
 }
 
 pub fn start_agent(fake: &FakeApiServer, host: &Host) -> Agent {
-    start_agent_with_loader(fake, host, Arc::new(CpuLoader))
+    start_agent_with_loader(fake, host, Arc::new(CpuLoader::default()))
 }
 
 /// Like [`start_agent`], loading functions with `loader`.

@@ -1,38 +1,33 @@
-//! The data plane: one TCP listener per function, connections, dynamic batching, hot reload
-//! and recovery from device loss.
+//! The data plane: the functions of a manifest, each served on its own port by the binary protocol's
+//! front end over the function runtime; hot reload and recovery from device loss.
 //!
 //! [`Server::reconcile`] makes the running functions match a [`HostManifest`]: new functions
 //! are loaded and their ports opened; changed ones are loaded anew and swapped in while the old
 //! version finishes what it admitted; removed ones stop taking requests, finish what they
-//! admitted and close. [`Server::watch_directory`] drives it from a manifest directory.
+//! admitted and close. [`Server::watch_directory`] drives it from a manifest directory. Device loss
+//! is recovered by the function runtime.
 
-mod connection;
-mod job;
-mod lane_worker;
-mod outbox;
-mod runtime;
-mod slot;
 mod watch;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+use vknf_functions::FunctionLoader;
+use vknf_manifest::{FunctionKey, HostManifest, ManifestFunction};
+use vknf_protocol::DEFAULT_MAX_PAYLOAD;
+use vknf_runtime::{FunctionHandle, Metrics, Runtime, RuntimeSettings};
 
 pub use watch::DirectorySource;
 
-use crate::exec::FunctionLoader;
-use crate::manifest::{FunctionKey, HostManifest, ManifestFunction};
-use crate::metrics::Metrics;
-use crate::protocol::DEFAULT_MAX_PAYLOAD;
-use runtime::{FunctionRuntime, RuntimeSettings, create_lanes};
-use slot::FunctionSlot;
+use crate::binary::{Listener, accept_loop};
+use crate::metrics::ServerMetrics;
 
 /// Limits and timeouts of a server.
 #[derive(Debug, Clone)]
@@ -81,6 +76,19 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The function runtime's share of the configuration.
+    pub fn runtime_settings(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            lanes_per_function: self.lanes_per_function,
+            default_max_wait: self.default_max_wait,
+            max_queued_bytes: self.max_queued_bytes,
+            lane_spin: self.lane_spin,
+            drain_timeout: self.drain_timeout,
         }
     }
 }
@@ -152,20 +160,19 @@ impl HostStatus {
 
 struct Running {
     function: ManifestFunction,
-    slot: Arc<FunctionSlot>,
+    handle: FunctionHandle,
     addr: SocketAddr,
     acceptor: JoinHandle<()>,
 }
 
 struct Inner {
     config: Arc<ServerConfig>,
-    loader: Arc<dyn FunctionLoader>,
-    metrics: Metrics,
+    runtime: Runtime,
+    server_metrics: ServerMetrics,
     registry: Registry,
     running: tokio::sync::Mutex<BTreeMap<FunctionKey, Running>>,
     status: parking_lot::Mutex<HostStatus>,
     connections: Arc<Semaphore>,
-    device_lost: mpsc::UnboundedSender<FunctionKey>,
     stopping: AtomicBool,
     background: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -180,30 +187,38 @@ impl Server {
     /// Starts a server with no functions (call [`Server::reconcile`] or
     /// [`Server::watch_directory`]). Must be called inside a Tokio runtime.
     pub fn start(config: ServerConfig, loader: Arc<dyn FunctionLoader>) -> Server {
-        let metrics = Metrics::default();
+        let runtime = Runtime::new(loader, config.runtime_settings());
+        let server_metrics = ServerMetrics::default();
         let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        let (device_lost, device_lost_rx) = mpsc::unbounded_channel();
+        runtime.register_metrics(&mut registry);
+        server_metrics.register(&mut registry);
         let inner = Arc::new(Inner {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config: Arc::new(config),
-            loader,
-            metrics,
+            runtime,
+            server_metrics,
             registry,
             running: tokio::sync::Mutex::new(BTreeMap::new()),
             status: parking_lot::Mutex::new(HostStatus::default()),
-            device_lost,
             stopping: AtomicBool::new(false),
             background: parking_lot::Mutex::new(Vec::new()),
         });
-        let recovery = tokio::spawn(recover_from_device_loss(Arc::downgrade(&inner), device_lost_rx));
-        inner.background.lock().push(recovery);
         Server { inner }
     }
 
-    /// The server's metrics.
+    /// The function runtime behind the server: its functions can be called in process too.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// The function runtime's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        self.inner.runtime.metrics()
+    }
+
+    /// The server's own metrics (connections, reloads).
+    pub fn server_metrics(&self) -> &ServerMetrics {
+        &self.inner.server_metrics
     }
 
     /// The metrics in Prometheus text format.
@@ -214,9 +229,21 @@ impl Server {
         text
     }
 
-    /// A snapshot of what the server serves.
+    /// A snapshot of what the server serves. A function that could not be reloaded after a device loss
+    /// shows as failed, its port still open.
     pub fn status(&self) -> HostStatus {
-        self.inner.status.lock().clone()
+        let mut status = self.inner.status.lock().clone();
+        for (key, function) in status.functions.iter_mut() {
+            if let FunctionStatus::Serving { addr } = *function
+                && let Some(reason) = self.inner.runtime.failure(&key.to_string())
+            {
+                *function = FunctionStatus::Failed {
+                    reason,
+                    serving_previous: Some(addr),
+                };
+            }
+        }
+        status
     }
 
     /// The address a function listens on.
@@ -227,31 +254,23 @@ impl Server {
     /// Requests admitted and not yet answered, summed over every function (for leak checks).
     pub async fn queued_requests(&self) -> usize {
         let running = self.inner.running.lock().await;
-        running
-            .values()
-            .filter_map(|r| r.slot.current())
-            .map(|rt| rt.queued_requests())
-            .sum()
+        running.values().map(|r| r.handle.queued_requests()).sum()
     }
 
     /// Input bytes admitted and not yet answered, summed over every function.
     pub async fn queued_bytes(&self) -> usize {
         let running = self.inner.running.lock().await;
-        running
-            .values()
-            .filter_map(|r| r.slot.current())
-            .map(|rt| rt.queued_bytes())
-            .sum()
+        running.values().map(|r| r.handle.queued_bytes()).sum()
     }
 
     /// Lanes currently alive across every function (each owns a batch's staging memory).
     pub fn live_lanes(&self) -> i64 {
-        self.inner.metrics.live_lanes.get()
+        self.metrics().live_lanes.get()
     }
 
     /// Open client connections.
     pub fn open_connections(&self) -> i64 {
-        self.inner.metrics.connections.get()
+        self.inner.server_metrics.connections.get()
     }
 
     /// Makes the running functions match `desired`; returns the resulting status.
@@ -317,7 +336,8 @@ impl Server {
         status.generation += 1;
         status.source_error = None;
         status.functions = statuses;
-        status.clone()
+        drop(status);
+        self.status()
     }
 
     /// Records that the function source could not be read; running functions keep running.
@@ -339,32 +359,32 @@ impl Server {
                 serving_previous: None,
             }
         };
-        let listener = match TcpListener::bind((self.inner.config.bind_ip, function.spec.port)).await {
-            Ok(listener) => listener,
+        let socket = match TcpListener::bind((self.inner.config.bind_ip, function.spec.port)).await {
+            Ok(socket) => socket,
             Err(e) => return failed(format!("cannot listen on port {}: {e}", function.spec.port)),
         };
-        let addr = match listener.local_addr() {
+        let addr = match socket.local_addr() {
             Ok(addr) => addr,
             Err(e) => return failed(format!("cannot read the bound address: {e}")),
         };
-        let runtime = match self.load(&function).await {
-            Ok(runtime) => runtime,
+        let handle = match self.load(&function).await {
+            Ok(handle) => handle,
             Err(reason) => return failed(reason),
         };
-        let slot = Arc::new(FunctionSlot::new(key.clone(), runtime));
-        let acceptor = tokio::spawn(accept_loop(
-            listener,
-            slot.clone(),
-            self.inner.config.clone(),
-            self.inner.metrics.clone(),
-            self.inner.connections.clone(),
-        ));
-        tracing::info!(function = %key, %addr, loader = self.inner.loader.name(), "serving");
+        let listener = Listener {
+            function: handle.clone(),
+            config: self.inner.config.clone(),
+            metrics: self.metrics().clone(),
+            server_metrics: self.inner.server_metrics.clone(),
+            connections: self.inner.connections.clone(),
+        };
+        let acceptor = tokio::spawn(accept_loop(socket, listener));
+        tracing::info!(function = %key, %addr, loader = self.inner.runtime.loader_name(), "serving");
         running.insert(
             key,
             Running {
                 function,
-                slot,
+                handle,
                 addr,
                 acceptor,
             },
@@ -376,19 +396,7 @@ impl Server {
     async fn replace(&self, current: &Running, function: &ManifestFunction) -> FunctionStatus {
         let key = &function.spec.key;
         match self.load(function).await {
-            Ok(runtime) => {
-                tracing::info!(function = %key, "reloaded; draining the previous version");
-                if let Some(old) = current.slot.replace(runtime) {
-                    old.close();
-                    if tokio::time::timeout(self.inner.config.drain_timeout, old.drained())
-                        .await
-                        .is_err()
-                    {
-                        tracing::warn!(function = %key, "previous version still busy after the drain timeout");
-                    }
-                }
-                FunctionStatus::Serving { addr: current.addr }
-            }
+            Ok(_) => FunctionStatus::Serving { addr: current.addr },
             Err(reason) => {
                 tracing::error!(function = %key, %reason, "reload failed; the previous version keeps serving");
                 FunctionStatus::Failed {
@@ -401,81 +409,30 @@ impl Server {
 
     /// Stops taking requests, finishes admitted ones, closes the port and its connections.
     async fn stop(&self, mut old: Running) {
-        let runtime = old.slot.close();
-        if let Some(runtime) = &runtime {
-            runtime.close();
-        }
+        let name = old.handle.name().to_owned();
         let drain = async {
-            if let Some(runtime) = &runtime {
-                runtime.drained().await;
-            }
+            self.inner.runtime.remove(&name).await;
             let _ = (&mut old.acceptor).await;
         };
         if tokio::time::timeout(self.inner.config.drain_timeout, drain)
             .await
             .is_err()
         {
-            tracing::warn!(function = %old.slot.key, "still busy after the drain timeout; closing anyway");
+            tracing::warn!(function = %name, "still busy after the drain timeout; closing anyway");
             old.acceptor.abort();
         }
     }
 
-    async fn load(&self, function: &ManifestFunction) -> Result<Arc<FunctionRuntime>, String> {
-        let loader = self.inner.loader.clone();
-        let spec = function.spec.clone();
-        let model = function.model.clone();
-        let lanes = self.inner.config.lanes_per_function;
-        let loaded = tokio::task::spawn_blocking(move || {
-            let function = loader.load(&spec, model.as_deref()).map_err(|e| e.to_string())?;
-            let lanes = create_lanes(function.as_ref(), lanes).map_err(|e| format!("cannot create lanes: {e}"))?;
-            Ok::<_, String>((function, lanes))
-        })
-        .await
-        .map_err(|e| format!("the loader failed: {e}"))??;
-        let settings = RuntimeSettings {
-            max_wait: self.inner.config.default_max_wait,
-            max_queued_bytes: self.inner.config.max_queued_bytes,
-            lane_spin: self.inner.config.lane_spin,
-        };
-        FunctionRuntime::start(
-            function.spec.clone(),
-            loaded.0,
-            loaded.1,
-            &settings,
-            &self.inner.metrics,
-            self.inner.device_lost.clone(),
-        )
-        .map_err(|e| e.to_string())
-    }
-
-    /// Resets the device and loads every function anew (after a lane reported device loss).
-    async fn reload_all(&self) {
-        let mut running = self.inner.running.lock().await;
-        if self.inner.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        let loader = self.inner.loader.clone();
-        let reset = tokio::task::spawn_blocking(move || loader.reset()).await;
-        let reset_error = match reset {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        let mut statuses = Vec::new();
-        for (key, current) in running.iter_mut() {
-            let status = match &reset_error {
-                Some(reason) => FunctionStatus::Failed {
-                    reason: format!("device reset failed: {reason}"),
-                    serving_previous: Some(current.addr),
-                },
-                None => self.replace(current, &current.function.clone()).await,
-            };
-            statuses.push((key.clone(), status));
-        }
-        let mut status = self.inner.status.lock();
-        for (key, function_status) in statuses {
-            status.functions.insert(key, function_status);
-        }
+    async fn load(&self, function: &ManifestFunction) -> Result<FunctionHandle, String> {
+        self.inner
+            .runtime
+            .load(
+                function.spec.function.clone(),
+                function.model.clone(),
+                function.spec.max_wait,
+            )
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Reads `source` now and then whenever its files change, reconciling each time. The task
@@ -498,79 +455,11 @@ impl Server {
             stops.spawn(async move { server.stop(old).await });
         }
         while stops.join_next().await.is_some() {}
+        self.inner.runtime.shutdown().await;
         self.inner.status.lock().functions.clear();
     }
 
     fn from_inner(inner: Arc<Inner>) -> Server {
         Server { inner }
     }
-}
-
-async fn recover_from_device_loss(inner: Weak<Inner>, mut reports: mpsc::UnboundedReceiver<FunctionKey>) {
-    while let Some(key) = reports.recv().await {
-        // Every lane of every function reports the same loss; one reload covers them all.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        while reports.try_recv().is_ok() {}
-        let Some(inner) = inner.upgrade() else { return };
-        tracing::error!(reported_by = %key, "device lost: resetting and reloading every function");
-        Server::from_inner(inner).reload_all().await;
-    }
-}
-
-/// Decrements the connection gauge however the connection task ends.
-struct ConnectionGuard {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    metrics: Metrics,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.metrics.connections.dec();
-    }
-}
-
-async fn until_closing(closing: &mut tokio::sync::watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it here rather than in the caller's select.
-    let _ = closing.wait_for(|closing| *closing).await.map(|_| ());
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    slot: Arc<FunctionSlot>,
-    config: Arc<ServerConfig>,
-    metrics: Metrics,
-    connections: Arc<Semaphore>,
-) {
-    let mut closing = slot.subscribe_closing();
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        metrics.connections.inc();
-                        let guard = ConnectionGuard { _permit: permit, metrics: metrics.clone() };
-                        let (slot, config, metrics) = (slot.clone(), config.clone(), metrics.clone());
-                        tasks.spawn(async move {
-                            connection::serve_connection(stream, slot, config, metrics).await;
-                            drop(guard);
-                        });
-                    }
-                    Err(_) => {
-                        metrics.refused_connections.inc();
-                        tasks.spawn(connection::refuse_connection(stream, config.write_timeout));
-                    }
-                },
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(function = %slot.key, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            () = until_closing(&mut closing) => break,
-        }
-    }
-    drop(listener);
-    while tasks.join_next().await.is_some() {}
 }

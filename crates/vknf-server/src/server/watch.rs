@@ -9,7 +9,7 @@ use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
 use super::{Inner, Server};
-use crate::manifest::{ParseOptions, Placement, load_dir, manifest_files};
+use vknf_manifest::{ParseOptions, Placement, load_dir, manifest_files};
 
 /// A manifest directory to serve from.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub(super) async fn watch_loop(inner: Weak<Inner>, source: DirectorySource) {
 }
 
 async fn reload(server: &Server, source: &DirectorySource) {
-    server.metrics().reloads.inc();
+    server.server_metrics().reloads.inc();
     let probe = source.clone();
     let parsed = tokio::task::spawn_blocking(move || load_dir(&probe.dir, &probe.placement, &probe.options)).await;
     match parsed {

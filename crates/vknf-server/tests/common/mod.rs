@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vknf_forest::GpuForest;
-use vknf_server::cpu::CpuLoader;
-use vknf_server::manifest::{
-    DEFAULT_PART_BYTES, FunctionKey, FunctionKind, ManifestRequest, ParseOptions, Placement, build_objects,
+use vknf_functions::CpuLoader;
+use vknf_manifest::{
+    DEFAULT_PART_BYTES, FunctionKey, ManifestRequest, ParseOptions, Placement, build_objects,
 };
 use vknf_server::{DirectorySource, Server, ServerConfig};
 
-pub use vknf_forest::synthetic::random_classifier as random_forest;
+pub use vknf_testkit::synthetic::random_classifier as random_forest;
 
 /// The forest kernel's SPIR-V (the CPU loader does not run it, but manifests must carry it).
 pub fn forest_spirv() -> &'static [u8] {
@@ -29,12 +29,12 @@ pub fn write_forest_manifest(dir: &Path, name: &str, forest: &GpuForest, max_bat
         name: name.to_owned(),
         namespace: "default".to_owned(),
         port: 1,
-        kind: FunctionKind::Forest,
+        kind: "forest".to_owned(),
         spirv: forest_spirv(),
         entry_point: None,
         model: Some(&model),
         spec_constants: None,
-        abi: None,
+        params: Default::default(),
         max_batch_rows: Some(max_batch_rows),
         max_wait_us: Some(max_wait_us),
         node_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
@@ -92,7 +92,7 @@ pub fn source(dir: &Path) -> DirectorySource {
 
 /// Starts a CPU server watching `dir` and waits until it has applied the directory.
 pub async fn start_server(dir: &Path, config: ServerConfig) -> Server {
-    let server = Server::start(config, Arc::new(CpuLoader));
+    let server = Server::start(config, Arc::new(CpuLoader::default()));
     server.watch_directory(source(dir));
     wait_for(|| server.status().generation > 0, "first reconcile").await;
     server
@@ -138,8 +138,7 @@ pub async fn start_server_with(dir: &Path, config: ServerConfig, loader: Arc<dyn
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use vknf_server::exec::{ExecError, Function, FunctionInfo, FunctionLoader, Lane, LaneOutputs, LoadError};
-use vknf_server::manifest::FunctionSpec;
+use vknf_functions::{ExecError, Function, FunctionInfo, FunctionLoader, FunctionSpec, Lane, LoadError};
 
 /// Holds lanes in `run` while closed, so tests can fill queues and keep requests in flight
 /// deterministically. Also counts runs, and can report device loss on a chosen run.
@@ -194,7 +193,7 @@ impl FunctionLoader for GatedLoader {
     }
 
     fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
-        let inner = CpuLoader.load(spec, model)?;
+        let inner = CpuLoader::default().load(spec, model)?;
         self.0.loads.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::new(GatedFunction {
             inner,
@@ -236,16 +235,20 @@ impl Lane for GatedLane {
         self.inner.capacity_rows()
     }
 
-    fn write_input(&mut self, write: &mut dyn FnMut(&mut [f32])) -> Result<(), ExecError> {
+    fn write_input(&mut self, write: &mut dyn FnMut(&mut [u8])) -> Result<(), ExecError> {
         self.inner.write_input(write)
     }
 
-    fn run(&mut self, n_rows: usize, want: &[bool]) -> Result<LaneOutputs<'_>, ExecError> {
+    fn run(&mut self, n_rows: usize, mask: u32) -> Result<(), ExecError> {
         self.gate.pass();
         let run = self.gate.runs.fetch_add(1, Ordering::SeqCst);
         if run == self.gate.lose_device_on_run.load(Ordering::SeqCst) {
             return Err(ExecError::DeviceLost("injected by the test".into()));
         }
-        self.inner.run(n_rows, want)
+        self.inner.run(n_rows, mask)
+    }
+
+    fn read_output(&self, index: usize, first_row: usize, dst: &mut [u8]) -> Result<(), ExecError> {
+        self.inner.read_output(index, first_row, dst)
     }
 }

@@ -5,9 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vknf_server::cpu::CpuLoader;
-use vknf_server::manifest::ParseOptions;
-use vknf_server::{FunctionLoader, ServerConfig};
+use vknf_functions::CpuLoader;
+use vknf_manifest::ParseOptions;
+use vknf_functions::FunctionLoader;
+use vknf_server::ServerConfig;
 
 /// Flags of the network-function server, flattened into `vknf serve` and `vknf agent`.
 #[derive(clap::Args, Debug, Clone)]
@@ -88,14 +89,14 @@ impl DataPlaneArgs {
     pub fn parse_options(&self) -> ParseOptions {
         ParseOptions {
             max_model_bytes: self.max_model_mib << 20,
-            allow_ephemeral_ports: false,
+            ..ParseOptions::default()
         }
     }
 
     /// The CPU loader with `--cpu`, else `gpu`.
     pub fn loader(&self, gpu: Option<Arc<dyn FunctionLoader>>) -> anyhow::Result<Arc<dyn FunctionLoader>> {
         match (self.cpu, gpu) {
-            (true, _) => Ok(Arc::new(CpuLoader)),
+            (true, _) => Ok(Arc::new(CpuLoader::default())),
             (false, Some(gpu)) => Ok(gpu),
             (false, None) => anyhow::bail!("no GPU loader in this build; pass --cpu to serve with the CPU"),
         }

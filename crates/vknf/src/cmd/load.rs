@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vknf_server::loadgen::{LoadConfig, LoadLimit, LoadMode, run_load_blocking};
+use vknf_protocol::loadgen::{LoadConfig, LoadLimit, LoadMode, run_load_blocking};
 
 /// Arguments of `vknf load`.
 #[derive(clap::Args, Debug, Clone)]

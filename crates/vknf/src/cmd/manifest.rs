@@ -1,19 +1,13 @@
 //! `vknf manifest`: writes the Kubernetes manifests of a function.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use vknf_server::manifest::{DEFAULT_PART_BYTES, FunctionKind, GenericAbi, ManifestRequest, generate_yaml};
-
-/// Function kinds on the command line.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KindArg {
-    /// vknf's random-forest kernel over a `.vkf` model.
-    Forest,
-    /// Any kernel, wired by `--abi`.
-    Generic,
-}
+use vknf_functions::Families;
+use vknf_functions::families::generic::{ABI_PARAM, GenericAbi};
+use vknf_manifest::{DEFAULT_PART_BYTES, ManifestRequest, generate_yaml};
 
 /// Arguments of `vknf manifest`.
 #[derive(clap::Args, Debug, Clone)]
@@ -27,9 +21,10 @@ pub struct ManifestArgs {
     /// TCP port clients connect to.
     #[arg(long)]
     pub port: u16,
-    /// Function kind.
-    #[arg(long, value_enum, default_value_t = KindArg::Forest)]
-    pub kind: KindArg,
+    /// Function family: `forest` (vknf's random-forest kernel over a `.vkf` model) or `generic` (any
+    /// kernel, wired by `--abi`).
+    #[arg(long, default_value = "forest")]
+    pub kind: String,
     /// SPIR-V kernel (default for forests: the built-in forest kernel).
     #[arg(long)]
     pub spirv: Option<PathBuf>,
@@ -64,38 +59,39 @@ pub struct ManifestArgs {
 
 /// Runs `vknf manifest`.
 pub fn run(args: ManifestArgs) -> anyhow::Result<()> {
-    let kind = match args.kind {
-        KindArg::Forest => FunctionKind::Forest,
-        KindArg::Generic => FunctionKind::Generic,
-    };
-    let spirv = match (&args.spirv, kind) {
+    let families = Families::builtin();
+    if families.get(&args.kind).is_none() {
+        let known: Vec<&str> = families.kinds().collect();
+        anyhow::bail!("unknown kind {:?} (known kinds: {})", args.kind, known.join(", "));
+    }
+    let spirv = match (&args.spirv, args.kind.as_str()) {
         (Some(path), _) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        (None, FunctionKind::Forest) => vknf_kernels::by_name("forest")
+        (None, "forest") => vknf_kernels::by_name("forest")
             .context("this build has no forest kernel; pass --spirv")?
             .to_vec(),
-        (None, FunctionKind::Generic) => anyhow::bail!("--spirv is required for generic functions"),
+        (None, kind) => anyhow::bail!("--spirv is required for {kind} functions"),
     };
     let model = match &args.model {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
     };
-    let abi: Option<GenericAbi> = match &args.abi {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(serde_json::from_str(&text).with_context(|| format!("parsing the ABI in {}", path.display()))?)
-        }
-        None => None,
-    };
+    let mut params = BTreeMap::new();
+    if let Some(path) = &args.abi {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let abi: GenericAbi =
+            serde_json::from_str(&text).with_context(|| format!("parsing the ABI in {}", path.display()))?;
+        params.insert(ABI_PARAM.to_owned(), abi.to_json());
+    }
     let yaml = generate_yaml(&ManifestRequest {
         name: args.name.clone(),
         namespace: args.namespace.clone(),
         port: args.port,
-        kind,
+        kind: args.kind.clone(),
         spirv: &spirv,
         entry_point: args.entry_point.clone(),
         model: model.as_deref(),
         spec_constants: args.spec_constants.clone(),
-        abi,
+        params,
         max_batch_rows: args.max_batch_rows,
         max_wait_us: args.max_wait_us,
         node_addresses: args.node_address.clone(),

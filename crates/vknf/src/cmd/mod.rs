@@ -41,12 +41,12 @@ impl Global {
     pub fn gpu_loader(
         &self,
         selector: Option<&str>,
-    ) -> anyhow::Result<std::sync::Arc<dyn vknf_server::FunctionLoader>> {
+    ) -> anyhow::Result<std::sync::Arc<dyn vknf_functions::FunctionLoader>> {
         let selector = match selector {
             Some(text) => text.parse()?,
             None => DeviceSelector::from_env()?,
         };
-        Ok(std::sync::Arc::new(vknf_server::gpu::GpuLoader::new(
+        Ok(std::sync::Arc::new(vknf_functions::GpuLoader::new(
             self.validate,
             selector,
         )?))

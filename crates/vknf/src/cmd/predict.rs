@@ -140,7 +140,7 @@ fn predict_remote(
     rows: &vknf_forest::Rows,
     want_scores: bool,
 ) -> anyhow::Result<vknf_forest::Prediction> {
-    use vknf_server::blocking_client::BlockingClient;
+    use vknf_protocol::blocking_client::BlockingClient;
 
     let mut client = BlockingClient::connect(addr, std::time::Duration::from_secs(30))
         .with_context(|| format!("connecting to {addr}"))?;
@@ -154,7 +154,7 @@ fn predict_remote(
     let scores_index = info
         .output_index("scores")
         .filter(|i| info.outputs[*i].width == n_outputs);
-    let shape = (info.input_width == forest.n_features as usize)
+    let shape = (info.input.width == forest.n_features as usize)
         .then_some(scores_index)
         .flatten()
         .filter(|_| !classifier || labels_index.is_some());
@@ -162,7 +162,7 @@ fn predict_remote(
         anyhow::bail!(
             "{} at {addr} takes {} features and has outputs {:?}; the model has {} features and {} outputs",
             description.name,
-            info.input_width,
+            info.input.width,
             info.outputs
                 .iter()
                 .map(|o| format!("{} x{}", o.name, o.width))

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use vknf_server::daemon::{ServeOptions, serve_blocking};
-use vknf_server::manifest::Placement;
-use vknf_server::{DirectorySource, FunctionLoader};
+use vknf_manifest::Placement;
+use vknf_functions::FunctionLoader;
+use vknf_server::DirectorySource;
 
 use super::data_plane::DataPlaneArgs;
 

@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch as signal;
-use vknf_server::manifest::{FunctionKey, FunctionSpec, HostManifest, ManifestFunction, SpecError};
+use vknf_manifest::{FunctionKey, HostManifest, ManifestFunction, ServedSpec, SpecError};
 use vknf_server::{FunctionStatus, HostStatus, Server};
 
 mod report;
@@ -49,7 +49,7 @@ struct RenderInput {
 /// What the server was asked to run; an identical request is not sent again.
 #[derive(Debug, Clone, PartialEq)]
 struct Signature {
-    functions: Vec<FunctionSpec>,
+    functions: Vec<ServedSpec>,
     rejected: Vec<(FunctionKey, SpecError)>,
 }
 

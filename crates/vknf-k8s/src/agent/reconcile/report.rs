@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use sha2::{Digest as _, Sha256};
-use vknf_server::manifest::{FunctionKey, SpecError, hex};
+use vknf_manifest::{FunctionKey, SpecError, hex};
 use vknf_server::{FunctionStatus, HostStatus};
 
 use super::{PassTimings, Reconciler, probe_ip};
@@ -98,7 +98,7 @@ impl Reconciler {
             return (None, None);
         };
         let model = function.spec.model.as_ref().map(|m| hex(&m.sha256));
-        (model, Some(hex(&Sha256::digest(&function.spec.spirv))))
+        (model, Some(hex(&Sha256::digest(&function.spec.function.spirv))))
     }
 
     /// Writes the host's status annotation where it differs, and removes it from Services this

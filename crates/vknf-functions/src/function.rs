@@ -1,0 +1,137 @@
+//! The contract between a function family and whatever runs its functions (the function runtime's
+//! batcher, benchmarks, tests).
+//!
+//! A [`FunctionLoader`] turns a [`FunctionSpec`] into a [`Function`]; a function hands out [`Lane`]s,
+//! each owning the staging memory of one batch in flight, so that writing one batch, computing another
+//! and reading a third back can overlap.
+
+use std::sync::Arc;
+
+use crate::schema::FunctionInfo;
+use crate::spec::FunctionSpec;
+
+/// Why executing a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The device is gone (GPU reset, driver crash, a kernel past its deadline). Every function of
+    /// the device is reloaded after this.
+    #[error("device lost: {0}")]
+    DeviceLost(String),
+    /// Out of memory while running.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The caller broke the lane contract (more rows than the lane holds, unknown output).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The input holds a value the function refuses (for example NaN without missing-value routing).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Anything else.
+    #[error("execution failed: {0}")]
+    Failed(String),
+}
+
+impl ExecError {
+    /// Whether the device must be reset and every function reloaded.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, ExecError::DeviceLost(_))
+    }
+}
+
+/// Owns the staging memory of one in-flight batch (on the GPU: the mapped upload buffer, the readback
+/// buffers and a command list).
+pub trait Lane: Send {
+    /// Most rows one run takes.
+    fn capacity_rows(&self) -> usize;
+
+    /// Lends the lane's input memory (row-major little-endian 4-byte elements of the input's dtype, at
+    /// least `capacity_rows` rows) to `write`, which puts the next batch's rows there. On the GPU this is
+    /// mapped device memory, so rows are written once, in place. Called before [`Lane::run`].
+    fn write_input(&mut self, write: &mut dyn FnMut(&mut [u8])) -> Result<(), ExecError>;
+
+    /// Runs the first `n_rows` rows. Blocking: call it from a dedicated thread. Bit `i` of `mask` asks
+    /// for output `i`; outputs that are not `on_request` are computed whatever the mask says.
+    fn run(&mut self, n_rows: usize, mask: u32) -> Result<(), ExecError>;
+
+    /// Copies rows `first_row..` of output `index` of the last run into `dst`, which holds a whole
+    /// number of that output's rows (little-endian elements). This is the only host copy of a result:
+    /// `dst` is the caller's answer buffer.
+    fn read_output(&self, index: usize, first_row: usize, dst: &mut [u8]) -> Result<(), ExecError>;
+}
+
+/// A loaded network function: describes itself and creates lanes.
+pub trait Function: Send + Sync + 'static {
+    /// The function's schema.
+    fn info(&self) -> &FunctionInfo;
+
+    /// Creates one more lane (one more batch that may be in flight).
+    fn new_lane(&self) -> Result<Box<dyn Lane>, ExecError>;
+}
+
+/// Why a function could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No family of this name is registered.
+    #[error("function {function}: unknown kind {kind:?} (known kinds: {known})")]
+    UnknownKind {
+        /// Function name.
+        function: String,
+        /// Kind named by the spec.
+        kind: String,
+        /// The registered kinds, comma-separated.
+        known: String,
+    },
+    /// The family cannot run on this loader's executor (for example a GPU-only family on the CPU).
+    #[error("function {function}: kind {kind} is not supported by the {loader} loader")]
+    UnsupportedKind {
+        /// Function name.
+        function: String,
+        /// Kind named by the spec.
+        kind: String,
+        /// Which loader refused.
+        loader: &'static str,
+    },
+    /// The function needs model bytes and none were given.
+    #[error("function {0}: a model is required (annotation vknf.io/model-configmaps)")]
+    MissingModel(String),
+    /// The model bytes are not a valid model.
+    #[error("function {function}: invalid model: {reason}")]
+    InvalidModel {
+        /// Function name.
+        function: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The spec is inconsistent with the model or the kernel.
+    #[error("function {function}: {reason}")]
+    InvalidSpec {
+        /// Function name.
+        function: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The device failed while loading.
+    #[error("function {function}: {source}")]
+    Exec {
+        /// Function name.
+        function: String,
+        /// The execution error.
+        #[source]
+        source: ExecError,
+    },
+}
+
+/// Turns a [`FunctionSpec`] (and its model bytes) into a runnable [`Function`].
+pub trait FunctionLoader: Send + Sync + 'static {
+    /// A short name for logs ("cpu", "gpu").
+    fn name(&self) -> &'static str;
+
+    /// Loads one function.
+    fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError>;
+
+    /// Called after a lane reported [`ExecError::DeviceLost`], before every function is loaded again:
+    /// recreate the device here. The default does nothing (for loaders without a device).
+    fn reset(&self) -> Result<(), LoadError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! What a function takes and gives: typed tensors of 32-bit elements, one row per item.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Element type of a function's input or output. Every element is four bytes, little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// Unsigned 32-bit integer.
+    U32,
+    /// Signed 32-bit integer.
+    I32,
+    /// IEEE-754 single precision float.
+    F32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub const fn size(self) -> usize {
+        4
+    }
+
+    /// Whether the type has non-finite values (NaN, infinities) that a function may reject.
+    pub const fn is_float(self) -> bool {
+        matches!(self, DType::F32)
+    }
+
+    /// The lower-case name used in manifests and schemas.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::U32 => "u32",
+            DType::I32 => "i32",
+            DType::F32 => "f32",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The input of a function: `width` elements of `dtype` per row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputInfo {
+    /// Name of the input tensor, for protocols that name tensors.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Elements per row.
+    pub width: usize,
+}
+
+/// One output of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputInfo {
+    /// Name of the output, for example `"labels"` or `"scores"`.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Elements per input row.
+    pub width: usize,
+    /// Computed only when a call asks for it (bit `i` of the call's output mask).
+    pub on_request: bool,
+}
+
+impl OutputInfo {
+    /// Bytes of this output per input row.
+    pub fn row_bytes(&self) -> usize {
+        self.width * self.dtype.size()
+    }
+}
+
+/// What a loaded function takes and gives: the schema front ends publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    /// The input rows.
+    pub input: InputInfo,
+    /// The outputs; an output mask indexes this list (at most 32).
+    pub outputs: Vec<OutputInfo>,
+    /// Most rows one lane runs at once; larger calls are split across batches.
+    pub max_batch_rows: usize,
+    /// Whether NaN and infinities are valid float input; when false they are refused per call.
+    /// Integer inputs are taken bit for bit and never checked.
+    pub accepts_non_finite: bool,
+}
+
+impl FunctionInfo {
+    /// Elements per input row.
+    pub fn input_width(&self) -> usize {
+        self.input.width
+    }
+
+    /// Output mask with a bit for every output that is always computed.
+    pub fn mandatory_mask(&self) -> u32 {
+        self.outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.on_request)
+            .fold(0, |mask, (i, _)| mask | (1 << i))
+    }
+
+    /// Output mask with a bit for every output.
+    pub fn full_mask(&self) -> u32 {
+        if self.outputs.len() >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << self.outputs.len()) - 1
+        }
+    }
+
+    /// Index of the output called `name`.
+    pub fn output_index(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|o| o.name == name)
+    }
+
+    /// Whether input values must be checked for NaN and infinities before they run.
+    pub fn rejects_non_finite(&self) -> bool {
+        self.input.dtype.is_float() && !self.accepts_non_finite
+    }
+}
+
+/// Position (element index) of the first NaN or infinity among little-endian `f32` elements.
+pub fn first_non_finite(data: &[u8]) -> Option<usize> {
+    const EXPONENT: u32 = 0x7f80_0000;
+    let non_finite = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXPONENT == EXPONENT;
+    // Blocks are checked without early exit (which vectorises); only a failing block is searched.
+    const BLOCK: usize = 256;
+    let block = data
+        .chunks(BLOCK)
+        .position(|block| block.chunks_exact(4).fold(false, |seen, b| seen | non_finite(b)))?;
+    let within = data[block * BLOCK..].chunks_exact(4).position(non_finite)?;
+    Some(block * BLOCK / 4 + within)
+}

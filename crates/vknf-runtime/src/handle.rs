@@ -1,0 +1,155 @@
+//! The stable handle of a loaded function: callers keep it while the engine inside is swapped by hot
+//! reloads and device recoveries.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
+use vknf_functions::FunctionInfo;
+
+use crate::answer::{Answer, InProcessReply};
+use crate::call::{Call, CallError, Reply};
+use crate::engine::Engine;
+
+pub(crate) struct Slot {
+    pub(crate) name: Arc<str>,
+    current: RwLock<Option<Arc<Engine>>>,
+    /// Set when the function is removed or the runtime stops: front ends stop taking calls for it.
+    closing: watch::Sender<bool>,
+}
+
+/// A loaded function, to call from any thread or task. Cheap to clone; every clone is the same function.
+///
+/// Every call goes through the same admission (queue bound, `BUSY`), dynamic batching, deadlines and
+/// metrics, whichever front end or in-process caller makes it.
+#[derive(Clone)]
+pub struct FunctionHandle {
+    pub(crate) slot: Arc<Slot>,
+}
+
+impl std::fmt::Debug for FunctionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionHandle").field("name", &self.slot.name).finish()
+    }
+}
+
+fn shutting_down() -> CallError {
+    CallError::ShuttingDown("the function is shutting down".into())
+}
+
+impl FunctionHandle {
+    pub(crate) fn new(name: Arc<str>, engine: Arc<Engine>) -> FunctionHandle {
+        FunctionHandle {
+            slot: Arc::new(Slot {
+                name,
+                current: RwLock::new(Some(engine)),
+                closing: watch::Sender::new(false),
+            }),
+        }
+    }
+
+    /// The function's name (`namespace/name` for functions from manifests).
+    pub fn name(&self) -> &str {
+        &self.slot.name
+    }
+
+    /// The name, shared.
+    pub fn label(&self) -> Arc<str> {
+        self.slot.name.clone()
+    }
+
+    /// The schema of the version now serving; `None` once the function is closing.
+    pub fn info(&self) -> Option<FunctionInfo> {
+        self.current().map(|engine| engine.info.clone())
+    }
+
+    /// Whether the function has stopped taking calls.
+    pub fn is_closing(&self) -> bool {
+        *self.slot.closing.borrow()
+    }
+
+    /// Changes to `true` when the function stops taking calls (removal or shutdown).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.slot.closing.subscribe()
+    }
+
+    /// Calls admitted and not yet answered (the version now serving).
+    pub fn queued_requests(&self) -> usize {
+        self.current().map_or(0, |engine| engine.queued_requests())
+    }
+
+    /// Input bytes admitted and not yet answered (the version now serving).
+    pub fn queued_bytes(&self) -> usize {
+        self.current().map_or(0, |engine| engine.queued_bytes())
+    }
+
+    /// Submits a call whose answer goes to `reply`. Never blocks: the call is admitted or `reply` is
+    /// failed at once (`BUSY`, shape errors, shutting down). A call that races a hot reload goes to the
+    /// new version, checked against its schema.
+    pub fn submit(&self, call: Call, reply: Box<dyn Reply>) {
+        let Some(mut engine) = self.current() else {
+            return reply.fail(shutting_down());
+        };
+        let (mut call, mut reply) = (call, reply);
+        loop {
+            match engine.submit(call, reply) {
+                Ok(()) => return,
+                Err(returned) => {
+                    // The engine closed between lookup and submit: it is being replaced or removed.
+                    match self.current() {
+                        Some(next) if !Arc::ptr_eq(&next, &engine) => {
+                            (call, reply) = (returned.call, returned.reply);
+                            engine = next;
+                        }
+                        _ => return returned.reply.fail(shutting_down()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls the function and waits for the answer.
+    pub async fn call(&self, call: Call) -> Result<Answer, CallError> {
+        self.call_reusing(call, Answer::default()).await
+    }
+
+    /// Calls the function, writing the answer into the buffers of `answer` (a previous answer handed
+    /// back), so that a caller in a loop allocates no output memory.
+    pub async fn call_reusing(&self, call: Call, answer: Answer) -> Result<Answer, CallError> {
+        let (reply, receiver) = InProcessReply::new(answer);
+        self.submit(call, reply);
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(CallError::Internal("the call was dropped".into())))
+    }
+
+    /// Calls the function from a thread that is not an async task, and waits for the answer.
+    pub fn call_blocking(&self, call: Call) -> Result<Answer, CallError> {
+        self.call_blocking_reusing(call, Answer::default())
+    }
+
+    /// [`FunctionHandle::call_blocking`] with the buffers of a previous answer.
+    pub fn call_blocking_reusing(&self, call: Call, answer: Answer) -> Result<Answer, CallError> {
+        let (reply, receiver) = InProcessReply::new(answer);
+        self.submit(call, reply);
+        receiver
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(CallError::Internal("the call was dropped".into())))
+    }
+
+    pub(crate) fn current(&self) -> Option<Arc<Engine>> {
+        self.slot.current.read().clone()
+    }
+
+    /// Puts `next` in place and returns the engine it replaces.
+    pub(crate) fn replace(&self, next: Arc<Engine>) -> Option<Arc<Engine>> {
+        self.slot.current.write().replace(next)
+    }
+
+    /// Stops taking calls: empties the slot and tells front ends to finish.
+    pub(crate) fn close(&self) -> Option<Arc<Engine>> {
+        let previous = self.slot.current.write().take();
+        self.slot.closing.send_replace(true);
+        previous
+    }
+}

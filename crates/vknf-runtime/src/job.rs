@@ -1,0 +1,207 @@
+//! One admitted call: its rows, where its answer goes, and how many of its rows are still to come from
+//! the batches it was split across.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use vknf_functions::{ExecError, FunctionInfo, Lane};
+
+use crate::call::{AnswerLayout, CallError, Reply, Rows};
+use crate::metrics::Metrics;
+
+/// Input bytes counted against a function's queue limit until the call is answered.
+pub(crate) struct Admission {
+    bytes: usize,
+    queue: Arc<QueueCounters>,
+}
+
+/// What a function's queue holds, and the gauges that publish it.
+pub(crate) struct QueueCounters {
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) requests: AtomicUsize,
+    pub(crate) limit: usize,
+    pub(crate) function: Arc<str>,
+    pub(crate) metrics: Metrics,
+}
+
+impl QueueCounters {
+    fn publish(&self) {
+        let labels = Metrics::function(&self.function);
+        self.metrics
+            .queued_bytes
+            .get_or_create(&labels)
+            .set(self.bytes.load(Ordering::Acquire) as i64);
+        self.metrics
+            .queued_requests
+            .get_or_create(&labels)
+            .set(self.requests.load(Ordering::Acquire) as i64);
+    }
+}
+
+impl Admission {
+    /// Admits `bytes` if the queue stays within its limit.
+    pub(crate) fn try_admit(queue: &Arc<QueueCounters>, bytes: usize) -> Option<Admission> {
+        queue
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                queued.checked_add(bytes).filter(|total| *total <= queue.limit)
+            })
+            .ok()?;
+        queue.requests.fetch_add(1, Ordering::AcqRel);
+        queue.publish();
+        Some(Admission {
+            bytes,
+            queue: queue.clone(),
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.queue.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.queue.requests.fetch_sub(1, Ordering::AcqRel);
+        self.queue.publish();
+    }
+}
+
+struct JobState {
+    /// `None` once answered.
+    reply: Option<Box<dyn Reply>>,
+    prepared: bool,
+    rows_left: usize,
+    admission: Option<Admission>,
+}
+
+/// A call admitted into a function's queue.
+pub(crate) struct Job {
+    pub(crate) rows: Rows,
+    pub(crate) n_rows: usize,
+    /// Outputs to compute and return (mandatory ones included).
+    pub(crate) mask: u32,
+    pub(crate) deadline: Option<Instant>,
+    admitted_at: Instant,
+    function: Arc<str>,
+    metrics: Metrics,
+    state: Mutex<JobState>,
+}
+
+/// The rows of one job that went into one batch.
+pub(crate) struct Segment {
+    pub(crate) job: Arc<Job>,
+    /// First row within the job.
+    pub(crate) job_row: usize,
+    /// First row within the batch.
+    pub(crate) batch_row: usize,
+    pub(crate) rows: usize,
+}
+
+impl Job {
+    pub(crate) fn new(
+        rows: Rows,
+        mask: u32,
+        deadline: Option<Instant>,
+        reply: Box<dyn Reply>,
+        admission: Admission,
+        function: Arc<str>,
+        metrics: Metrics,
+    ) -> Job {
+        let n_rows = rows.n_rows();
+        Job {
+            rows,
+            n_rows,
+            mask,
+            deadline,
+            admitted_at: Instant::now(),
+            function,
+            metrics,
+            state: Mutex::new(JobState {
+                reply: Some(reply),
+                prepared: false,
+                rows_left: n_rows,
+                admission: Some(admission),
+            }),
+        }
+    }
+
+    /// How long the job has been queued.
+    pub(crate) fn waited(&self) -> std::time::Duration {
+        self.admitted_at.elapsed()
+    }
+
+    /// Whether the job needs no more work: answered, failed, or its caller has gone (in which case its
+    /// queue slot is released now).
+    pub(crate) fn is_settled(&self) -> bool {
+        let mut state = self.state.lock();
+        let Some(reply) = &state.reply else { return true };
+        if reply.is_cancelled() {
+            // Nobody reads the answer: drop it without a word and give the queue its bytes back.
+            state.reply = None;
+            state.admission = None;
+            return true;
+        }
+        false
+    }
+
+    /// Answers with an error unless already answered.
+    pub(crate) fn fail(&self, error: CallError) {
+        let mut state = self.state.lock();
+        if let Some(reply) = state.reply.take() {
+            self.metrics.error(&self.function, error.code_name());
+            reply.fail(error);
+        }
+        state.admission = None;
+    }
+
+    /// Copies one batch's share of the outputs from the lane straight into the answer; completes the
+    /// answer once every row is in.
+    pub(crate) fn deliver(&self, segment: &Segment, lane: &dyn Lane, info: &FunctionInfo) -> Result<(), ExecError> {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let layout = AnswerLayout {
+            n_rows: self.n_rows,
+            mask: self.mask,
+            info,
+        };
+        let Some(reply) = state.reply.as_mut() else {
+            return Ok(());
+        };
+        if !state.prepared {
+            reply.prepare(&layout);
+            state.prepared = true;
+        }
+        for index in layout.outputs() {
+            let row_bytes = info.outputs[index].row_bytes();
+            let dst = &mut reply.output(index)[segment.job_row * row_bytes..(segment.job_row + segment.rows) * row_bytes];
+            lane.read_output(index, segment.batch_row, dst)?;
+        }
+        state.rows_left -= segment.rows;
+        if state.rows_left > 0 {
+            return Ok(());
+        }
+        let reply = state.reply.take().expect("checked above");
+        state.admission = None;
+        drop(guard);
+        reply.complete(&layout);
+        let labels = Metrics::function(&self.function);
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics.rows.get_or_create(&labels).inc_by(self.n_rows as u64);
+        self.metrics
+            .request_latency
+            .get_or_create(&labels)
+            .observe(self.admitted_at.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // No admitted call goes unanswered, whatever path dropped it.
+        if let Some(reply) = self.state.get_mut().reply.take() {
+            let error = CallError::Internal("request dropped before it was answered".into());
+            self.metrics.error(&self.function, error.code_name());
+            reply.fail(error);
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! # vknf-runtime
+//!
+//! The function runtime: functions loaded in process and called by anyone (front ends, the traffic path,
+//! tests), with one admission, batching and backpressure policy for every caller.
+//!
+//! ```text
+//! caller --Call{Rows, outputs, deadline}--> FunctionHandle --admit--> queue --batcher--> lane threads
+//!   ^                                                                                     |
+//!   +------------ Reply (answer buffers lent by the caller, written once) <---------------+
+//! ```
+//!
+//! - [`Runtime`]: loads functions through a [`vknf_functions::FunctionLoader`], swaps new versions in
+//!   (hot reload), removes them, recovers from device loss and shuts down without losing admitted calls.
+//! - [`FunctionHandle`]: calls a function: async ([`FunctionHandle::call`]), blocking
+//!   ([`FunctionHandle::call_blocking`]) or with a reply of the caller's ([`FunctionHandle::submit`],
+//!   which front ends use to write answers straight into their frames).
+//! - [`Call`], [`Rows`], [`CallError`]: typed rows in (f32, u32, i32), typed errors out.
+//! - [`Metrics`]: Prometheus metrics of every call.
+
+mod answer;
+mod call;
+mod engine;
+mod handle;
+mod job;
+mod lane_worker;
+mod metrics;
+mod runtime;
+
+pub use answer::{Answer, Tensor};
+pub use call::{AnswerLayout, Call, CallError, Reply, Rows};
+pub use handle::FunctionHandle;
+pub use metrics::{ErrorLabels, FunctionLabels, Metrics};
+pub use runtime::{LoadFailure, Runtime, RuntimeSettings};
+pub use vknf_functions::{DType, FunctionInfo, FunctionSpec, InputInfo, OutputInfo, first_non_finite};

@@ -1,0 +1,140 @@
+//! Prometheus metrics of the function runtime: what every caller's calls did, whichever front end made
+//! them. Front ends register their own metrics in the same registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels naming a function.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    /// `namespace/name`.
+    pub function: String,
+}
+
+/// Labels naming a function and an error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `namespace/name`, or `-` for errors before a function is known.
+    pub function: String,
+    /// Upper-case error name ([`crate::CallError::code_name`], or a front end's own code).
+    pub code: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~84 s
+    Histogram::new(exponential_buckets(1e-5, 2.0, 24))
+}
+
+fn batch_rows_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 21))
+}
+
+/// Every metric of one function runtime.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Requests answered successfully.
+    pub requests: Family<FunctionLabels, Counter>,
+    /// Rows answered successfully.
+    pub rows: Family<FunctionLabels, Counter>,
+    /// Calls answered with an error, by error.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Rows per executed batch.
+    pub batch_rows: Family<FunctionLabels, Histogram>,
+    /// Input bytes admitted and not yet answered.
+    pub queued_bytes: Family<FunctionLabels, Gauge>,
+    /// Requests admitted and not yet answered.
+    pub queued_requests: Family<FunctionLabels, Gauge>,
+    /// Seconds from admission to answer.
+    pub request_latency: Family<FunctionLabels, Histogram>,
+    /// Seconds a lane spends running a batch.
+    pub execution_time: Family<FunctionLabels, Histogram>,
+    /// Lanes alive across all functions.
+    pub live_lanes: Gauge,
+    /// Device losses seen.
+    pub device_losses: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            rows: Family::default(),
+            errors: Family::default(),
+            batch_rows: Family::new_with_constructor(batch_rows_histogram),
+            queued_bytes: Family::default(),
+            queued_requests: Family::default(),
+            request_latency: Family::new_with_constructor(latency_histogram),
+            execution_time: Family::new_with_constructor(latency_histogram),
+            live_lanes: Gauge::default(),
+            device_losses: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `vknf` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("vknf");
+        r.register("requests", "Requests answered successfully", self.requests.clone());
+        r.register("rows", "Rows answered successfully", self.rows.clone());
+        r.register("errors", "Calls answered with an error, by error", self.errors.clone());
+        r.register("batch_rows", "Rows per executed batch", self.batch_rows.clone());
+        r.register(
+            "queued_bytes",
+            "Input bytes admitted and not yet answered",
+            self.queued_bytes.clone(),
+        );
+        r.register(
+            "queued_requests",
+            "Requests admitted and not yet answered",
+            self.queued_requests.clone(),
+        );
+        r.register(
+            "request_latency_seconds",
+            "Seconds from admission to answer",
+            self.request_latency.clone(),
+        );
+        r.register(
+            "execution_seconds",
+            "Seconds a lane spends running a batch",
+            self.execution_time.clone(),
+        );
+        r.register(
+            "live_lanes",
+            "Lanes alive across all functions",
+            self.live_lanes.clone(),
+        );
+        r.register("device_losses", "Device losses seen", self.device_losses.clone());
+    }
+
+    /// Counts one error answer.
+    pub fn error(&self, function: &str, code: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                function: function.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Number of error answers named `code` counted for `function`.
+    pub fn error_count(&self, function: &str, code: &str) -> u64 {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                function: function.to_owned(),
+                code: code.to_owned(),
+            })
+            .get()
+    }
+
+    /// Label set of a function.
+    pub fn function(name: &str) -> FunctionLabels {
+        FunctionLabels {
+            function: name.to_owned(),
+        }
+    }
+}

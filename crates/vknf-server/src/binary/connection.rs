@@ -1,0 +1,253 @@
+//! One client connection: decode frames, validate requests, admit them, write answers.
+//!
+//! Reading and writing run as separate tasks joined by a bounded channel. A request is admitted
+//! only after it has reserved its answer's slot in that channel, which bounds the answers a
+//! connection can hold; when all slots are taken the reader stops reading, so a client that
+//! pipelines too deeply is slowed by TCP rather than buffered without limit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use vknf_protocol::{Decoded, ErrorCode, Frame, FrameDecoder, FrameType, InferRequest, encode_description, encode_error};
+use vknf_runtime::{Call, FunctionHandle, Metrics, Rows};
+
+use super::outbox::{Outbox, write_loop};
+use super::reply::{FrameReply, count_error};
+use crate::server::ServerConfig;
+
+/// Requests with more row bytes than this keep sharing the read buffer (they fill most of it).
+const SHARE_READ_BUFFER_ABOVE: usize = 64 * 1024;
+
+/// How the reading side ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The client closed its side or went idle: answer what is in flight, then close.
+    Finish,
+    /// The connection is broken (write timeout, reset, garbage): drop queued work.
+    Abort,
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve_connection(
+    stream: TcpStream,
+    function: FunctionHandle,
+    config: Arc<ServerConfig>,
+    metrics: Metrics,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let outbox = Outbox::new(writer);
+    let (tx, rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection.max(1) + 1);
+    let writer_task = tokio::spawn(write_loop(outbox.clone(), rx, config.write_timeout));
+    let mut connection = Connection {
+        tx,
+        outbox,
+        function,
+        metrics,
+        closed: Arc::new(AtomicBool::new(false)),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    };
+    let ending = connection.read_loop(&mut reader, &config).await;
+    if ending == Ending::Abort {
+        connection.closed.store(true, Ordering::Release);
+    }
+    // Outstanding answers keep the channel open through their reserved slots; the writer ends
+    // once every one is written (or the client is gone).
+    let Connection { tx, closed, outbox, .. } = connection;
+    drop(tx);
+    drop(outbox);
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(config.drain_timeout, &mut writer_task)
+        .await
+        .is_err()
+    {
+        closed.store(true, Ordering::Release);
+        writer_task.abort();
+    }
+}
+
+struct Connection {
+    tx: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
+    function: FunctionHandle,
+    metrics: Metrics,
+    /// Set when the client is gone, so queued work for it is skipped.
+    closed: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Connection {
+    async fn read_loop(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf, config: &ServerConfig) -> Ending {
+        let mut decoder = FrameDecoder::new(config.max_payload);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut closing = self.function.closing();
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(decoded)) => {
+                        if *closing.borrow() {
+                            self.refuse_closing(decoded).await;
+                        } else if !self.handle(decoded).await {
+                            return Ending::Abort;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        // Frame boundaries are lost: say why, then hang up.
+                        self.send_error(0, error.code(), &format!("{error}; closing the connection"))
+                            .await;
+                        return Ending::Finish;
+                    }
+                }
+            }
+            if *closing.borrow() {
+                return Ending::Finish;
+            }
+            let mid_frame = decoder.is_mid_frame(&buf);
+            let limit = if mid_frame {
+                config.read_timeout
+            } else {
+                config.idle_timeout
+            };
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                read = tokio::time::timeout(limit, reader.read_buf(&mut buf)) => match read {
+                    Ok(Ok(0)) => {
+                        if decoder.is_mid_frame(&buf) {
+                            count_error(&self.metrics, self.function.name(), ErrorCode::BadFrame);
+                        }
+                        return Ending::Finish;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return Ending::Abort,
+                    Err(_) if mid_frame => {
+                        let message = format!("frame still incomplete after {limit:?}; closing the connection");
+                        self.send_error(0, ErrorCode::BadFrame, &message).await;
+                        return Ending::Finish;
+                    }
+                    Err(_) if self.in_flight.load(Ordering::Acquire) > 0 => {}
+                    Err(_) => return Ending::Finish,
+                },
+                _ = closing.changed() => {}
+                _ = self.tx.closed() => return Ending::Abort,
+            }
+        }
+    }
+
+    /// Handles one decoded frame; false when the connection cannot go on.
+    async fn handle(&mut self, decoded: Decoded) -> bool {
+        match decoded {
+            Decoded::Oversized(header) => {
+                let message = format!("payload of {} bytes exceeds the limit", header.payload_len);
+                self.send_error(header.request_id, ErrorCode::TooLarge, &message).await
+            }
+            Decoded::Frame(frame) => match frame.header.frame_type {
+                FrameType::Request => self.handle_request(frame).await,
+                FrameType::Describe => self.handle_describe(frame.header.request_id).await,
+                other => {
+                    let message = format!("frame type {} is not accepted by the server", other.code());
+                    self.send_error(frame.header.request_id, ErrorCode::Unsupported, &message)
+                        .await
+                }
+            },
+        }
+    }
+
+    async fn refuse_closing(&mut self, decoded: Decoded) {
+        let id = match decoded {
+            Decoded::Oversized(header) => header.request_id,
+            Decoded::Frame(frame) => frame.header.request_id,
+        };
+        self.send_error(id, ErrorCode::ShuttingDown, "the function is shutting down")
+            .await;
+    }
+
+    async fn handle_describe(&mut self, request_id: u64) -> bool {
+        let Some(info) = self.function.info() else {
+            return self
+                .send_error(request_id, ErrorCode::ShuttingDown, "the function is shutting down")
+                .await;
+        };
+        let mut frame = BytesMut::new();
+        encode_description(&mut frame, request_id, self.function.name(), &info);
+        self.send(frame.freeze()).await
+    }
+
+    /// Sends a frame of the connection's own (not an answer holding a reserved slot); false when
+    /// the writer is gone.
+    async fn send(&self, frame: Bytes) -> bool {
+        let Some(queued) = self.outbox.write_or_queue(frame) else {
+            return true;
+        };
+        if self.tx.send(queued).await.is_ok() {
+            return true;
+        }
+        self.outbox.unqueue();
+        false
+    }
+
+    async fn handle_request(&mut self, frame: Frame) -> bool {
+        let id = frame.header.request_id;
+        let mut request = match InferRequest::parse(frame.payload) {
+            Ok(request) => request,
+            Err(error) => return self.send_error(id, error.code(), &error.to_string()).await,
+        };
+        if self.function.is_closing() {
+            return self
+                .send_error(id, ErrorCode::ShuttingDown, "the function is shutting down")
+                .await;
+        }
+        // Waits while this connection is at its in-flight limit.
+        let Ok(permit) = self.tx.clone().reserve_owned().await else {
+            return false;
+        };
+        let reply = FrameReply::new(permit, self.outbox.clone(), id, self.in_flight.clone(), self.closed.clone());
+        // A small request's rows share their allocation with the rest of the read buffer; a
+        // queued request would keep all of it alive. Copying small ones keeps the memory a
+        // queue holds close to the bytes it admitted.
+        if request.rows.len() < SHARE_READ_BUFFER_ABOVE {
+            request.rows = Bytes::copy_from_slice(&request.rows);
+        }
+        let rows = Rows::from_le_bytes(
+            request.rows,
+            request.n_rows as usize,
+            request.n_features as usize,
+            request.dtype,
+        )
+        .expect("the codec checked that the rows add up");
+        self.function.submit(Call::new(rows, request.output_mask), Box::new(reply));
+        true
+    }
+
+    /// Queues an error frame; false when the writer is gone.
+    async fn send_error(&self, request_id: u64, code: ErrorCode, message: &str) -> bool {
+        count_error(&self.metrics, self.function.name(), code);
+        let mut frame = BytesMut::new();
+        encode_error(&mut frame, request_id, code, message);
+        self.send(frame.freeze()).await
+    }
+}
+
+/// Answers a connection refused at the connection limit with `BUSY`, then closes it.
+pub(crate) async fn refuse_connection(mut stream: TcpStream, timeout: Duration) {
+    let mut frame = BytesMut::new();
+    encode_error(
+        &mut frame,
+        0,
+        ErrorCode::Busy,
+        "the server is at its connection limit; retry later",
+    );
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,87 @@
+//! The binary protocol's front end: one TCP listener per function (the paper's per-function ports),
+//! connections that decode frames (codec in vknf-protocol), submit calls to the function runtime and
+//! write the answers.
+
+mod connection;
+mod outbox;
+mod reply;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use vknf_runtime::{FunctionHandle, Metrics};
+
+use crate::metrics::ServerMetrics;
+use crate::server::ServerConfig;
+
+/// Decrements the connection gauge however the connection task ends.
+struct ConnectionGuard {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: ServerMetrics,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
+}
+
+async fn until_closing(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here rather than in the caller's select.
+    let _ = closing.wait_for(|closing| *closing).await.map(|_| ());
+}
+
+/// Everything a function's listener shares with its connections.
+pub(crate) struct Listener {
+    pub(crate) function: FunctionHandle,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) metrics: Metrics,
+    pub(crate) server_metrics: ServerMetrics,
+    pub(crate) connections: Arc<Semaphore>,
+}
+
+/// Accepts connections for one function until it closes, then waits for its connections to finish.
+pub(crate) async fn accept_loop(socket: TcpListener, listener: Listener) {
+    let Listener {
+        function,
+        config,
+        metrics,
+        server_metrics,
+        connections,
+    } = listener;
+    let mut closing = function.closing();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, _)) => match connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        server_metrics.connections.inc();
+                        let guard = ConnectionGuard { _permit: permit, metrics: server_metrics.clone() };
+                        let (function, config, metrics) = (function.clone(), config.clone(), metrics.clone());
+                        tasks.spawn(async move {
+                            connection::serve_connection(stream, function, config, metrics).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(_) => {
+                        server_metrics.refused_connections.inc();
+                        tasks.spawn(connection::refuse_connection(stream, config.write_timeout));
+                    }
+                },
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(function = %function.name(), %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = until_closing(&mut closing) => break,
+        }
+    }
+    drop(socket);
+    while tasks.join_next().await.is_some() {}
+}
