@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use vknf_testkit::parity::{self, ParityCase};
 use vknf_forest::{GpuForest, MissingPolicy};
+use vknf_testkit::parity::{self, ParityCase};
 
 fn fixture() -> ParityCase {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rf12_5classes");

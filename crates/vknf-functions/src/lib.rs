@@ -23,9 +23,9 @@ mod spec;
 
 pub use family::{Families, Family, ParamError};
 pub use function::{ExecError, Function, FunctionLoader, Lane, LoadError};
+pub use loader::CpuLoader;
 #[cfg(feature = "gpu")]
 pub use loader::{GpuLoader, vulkan_error};
-pub use loader::CpuLoader;
 pub use schema::{DType, FunctionInfo, InputInfo, OutputInfo, first_non_finite};
 pub use spec::{FunctionSpec, SpecConstantKey, SpecConstantValue};
 

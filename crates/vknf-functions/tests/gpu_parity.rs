@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use vknf_testkit::parity::{self, ParityCase};
 use vknf_forest::{GpuForest, Prediction, Rows};
 use vknf_functions::{ForestKernel, ForestOptions, InputPath};
+use vknf_testkit::parity::{self, ParityCase};
 use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
 
 struct Gpu {

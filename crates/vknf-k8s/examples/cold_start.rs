@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::Service;
+use vknf_functions::CpuLoader;
+use vknf_functions::FunctionLoader;
+use vknf_functions::GpuLoader;
 use vknf_k8s::{ColdStart, FunctionPhase, keys};
 use vknf_k8s_fake::FakeApiServer;
-use vknf_functions::FunctionLoader;
-use vknf_functions::CpuLoader;
-use vknf_functions::GpuLoader;
 
 const USAGE: &str = "usage: cold_start [--gpu] [--json PATH] [ITERATIONS] [TREES] [DEPTH]";
 

@@ -12,9 +12,9 @@ use common::*;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use vknf_functions::CpuLoader;
 use vknf_k8s::{Agent, FunctionPhase, Watchdog, WatchdogConfig, keys};
 use vknf_k8s_fake::{FakeApiServer, InjectedFailure};
-use vknf_functions::CpuLoader;
 use vknf_manifest::{ParseOptions, Placement, load_dir};
 
 fn at(host: &Host, port: u16) -> SocketAddr {

@@ -24,8 +24,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
-use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
 use vknf_functions::CpuLoader;
+use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
 
 async fn real_cluster() -> Client {
     let opted_in = std::env::var("VKNF_REAL_CLUSTER").is_ok_and(|v| v == "1");

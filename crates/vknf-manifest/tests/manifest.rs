@@ -5,7 +5,9 @@ use std::path::Path;
 
 use serde_norway::Value;
 use vknf_functions::DType;
-use vknf_functions::families::generic::{ABI_PARAM, AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, GenericAbi};
+use vknf_functions::families::generic::{
+    ABI_PARAM, AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, GenericAbi,
+};
 use vknf_functions::{SpecConstantKey, SpecConstantValue};
 use vknf_manifest::{
     GenerateError, HostManifest, ManifestError, ManifestRequest, ParseOptions, Placement, SpecError, annotations,
@@ -98,7 +100,10 @@ fn generated_manifests_parse_back_to_the_same_function() {
     assert_eq!(spec.function.spirv, forest_spirv());
     assert_eq!(spec.function.max_batch_rows, Some(512));
     assert_eq!(spec.max_wait, Some(std::time::Duration::from_micros(150)));
-    assert_eq!(spec.function.spec_constants[&SpecConstantKey::Id(0)], SpecConstantValue::Int(64));
+    assert_eq!(
+        spec.function.spec_constants[&SpecConstantKey::Id(0)],
+        SpecConstantValue::Int(64)
+    );
     assert_eq!(
         spec.function.spec_constants[&SpecConstantKey::Name("use_compact".into())],
         SpecConstantValue::Bool(true)

@@ -2,12 +2,12 @@
 
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
-use vknf_runtime::{DType, FunctionInfo, InputInfo, OutputInfo};
 use vknf_protocol::{
     Decoded, Description, ErrorBody, ErrorCode, Frame, FrameDecoder, FrameError, FrameType, HEADER_LEN, Header,
     INPUT_NAME, InferRequest, MAX_ERROR_MESSAGE, ResponseBody, ResponseLayout, encode_description, encode_error,
     encode_request, encode_request_bytes, encode_response,
 };
+use vknf_runtime::{DType, FunctionInfo, InputInfo, OutputInfo};
 
 /// Feeds `bytes` to a decoder in chunks of the given sizes; collects frames until an error.
 fn decode_chunked(bytes: &[u8], chunks: &[usize], max_payload: u32) -> (Vec<Decoded>, Option<FrameError>) {

@@ -14,7 +14,7 @@ use vknf_functions::{ExecError, Function, FunctionInfo, Lane};
 use crate::call::{Call, CallError, Reply};
 use crate::job::{Admission, Job, QueueCounters, Segment};
 use crate::lane_worker::{BatchRunner, LaneWorker, WorkerEvent};
-use crate::metrics::Metrics;
+use crate::metrics::{FunctionMetrics, Metrics};
 
 /// A lane counted in the `live_lanes` gauge for as long as it exists.
 struct CountedLane {
@@ -107,13 +107,13 @@ impl Engine {
                 bytes: AtomicUsize::new(0),
                 requests: AtomicUsize::new(0),
                 limit: settings.max_queued_bytes,
-                function: label.clone(),
-                metrics: metrics.clone(),
+                metrics: FunctionMetrics::of(metrics, &label),
             }),
             metrics: metrics.clone(),
             finished: finished_rx,
         });
         let batcher = Arc::new(Batcher {
+            function_metrics: FunctionMetrics::of(metrics, &label),
             label,
             info,
             lane_rows,
@@ -192,6 +192,7 @@ impl Engine {
             admission,
             self.label.clone(),
             self.metrics.clone(),
+            self.counters.metrics.clone(),
         );
         // The receiver lives until the queue closes, and closing happens under this lock.
         let _ = queue_tx.send(Arc::new(job));
@@ -263,6 +264,7 @@ impl LaneCounts {
 
 struct Batcher {
     label: Arc<str>,
+    function_metrics: FunctionMetrics,
     info: FunctionInfo,
     lane_rows: usize,
     max_wait: Duration,
@@ -417,11 +419,7 @@ impl Batcher {
 
     /// Runs one batch on its lane's thread and answers its requests; false when the lane is lost.
     fn execute(&self, lane: &mut CountedLane, batch: Batch) -> bool {
-        let labels = Metrics::function(&self.label);
-        self.metrics
-            .batch_rows
-            .get_or_create(&labels)
-            .observe(batch.rows as f64);
+        self.function_metrics.batch_rows.observe(batch.rows as f64);
         let started = Instant::now();
         let row_bytes = self.info.input.width * self.info.input.dtype.size();
         let written = lane.lane.write_input(&mut |input: &mut [u8]| {
@@ -440,14 +438,15 @@ impl Batcher {
         let ran = written.and_then(|()| lane.lane.run(batch.rows, batch.mask));
         let failure = match ran {
             Ok(()) => {
-                self.metrics
+                self.function_metrics
                     .execution_time
-                    .get_or_create(&labels)
                     .observe(started.elapsed().as_secs_f64());
                 let mut failure = None;
                 for segment in &batch.segments {
                     if let Err(error) = segment.job.deliver(segment, lane.lane.as_ref(), &self.info) {
-                        segment.job.fail(CallError::Internal(format!("cannot read the results: {error}")));
+                        segment
+                            .job
+                            .fail(CallError::Internal(format!("cannot read the results: {error}")));
                         failure = Some(error);
                     }
                 }

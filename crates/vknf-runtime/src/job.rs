@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use vknf_functions::{ExecError, FunctionInfo, Lane};
 
 use crate::call::{AnswerLayout, CallError, Reply, Rows};
-use crate::metrics::Metrics;
+use crate::metrics::{FunctionMetrics, Metrics};
 
 /// Input bytes counted against a function's queue limit until the call is answered.
 pub(crate) struct Admission {
@@ -22,20 +22,16 @@ pub(crate) struct QueueCounters {
     pub(crate) bytes: AtomicUsize,
     pub(crate) requests: AtomicUsize,
     pub(crate) limit: usize,
-    pub(crate) function: Arc<str>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: FunctionMetrics,
 }
 
 impl QueueCounters {
     fn publish(&self) {
-        let labels = Metrics::function(&self.function);
         self.metrics
             .queued_bytes
-            .get_or_create(&labels)
             .set(self.bytes.load(Ordering::Acquire) as i64);
         self.metrics
             .queued_requests
-            .get_or_create(&labels)
             .set(self.requests.load(Ordering::Acquire) as i64);
     }
 }
@@ -84,6 +80,7 @@ pub(crate) struct Job {
     admitted_at: Instant,
     function: Arc<str>,
     metrics: Metrics,
+    function_metrics: FunctionMetrics,
     state: Mutex<JobState>,
 }
 
@@ -106,6 +103,7 @@ impl Job {
         admission: Admission,
         function: Arc<str>,
         metrics: Metrics,
+        function_metrics: FunctionMetrics,
     ) -> Job {
         let n_rows = rows.n_rows();
         Job {
@@ -116,6 +114,7 @@ impl Job {
             admitted_at: Instant::now(),
             function,
             metrics,
+            function_metrics,
             state: Mutex::new(JobState {
                 reply: Some(reply),
                 prepared: false,
@@ -173,7 +172,8 @@ impl Job {
         }
         for index in layout.outputs() {
             let row_bytes = info.outputs[index].row_bytes();
-            let dst = &mut reply.output(index)[segment.job_row * row_bytes..(segment.job_row + segment.rows) * row_bytes];
+            let dst =
+                &mut reply.output(index)[segment.job_row * row_bytes..(segment.job_row + segment.rows) * row_bytes];
             lane.read_output(index, segment.batch_row, dst)?;
         }
         state.rows_left -= segment.rows;
@@ -184,12 +184,10 @@ impl Job {
         state.admission = None;
         drop(guard);
         reply.complete(&layout);
-        let labels = Metrics::function(&self.function);
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics.rows.get_or_create(&labels).inc_by(self.n_rows as u64);
-        self.metrics
+        self.function_metrics.requests.inc();
+        self.function_metrics.rows.inc_by(self.n_rows as u64);
+        self.function_metrics
             .request_latency
-            .get_or_create(&labels)
             .observe(self.admitted_at.elapsed().as_secs_f64());
         Ok(())
     }

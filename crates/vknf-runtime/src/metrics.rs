@@ -138,3 +138,32 @@ impl Metrics {
         }
     }
 }
+
+/// One function's metrics, looked up once when its engine starts so that the call path allocates no
+/// label sets (the handles share their values with the registry's families).
+#[derive(Clone)]
+pub(crate) struct FunctionMetrics {
+    pub(crate) requests: Counter,
+    pub(crate) rows: Counter,
+    pub(crate) batch_rows: Histogram,
+    pub(crate) queued_bytes: Gauge,
+    pub(crate) queued_requests: Gauge,
+    pub(crate) request_latency: Histogram,
+    pub(crate) execution_time: Histogram,
+}
+
+impl FunctionMetrics {
+    /// The handles of `function`'s metrics in `metrics`.
+    pub(crate) fn of(metrics: &Metrics, function: &str) -> FunctionMetrics {
+        let labels = Metrics::function(function);
+        FunctionMetrics {
+            requests: metrics.requests.get_or_create(&labels).clone(),
+            rows: metrics.rows.get_or_create(&labels).clone(),
+            batch_rows: metrics.batch_rows.get_or_create(&labels).clone(),
+            queued_bytes: metrics.queued_bytes.get_or_create(&labels).clone(),
+            queued_requests: metrics.queued_requests.get_or_create(&labels).clone(),
+            request_latency: metrics.request_latency.get_or_create(&labels).clone(),
+            execution_time: metrics.execution_time.get_or_create(&labels).clone(),
+        }
+    }
+}

@@ -169,7 +169,13 @@ impl Runtime {
 
     /// Every loaded function, by name.
     pub async fn functions(&self) -> Vec<FunctionHandle> {
-        self.inner.functions.lock().await.values().map(|e| e.handle.clone()).collect()
+        self.inner
+            .functions
+            .lock()
+            .await
+            .values()
+            .map(|e| e.handle.clone())
+            .collect()
     }
 
     /// Why `name` could not be reloaded after the last device reset, if it could not (it then answers
@@ -182,7 +188,9 @@ impl Runtime {
     /// False when no such function is loaded.
     pub async fn remove(&self, name: &str) -> bool {
         let mut functions = self.inner.functions.lock().await;
-        let Some(entry) = functions.remove(name) else { return false };
+        let Some(entry) = functions.remove(name) else {
+            return false;
+        };
         self.inner.failures.lock().remove(name);
         if let Some(engine) = entry.handle.close() {
             self.drain(name, engine).await;

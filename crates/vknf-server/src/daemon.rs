@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use vknf_functions::FunctionLoader;
 use crate::ops::{bind_ops, serve_ops};
 use crate::server::{DirectorySource, Server, ServerConfig};
+use vknf_functions::FunctionLoader;
 
 /// Everything `vknf serve` runs with.
 #[derive(Debug, Clone)]

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use common::*;
 use rand::SeedableRng;
-use vknf_protocol::client::Client;
 use vknf_functions::GpuLoader;
 use vknf_functions::families::generic::{
     ABI_PARAM, AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, GenericAbi,
 };
 use vknf_functions::{DType, FunctionLoader};
 use vknf_manifest::{DEFAULT_PART_BYTES, ManifestRequest, build_objects};
+use vknf_protocol::client::Client;
 use vknf_vulkan::DeviceSelector;
 
 fn gpu_loader() -> Arc<GpuLoader> {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::{key, random_forest, wait_for, write_forest_manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vknf_protocol::client::Client;
 use vknf_functions::CpuLoader;
-use vknf_server::daemon::{Daemon, ServeOptions};
+use vknf_protocol::client::Client;
 use vknf_protocol::loadgen::{LoadConfig, LoadLimit, LoadMode, run_load};
+use vknf_server::daemon::{Daemon, ServeOptions};
 
 /// A bare HTTP/1.1 GET: (status, body).
 async fn get(addr: SocketAddr, path: &str, method: &str) -> (u16, String) {

@@ -397,7 +397,7 @@ async fn a_full_queue_answers_busy_and_recovers_body() {
         max_connections: 3,
         ..common::test_config()
     };
-    let server = common::start_server_with(dir.path(), config, Arc::new(GatedLoader(gate.clone()))).await;
+    let server = common::start_server_with(dir.path(), config, Arc::new(GatedLoader::cpu(gate.clone()))).await;
     let target = addr(&server, "f");
 
     gate.close();
@@ -462,7 +462,7 @@ async fn graceful_shutdown_answers_everything_admitted_body() {
     write_forest_manifest(dir.path(), "f", &model, 8, 0);
     let gate = Gate::new();
     let server =
-        common::start_server_with(dir.path(), common::test_config(), Arc::new(GatedLoader(gate.clone()))).await;
+        common::start_server_with(dir.path(), common::test_config(), Arc::new(GatedLoader::cpu(gate.clone()))).await;
     let target = addr(&server, "f");
     gate.close();
     let client = Arc::new(Client::connect(target).await.unwrap());
@@ -694,7 +694,7 @@ async fn device_loss_fails_the_batch_then_every_function_is_reloaded_body() {
     let gate = Gate::new();
     gate.lose_device_on_run.store(3, Ordering::SeqCst);
     let server =
-        common::start_server_with(dir.path(), common::test_config(), Arc::new(GatedLoader(gate.clone()))).await;
+        common::start_server_with(dir.path(), common::test_config(), Arc::new(GatedLoader::cpu(gate.clone()))).await;
     let target = addr(&server, "f");
     assert_eq!(gate.loads.load(Ordering::SeqCst), 1);
     let client = Client::connect(target).await.unwrap();
@@ -801,7 +801,7 @@ async fn idle_body() {
         idle_timeout: Duration::from_millis(300),
         ..common::test_config()
     };
-    let server = common::start_server_with(dir.path(), config, Arc::new(GatedLoader(gate.clone()))).await;
+    let server = common::start_server_with(dir.path(), config, Arc::new(GatedLoader::cpu(gate.clone()))).await;
     let target = addr(&server, "f");
 
     gate.close();

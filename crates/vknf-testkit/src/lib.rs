@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod gate;
 pub mod parity;
 pub mod synthetic;
 

@@ -13,10 +13,10 @@ use std::process::Command;
 use serde::Deserialize;
 use thiserror::Error;
 
-use vknf_forest::{ImportError, ImportOptions};
 use vknf_forest::GpuForest;
-use vknf_forest::{ClassLabels, MissingPolicy, Task};
 use vknf_forest::Prediction;
+use vknf_forest::{ClassLabels, MissingPolicy, Task};
+use vknf_forest::{ImportError, ImportOptions};
 use vknf_forest::{Rows, parse_npy};
 
 /// Largest accepted |probability - predict_proba|.

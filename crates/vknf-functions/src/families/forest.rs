@@ -284,13 +284,17 @@ mod gpu {
         fn read_output(&self, index: usize, first_row: usize, dst: &mut [u8]) -> Result<(), ExecError> {
             if is_labels(self.classifier, index)? {
                 if first_row + dst.len() / 4 > self.rows {
-                    return Err(ExecError::InvalidBatch(format!("rows from {first_row} are outside the last batch")));
+                    return Err(ExecError::InvalidBatch(format!(
+                        "rows from {first_row} are outside the last batch"
+                    )));
                 }
                 self.lane.read_labels_at(first_row, dst).map_err(exec_error)
             } else if self.scores {
                 self.lane.read_scores_at(first_row, dst).map_err(exec_error)
             } else {
-                Err(ExecError::InvalidBatch("scores were not computed for the last batch".into()))
+                Err(ExecError::InvalidBatch(
+                    "scores were not computed for the last batch".into(),
+                ))
             }
         }
     }

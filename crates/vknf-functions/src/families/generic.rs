@@ -184,9 +184,7 @@ impl Family for GenericFamily {
     }
 
     fn validate(&self, spec: &FunctionSpec, model_len: Option<usize>) -> Result<(), ParamError> {
-        let json = spec
-            .param(ABI_PARAM)
-            .ok_or_else(|| ParamError::missing(ABI_PARAM))?;
+        let json = spec.param(ABI_PARAM).ok_or_else(|| ParamError::missing(ABI_PARAM))?;
         GenericAbi::parse(json, model_len.unwrap_or(0)).map(|_| ())
     }
 

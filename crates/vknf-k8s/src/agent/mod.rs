@@ -18,8 +18,8 @@ use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch as signal};
 use tokio::task::JoinHandle;
-use vknf_manifest::{FunctionKey, ParseOptions};
 use vknf_functions::FunctionLoader;
+use vknf_manifest::{FunctionKey, ParseOptions};
 use vknf_server::{Server, ServerConfig};
 
 use crate::host::HostIdentity;

@@ -12,13 +12,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use rand::{Rng as _, SeedableRng as _};
 use vknf_forest::GpuForest;
+use vknf_functions::CpuLoader;
+use vknf_functions::FunctionLoader;
 use vknf_k8s::host::parse_labels;
 use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
 use vknf_k8s_fake::FakeApiServer;
-use vknf_protocol::client::Client;
-use vknf_functions::CpuLoader;
 use vknf_manifest::{ManifestRequest, build_objects};
-use vknf_functions::FunctionLoader;
+use vknf_protocol::client::Client;
 use vknf_server::ServerConfig;
 
 pub const NAMESPACE: &str = "default";

@@ -431,8 +431,7 @@ impl Description {
         let input_dtype = match buf.get_u8() {
             // Servers before typed inputs wrote zero here: their functions take f32.
             0 => DType::F32,
-            code => dtype_from_code(code)
-                .ok_or_else(|| FrameError::Unsupported(format!("input dtype code {code}")))?,
+            code => dtype_from_code(code).ok_or_else(|| FrameError::Unsupported(format!("input dtype code {code}")))?,
         };
         buf.advance(1);
         let input_width = buf.get_u32_le() as usize;

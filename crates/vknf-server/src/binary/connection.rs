@@ -14,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use vknf_protocol::{Decoded, ErrorCode, Frame, FrameDecoder, FrameType, InferRequest, encode_description, encode_error};
+use vknf_protocol::{
+    Decoded, ErrorCode, Frame, FrameDecoder, FrameType, InferRequest, encode_description, encode_error,
+};
 use vknf_runtime::{Call, FunctionHandle, Metrics, Rows};
 
 use super::outbox::{Outbox, write_loop};
@@ -209,7 +211,13 @@ impl Connection {
         let Ok(permit) = self.tx.clone().reserve_owned().await else {
             return false;
         };
-        let reply = FrameReply::new(permit, self.outbox.clone(), id, self.in_flight.clone(), self.closed.clone());
+        let reply = FrameReply::new(
+            permit,
+            self.outbox.clone(),
+            id,
+            self.in_flight.clone(),
+            self.closed.clone(),
+        );
         // A small request's rows share their allocation with the rest of the read buffer; a
         // queued request would keep all of it alive. Copying small ones keeps the memory a
         // queue holds close to the bytes it admitted.
@@ -223,7 +231,8 @@ impl Connection {
             request.dtype,
         )
         .expect("the codec checked that the rows add up");
-        self.function.submit(Call::new(rows, request.output_mask), Box::new(reply));
+        self.function
+            .submit(Call::new(rows, request.output_mask), Box::new(reply));
         true
     }
 

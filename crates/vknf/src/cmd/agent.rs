@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use vknf_functions::FunctionLoader;
 use vknf_k8s::daemon::{DaemonOptions, Role, run_blocking};
 use vknf_k8s::host::{HostIdentity, parse_labels};
 use vknf_k8s::{AgentConfig, WatchdogConfig};
-use vknf_functions::FunctionLoader;
 
 use super::data_plane::DataPlaneArgs;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vknf_functions::CpuLoader;
-use vknf_manifest::ParseOptions;
 use vknf_functions::FunctionLoader;
+use vknf_manifest::ParseOptions;
 use vknf_server::ServerConfig;
 
 /// Flags of the network-function server, flattened into `vknf serve` and `vknf agent`.

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use vknf_server::daemon::{ServeOptions, serve_blocking};
-use vknf_manifest::Placement;
 use vknf_functions::FunctionLoader;
+use vknf_manifest::Placement;
 use vknf_server::DirectorySource;
+use vknf_server::daemon::{ServeOptions, serve_blocking};
 
 use super::data_plane::DataPlaneArgs;
 

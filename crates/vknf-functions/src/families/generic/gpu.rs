@@ -27,14 +27,19 @@ fn spec_error(function: &str, reason: impl Into<String>) -> LoadError {
 }
 
 impl GpuGenericFunction {
-    pub(super) fn load(device: &Device, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<GpuGenericFunction, LoadError> {
+    pub(super) fn load(
+        device: &Device,
+        spec: &FunctionSpec,
+        model: Option<&[u8]>,
+    ) -> Result<GpuGenericFunction, LoadError> {
         use vknf_vulkan::{BindingKind, Kernel, MemoryKind, SpecType, SpecValue, Specialization};
 
         let function = spec.name.clone();
         let json = spec
             .param(ABI_PARAM)
             .ok_or_else(|| spec_error(&function, "kind generic needs vknf.io/abi"))?;
-        let abi = GenericAbi::parse(json, model.map_or(0, <[u8]>::len)).map_err(|e| spec_error(&function, e.to_string()))?;
+        let abi =
+            GenericAbi::parse(json, model.map_or(0, <[u8]>::len)).map_err(|e| spec_error(&function, e.to_string()))?;
         let vulkan = |e: vknf_vulkan::Error| LoadError::Exec {
             function: function.clone(),
             source: vulkan_error(e),

@@ -1,0 +1,109 @@
+//! The in-process API on the GPU loader (lavapipe in CI, validation layer on): integer inputs reach a
+//! generic kernel bit for bit, and a forest answers like the CPU reference.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use vknf_functions::families::generic::{
+    ABI_PARAM, AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, GenericAbi,
+};
+use vknf_functions::{DType, FunctionSpec, GpuLoader, SpecConstantKey, SpecConstantValue};
+use vknf_runtime::{Call, CallError, Runtime, RuntimeSettings, Rows};
+use vknf_vulkan::DeviceSelector;
+
+fn acl_abi(rules: usize) -> GenericAbi {
+    let at = |binding| BindingRef { set: 0, binding };
+    GenericAbi {
+        input: AbiInput {
+            at: at(0),
+            width: 2,
+            dtype: DType::U32,
+        },
+        resident: vec![AbiResident {
+            at: at(1),
+            offset: 0,
+            length: rules as u64 * 16,
+        }],
+        outputs: vec![
+            AbiOutput {
+                at: at(2),
+                name: "rule".into(),
+                dtype: DType::I32,
+                width: 1,
+                on_request: false,
+            },
+            AbiOutput {
+                at: at(3),
+                name: "network".into(),
+                dtype: DType::U32,
+                width: 1,
+                on_request: true,
+            },
+        ],
+        row_count: AbiRowCount {
+            push_constant_offset: 0,
+        },
+        accepts_nan: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_cpu() {
+    let loader = Arc::new(GpuLoader::new(true, DeviceSelector::from_env().unwrap()).expect("a Vulkan device"));
+    let settings = RuntimeSettings {
+        lanes_per_function: 2,
+        drain_timeout: Duration::from_secs(20),
+        ..RuntimeSettings::default()
+    };
+    let runtime = Runtime::new(loader.clone(), settings);
+    let rules = some_rules();
+    let mut spec = FunctionSpec::new(
+        "default/acl",
+        "generic",
+        vknf_kernels::by_name("acl_match").expect("the acl_match kernel").to_vec(),
+    );
+    spec.params.insert(ABI_PARAM.into(), acl_abi(rules.len()).to_json());
+    spec.spec_constants
+        .insert(SpecConstantKey::Name("N_RULES".into()), SpecConstantValue::Int(rules.len() as i128));
+    spec.max_batch_rows = Some(64);
+    let acl = runtime.load(spec, Some(rule_bytes(&rules).into()), None).await.unwrap();
+    assert_eq!(acl.info().unwrap().input.dtype, DType::U32);
+
+    // 150 rows: three batches, the awkward values included (NaN and infinity patterns as f32).
+    let values = awkward_rows(150);
+    for outputs in [0, 0b10] {
+        let answer = acl.call(Call::new(Rows::u32(values.clone(), 2).unwrap(), outputs)).await.unwrap();
+        let matches = answer.output(0).unwrap().as_i32();
+        for (row, flow) in values.chunks(2).enumerate() {
+            let (rule, network) = acl_reference(&rules, flow[0], flow[1]);
+            assert_eq!(matches[row], rule, "row {row}");
+            if outputs != 0 {
+                assert_eq!(answer.output(1).unwrap().as_u32()[row], network, "row {row}");
+            }
+        }
+        assert_eq!(answer.output(1).is_some(), outputs != 0);
+    }
+    let error = acl.call(Call::new(Rows::i32(vec![1, 2], 2).unwrap(), 0)).await.unwrap_err();
+    assert!(matches!(error, CallError::Shape(_)), "{error}");
+
+    let forest = vknf_testkit::synthetic::random_classifier(9, 5, 16, 7, 3);
+    let classifier = runtime
+        .load(forest_spec("default/forest", 128), Some(forest.to_vkf_bytes().into()), None)
+        .await
+        .unwrap();
+    let rows: Vec<f32> = (0..300 * 9).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let answer = classifier
+        .call(Call::new(Rows::f32(rows.clone(), 9).unwrap(), 0b10))
+        .await
+        .unwrap();
+    let expected = forest.predict_cpu(&rows, 300).unwrap();
+    assert_eq!(answer.output(0).unwrap().as_u32(), expected.labels.as_slice());
+    for (got, want) in answer.output(1).unwrap().as_f32().iter().zip(&expected.scores) {
+        assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
+    }
+    runtime.shutdown().await;
+    assert!(loader.instance().take_validation_errors().is_empty());
+}
