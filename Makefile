@@ -48,6 +48,7 @@ demo: apt-deps build
 
 lint: apt-deps
 	cargo fmt --all --check
+	python3 scripts/check-module-cycles.py
 	cargo clippy --workspace --all-targets -- -D warnings
 
 unit: deps

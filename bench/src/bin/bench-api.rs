@@ -85,7 +85,10 @@ fn main() -> anyhow::Result<()> {
     let mut lane = kernel.lane(max_rows)?;
 
     let mut table = Vec::new();
-    println!("{:>6} | {:>26} | {:>26}", "rows", "API p50 / p99 / p99.9 us", "raw lane p50 / p99 us");
+    println!(
+        "{:>6} | {:>26} | {:>26}",
+        "rows", "API p50 / p99 / p99.9 us", "raw lane p50 / p99 us"
+    );
     for &rows in &args.sizes {
         let data = &workload.rows.data[..rows * width];
         let labels = &reference.labels[..rows];
@@ -101,7 +104,10 @@ fn main() -> anyhow::Result<()> {
                 api.push(elapsed);
             }
         }
-        anyhow::ensure!(answer.output(0).unwrap().as_u32() == labels, "API labels differ from the CPU reference");
+        anyhow::ensure!(
+            answer.output(0).unwrap().as_u32() == labels,
+            "API labels differ from the CPU reference"
+        );
         // The raw lane the API drives.
         let mut out = vec![0u32; rows];
         let raw = vknf_bench::time_runs(args.runs / 10, args.runs, || {

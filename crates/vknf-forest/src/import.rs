@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::onnx::wire::WireError;
 use crate::validate::{DEFAULT_MAX_DEPTH, ModelError};
+use crate::wire::WireError;
 
 /// What a long import is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

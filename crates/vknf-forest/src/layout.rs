@@ -79,7 +79,7 @@ pub struct GpuForest {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CompileError {
     /// More nodes than `u32` word indices allow.
-    #[error("forest has {0} nodes; the GPU layout holds at most {max}", max = crate::validate::MAX_TOTAL_NODES)]
+    #[error("forest has {0} nodes; the GPU layout holds at most {max}", max = crate::model::MAX_TOTAL_NODES)]
     TooManyNodes(usize),
     /// More leaf entries than `u32` word indices allow.
     #[error("forest has {0} leaf entries; the GPU layout holds at most {max}", max = MAX_LEAF_ENTRIES)]
@@ -102,7 +102,7 @@ impl Forest {
     /// As [`Forest::compile`], calling `progress(trees_done, n_trees)` per tree.
     pub fn compile_with_progress(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<GpuForest, CompileError> {
         let n_nodes: usize = self.trees.iter().map(|t| t.nodes.len()).sum();
-        if n_nodes > crate::validate::MAX_TOTAL_NODES {
+        if n_nodes > crate::model::MAX_TOTAL_NODES {
             return Err(CompileError::TooManyNodes(n_nodes));
         }
         // Pass 1: the order of nodes within each tree. Depth-first, children placed as an

@@ -17,6 +17,7 @@ mod sklearn;
 pub mod threshold;
 mod validate;
 mod vkf;
+pub mod wire;
 
 pub use import::{ImportError, ImportOptions, NanRouting, Progress, Stage, read_file_with_progress};
 pub use layout::{
@@ -24,14 +25,15 @@ pub use layout::{
     GpuForest, LEAF_BIT, LOW30_MASK, MAX_LEAF_ENTRIES, NodeFormat,
 };
 pub use model::{
-    Aggregate, ClassLabels, Forest, ForestSummary, LeafEntry, MissingPolicy, Node, PostTransform, Split, Task, Tree,
+    Aggregate, ClassLabels, Forest, ForestSummary, LeafEntry, MAX_TOTAL_NODES, MissingPolicy, Node, PostTransform,
+    Split, Task, Tree,
 };
 pub use onnx::{import_onnx_bytes, import_onnx_file, read_onnx};
 pub use predict::{PredictError, Prediction, argmax};
 pub use rows::{NpyArray, Rows, RowsError, parse_csv, parse_npy, read_rows, write_predictions_csv};
 pub use sklearn::{PaperWorkload, SklearnTree, paper_workload, rows_around_thresholds};
 pub use validate::{
-    DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS, MAX_TOTAL_NODES, ModelError, ModelProblem, NodeProblem, RawEntry,
-    RawForest, RawNode, RawTree, Side, SplitMode, TreeProblem,
+    DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS, ModelError, ModelProblem, NodeProblem, RawEntry, RawForest, RawNode,
+    RawTree, Side, SplitMode, TreeProblem,
 };
 pub use vkf::{FormatError, MAGIC as VKF_MAGIC, VERSION as VKF_VERSION};

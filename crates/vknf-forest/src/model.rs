@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+/// Most nodes in the whole forest: keeps every GPU word index within `u32`.
+pub const MAX_TOTAL_NODES: usize = (u32::MAX / 4) as usize;
+
 /// Which outputs the forest computes and how to name them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {
@@ -263,10 +266,10 @@ impl Forest {
         }
         let total_nodes = self.trees.iter().map(|t| t.nodes.len()).sum::<usize>().checked_mul(n);
         match total_nodes {
-            Some(total) if total <= crate::validate::MAX_TOTAL_NODES => {}
+            Some(total) if total <= MAX_TOTAL_NODES => {}
             _ => {
                 return Err(crate::ModelError::Model(crate::ModelProblem::TooManyNodes {
-                    limit: crate::validate::MAX_TOTAL_NODES,
+                    limit: MAX_TOTAL_NODES,
                 }));
             }
         }

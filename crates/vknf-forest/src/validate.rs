@@ -5,7 +5,9 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::model::{Aggregate, Forest, LeafEntry, MissingPolicy, Node, PostTransform, Split, Task, Tree};
+use crate::model::{
+    Aggregate, Forest, LeafEntry, MAX_TOTAL_NODES, MissingPolicy, Node, PostTransform, Split, Task, Tree,
+};
 use crate::threshold::{below_f32, floor_f32};
 
 /// Deepest tree accepted by default: bounds every traversal loop on CPU and GPU.
@@ -14,8 +16,6 @@ pub const DEFAULT_MAX_DEPTH: u32 = 4096;
 pub const MAX_FEATURES: u64 = 1 << 30;
 /// Most outputs (classes or targets) a model may declare.
 pub const MAX_OUTPUTS: u64 = 1 << 24;
-/// Most nodes in the whole forest: keeps every GPU word index within `u32`.
-pub const MAX_TOTAL_NODES: usize = (u32::MAX / 4) as usize;
 
 /// The comparison a source split performs between the feature `x` and its threshold `t`;
 /// the "true" child is taken when it holds.

@@ -13,8 +13,9 @@ use crate::layout::{
     COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, FLAG_BIT, GpuForest, LEAF_BIT, LOW30_MASK,
     NodeFormat,
 };
+use crate::model::MAX_TOTAL_NODES;
 use crate::model::{Aggregate, ClassLabels, MissingPolicy, PostTransform, Task};
-use crate::validate::{DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS, MAX_TOTAL_NODES};
+use crate::validate::{DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS};
 
 /// First 8 bytes of every `.vkf` file.
 pub const MAGIC: [u8; 8] = *b"VKNFFRST";

@@ -38,6 +38,17 @@ impl ExecError {
     }
 }
 
+/// Maps a runtime error onto the function contract's: device loss and out-of-memory keep their
+/// meaning, the rest is a plain failure.
+#[cfg(feature = "gpu")]
+pub fn vulkan_error(err: vknf_vulkan::Error) -> ExecError {
+    match err {
+        vknf_vulkan::Error::OutOfMemory { .. } => ExecError::OutOfMemory(err.to_string()),
+        err if err.is_device_lost() => ExecError::DeviceLost(err.to_string()),
+        err => ExecError::Failed(err.to_string()),
+    }
+}
+
 /// Owns the staging memory of one in-flight batch (on the GPU: the mapped upload buffer, the readback
 /// buffers and a command list).
 pub trait Lane: Send {

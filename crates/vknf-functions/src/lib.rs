@@ -18,14 +18,18 @@ mod family;
 pub mod forest;
 mod function;
 mod loader;
+mod registry;
 mod schema;
 mod spec;
 
-pub use family::{Families, Family, ParamError};
+pub use family::{Family, ParamError};
+#[cfg(feature = "gpu")]
+pub use function::vulkan_error;
 pub use function::{ExecError, Function, FunctionLoader, Lane, LoadError};
 pub use loader::CpuLoader;
 #[cfg(feature = "gpu")]
-pub use loader::{GpuLoader, vulkan_error};
+pub use loader::GpuLoader;
+pub use registry::Families;
 pub use schema::{DType, FunctionInfo, InputInfo, OutputInfo, first_non_finite};
 pub use spec::{FunctionSpec, SpecConstantKey, SpecConstantValue};
 

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::family::Families;
 use crate::function::{Function, FunctionLoader, LoadError};
+use crate::registry::Families;
 use crate::spec::FunctionSpec;
 
 /// Loads functions onto the host's CPU (the reference implementations; `vknf serve --cpu` and tests).
@@ -36,7 +36,7 @@ impl FunctionLoader for CpuLoader {
 }
 
 #[cfg(feature = "gpu")]
-pub use gpu::{GpuLoader, vulkan_error};
+pub use gpu::GpuLoader;
 
 #[cfg(feature = "gpu")]
 mod gpu {
@@ -44,16 +44,6 @@ mod gpu {
     use crate::function::ExecError;
     use parking_lot::Mutex;
     use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
-
-    /// Maps a runtime error onto the function contract's: device loss and out-of-memory keep their
-    /// meaning, the rest is a plain failure.
-    pub fn vulkan_error(err: vknf_vulkan::Error) -> ExecError {
-        match err {
-            vknf_vulkan::Error::OutOfMemory { .. } => ExecError::OutOfMemory(err.to_string()),
-            err if err.is_device_lost() => ExecError::DeviceLost(err.to_string()),
-            err => ExecError::Failed(err.to_string()),
-        }
-    }
 
     /// Loads functions onto one Vulkan device; [`FunctionLoader::reset`] re-creates it after a loss.
     pub struct GpuLoader {

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use vknf_functions::{ExecError, Function, FunctionInfo, Lane};
 
 use crate::call::{Call, CallError, Reply};
-use crate::job::{Admission, Job, QueueCounters, Segment};
+use crate::job::{Admission, Job, JobOwner, QueueCounters, Segment};
 use crate::lane_worker::{BatchRunner, LaneWorker, WorkerEvent};
 use crate::metrics::{FunctionMetrics, Metrics};
 
@@ -59,6 +59,7 @@ pub(crate) struct Engine {
     pub(crate) info: FunctionInfo,
     queue: Mutex<Option<mpsc::UnboundedSender<Arc<Job>>>>,
     counters: Arc<QueueCounters>,
+    owner: Arc<JobOwner>,
     metrics: Metrics,
     finished: watch::Receiver<bool>,
 }
@@ -108,6 +109,11 @@ impl Engine {
                 requests: AtomicUsize::new(0),
                 limit: settings.max_queued_bytes,
                 metrics: FunctionMetrics::of(metrics, &label),
+            }),
+            owner: Arc::new(JobOwner {
+                function: label.clone(),
+                metrics: metrics.clone(),
+                function_metrics: FunctionMetrics::of(metrics, &label),
             }),
             metrics: metrics.clone(),
             finished: finished_rx,
@@ -190,9 +196,7 @@ impl Engine {
             call.deadline,
             reply,
             admission,
-            self.label.clone(),
-            self.metrics.clone(),
-            self.counters.metrics.clone(),
+            self.owner.clone(),
         );
         // The receiver lives until the queue closes, and closing happens under this lock.
         let _ = queue_tx.send(Arc::new(job));

@@ -27,9 +27,7 @@ pub(crate) struct QueueCounters {
 
 impl QueueCounters {
     fn publish(&self) {
-        self.metrics
-            .queued_bytes
-            .set(self.bytes.load(Ordering::Acquire) as i64);
+        self.metrics.queued_bytes.set(self.bytes.load(Ordering::Acquire) as i64);
         self.metrics
             .queued_requests
             .set(self.requests.load(Ordering::Acquire) as i64);
@@ -78,10 +76,15 @@ pub(crate) struct Job {
     pub(crate) mask: u32,
     pub(crate) deadline: Option<Instant>,
     admitted_at: Instant,
-    function: Arc<str>,
-    metrics: Metrics,
-    function_metrics: FunctionMetrics,
+    owner: Arc<JobOwner>,
     state: Mutex<JobState>,
+}
+
+/// The function a job belongs to, shared by all its jobs: where their outcomes are counted.
+pub(crate) struct JobOwner {
+    pub(crate) function: Arc<str>,
+    pub(crate) metrics: Metrics,
+    pub(crate) function_metrics: FunctionMetrics,
 }
 
 /// The rows of one job that went into one batch.
@@ -101,9 +104,7 @@ impl Job {
         deadline: Option<Instant>,
         reply: Box<dyn Reply>,
         admission: Admission,
-        function: Arc<str>,
-        metrics: Metrics,
-        function_metrics: FunctionMetrics,
+        owner: Arc<JobOwner>,
     ) -> Job {
         let n_rows = rows.n_rows();
         Job {
@@ -112,9 +113,7 @@ impl Job {
             mask,
             deadline,
             admitted_at: Instant::now(),
-            function,
-            metrics,
-            function_metrics,
+            owner,
             state: Mutex::new(JobState {
                 reply: Some(reply),
                 prepared: false,
@@ -147,7 +146,7 @@ impl Job {
     pub(crate) fn fail(&self, error: CallError) {
         let mut state = self.state.lock();
         if let Some(reply) = state.reply.take() {
-            self.metrics.error(&self.function, error.code_name());
+            self.owner.metrics.error(&self.owner.function, error.code_name());
             reply.fail(error);
         }
         state.admission = None;
@@ -184,9 +183,10 @@ impl Job {
         state.admission = None;
         drop(guard);
         reply.complete(&layout);
-        self.function_metrics.requests.inc();
-        self.function_metrics.rows.inc_by(self.n_rows as u64);
-        self.function_metrics
+        self.owner.function_metrics.requests.inc();
+        self.owner.function_metrics.rows.inc_by(self.n_rows as u64);
+        self.owner
+            .function_metrics
             .request_latency
             .observe(self.admitted_at.elapsed().as_secs_f64());
         Ok(())
@@ -198,7 +198,7 @@ impl Drop for Job {
         // No admitted call goes unanswered, whatever path dropped it.
         if let Some(reply) = self.state.get_mut().reply.take() {
             let error = CallError::Internal("request dropped before it was answered".into());
-            self.metrics.error(&self.function, error.code_name());
+            self.owner.metrics.error(&self.owner.function, error.code_name());
             reply.fail(error);
         }
     }

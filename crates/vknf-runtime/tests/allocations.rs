@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use vknf_functions::CpuLoader;
-use vknf_runtime::{Answer, Call, FunctionHandle, Runtime, RuntimeSettings, Rows};
+use vknf_runtime::{Answer, Call, FunctionHandle, Rows, Runtime, RuntimeSettings};
 
 // Counts every allocation of this test process (stats_alloc wraps the system allocator).
 #[global_allocator]
@@ -66,7 +66,10 @@ fn allocations_per_call_do_not_grow_with_the_rows() {
         large_bytes < small_bytes + 512.0,
         "{large_bytes:.0} bytes per 4000-row call vs {small_bytes:.0} per 1-row call"
     );
-    assert!(small_count <= 5.0 && large_count <= 5.0, "{small_count} and {large_count} allocations per call");
+    assert!(
+        small_count <= 5.0 && large_count <= 5.0,
+        "{small_count} and {large_count} allocations per call"
+    );
     assert!(small_bytes < 2048.0, "{small_bytes:.0} bytes per call");
     eprintln!(
         "per call: 1 row {small_count:.1} allocations / {small_bytes:.0} B; 4000 rows {large_count:.1} / {large_bytes:.0} B"

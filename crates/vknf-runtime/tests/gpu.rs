@@ -11,7 +11,7 @@ use vknf_functions::families::generic::{
     ABI_PARAM, AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, GenericAbi,
 };
 use vknf_functions::{DType, FunctionSpec, GpuLoader, SpecConstantKey, SpecConstantValue};
-use vknf_runtime::{Call, CallError, Runtime, RuntimeSettings, Rows};
+use vknf_runtime::{Call, CallError, Rows, Runtime, RuntimeSettings};
 use vknf_vulkan::DeviceSelector;
 
 fn acl_abi(rules: usize) -> GenericAbi {
@@ -63,11 +63,15 @@ async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_c
     let mut spec = FunctionSpec::new(
         "default/acl",
         "generic",
-        vknf_kernels::by_name("acl_match").expect("the acl_match kernel").to_vec(),
+        vknf_kernels::by_name("acl_match")
+            .expect("the acl_match kernel")
+            .to_vec(),
     );
     spec.params.insert(ABI_PARAM.into(), acl_abi(rules.len()).to_json());
-    spec.spec_constants
-        .insert(SpecConstantKey::Name("N_RULES".into()), SpecConstantValue::Int(rules.len() as i128));
+    spec.spec_constants.insert(
+        SpecConstantKey::Name("N_RULES".into()),
+        SpecConstantValue::Int(rules.len() as i128),
+    );
     spec.max_batch_rows = Some(64);
     let acl = runtime.load(spec, Some(rule_bytes(&rules).into()), None).await.unwrap();
     assert_eq!(acl.info().unwrap().input.dtype, DType::U32);
@@ -75,7 +79,10 @@ async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_c
     // 150 rows: three batches, the awkward values included (NaN and infinity patterns as f32).
     let values = awkward_rows(150);
     for outputs in [0, 0b10] {
-        let answer = acl.call(Call::new(Rows::u32(values.clone(), 2).unwrap(), outputs)).await.unwrap();
+        let answer = acl
+            .call(Call::new(Rows::u32(values.clone(), 2).unwrap(), outputs))
+            .await
+            .unwrap();
         let matches = answer.output(0).unwrap().as_i32();
         for (row, flow) in values.chunks(2).enumerate() {
             let (rule, network) = acl_reference(&rules, flow[0], flow[1]);
@@ -86,12 +93,19 @@ async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_c
         }
         assert_eq!(answer.output(1).is_some(), outputs != 0);
     }
-    let error = acl.call(Call::new(Rows::i32(vec![1, 2], 2).unwrap(), 0)).await.unwrap_err();
+    let error = acl
+        .call(Call::new(Rows::i32(vec![1, 2], 2).unwrap(), 0))
+        .await
+        .unwrap_err();
     assert!(matches!(error, CallError::Shape(_)), "{error}");
 
     let forest = vknf_testkit::synthetic::random_classifier(9, 5, 16, 7, 3);
     let classifier = runtime
-        .load(forest_spec("default/forest", 128), Some(forest.to_vkf_bytes().into()), None)
+        .load(
+            forest_spec("default/forest", 128),
+            Some(forest.to_vkf_bytes().into()),
+            None,
+        )
         .await
         .unwrap();
     let rows: Vec<f32> = (0..300 * 9).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -11,7 +11,7 @@ use common::*;
 use rand::{Rng as _, SeedableRng as _};
 use vknf_forest::GpuForest;
 use vknf_functions::{CpuLoader, FunctionLoader};
-use vknf_runtime::{Call, CallError, Runtime, RuntimeSettings, Rows};
+use vknf_runtime::{Call, CallError, Rows, Runtime, RuntimeSettings};
 use vknf_testkit::gate::{Gate, GatedLoader};
 
 const FEATURES: usize = 6;
@@ -104,13 +104,24 @@ async fn tasks_and_threads_calling_at_once_get_the_reference_answers() {
             joined.unwrap();
         }
         for thread in threads {
-            tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+            tokio::task::spawn_blocking(move || thread.join().unwrap())
+                .await
+                .unwrap();
         }
         assert_eq!(function.queued_requests(), 0);
-        assert_eq!(runtime.metrics().requests.get_or_create(&vknf_runtime::Metrics::function("f")).get(), 6 * 15 + 2 * 15);
+        assert_eq!(
+            runtime
+                .metrics()
+                .requests
+                .get_or_create(&vknf_runtime::Metrics::function("f"))
+                .get(),
+            6 * 15 + 2 * 15
+        );
         runtime.shutdown().await;
         assert!(function.is_closing());
-        let after = function.call(Call::new(Rows::f32(vec![0.0; FEATURES], FEATURES).unwrap(), 0)).await;
+        let after = function
+            .call(Call::new(Rows::f32(vec![0.0; FEATURES], FEATURES).unwrap(), 0))
+            .await;
         assert!(matches!(after, Err(CallError::ShuttingDown(_))), "{after:?}");
     })
     .await;
@@ -126,16 +137,29 @@ async fn wrong_shapes_types_and_non_finite_values_are_typed_errors() {
             .unwrap();
         let call = |rows: Rows, outputs| function.call(Call::new(rows, outputs));
         let error = call(Rows::f32(vec![0.0; 5], 5).unwrap(), 0).await.unwrap_err();
-        assert!(matches!(&error, CallError::Shape(m) if m.contains("takes 6 features")), "{error}");
-        let error = call(Rows::u32(vec![0; FEATURES], FEATURES).unwrap(), 0).await.unwrap_err();
-        assert!(matches!(&error, CallError::Shape(m) if m.contains("takes f32 input")), "{error}");
-        let error = call(Rows::f32(vec![0.0; FEATURES], FEATURES).unwrap(), 0b100).await.unwrap_err();
+        assert!(
+            matches!(&error, CallError::Shape(m) if m.contains("takes 6 features")),
+            "{error}"
+        );
+        let error = call(Rows::u32(vec![0; FEATURES], FEATURES).unwrap(), 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, CallError::Shape(m) if m.contains("takes f32 input")),
+            "{error}"
+        );
+        let error = call(Rows::f32(vec![0.0; FEATURES], FEATURES).unwrap(), 0b100)
+            .await
+            .unwrap_err();
         assert!(matches!(error, CallError::Shape(_)), "{error}");
         let mut rows = vec![0.5; 3 * FEATURES];
         rows[2 * FEATURES + 4] = f32::NAN;
         let error = call(Rows::f32(rows, FEATURES).unwrap(), 0).await.unwrap_err();
         assert_eq!(error, CallError::NonFinite { row: 2, feature: 4 });
-        assert!(Rows::f32(vec![0.0; 7], FEATURES).is_err(), "partial rows are refused before any call");
+        assert!(
+            Rows::f32(vec![0.0; 7], FEATURES).is_err(),
+            "partial rows are refused before any call"
+        );
         // The function keeps serving.
         assert!(call(Rows::f32(vec![0.5; FEATURES], FEATURES).unwrap(), 0).await.is_ok());
         assert_eq!(runtime.metrics().error_count("f", "SHAPE"), 3);
@@ -166,7 +190,11 @@ async fn a_full_queue_answers_busy_and_calls_past_their_deadline_never_run() {
             let function = function.clone();
             async move { function.call(Call::new(one_row(), 0)).await }
         });
-        wait_for(|| gate.waiting.load(Ordering::SeqCst) == 1, "the first call at the gate").await;
+        wait_for(
+            || gate.waiting.load(Ordering::SeqCst) == 1,
+            "the first call at the gate",
+        )
+        .await;
         // A call whose deadline passes while it waits in the queue.
         let late = tokio::spawn({
             let function = function.clone();
@@ -259,9 +287,13 @@ async fn integer_inputs_pass_bit_for_bit_through_a_family_added_by_one_registrat
             .unwrap();
         let (matches, networks) = (answer.output(0).unwrap().as_i32(), answer.output(1).unwrap().as_u32());
         for (row, flow) in values.chunks(2).enumerate() {
-            assert_eq!((matches[row], networks[row]), acl_reference(&rules, flow[0], flow[1]), "row {row}");
+            assert_eq!(
+                (matches[row], networks[row]),
+                acl_reference(&rules, flow[0], flow[1]),
+                "row {row}"
+            );
         }
-        assert!(matches.iter().any(|m| *m == 2), "a rule over NaN-patterned addresses matched");
+        assert!(matches.contains(&2), "a rule over NaN-patterned addresses matched");
         // Float rows are a shape error for an integer function.
         let error = function
             .call(Call::new(Rows::f32(vec![1.0; 2], 2).unwrap(), 0))
@@ -281,7 +313,12 @@ async fn an_unknown_family_is_a_clear_error_and_a_failed_reload_keeps_the_old_ve
             .load(vknf_functions::FunctionSpec::new("x", "quantum", vec![]), None, None)
             .await
             .unwrap_err();
-        assert!(error.0.contains("unknown kind \"quantum\" (known kinds: forest, generic)"), "{error}");
+        assert!(
+            error
+                .0
+                .contains("unknown kind \"quantum\" (known kinds: forest, generic)"),
+            "{error}"
+        );
         // A family that exists but has no CPU implementation.
         let error = runtime
             .load(vknf_functions::FunctionSpec::new("g", "generic", vec![]), None, None)
@@ -300,7 +337,10 @@ async fn an_unknown_family_is_a_clear_error_and_a_failed_reload_keeps_the_old_ve
             .unwrap_err();
         assert!(broken.0.contains("invalid model"), "{broken}");
         let rows = vec![0.3; FEATURES];
-        let answer = function.call(Call::new(Rows::f32(rows.clone(), FEATURES).unwrap(), 0)).await.unwrap();
+        let answer = function
+            .call(Call::new(Rows::f32(rows.clone(), FEATURES).unwrap(), 0))
+            .await
+            .unwrap();
         assert_eq!(
             answer.output(0).unwrap().as_u32(),
             model.predict_cpu(&rows, 1).unwrap().labels.as_slice()
@@ -312,7 +352,10 @@ async fn an_unknown_family_is_a_clear_error_and_a_failed_reload_keeps_the_old_ve
             .await
             .unwrap();
         let probe: Vec<f32> = (0..50 * FEATURES).map(|i| (i as f32 * 0.37).sin()).collect();
-        let answer = function.call(Call::new(Rows::f32(probe.clone(), FEATURES).unwrap(), 0)).await.unwrap();
+        let answer = function
+            .call(Call::new(Rows::f32(probe.clone(), FEATURES).unwrap(), 0))
+            .await
+            .unwrap();
         assert_eq!(
             answer.output(0).unwrap().as_u32(),
             other.predict_cpu(&probe, 50).unwrap().labels.as_slice()

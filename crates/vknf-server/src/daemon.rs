@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+use crate::config::ServerConfig;
 use crate::ops::{bind_ops, serve_ops};
-use crate::server::{DirectorySource, Server, ServerConfig};
+use crate::server::{DirectorySource, Server};
 use vknf_functions::FunctionLoader;
 
 /// Everything `vknf serve` runs with.

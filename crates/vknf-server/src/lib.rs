@@ -9,9 +9,11 @@
 //! - [`daemon`]: `vknf serve` as a process: manifests, ops endpoint, signals.
 
 mod binary;
+mod config;
 pub mod daemon;
 pub mod metrics;
 pub mod ops;
 pub mod server;
 
-pub use server::{DirectorySource, FunctionStatus, HostStatus, Server, ServerConfig};
+pub use config::ServerConfig;
+pub use server::{DirectorySource, FunctionStatus, HostStatus, Server};

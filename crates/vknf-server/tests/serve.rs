@@ -461,8 +461,12 @@ async fn graceful_shutdown_answers_everything_admitted_body() {
     let model = forest(5);
     write_forest_manifest(dir.path(), "f", &model, 8, 0);
     let gate = Gate::new();
-    let server =
-        common::start_server_with(dir.path(), common::test_config(), Arc::new(GatedLoader::cpu(gate.clone()))).await;
+    let server = common::start_server_with(
+        dir.path(),
+        common::test_config(),
+        Arc::new(GatedLoader::cpu(gate.clone())),
+    )
+    .await;
     let target = addr(&server, "f");
     gate.close();
     let client = Arc::new(Client::connect(target).await.unwrap());
@@ -693,8 +697,12 @@ async fn device_loss_fails_the_batch_then_every_function_is_reloaded_body() {
     write_forest_manifest(dir.path(), "f", &model, 64, 0);
     let gate = Gate::new();
     gate.lose_device_on_run.store(3, Ordering::SeqCst);
-    let server =
-        common::start_server_with(dir.path(), common::test_config(), Arc::new(GatedLoader::cpu(gate.clone()))).await;
+    let server = common::start_server_with(
+        dir.path(),
+        common::test_config(),
+        Arc::new(GatedLoader::cpu(gate.clone())),
+    )
+    .await;
     let target = addr(&server, "f");
     assert_eq!(gate.loads.load(Ordering::SeqCst), 1);
     let client = Client::connect(target).await.unwrap();

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use ash::vk;
 
+use crate::adapter::AdapterInfo;
 use crate::error::{Result, VkResultExt};
-use crate::instance::AdapterInfo;
 
 pub(crate) struct PipelineCache {
     pub(crate) raw: vk::PipelineCache,

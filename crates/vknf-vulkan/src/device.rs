@@ -9,9 +9,10 @@ use gpu_allocator::vulkan::{Allocator, AllocatorCreateDesc};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::adapter::AdapterInfo;
 use crate::cache::PipelineCache;
 use crate::error::{Error, Result, VkResultExt};
-use crate::instance::{AdapterInfo, Instance};
+use crate::instance::Instance;
 
 /// Which queue family a stream submits to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use ash::vk;
 use parking_lot::Mutex;
-use serde::Serialize;
 
+use crate::adapter::{AdapterInfo, DeviceSelector};
 use crate::error::{Error, Result, VkResultExt};
 
 const VALIDATION_LAYER: &CStr = c"VK_LAYER_KHRONOS_validation";
@@ -150,7 +150,7 @@ impl Instance {
             pipeline_cache_dir: options.pipeline_cache_dir.clone(),
             adapters: Vec::new(),
         };
-        shared.adapters = crate::adapter::enumerate(&shared)?;
+        shared.adapters = crate::adapter::enumerate(&shared.raw)?;
         Ok(Instance {
             shared: Arc::new(shared),
         })
@@ -225,190 +225,4 @@ unsafe extern "system" fn debug_callback(
         tracing::warn!(target: "vulkan", "{message}");
     }
     vk::FALSE
-}
-
-/// How to pick a device: by policy or explicitly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceSelector {
-    /// Prefer a discrete GPU, then integrated, virtual, and finally CPU devices (such as lavapipe).
-    Auto,
-    /// The n-th device in the driver's order (as `vknf devices` numbers them).
-    Index(usize),
-    /// The device whose UUID matches.
-    Uuid([u8; 16]),
-    /// The first device whose name contains this text (case-insensitive).
-    Name(String),
-}
-
-impl DeviceSelector {
-    /// Reads `VKNF_DEVICE`, falling back to [`DeviceSelector::Auto`].
-    pub fn from_env() -> Result<DeviceSelector> {
-        match std::env::var("VKNF_DEVICE") {
-            Ok(value) if !value.trim().is_empty() => value.parse(),
-            _ => Ok(DeviceSelector::Auto),
-        }
-    }
-}
-
-impl std::str::FromStr for DeviceSelector {
-    type Err = Error;
-
-    /// `auto`, an index (`0`), a UUID (32 hex digits, dashes allowed), or part of a name.
-    fn from_str(text: &str) -> Result<Self> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(Error::BadSelector(text.to_string()));
-        }
-        if text.eq_ignore_ascii_case("auto") {
-            return Ok(DeviceSelector::Auto);
-        }
-        if let Ok(index) = text.parse::<usize>() {
-            return Ok(DeviceSelector::Index(index));
-        }
-        let hex: String = text.chars().filter(|c| *c != '-').collect();
-        if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            let mut uuid = [0u8; 16];
-            for (i, byte) in uuid.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| Error::BadSelector(text.into()))?;
-            }
-            return Ok(DeviceSelector::Uuid(uuid));
-        }
-        Ok(DeviceSelector::Name(text.to_string()))
-    }
-}
-
-/// The kind of a physical device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceType {
-    /// A discrete GPU.
-    DiscreteGpu,
-    /// A GPU sharing memory with the host.
-    IntegratedGpu,
-    /// A virtualised GPU.
-    VirtualGpu,
-    /// A CPU implementation such as lavapipe.
-    Cpu,
-    /// Anything else.
-    Other,
-}
-
-impl DeviceType {
-    /// Preference order of [`DeviceSelector::Auto`]: lower is better.
-    pub(crate) fn rank(self) -> u8 {
-        match self {
-            DeviceType::DiscreteGpu => 0,
-            DeviceType::IntegratedGpu => 1,
-            DeviceType::VirtualGpu => 2,
-            DeviceType::Other => 3,
-            DeviceType::Cpu => 4,
-        }
-    }
-}
-
-/// One queue family.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueFamilyInfo {
-    /// Family index.
-    pub index: u32,
-    /// Number of queues.
-    pub count: u32,
-    /// Supports graphics.
-    pub graphics: bool,
-    /// Supports compute.
-    pub compute: bool,
-    /// Supports transfer.
-    pub transfer: bool,
-    /// Supports sparse binding.
-    pub sparse_binding: bool,
-    /// Bits of valid timestamps (0: none).
-    pub timestamp_valid_bits: u32,
-}
-
-/// One memory heap.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemoryHeapInfo {
-    /// Heap size in bytes.
-    pub size: u64,
-    /// Device-local heap.
-    pub device_local: bool,
-    /// Property flags of the memory types in this heap, e.g. `["device-local", "host-visible"]`.
-    pub memory_types: Vec<Vec<&'static str>>,
-}
-
-/// Everything known about a physical device, as `vknf devices` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct AdapterInfo {
-    /// Position in the driver's order.
-    pub index: usize,
-    /// Device name.
-    pub name: String,
-    /// Device type.
-    pub device_type: DeviceType,
-    /// PCI vendor id.
-    pub vendor_id: u32,
-    /// PCI device id.
-    pub device_id: u32,
-    /// Driver name (e.g. `llvmpipe`, `NVIDIA`).
-    pub driver_name: String,
-    /// Driver version text (e.g. `Mesa 22.3.6`).
-    pub driver_info: String,
-    /// Raw driver version number (vendor-specific encoding).
-    pub driver_version: u32,
-    /// Highest Vulkan version the device supports, e.g. `1.3.230`.
-    pub api_version: String,
-    /// Device UUID as 32 hex digits.
-    pub uuid: String,
-    /// Pipeline-cache UUID as 32 hex digits.
-    pub pipeline_cache_uuid: String,
-    /// Default subgroup size.
-    pub subgroup_size: u32,
-    /// Subgroup operations supported in compute shaders (e.g. `basic`, `arithmetic`).
-    pub subgroup_operations: Vec<&'static str>,
-    /// Largest shared memory per workgroup, bytes.
-    pub max_shared_memory: u32,
-    /// Largest workgroup, invocations.
-    pub max_workgroup_invocations: u32,
-    /// Largest workgroup size per axis.
-    pub max_workgroup_size: [u32; 3],
-    /// Largest dispatch per axis.
-    pub max_workgroup_count: [u32; 3],
-    /// Largest storage buffer binding, bytes.
-    pub max_storage_buffer_range: u32,
-    /// Largest push-constant block, bytes.
-    pub max_push_constants_size: u32,
-    /// Queue families.
-    pub queue_families: Vec<QueueFamilyInfo>,
-    /// Memory heaps.
-    pub memory_heaps: Vec<MemoryHeapInfo>,
-    /// Supports importing host memory (`VK_EXT_external_memory_host`).
-    pub external_memory_host: bool,
-    /// Nanoseconds per timestamp tick.
-    pub timestamp_period_ns: f32,
-}
-
-impl AdapterInfo {
-    /// UUID as bytes.
-    pub fn uuid_bytes(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&self.uuid[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-        out
-    }
-
-    /// A family with compute and no graphics if one exists, else any compute family.
-    pub fn compute_family(&self) -> Option<&QueueFamilyInfo> {
-        self.queue_families
-            .iter()
-            .find(|f| f.compute && !f.graphics && f.count > 0)
-            .or_else(|| self.queue_families.iter().find(|f| f.compute && f.count > 0))
-    }
-
-    /// A transfer-only family (no compute, no graphics) if one exists.
-    pub fn transfer_family(&self) -> Option<&QueueFamilyInfo> {
-        self.queue_families
-            .iter()
-            .find(|f| f.transfer && !f.compute && !f.graphics && f.count > 0)
-    }
 }

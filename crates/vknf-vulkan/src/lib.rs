@@ -43,11 +43,10 @@ pub mod reflect;
 mod submit;
 pub mod validate;
 
+pub use adapter::{AdapterInfo, DeviceSelector, DeviceType, MemoryHeapInfo, QueueFamilyInfo};
 pub use device::{Device, MemoryReport, QueueKind};
 pub use error::{Error, Result};
-pub use instance::{
-    AdapterInfo, DeviceSelector, DeviceType, Instance, InstanceOptions, MemoryHeapInfo, QueueFamilyInfo,
-};
+pub use instance::{Instance, InstanceOptions};
 pub use memory::{Buffer, Mapped, MemoryKind};
 pub use pipeline::{BindGroup, Kernel, Pipeline, Specialization};
 pub use reflect::{Access, BindingInfo, BindingKind, KernelInfo, SpecType, SpecValue};

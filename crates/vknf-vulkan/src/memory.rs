@@ -13,6 +13,9 @@ use serde::Serialize;
 use crate::device::{Device, DeviceShared};
 use crate::error::{Error, Result, VkResultExt};
 
+/// Deadline of the runtime's own one-off transfers (initial data uploads).
+const SETUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where a buffer lives and who touches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -170,7 +173,7 @@ impl Device {
             staging.write(0, bytes)?;
             let mut stream = self.stream(crate::QueueKind::Transfer)?;
             let mut commands = stream.record(|rec| rec.copy(&staging, 0, &buffer, 0, bytes.len() as u64))?;
-            stream.run(&mut commands, crate::submit::SETUP_DEADLINE)?;
+            stream.run(&mut commands, SETUP_DEADLINE)?;
         } else {
             buffer.write(0, bytes)?;
         }

@@ -15,9 +15,6 @@ use crate::pipeline::{BindGroup, Pipeline};
 /// How long [`Ticket::wait`] polls before it blocks in the driver.
 const SPIN_BEFORE_BLOCKING: Duration = Duration::from_micros(50);
 
-/// Deadline of the runtime's own one-off transfers (initial data uploads).
-pub(crate) const SETUP_DEADLINE: Duration = Duration::from_secs(60);
-
 /// A submission stream: one queue of a family and a timeline semaphore counting its submissions.
 /// Several streams may exist per device (they spread over the family's queues).
 pub struct Stream {

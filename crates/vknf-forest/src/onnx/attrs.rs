@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use super::proto::data_type;
-use super::wire::{Fields, WireValue, for_each_packed_varint, read_varint};
 use crate::import::{ImportError, Tracker};
+use crate::wire::{Fields, WireValue, for_each_packed_varint, read_varint};
 
 /// Report progress every this many values inside a big attribute.
 const TICK: usize = 1 << 16;
@@ -28,7 +28,7 @@ pub(crate) struct NodeView<'a> {
     pub attrs: Vec<Attr<'a>>,
 }
 
-fn wire(context: &'static str) -> impl Fn(super::wire::WireError) -> ImportError {
+fn wire(context: &'static str) -> impl Fn(crate::wire::WireError) -> ImportError {
     move |source| ImportError::Wire { context, source }
 }
 

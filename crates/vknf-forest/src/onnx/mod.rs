@@ -15,7 +15,6 @@ mod attrs;
 mod classic;
 pub mod proto;
 mod v5;
-pub mod wire;
 
 use std::path::Path;
 
@@ -24,9 +23,9 @@ use prost::Message;
 use crate::import::{ImportError, ImportOptions, Progress, Stage, Tracker, read_file_with_progress};
 use crate::model::Forest;
 use crate::validate::RawForest;
+use crate::wire::{Fields, WireValue};
 use attrs::NodeView;
 use proto::{ValueInfoProto, data_type};
-use wire::{Fields, WireValue};
 
 const ML_DOMAIN: &str = "ai.onnx.ml";
 

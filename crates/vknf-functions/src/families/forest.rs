@@ -199,7 +199,7 @@ impl Lane for CpuForestLane {
 mod gpu {
     use super::*;
     use crate::forest::{BATCH_DEADLINE, ForestError, ForestKernel, ForestLane, ForestOptions};
-    use crate::loader::vulkan_error;
+    use crate::function::vulkan_error;
 
     pub(super) fn exec_error(err: ForestError) -> ExecError {
         match err {

@@ -32,7 +32,7 @@ pub fn awkward_rows(n: usize) -> Vec<u32> {
     (0..n)
         .flat_map(|i| {
             let address = match i % 4 {
-                0 => 0x0A00_0000 | (i as u32 * 7919 & 0xFFFF),
+                0 => 0x0A00_0000 | ((i as u32 * 7919) & 0xFFFF),
                 1 => specials[i % specials.len()],
                 2 => 0xC0A8_0100 | (i as u32 & 0xFF),
                 _ => (i as u32).wrapping_mul(2_654_435_761),
@@ -74,10 +74,11 @@ impl Family for AclFamily {
 
     fn load_cpu(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
         let model = model.ok_or_else(|| LoadError::MissingModel(spec.name.clone()))?;
-        self.validate(spec, Some(model.len())).map_err(|e| LoadError::InvalidModel {
-            function: spec.name.clone(),
-            reason: e.to_string(),
-        })?;
+        self.validate(spec, Some(model.len()))
+            .map_err(|e| LoadError::InvalidModel {
+                function: spec.name.clone(),
+                reason: e.to_string(),
+            })?;
         let rules = model
             .chunks_exact(16)
             .map(|r| std::array::from_fn(|i| u32::from_le_bytes(r[i * 4..i * 4 + 4].try_into().unwrap())))

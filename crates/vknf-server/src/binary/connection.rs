@@ -21,7 +21,7 @@ use vknf_runtime::{Call, FunctionHandle, Metrics, Rows};
 
 use super::outbox::{Outbox, write_loop};
 use super::reply::{FrameReply, count_error};
-use crate::server::ServerConfig;
+use crate::config::ServerConfig;
 
 /// Requests with more row bytes than this keep sharing the read buffer (they fill most of it).
 const SHARE_READ_BUFFER_ABOVE: usize = 64 * 1024;

@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use vknf_runtime::{FunctionHandle, Metrics};
 
+use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
-use crate::server::ServerConfig;
 
 /// Decrements the connection gauge however the connection task ends.
 struct ConnectionGuard {

@@ -133,6 +133,6 @@ pub async fn start_server_with(dir: &Path, config: ServerConfig, loader: Arc<dyn
     server
 }
 
+use vknf_functions::FunctionLoader;
 #[allow(unused_imports)]
 pub use vknf_testkit::gate::{Gate, GatedLoader};
-use vknf_functions::FunctionLoader;

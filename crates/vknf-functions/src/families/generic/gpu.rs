@@ -3,8 +3,8 @@
 use vknf_vulkan::Device;
 
 use super::{ABI_PARAM, DEFAULT_MAX_BATCH_ROWS, GenericAbi};
+use crate::function::vulkan_error;
 use crate::function::{ExecError, Function, Lane, LoadError};
-use crate::loader::vulkan_error;
 use crate::schema::{FunctionInfo, InputInfo, OutputInfo};
 use crate::spec::{FunctionSpec, SpecConstantKey, SpecConstantValue};
 
