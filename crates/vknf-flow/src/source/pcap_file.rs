@@ -151,6 +151,10 @@ impl PacketSource for PcapFile {
                     self.reader = None;
                     return Ok(None);
                 }
+                Err(PcapError::UnexpectedEof) => {
+                    let offset = self.offset;
+                    return self.fail(SourceError::Truncated { path: self.path.clone(), offset });
+                }
                 Err(PcapError::Incomplete(_)) | Err(PcapError::BufferTooSmall) => {
                     if reader.reader_exhausted() {
                         let offset = self.offset;
