@@ -67,7 +67,10 @@ fn truncated_files_report_an_error_and_keep_what_came_before() {
             assert!(errors.len() <= 1);
             assert!(stats.frames <= whole.frames);
             if let Some(error) = errors.first() {
-                assert!(matches!(error, SourceError::Truncated { .. } | SourceError::NotPcap(_)), "{error}");
+                assert!(
+                    matches!(error, SourceError::Truncated { .. } | SourceError::NotPcap(_)),
+                    "{error}"
+                );
                 truncations += 1;
             }
         }
@@ -109,11 +112,18 @@ fn wrong_ip_lengths_are_cut_segments_or_counted_drops() {
             }
         }
         table.finish(&mut events);
-        assert!(cut > 0 && dropped > 0, "{}: {cut} cut, {dropped} dropped", file.display());
+        assert!(
+            cut > 0 && dropped > 0,
+            "{}: {cut} cut, {dropped} dropped",
+            file.display()
+        );
         // Claimed-but-missing bytes reach the records as a truncation, never as a length.
         for event in events {
             let flow = event.into_record();
-            assert!(flow.records.len() <= 2 || flow.flags.truncated || flow.flags.not_tls, "{flow:?}");
+            assert!(
+                flow.records.len() <= 2 || flow.flags.truncated || flow.flags.not_tls,
+                "{flow:?}"
+            );
         }
     }
 }
@@ -172,7 +182,10 @@ proptest! {
 
 #[test]
 fn not_a_capture_is_a_clear_error() {
-    let error = PcapFile::from_reader("junk", Cursor::new(b"GET / HTTP/1.1\r\n\r\nhello world, not a pcap".to_vec()));
+    let error = PcapFile::from_reader(
+        "junk",
+        Cursor::new(b"GET / HTTP/1.1\r\n\r\nhello world, not a pcap".to_vec()),
+    );
     assert!(matches!(error, Err(SourceError::NotPcap(_))));
     // An empty file has no packets and no error.
     let (flows, errors, _) = read_all(Vec::new(), FlowConfig::default());

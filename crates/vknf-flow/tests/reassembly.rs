@@ -52,7 +52,7 @@ impl Seg {
         (self.src, self.sp, self.dst, self.dp)
     }
     fn movable(&self) -> bool {
-        !self.payload.is_empty() && !(self.syn || self.fin || self.rst)
+        !(self.payload.is_empty() || self.syn || self.fin || self.rst)
     }
 }
 
@@ -101,7 +101,11 @@ fn run(segs: &[Seg], config: FlowConfig) -> (Vec<FlowRecord>, Vec<FlowRecord>, S
 }
 
 fn direction(flow: &FlowRecord, sign: i32) -> Vec<i32> {
-    flow.records.iter().copied().filter(|r| r.signum() == sign || (sign == 1 && *r == 0)).collect()
+    flow.records
+        .iter()
+        .copied()
+        .filter(|r| r.signum() == sign || (sign == 1 && *r == 0))
+        .collect()
 }
 
 fn inputs() -> Vec<PathBuf> {
@@ -197,7 +201,10 @@ fn check_same_records(baseline: &[FlowRecord], mangled: &[FlowRecord]) {
             assert_eq!(direction(a, sign), direction(b, sign), "{} -> {}", a.client, a.server);
         }
         assert_eq!(a.flags, b.flags);
-        assert_eq!((a.sni.as_ref(), &a.alpn, a.tls_version.as_ref()), (b.sni.as_ref(), &b.alpn, b.tls_version.as_ref()));
+        assert_eq!(
+            (a.sni.as_ref(), &a.alpn, a.tls_version.as_ref()),
+            (b.sni.as_ref(), &b.alpn, b.tls_version.as_ref())
+        );
     }
 }
 
@@ -272,7 +279,10 @@ proptest! {
 fn early_events_are_prefixes_of_the_final_sequence() {
     for file in inputs() {
         let segs = segments(&file);
-        let config = FlowConfig { early_records: Some(10), ..FlowConfig::default() };
+        let config = FlowConfig {
+            early_records: Some(10),
+            ..FlowConfig::default()
+        };
         let (early, finished, stats) = run(&segs, config);
         assert!(!early.is_empty());
         assert_eq!(stats.early_events as usize, early.len());
@@ -291,11 +301,17 @@ fn a_full_table_evicts_and_counts() {
     let Some(capture) = common::capture() else { return };
     let segs = segments(&capture.dir.join("lo.pcap"));
     let (_, all, _) = run(&segs, FlowConfig::default());
-    let config = FlowConfig { max_flows: 1, ..FlowConfig::default() };
+    let config = FlowConfig {
+        max_flows: 1,
+        ..FlowConfig::default()
+    };
     let (_, flows, stats) = run(&segs, config);
     assert!(stats.flows_evicted > 0);
     assert_eq!(stats.flows_created, stats.flows_finished);
-    assert_eq!(flows.iter().filter(|f| f.end == Some(EndReason::Evicted)).count() as u64, stats.flows_evicted);
+    assert_eq!(
+        flows.iter().filter(|f| f.end == Some(EndReason::Evicted)).count() as u64,
+        stats.flows_evicted
+    );
     // Lingering closed flows are what gets evicted here: their records are already whole.
     let total = |fs: &[FlowRecord]| fs.iter().map(|f| f.records.len()).sum::<usize>();
     assert!(total(&flows) <= total(&all));
@@ -305,7 +321,10 @@ fn a_full_table_evicts_and_counts() {
 fn idle_timeout_ends_flows_and_later_packets_start_flagged_ones() {
     for file in inputs() {
         let segs = segments(&file);
-        let config = FlowConfig { idle_timeout_ns: 1_000, ..FlowConfig::default() };
+        let config = FlowConfig {
+            idle_timeout_ns: 1_000,
+            ..FlowConfig::default()
+        };
         let (_, flows, stats) = run(&segs, config);
         assert_eq!(stats.flows_created, stats.flows_finished);
         if flows.iter().any(|f| f.end == Some(EndReason::Idle)) {

@@ -153,7 +153,10 @@ impl PacketSource for PcapFile {
                 }
                 Err(PcapError::UnexpectedEof) => {
                     let offset = self.offset;
-                    return self.fail(SourceError::Truncated { path: self.path.clone(), offset });
+                    return self.fail(SourceError::Truncated {
+                        path: self.path.clone(),
+                        offset,
+                    });
                 }
                 Err(PcapError::Incomplete(_)) | Err(PcapError::BufferTooSmall) => {
                     if reader.reader_exhausted() {
