@@ -33,6 +33,8 @@ pub struct Stats {
     pub budget_gaps: u64,
     /// Early events emitted.
     pub early_events: u64,
+    /// Frames the kernel dropped before a live capture read them (libpcap's count).
+    pub capture_dropped: u64,
 }
 
 impl Stats {
@@ -62,5 +64,6 @@ impl Stats {
         self.flows_evicted += other.flows_evicted;
         self.budget_gaps += other.budget_gaps;
         self.early_events += other.early_events;
+        self.capture_dropped += other.capture_dropped;
     }
 }

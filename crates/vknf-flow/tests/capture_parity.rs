@@ -46,9 +46,27 @@ fn loopback_records_match_tshark() {
         let flows = assert_matches_tshark(&capture.dir.join(name), &capture.ports);
         // The traffic is what the script made: every connection whole, TLS 1.2 and 1.3, SNI seen.
         assert!(flows.len() >= 20, "{name}: {} flows", flows.len());
+        // Unless the kernel dropped packets (a loaded machine), every connection is whole; when it
+        // did, the flows that lost bytes are flagged, and tshark agreed with them above.
+        let log = if name == "any.pcap" {
+            "tcpdump-any.log"
+        } else {
+            "tcpdump-lo.log"
+        };
+        let log = std::fs::read_to_string(capture.dir.join(log)).unwrap();
+        let dropped = !log.lines().any(|l| l.trim() == "0 packets dropped by kernel");
         for flow in &flows {
-            assert!(flow.flags.complete(), "{name}: {flow:?}");
-            assert!(flow.records.len() >= 8, "{name}: {flow:?}");
+            assert!(
+                flow.flags.complete() || (dropped && flow.flags.gap),
+                "{name}: {flow:?}\n{log}"
+            );
+            assert!(
+                flow.records.len() >= 8 || (dropped && flow.flags.gap),
+                "{name}: {flow:?}"
+            );
+        }
+        if dropped {
+            eprintln!("note: tcpdump reported kernel drops for {name}: {log}");
         }
         let versions: Vec<_> = flows.iter().filter_map(|f| f.tls_version.as_deref()).collect();
         assert!(

@@ -28,7 +28,8 @@ pub struct LiveOptions {
     pub promisc: bool,
     /// A BPF filter (`tcp port 443`), if any.
     pub filter: Option<String>,
-    /// How long one read waits before the source checks its stop flag and ticks the flows.
+    /// libpcap's read timeout (how long the kernel may hold packets to batch them); reads are
+    /// nonblocking, and an empty read sleeps at most 2 ms before the stop flag is checked again.
     pub read_timeout: Duration,
 }
 
@@ -58,6 +59,8 @@ pub struct LiveCapture {
     link: Option<LinkType>,
     stop: Arc<AtomicBool>,
     frame: Vec<u8>,
+    /// How long a read with nothing to read sleeps before it reports a timeout.
+    idle_sleep: Duration,
 }
 
 impl LiveCapture {
@@ -76,17 +79,23 @@ impl LiveCapture {
             .promisc(options.promisc)
             .timeout(timeout_ms)
             .open()
+            .map_err(error)?
+            // Nonblocking: on Linux (TPACKET_V3) a blocking read with no traffic can wait past its
+            // timeout for the next packet, and a stop request would wait with it.
+            .setnonblock()
             .map_err(error)?;
         if let Some(filter) = &options.filter {
             capture.filter(filter, true).map_err(error)?;
         }
         let link = LinkType::from_linktype(capture.get_datalink().0);
+        let idle_sleep = options.read_timeout.min(Duration::from_millis(2));
         Ok(Self {
             interface: interface.to_string(),
             capture,
             link,
             stop,
             frame: Vec::new(),
+            idle_sleep,
         })
     }
 
@@ -102,7 +111,13 @@ impl LiveCapture {
 
     /// The next frame or a timeout; `Ok(None)` once stopped.
     pub fn next_item(&mut self) -> Result<Option<LiveItem<'_>>, SourceError> {
-        read_item(&mut self.capture, &self.stop, self.link, &self.interface)
+        read_item(
+            &mut self.capture,
+            &self.stop,
+            self.link,
+            &self.interface,
+            self.idle_sleep,
+        )
     }
 }
 
@@ -113,6 +128,7 @@ fn read_item<'a>(
     stop: &AtomicBool,
     link: Option<LinkType>,
     interface: &str,
+    idle_sleep: Duration,
 ) -> Result<Option<LiveItem<'a>>, SourceError> {
     if stop.load(Ordering::Relaxed) {
         return Ok(None);
@@ -129,7 +145,11 @@ fn read_item<'a>(
                 orig_len: packet.header.len,
             })))
         }
-        Err(pcap::Error::TimeoutExpired) => Ok(Some(LiveItem::Timeout)),
+        Err(pcap::Error::TimeoutExpired) => {
+            // Nothing buffered: wait a little rather than spin.
+            std::thread::sleep(idle_sleep);
+            Ok(Some(LiveItem::Timeout))
+        }
         Err(pcap::Error::NoMorePackets) => Ok(None),
         Err(e) => Err(SourceError::Capture {
             interface: interface.to_string(),
@@ -143,7 +163,13 @@ impl PacketSource for LiveCapture {
     /// sharded pipeline is the path for rates where that copy matters).
     fn next_packet(&mut self) -> Result<Option<PacketRef<'_>>, SourceError> {
         let (ts_ns, orig_len) = loop {
-            match read_item(&mut self.capture, &self.stop, self.link, &self.interface)? {
+            match read_item(
+                &mut self.capture,
+                &self.stop,
+                self.link,
+                &self.interface,
+                self.idle_sleep,
+            )? {
                 None => return Ok(None),
                 Some(LiveItem::Timeout) => continue,
                 Some(LiveItem::Packet(packet)) => {
@@ -176,8 +202,10 @@ pub struct ShardedCapture {
 }
 
 impl ShardedCapture {
-    /// Starts capturing: one capture thread and `shards` flow threads. Set `stop` to end; the
-    /// open flows then end with [`crate::EndReason::EndOfInput`] and the event channel closes.
+    /// Starts capturing: one capture thread and `shards` flow threads. Set the capture's stop
+    /// flag to end; the open flows then end ([`crate::EndReason::EndOfInput`], or how they
+    /// closed) and the event channel closes. Dropped without [`Self::join`], the threads still
+    /// end once the flag is set.
     pub fn start(mut capture: LiveCapture, config: FlowConfig, shards: usize) -> Self {
         let shards = shards.max(1);
         let (event_tx, events) = std::sync::mpsc::channel();
@@ -241,6 +269,9 @@ impl ShardedCapture {
                         let _ = sender.send(ShardMessage::Tick(now));
                     }
                 }
+            }
+            if let Some((dropped, _)) = capture.kernel_stats() {
+                stats.capture_dropped = u64::from(dropped);
             }
             Ok(stats)
         });

@@ -58,7 +58,8 @@ for i in 0 1 2; do
     curl -sk --max-time 10 --resolve "www.test:$wwwport:127.0.0.1" "https://www.test:$wwwport/file$i" -o /dev/null || true
 done
 
-sleep 1
+# tcpdump reads the kernel's ring in blocks retired after its 1 s timeout: wait for the last one.
+sleep 2
 kill -INT "${pids[0]}" "${pids[1]}"
 wait "${pids[0]}" "${pids[1]}" 2>/dev/null || true
 editcap -F pcapng lo.pcap lo.pcapng
