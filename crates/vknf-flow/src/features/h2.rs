@@ -136,3 +136,65 @@ fn histogram(sizes: &[u32], vocabulary: &SizeCounts) -> Vec<f64> {
         .map(|(size, _)| counts.get(&size).copied().unwrap_or(0) as f64)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::features::FeatureSchema;
+
+    proptest! {
+        /// Invariants that tie each feature to its definition, on arbitrary sequences and a
+        /// vocabulary from other arbitrary sequences (the parity with Python and with the
+        /// original code is tested on real traffic in tests/capture_parity.rs).
+        #[test]
+        fn features_follow_their_definitions(
+            records in prop::collection::vec(-1500i32..1500, 0..120),
+            training in prop::collection::vec(prop::collection::vec(-1500i32..1500, 0..60), 0..6),
+        ) {
+            let schema = FeatureSchema::from_training(training.iter().map(Vec::as_slice), Vec::new());
+            let f = schema.base_row(&records);
+            prop_assert_eq!(f.len(), schema.feature_names.len());
+            let serv: Vec<u32> = records.iter().filter(|&&r| r >= 0).map(|&r| r as u32).collect();
+            let cli: Vec<u32> = records.iter().filter(|&&r| r < 0).map(|&r| r.unsigned_abs()).collect();
+            prop_assert_eq!(f[0], records.len() as f64);
+            prop_assert_eq!(f[1], cli.len() as f64);
+            prop_assert_eq!(f[2], records.iter().map(|r| f64::from(r.unsigned_abs())).sum::<f64>());
+            // Chunks: one per completed window of 20 records, each a count of server records.
+            let chunks = if records.is_empty() { 0 } else { (records.len() - 1) / WINDOW };
+            if chunks == 0 {
+                prop_assert_eq!(&f[8..13], &[0.0; 5]);
+            } else {
+                prop_assert!(f[9] <= WINDOW as f64 && f[10] >= 0.0 && f[10] <= f[8] && f[8] <= f[9]);
+            }
+            // Bursts: sums of server runs between client records, bounded by all server bytes.
+            prop_assert!(f[4] <= serv.iter().map(|&s| f64::from(s)).sum::<f64>());
+            let distinct = |v: &[u32]| v.iter().collect::<BTreeSet<_>>().len() as f64;
+            prop_assert_eq!((f[13], f[14]), (distinct(&serv), distinct(&cli)));
+            // Rarest sizes: present in the trace, ordered by training count, then padded.
+            let rare_serv = &f[15..35];
+            for pair in rare_serv.windows(2).filter(|w| w[1] != 0.0) {
+                prop_assert!(schema.server_sizes.count(pair[0] as u32) <= schema.server_sizes.count(pair[1] as u32));
+            }
+            prop_assert!(rare_serv.iter().all(|&s| s == 0.0 || serv.contains(&(s as u32))));
+            // Histograms count exactly the trace's records whose size the vocabulary knows.
+            let hist_serv: f64 = f[55..55 + schema.server_sizes.len()].iter().sum();
+            let known = serv.iter().filter(|&&s| schema.server_sizes.count(s) > 0).count();
+            prop_assert_eq!(hist_serv, known as f64);
+            let hist_cli: f64 = f[55 + schema.server_sizes.len()..].iter().sum();
+            prop_assert_eq!(hist_cli, cli.iter().filter(|&&s| schema.client_sizes.count(s) > 0).count() as f64);
+        }
+    }
+
+    #[test]
+    fn names_follow_the_original_legend() {
+        let server = SizeCounts::new([(517, 3), (24, 1)]);
+        let client = SizeCounts::new([(80, 2)]);
+        let names = base_feature_names(&server, &client);
+        assert_eq!(&names[..3], ["a1", "a2", "a3"]);
+        assert_eq!(&names[13..15], ["c1", "c2"]);
+        assert_eq!(names[15], "dserv1");
+        assert_eq!(names[55..], ["eserv_taille24", "eserv_taille517", "ecli_taille80"]);
+    }
+}

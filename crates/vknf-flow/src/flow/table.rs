@@ -16,6 +16,11 @@ use crate::tls::{Stop, parse_client_hello, parse_server_hello_version};
 const SECOND: u64 = 1_000_000_000;
 
 /// Flow table settings. The timeouts default to NFStream's, so that flow counts compare.
+///
+/// Memory is bounded by the limits together: at most `max_flows` flows, each with at most
+/// `max_records` record lengths (4 bytes each) and its reassembly limits, and all of them with at
+/// most `max_buffered_bytes` of out-of-order data. The defaults allow 64 Ki flows of 16 Ki records
+/// (4 GiB in the worst case, reached only by 64 Ki simultaneous flows of 16 Ki records each).
 #[derive(Clone, Debug)]
 pub struct FlowConfig {
     /// A flow without packets for this long ends ([`EndReason::Idle`]).
@@ -46,12 +51,12 @@ impl Default for FlowConfig {
             idle_timeout_ns: 120 * SECOND,
             active_timeout_ns: 1800 * SECOND,
             fin_linger_ns: 2 * SECOND,
-            max_flows: 1 << 18,
+            max_flows: 1 << 16,
             max_buffered_bytes: 256 << 20,
             reassembly: ReassemblyLimits::default(),
             server_ports: vec![443, 8443],
             early_records: None,
-            max_records: 1 << 16,
+            max_records: 1 << 14,
         }
     }
 }

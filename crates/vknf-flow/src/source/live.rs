@@ -208,7 +208,9 @@ impl ShardedCapture {
     /// end once the flag is set.
     pub fn start(mut capture: LiveCapture, config: FlowConfig, shards: usize) -> Self {
         let shards = shards.max(1);
-        let (event_tx, events) = std::sync::mpsc::channel();
+        // Bounded: a consumer that falls behind stalls the shards, then the capture thread, and
+        // the kernel drops (and counts, `Stats::capture_dropped`) instead of memory growing.
+        let (event_tx, events) = sync_channel(1 << 14);
         let mut senders: Vec<SyncSender<ShardMessage>> = Vec::with_capacity(shards);
         let mut workers = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -306,7 +308,7 @@ impl ShardedCapture {
 
 fn shard(
     rx: Receiver<ShardMessage>,
-    events: std::sync::mpsc::Sender<FlowEvent>,
+    events: SyncSender<FlowEvent>,
     config: FlowConfig,
     link: Option<LinkType>,
 ) -> Stats {
