@@ -54,17 +54,26 @@ pub struct Capture {
     pub ports: Vec<u16>,
 }
 
+/// True when loopback traffic can be made and captured here: root and the tools; otherwise
+/// prints why (and fails under CI).
+pub fn can_capture() -> bool {
+    if !is_root() {
+        return skip::<()>("capturing on lo needs root (tcpdump -i lo, libpcap)").is_some();
+    }
+    for tool in ["tcpdump", "tshark", "editcap", "curl", "openssl", "python3"] {
+        if !has_tool(tool) {
+            return skip::<()>(&format!("{tool} is not installed (make apt-deps)")).is_some();
+        }
+    }
+    true
+}
+
 pub fn capture() -> Option<&'static Capture> {
     static CAPTURE: OnceLock<Option<Capture>> = OnceLock::new();
     CAPTURE
         .get_or_init(|| {
-            if !is_root() {
-                return skip("the loopback capture needs root (tcpdump -i lo)");
-            }
-            for tool in ["tcpdump", "tshark", "editcap", "curl", "openssl", "python3"] {
-                if !has_tool(tool) {
-                    return skip(&format!("{tool} is not installed (make apt-deps)"));
-                }
+            if !can_capture() {
+                return None;
             }
             let dir = std::env::temp_dir().join(format!("vknf-flow-capture-{}", std::process::id()));
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/capture_tls.sh");
