@@ -75,7 +75,11 @@ pub fn capture() -> Option<&'static Capture> {
             if !can_capture() {
                 return None;
             }
-            let dir = std::env::temp_dir().join(format!("vknf-flow-capture-{}", std::process::id()));
+            // One directory per test binary, replaced on each run: disk use stays bounded.
+            let exe = std::env::current_exe().unwrap();
+            let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("capture-{name}"));
+            let _ = std::fs::remove_dir_all(&dir);
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/capture_tls.sh");
             let status = Command::new("timeout")
                 .arg("150")
