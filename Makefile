@@ -4,13 +4,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-APT_PACKAGES := libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers python3-venv curl fonts-dejavu-core
+APT_PACKAGES := libvulkan1 mesa-vulkan-drivers glslc spirv-tools vulkan-validationlayers python3-venv curl fonts-dejavu-core \
+	libpcap-dev tcpdump tshark wireshark-common openssl golang-github-gopacket-gopacket-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
+NFSTREAM_VENV := $(CURDIR)/.venv-nfstream
 FUZZ_SECONDS ?= 20
 
 export VKNF_PYTHON := $(PYTHON)
+export VKNF_NFSTREAM_PYTHON := $(NFSTREAM_VENV)/bin/python
 # lavapipe may otherwise run a submission inside vkQueueSubmit; GPUs never do, and the deadline tests
 # need the asynchronous queue a GPU has.
 export MESA_VK_ENABLE_SUBMIT_THREAD := 1
@@ -36,7 +39,13 @@ $(VENV)/.installed: python/requirements.txt
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r python/requirements.txt
 	@touch $@
 
-python-deps: apt-deps $(VENV)/.installed
+# NFStream, for vknf-flow's flow-count parity test, in a venv of its own (its own numpy/pandas pins).
+$(NFSTREAM_VENV)/.installed: python/requirements-nfstream.txt
+	@[ -x $(NFSTREAM_VENV)/bin/python ] || python3 -m venv $(NFSTREAM_VENV)
+	$(NFSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r python/requirements-nfstream.txt
+	@touch $@
+
+python-deps: apt-deps $(VENV)/.installed $(NFSTREAM_VENV)/.installed
 
 deps: apt-deps python-deps
 

@@ -25,6 +25,14 @@ if [ "$sanitizer" != none ]; then
     export RUSTC_BOOTSTRAP=1
 fi
 
+# packet_flow (vknf-flow) starts from a real capture when Debian's gopacket package provides one:
+# a first byte 0 makes the rest of the input a capture file.
+seed=/usr/share/gocode/src/github.com/gopacket/gopacket/pcapgo/tests/le/test300.pcapng
+if [ -f "$seed" ]; then
+    mkdir -p corpus/packet_flow
+    { printf '\0'; cat "$seed"; } > corpus/packet_flow/seed-test300
+fi
+
 for target in $(cargo fuzz list); do
     echo "== fuzzing $target for ${seconds}s (sanitizer: $sanitizer)" >&2
     mkdir -p "corpus/$target"

@@ -1,0 +1,341 @@
+//! Live capture on an interface (libpcap through the `pcap` crate), and the sharded pipeline
+//! that spreads flows over threads by flow hash.
+//!
+//! The capture thread decodes each frame only far enough to find its flow key, and sends the
+//! frame to the shard that owns that key; each shard owns a [`FlowTable`], so no lock is taken
+//! per packet and both directions of a flow meet in the same shard. Flow time is the capture's
+//! timestamps, and while no packet comes the capture thread sends the wall clock as a tick, so
+//! that idle flows still end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{PacketRef, PacketSource, SourceError};
+use crate::decode::{DropReason, LinkType, decode};
+use crate::flow::{Endpoint, FlowConfig, FlowEvent, FlowKey, FlowTable};
+use crate::stats::Stats;
+
+/// Live capture settings.
+#[derive(Clone, Debug)]
+pub struct LiveOptions {
+    /// Bytes kept per frame. TLS framing needs only headers and the hellos, but a cut header
+    /// stops a direction, so the default keeps whole frames.
+    pub snaplen: i32,
+    /// Promiscuous mode.
+    pub promisc: bool,
+    /// A BPF filter (`tcp port 443`), if any.
+    pub filter: Option<String>,
+    /// libpcap's read timeout (how long the kernel may hold packets to batch them); reads are
+    /// nonblocking, and an empty read sleeps at most 2 ms before the stop flag is checked again.
+    pub read_timeout: Duration,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            snaplen: 65535,
+            promisc: false,
+            filter: None,
+            read_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What one read of a live capture gave.
+pub enum LiveItem<'a> {
+    /// A frame.
+    Packet(PacketRef<'a>),
+    /// The read timed out: no frame, but time went on.
+    Timeout,
+}
+
+/// A capture on one interface.
+pub struct LiveCapture {
+    interface: String,
+    capture: pcap::Capture<pcap::Active>,
+    link: Option<LinkType>,
+    stop: Arc<AtomicBool>,
+    frame: Vec<u8>,
+    /// How long a read with nothing to read sleeps before it reports a timeout.
+    idle_sleep: Duration,
+}
+
+impl LiveCapture {
+    /// Opens `interface`; reading ends once `stop` is set.
+    pub fn open(interface: &str, options: &LiveOptions, stop: Arc<AtomicBool>) -> Result<Self, SourceError> {
+        let error = |e: pcap::Error| SourceError::Capture {
+            interface: interface.to_string(),
+            detail: e.to_string(),
+        };
+        let timeout_ms = i32::try_from(options.read_timeout.as_millis())
+            .unwrap_or(i32::MAX)
+            .max(1);
+        let mut capture = pcap::Capture::from_device(interface)
+            .map_err(error)?
+            .snaplen(options.snaplen)
+            .promisc(options.promisc)
+            .timeout(timeout_ms)
+            .open()
+            .map_err(error)?
+            // Nonblocking: on Linux (TPACKET_V3) a blocking read with no traffic can wait past its
+            // timeout for the next packet, and a stop request would wait with it.
+            .setnonblock()
+            .map_err(error)?;
+        if let Some(filter) = &options.filter {
+            capture.filter(filter, true).map_err(error)?;
+        }
+        let link = LinkType::from_linktype(capture.get_datalink().0);
+        let idle_sleep = options.read_timeout.min(Duration::from_millis(2));
+        Ok(Self {
+            interface: interface.to_string(),
+            capture,
+            link,
+            stop,
+            frame: Vec::new(),
+            idle_sleep,
+        })
+    }
+
+    /// The interface's link type, `None` when this crate does not decode it.
+    pub fn link(&self) -> Option<LinkType> {
+        self.link
+    }
+
+    /// Frames the kernel dropped and libpcap received, as libpcap counts them.
+    pub fn kernel_stats(&mut self) -> Option<(u32, u32)> {
+        self.capture.stats().ok().map(|s| (s.dropped, s.received))
+    }
+
+    /// The next frame or a timeout; `Ok(None)` once stopped.
+    pub fn next_item(&mut self) -> Result<Option<LiveItem<'_>>, SourceError> {
+        read_item(
+            &mut self.capture,
+            &self.stop,
+            self.link,
+            &self.interface,
+            self.idle_sleep,
+        )
+    }
+}
+
+/// One read; a free function so that its borrow is of the capture alone, not of the whole
+/// [`LiveCapture`] (whose frame buffer the caller may fill from it).
+fn read_item<'a>(
+    capture: &'a mut pcap::Capture<pcap::Active>,
+    stop: &AtomicBool,
+    link: Option<LinkType>,
+    interface: &str,
+    idle_sleep: Duration,
+) -> Result<Option<LiveItem<'a>>, SourceError> {
+    if stop.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    match capture.next_packet() {
+        Ok(packet) => {
+            let ts = packet.header.ts;
+            let ts_ns =
+                u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_usec).unwrap_or(0) * 1_000;
+            Ok(Some(LiveItem::Packet(PacketRef {
+                ts_ns,
+                link,
+                data: packet.data,
+                orig_len: packet.header.len,
+            })))
+        }
+        Err(pcap::Error::TimeoutExpired) => {
+            // Nothing buffered: wait a little rather than spin.
+            std::thread::sleep(idle_sleep);
+            Ok(Some(LiveItem::Timeout))
+        }
+        Err(pcap::Error::NoMorePackets) => Ok(None),
+        Err(e) => Err(SourceError::Capture {
+            interface: interface.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+impl PacketSource for LiveCapture {
+    /// The next frame, waiting through read timeouts; copied out of libpcap's buffer (the
+    /// sharded pipeline is the path for rates where that copy matters).
+    fn next_packet(&mut self) -> Result<Option<PacketRef<'_>>, SourceError> {
+        let (ts_ns, orig_len) = loop {
+            match read_item(
+                &mut self.capture,
+                &self.stop,
+                self.link,
+                &self.interface,
+                self.idle_sleep,
+            )? {
+                None => return Ok(None),
+                Some(LiveItem::Timeout) => continue,
+                Some(LiveItem::Packet(packet)) => {
+                    let meta = (packet.ts_ns, packet.orig_len);
+                    self.frame.clear();
+                    self.frame.extend_from_slice(packet.data);
+                    break meta;
+                }
+            }
+        };
+        Ok(Some(PacketRef {
+            ts_ns,
+            link: self.link,
+            data: &self.frame,
+            orig_len,
+        }))
+    }
+}
+
+enum ShardMessage {
+    Frame { ts_ns: u64, frame: Vec<u8> },
+    Tick(u64),
+}
+
+/// Flows of a live capture, built on `shards` threads.
+pub struct ShardedCapture {
+    events: Receiver<FlowEvent>,
+    capture: Option<JoinHandle<Result<Stats, SourceError>>>,
+    workers: Vec<JoinHandle<Stats>>,
+}
+
+impl ShardedCapture {
+    /// Starts capturing: one capture thread and `shards` flow threads. Set the capture's stop
+    /// flag to end; the open flows then end ([`crate::EndReason::EndOfInput`], or how they
+    /// closed) and the event channel closes. Dropped without [`Self::join`], the threads still
+    /// end once the flag is set.
+    pub fn start(mut capture: LiveCapture, config: FlowConfig, shards: usize) -> Self {
+        let shards = shards.max(1);
+        // Bounded: a consumer that falls behind stalls the shards, then the capture thread, and
+        // the kernel drops (and counts, `Stats::capture_dropped`) instead of memory growing.
+        let (event_tx, events) = sync_channel(1 << 14);
+        let mut senders: Vec<SyncSender<ShardMessage>> = Vec::with_capacity(shards);
+        let mut workers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = sync_channel::<ShardMessage>(4096);
+            senders.push(tx);
+            let event_tx = event_tx.clone();
+            let config = config.clone();
+            let link = capture.link();
+            workers.push(std::thread::spawn(move || shard(rx, event_tx, config, link)));
+        }
+        drop(event_tx);
+        let handle = std::thread::spawn(move || {
+            let mut stats = Stats::default();
+            let mut last_tick = 0u64;
+            loop {
+                let item = match capture.next_item() {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(error) => return Err(error),
+                };
+                let now = wall_ns();
+                match item {
+                    LiveItem::Packet(packet) => {
+                        stats.frames += 1;
+                        let decoded = match packet.link {
+                            Some(link) => decode(link, packet.data),
+                            None => Err(DropReason::UnsupportedLink),
+                        };
+                        match decoded {
+                            Ok(segment) => {
+                                let key = FlowKey::new(
+                                    Endpoint {
+                                        addr: segment.src,
+                                        port: segment.src_port,
+                                    },
+                                    Endpoint {
+                                        addr: segment.dst,
+                                        port: segment.dst_port,
+                                    },
+                                );
+                                let index = (key.shard_hash() % senders.len() as u64) as usize;
+                                let message = ShardMessage::Frame {
+                                    ts_ns: packet.ts_ns,
+                                    frame: packet.data.to_vec(),
+                                };
+                                if senders[index].send(message).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(reason) => stats.count_drop(reason),
+                        }
+                    }
+                    LiveItem::Timeout => {}
+                }
+                if now.saturating_sub(last_tick) >= 1_000_000_000 {
+                    last_tick = now;
+                    for sender in &senders {
+                        let _ = sender.send(ShardMessage::Tick(now));
+                    }
+                }
+            }
+            if let Some((dropped, _)) = capture.kernel_stats() {
+                stats.capture_dropped = u64::from(dropped);
+            }
+            Ok(stats)
+        });
+        Self {
+            events,
+            capture: Some(handle),
+            workers,
+        }
+    }
+
+    /// The flow events, from all shards; the iterator ends when the capture has stopped and
+    /// every shard has ended its flows.
+    pub fn events(&self) -> &Receiver<FlowEvent> {
+        &self.events
+    }
+
+    /// Waits for the threads and returns the counters of all of them.
+    pub fn join(mut self) -> Result<Stats, SourceError> {
+        let mut total = match self.capture.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result?,
+            _ => Stats::default(),
+        };
+        for worker in self.workers.drain(..) {
+            if let Ok(stats) = worker.join() {
+                // Frames were counted by the capture thread; segments and flows by the shards.
+                total.add(&Stats { frames: 0, ..stats });
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn shard(
+    rx: Receiver<ShardMessage>,
+    events: SyncSender<FlowEvent>,
+    config: FlowConfig,
+    link: Option<LinkType>,
+) -> Stats {
+    let mut table = FlowTable::new(config);
+    let mut out = Vec::new();
+    for message in rx {
+        match message {
+            ShardMessage::Frame { ts_ns, frame } => {
+                if let Some(Ok(segment)) = link.map(|link| decode(link, &frame)) {
+                    table.process(ts_ns, &segment, &mut out);
+                }
+            }
+            ShardMessage::Tick(now) => table.advance(now, &mut out),
+        }
+        for event in out.drain(..) {
+            let _ = events.send(event);
+        }
+    }
+    table.finish(&mut out);
+    for event in out.drain(..) {
+        let _ = events.send(event);
+    }
+    table.stats().clone()
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
