@@ -1,6 +1,9 @@
-//! The paper's workload W1 (150 trees, 5788 rows, 300 features, 198 classes) on vknf: the GPU kernel
-//! end to end (host rows in, labels out, copies included) and kernel alone (GPU timestamps), over a
-//! sweep of kernel configurations, next to vknf's multi-threaded CPU reference.
+//! A forest workload on vknf: the paper's W1a (`--paper-tree`) or any model and rows (`--model`,
+//! `--input`; the named shapes of `bench/run_gpu.sh`: W1b/deep, wide, tiny). Reports the GPU end to end
+//! (host rows in, labels out, copies included) with the configuration vknf chooses for the forest's shape
+//! and the batch (`ForestLane::predict`), the previous fixed default, and, with `--sweep`, a grid of
+//! kernel configurations and pipelined chunk counts; kernel alone from GPU timestamps; next to vknf's
+//! multi-threaded CPU reference. Every configuration's labels are checked against the CPU reference.
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +34,7 @@ struct Args {
     /// Write the generated W1a input rows as .npy (float32), so baselines use the same rows.
     #[arg(long)]
     write_input: Option<PathBuf>,
-    /// Write vknf's GPU labels (best configuration) as .npy (int64 class indices).
+    /// Write vknf's GPU labels (`predict` with the chosen configuration) as .npy (int64 class indices).
     #[arg(long)]
     write_labels: Option<PathBuf>,
     /// Device selector.
@@ -52,6 +55,20 @@ struct Args {
     /// Results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The workload's name in the report (default: W1a or the model's file name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// The fixed configuration vknf used for every forest before it chose by shape and batch: 24 rows x 32
+/// tree lanes, one dispatch per batch (bench/RESULTS.md, W1 sweep).
+fn previous_default() -> ForestOptions {
+    ForestOptions {
+        rows_per_group: Some(24),
+        tree_lanes: Some(32),
+        pipeline_chunks: Some(1),
+        ..ForestOptions::default()
+    }
 }
 
 fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> anyhow::Result<()> {
@@ -96,12 +113,16 @@ fn load(args: &Args) -> anyhow::Result<(String, GpuForest, Rows, Option<f64>)> {
     };
     let rows = vknf_forest::read_rows(args.input.as_ref().context("--model needs --input")?)?;
     let depth = forest.mean_depth(&rows.data, rows.n_rows).ok();
-    Ok(("W1b: scikit-learn forest".into(), forest, rows, depth))
+    let name = model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().to_string());
+    Ok((name, forest, rows, depth))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (name, forest, rows, mean_depth) = load(&args)?;
+    let name = args.name.clone().unwrap_or(name);
     let n_nodes = forest.nodes.len() / forest.node_format.words();
     println!(
         "{name}: {} trees, {} nodes ({} bytes/node), {} features, {} outputs, max depth {}, {} rows, mean depth {:?}",
@@ -137,26 +158,78 @@ fn main() -> anyhow::Result<()> {
     }
 
     let (_instance, device) = open_device(args.device.as_deref())?;
-    let mut configurations = vec![ForestOptions::default()];
+    let nf = forest.n_features as usize;
+
+    // The headline: `predict` with the configuration vknf chooses (shape and batch), against the
+    // previous fixed default on the same rows.
+    let mut chosen_labels = Vec::new();
+    let mut headline = serde_json::Map::new();
+    for (label, options) in [
+        ("chosen", ForestOptions::default()),
+        ("previous-default", previous_default()),
+    ] {
+        let kernel = ForestKernel::new(&device, &forest, &options)?;
+        let config = kernel.config();
+        let chunks = kernel.pipeline_chunks(rows.n_rows);
+        let mut lane = kernel.lane(rows.n_rows)?;
+        let mut labels = Vec::new();
+        let e2e = Stats::of(time_runs(3, args.runs, || {
+            labels = lane.predict(&rows.data, false)?.labels;
+            Ok(())
+        })?);
+        // Kernel alone: the whole batch as one dispatch, GPU timestamps.
+        let mut kernel_ns = Vec::new();
+        time_runs(2, args.runs.min(20), || {
+            lane.submit(rows.n_rows, false)?;
+            lane.finish(vknf_functions::forest::BATCH_DEADLINE)?;
+            if let Some(ns) = lane.last_kernel_ns() {
+                kernel_ns.push(ns / 1e3);
+            }
+            Ok(())
+        })?;
+        let kernel_stats = (!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns));
+        let wrong = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
+        println!(
+            "{label}: {config:?}, {chunks} chunk(s): predict e2e median {:.1} us (p90 {:.1}), kernel {:?} us, label mismatches vs CPU {wrong}",
+            e2e.median_us,
+            e2e.p90_us,
+            kernel_stats.as_ref().map(|k| (k.median_us * 10.0).round() / 10.0),
+        );
+        if label == "chosen" {
+            chosen_labels = labels;
+        }
+        headline.insert(
+            label.into(),
+            json!({"config": config, "chunks": chunks, "end_to_end": e2e, "kernel": kernel_stats,
+                   "label_mismatches_vs_cpu_reference": wrong}),
+        );
+    }
+
+    let mut configurations = Vec::new();
     if args.sweep {
-        for input_path in [InputPath::Staged, InputPath::Direct] {
-            for stage_input in [true, false] {
-                for rows_per_group in [8, 16, 32, 64] {
-                    for tree_lanes in [2, 4, 8, 16, 32] {
-                        configurations.push(ForestOptions {
-                            rows_per_group: Some(rows_per_group),
-                            tree_lanes: Some(tree_lanes),
-                            stage_input: Some(stage_input),
-                            input_path: Some(input_path),
-                            ..ForestOptions::default()
-                        });
-                    }
+        configurations.push(ForestOptions::default());
+        configurations.push(ForestOptions {
+            small_batch_rows: Some(0),
+            ..ForestOptions::default()
+        });
+        configurations.push(ForestOptions {
+            stage_input: Some(false),
+            ..ForestOptions::default()
+        });
+        for rows_per_group in [8u32, 16, 24, 32, 64, 128] {
+            for tree_lanes in [4u32, 8, 16, 32, 64] {
+                if rows_per_group * tree_lanes > 1024 || tree_lanes as usize > (forest.n_trees as usize).max(4) {
+                    continue;
                 }
+                configurations.push(ForestOptions {
+                    rows_per_group: Some(rows_per_group),
+                    tree_lanes: Some(tree_lanes),
+                    ..ForestOptions::default()
+                });
             }
         }
     }
     let mut results = Vec::new();
-    let mut best: Option<(f64, Vec<u32>)> = None;
     let mut seen = Vec::new();
     for options in configurations {
         let kernel = ForestKernel::new(&device, &forest, &options)?;
@@ -168,7 +241,7 @@ fn main() -> anyhow::Result<()> {
         let mut lane = kernel.lane(rows.n_rows)?;
         let mut labels = Vec::new();
         let mut kernel_ns = Vec::new();
-        // End to end: host rows in (copied into the lane), GPU, labels out.
+        // End to end as one dispatch: host rows in (copied into the lane), GPU, labels out.
         let e2e = Stats::of(time_runs(3, args.runs, || {
             lane.write_rows(0, &rows.data)?;
             lane.submit(rows.n_rows, false)?;
@@ -187,18 +260,23 @@ fn main() -> anyhow::Result<()> {
         let kernel_stats = (!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns.clone()));
         // End to end with the batch split into dispatches that overlap the host's writes.
         let mut pipelined = serde_json::Map::new();
-        if config.input_path == InputPath::Direct {
-            for chunks in [2usize, 4, 8] {
+        let mut line = String::new();
+        if config.input_path == InputPath::Direct && rows.data.len() * 4 >= 1 << 20 {
+            for chunks in [2usize, 4, 8, 16, 32] {
+                if chunks > rows.n_rows.div_ceil(config.rows_per_group as usize) {
+                    continue;
+                }
                 let mut got = Vec::new();
                 let stats = Stats::of(time_runs(3, args.runs, || {
                     got = lane.run_pipelined(&rows.data, chunks, false)?.labels;
                     Ok(())
                 })?);
                 let wrong = got.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
-                println!(
-                    "    pipelined, {chunks} chunks: e2e {:.1} us, label mismatches {wrong}",
-                    stats.median_us
-                );
+                line.push_str(&format!(
+                    " {chunks}:{:.0}{}",
+                    stats.median_us,
+                    if wrong > 0 { "!" } else { "" }
+                ));
                 pipelined.insert(
                     chunks.to_string(),
                     json!({"end_to_end": stats, "label_mismatches_vs_cpu_reference": wrong}),
@@ -207,16 +285,19 @@ fn main() -> anyhow::Result<()> {
         }
         let mismatches = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
         println!(
-            "{:?}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, label mismatches vs CPU {}",
-            config,
+            "  {}x{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
+            config.rows_per_group,
+            config.tree_lanes,
+            if config.stage_input { "" } else { " unstaged" },
+            match config.small_batch {
+                Some(small) => format!(" small<={}", small.max_rows),
+                None => String::new(),
+            },
             e2e.median_us,
             in_place.median_us,
             kernel_stats.as_ref().map(|k| k.median_us.round()),
             mismatches
         );
-        if best.as_ref().is_none_or(|(t, _)| e2e.median_us < *t) {
-            best = Some((e2e.median_us, labels.clone()));
-        }
         results.push(json!({
             "config": config, "end_to_end": e2e, "in_place": in_place, "kernel": kernel_stats, "pipelined": pipelined,
             "label_mismatches_vs_cpu_reference": mismatches,
@@ -227,9 +308,9 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    if let (Some(path), Some((_, labels))) = (&args.write_labels, &best) {
-        let bytes: Vec<u8> = labels.iter().flat_map(|l| (*l as i64).to_le_bytes()).collect();
-        write_npy(path, "<i8", &[labels.len()], &bytes)?;
+    if let Some(path) = &args.write_labels {
+        let bytes: Vec<u8> = chosen_labels.iter().flat_map(|l| (*l as i64).to_le_bytes()).collect();
+        write_npy(path, "<i8", &[chosen_labels.len()], &bytes)?;
     }
     let report = json!({
         "workload": name,
@@ -237,10 +318,11 @@ fn main() -> anyhow::Result<()> {
         "driver": device.info().driver_info,
         "trees": forest.n_trees, "nodes": n_nodes, "bytes_per_node": forest.node_format.words() * 4,
         "features": forest.n_features, "outputs": forest.n_outputs, "rows": rows.n_rows,
-        "max_depth": forest.max_depth, "mean_depth": mean_depth,
+        "max_depth": forest.max_depth, "mean_depth": mean_depth, "n_features": nf,
         "input_bytes": rows.data.len() * 4,
         "cpu_reference": cpu,
         "cpu_threads": std::thread::available_parallelism()?.get(),
+        "predict": headline,
         "gpu": results,
         "small_batches": small_batches,
         "finished_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
@@ -251,8 +333,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Latency of small batches (the server's one-row requests) on the bulk pipeline and on the
-/// small-batch one (one row per workgroup, a thread per tree).
+/// Latency of small batches (the server's one-row requests) with the chosen configuration, the
+/// previous fixed default, and the bulk and small-batch pipelines forced.
 fn small_batch_table(
     device: &vknf_vulkan::Device,
     forest: &GpuForest,
@@ -262,41 +344,45 @@ fn small_batch_table(
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let nf = forest.n_features as usize;
     let mut table = Vec::new();
-    for (name, small_batch_rows) in [("bulk", Some(0)), ("small-batch", Some(usize::MAX))] {
-        let kernel = ForestKernel::new(
-            device,
-            forest,
-            &ForestOptions {
-                small_batch_rows,
+    let variants = [
+        ("chosen", ForestOptions::default()),
+        ("previous-default", previous_default()),
+        (
+            "bulk",
+            ForestOptions {
+                small_batch_rows: Some(0),
                 ..ForestOptions::default()
             },
-        )?;
-        let mut lane = kernel.lane(rows.n_rows)?;
-        for n in [
-            1usize,
-            2,
-            4,
-            8,
-            16,
-            32,
-            64,
-            128,
-            256,
-            512,
-            1024,
-            2048,
-            4096,
-            rows.n_rows,
-        ]
-        .into_iter()
-        .filter(|n| *n <= rows.n_rows)
-        {
+        ),
+        (
+            "small-batch",
+            ForestOptions {
+                small_batch_rows: Some(usize::MAX),
+                ..ForestOptions::default()
+            },
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (name, options) in variants {
+        let kernel = ForestKernel::new(device, forest, &options)?;
+        if seen.contains(&format!("{:?}", kernel.config())) {
+            continue;
+        }
+        seen.push(format!("{:?}", kernel.config()));
+        let max = rows.n_rows.min(8192);
+        let mut lane = kernel.lane(max)?;
+        let mut sizes: Vec<usize> = [1usize, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+            .into_iter()
+            .filter(|n| *n < max)
+            .collect();
+        sizes.push(max);
+        for n in sizes {
             let mut kernel_us = Vec::new();
             let mut labels = Vec::new();
+            let pipelined = kernel.pipeline_chunks(n) > 1;
             let e2e = Stats::of(time_runs(20, if n > 256 { runs } else { runs.max(200) }, || {
-                lane.write_rows(0, &rows.data[..n * nf])?;
-                labels = lane.run(n, false)?.labels;
-                if let Some(ns) = lane.last_kernel_ns() {
+                labels = lane.predict(&rows.data[..n * nf], false)?.labels;
+                if let Some(ns) = lane.last_kernel_ns().filter(|_| !pipelined) {
                     kernel_us.push(ns / 1e3);
                 }
                 Ok(())
@@ -304,13 +390,13 @@ fn small_batch_table(
             let kernel_stats = (!kernel_us.is_empty()).then(|| Stats::of(kernel_us));
             let wrong = labels.iter().zip(reference).filter(|(a, b)| a != b).count();
             println!(
-                "  {name:>11} {n:>3} rows: e2e median {:.1} us p99 {:.1} us, kernel {:?} us, mismatches {wrong}",
+                "  {name:>16} {n:>5} rows: e2e median {:.1} us p99 {:.1} us, kernel {:?} us, mismatches {wrong}",
                 e2e.median_us,
                 e2e.p99_us,
                 kernel_stats.as_ref().map(|k| (k.median_us * 10.0).round() / 10.0),
             );
             table.push(json!({
-                "pipeline": name, "rows": n, "end_to_end": e2e, "kernel": kernel_stats,
+                "pipeline": name, "config": kernel.config(), "rows": n, "end_to_end": e2e, "kernel": kernel_stats,
                 "label_mismatches_vs_cpu_reference": wrong,
             }));
         }

@@ -60,10 +60,23 @@ pub struct ForestOptions {
     /// thread per tree (up to the device's workgroup limit), so that a lone row's tree walks run side by
     /// side instead of a few after one another. `Some(0)` disables it.
     pub small_batch_rows: Option<usize>,
+    /// Dispatches a [`ForestLane::predict`] batch is split into, each submitted as soon as its rows are
+    /// written, so that the host's writes overlap the kernel (direct input only). `None` chooses per
+    /// batch ([`ForestKernel::pipeline_chunks`]: one dispatch, the fastest measured on an H200).
+    pub pipeline_chunks: Option<usize>,
 }
 
 /// Default of [`ForestOptions::small_batch_rows`].
 pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
+
+/// Tree lanes per row by default (fewer when the forest has fewer trees).
+const DEFAULT_TREE_LANES: usize = 32;
+/// Threads per bulk workgroup the default row count aims at (24 rows x 32 lanes).
+const DEFAULT_GROUP_THREADS: usize = 768;
+/// Most rows per workgroup chosen by default.
+const MAX_DEFAULT_ROWS: usize = 128;
+/// Most dispatches one batch is split into.
+const MAX_PIPELINE_CHUNKS: usize = 32;
 
 /// The configuration a kernel was built with.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -83,6 +96,8 @@ pub struct KernelConfig {
     /// Threads per row of the small-batch pipeline, and the most rows a batch may have to use it; `None`
     /// when there is no small-batch pipeline (disabled, or the bulk one already gives every tree a thread).
     pub small_batch: Option<SmallBatchConfig>,
+    /// Fixed number of pipelined dispatches per `predict` batch; `None` when chosen per batch.
+    pub pipeline_chunks: Option<u32>,
 }
 
 impl KernelConfig {
@@ -209,9 +224,18 @@ impl ForestKernel {
         let accumulator_bytes = n_outputs * 4;
         let row_bytes = n_features * 4;
         let stage_wanted = options.stage_input.unwrap_or(true);
+        let max_invocations = info.max_workgroup_invocations.min(info.max_workgroup_size[0]) as usize;
+        let n_trees = forest.n_trees.max(1) as usize;
+        // Tree lanes are the lever for latency (a row's tree walks are a chain of dependent loads; the W1
+        // sweep in bench/RESULTS.md), but lanes beyond the tree count only idle: a forest of 10 trees gets
+        // 10 lanes, and the threads go to more rows.
+        let default_lanes = n_trees.min(DEFAULT_TREE_LANES);
+        let tree_lanes_wanted = options.tree_lanes.map_or(default_lanes, |lanes| lanes.max(1) as usize);
+        // Rows per workgroup: 24 with 32 lanes (the W1 sweep's best, 768 threads); narrower lane counts
+        // take more rows so that a workgroup keeps about as many threads, up to 128 rows.
+        let default_rows = (DEFAULT_GROUP_THREADS / tree_lanes_wanted).clamp(1, MAX_DEFAULT_ROWS);
+        let preferred_rows = options.rows_per_group.map_or(default_rows, |rows| rows.max(1) as usize);
         // As many rows as fit (accumulators are needed; staging only if asked), capped by preference.
-        // Defaults from the W1 sweep on an H200 (bench/RESULTS.md): 16-24 rows x 32 tree lanes.
-        let preferred_rows = options.rows_per_group.unwrap_or(24).max(1) as usize;
         let per_row = accumulator_bytes + if stage_wanted { row_bytes } else { 0 };
         let mut rows = preferred_rows.min(shared_budget / per_row.max(1));
         let mut stage_input = stage_wanted;
@@ -224,20 +248,21 @@ impl ForestKernel {
                 "{n_outputs} outputs need {accumulator_bytes} bytes of shared memory per row; the device has {shared_budget}"
             )));
         }
-        let max_invocations = info.max_workgroup_invocations.min(info.max_workgroup_size[0]) as usize;
-        let tree_lanes = (options.tree_lanes.unwrap_or(32).max(1) as usize).min((max_invocations / rows).max(1));
+        let tree_lanes = tree_lanes_wanted.min((max_invocations / rows).max(1));
         let rows = rows.min(max_invocations / tree_lanes);
         let fixed_scale = fixed_scale(forest.leaf_weight_bound());
         // Fixed point is exact and order-independent, but needs a scale that keeps ~2^-16 resolution;
         // regressors (and unusual weight ranges) accumulate in float instead.
         let float_accumulate = !forest.task.is_classifier() || fixed_scale < 65536.0;
         let small_max_rows = options.small_batch_rows.unwrap_or(DEFAULT_SMALL_BATCH_ROWS);
-        // One thread per tree, in whole subgroups of 32, within the workgroup limit.
-        let small_lanes = (forest.n_trees as usize).next_multiple_of(32).min(max_invocations);
-        let small_batch = (small_max_rows > 0 && small_lanes > tree_lanes).then_some(SmallBatchConfig {
-            max_rows: small_max_rows.min(u32::MAX as usize) as u32,
-            tree_lanes: small_lanes as u32,
-        });
+        // One thread per tree, in whole subgroups of 32, within the workgroup limit; only worth a second
+        // pipeline when some bulk lane walks more than one tree.
+        let small_lanes = n_trees.next_multiple_of(32).min(max_invocations);
+        let small_batch =
+            (small_max_rows > 0 && small_lanes > tree_lanes && tree_lanes < n_trees).then_some(SmallBatchConfig {
+                max_rows: small_max_rows.min(u32::MAX as usize) as u32,
+                tree_lanes: small_lanes as u32,
+            });
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
@@ -246,6 +271,7 @@ impl ForestKernel {
             float_accumulate,
             input_path: options.input_path.unwrap_or(InputPath::Direct),
             small_batch,
+            pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
         };
 
         let kernel = Kernel::new(device, spirv, entry_point)?;
@@ -316,6 +342,19 @@ impl ForestKernel {
         self.resident.config
     }
 
+    /// How many pipelined dispatches [`ForestLane::predict`] splits a batch of `n_rows` rows into: the
+    /// configured count, else one: on the H200 every split of the named shapes' batches (5788 and 100,000
+    /// rows) measured slower end to end than one dispatch (bench/RESULTS.md), so splitting is opt-in.
+    /// Always 1 for the staged input path, whose copy runs after the whole batch is written.
+    pub fn pipeline_chunks(&self, n_rows: usize) -> usize {
+        let config = &self.resident.config;
+        if config.input_path != InputPath::Direct || n_rows < 2 {
+            return 1;
+        }
+        let chunks = config.pipeline_chunks.unwrap_or(1) as usize;
+        chunks.min(n_rows.div_ceil(config.rows_per_group as usize)).max(1)
+    }
+
     /// The device the forest lives on.
     pub fn device(&self) -> &Device {
         &self.resident.device
@@ -379,6 +418,8 @@ pub struct ForestLane {
     // One command list per chunk of a pipelined batch, recorded for (rows, chunks, scores).
     chunk_lists: Vec<CommandList>,
     chunks_recorded: Option<(usize, usize, bool)>,
+    // The batch in flight was pipelined: only its last chunk's kernel is left when finish() starts.
+    poll_finish: bool,
 }
 
 /// What a finished batch produced, borrowed from the lane's readback buffers.
@@ -396,10 +437,35 @@ const NAN_ROW: u32 = u32::MAX;
 
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
+/// Least bytes one thread of a parallel copy takes: a few threads already fill the bus when the
+/// staging memory is across PCIe, and smaller shares cost more in hand-offs than they save.
+const PARALLEL_COPY_SHARE: usize = 256 << 10;
+
+/// Copies `rows` into `buffer` at float `offset`: one core cannot fill staging memory at the bus's rate,
+/// so copies of a MiB or more are split over the thread pool.
+fn copy_rows(buffer: &Buffer, offset: usize, rows: &[f32]) -> Result<(), ForestError> {
+    if rows.len() * 4 < PARALLEL_COPY_BYTES {
+        buffer.write((offset * 4) as u64, rows)?;
+        return Ok(());
+    }
+    let mut staging = buffer.map::<f32>()?;
+    let target = &mut staging[offset..offset + rows.len()];
+    let chunk = (rows.len() / rayon::current_num_threads().max(1)).max(PARALLEL_COPY_SHARE / 4);
+    target
+        .par_chunks_mut(chunk)
+        .zip(rows.par_chunks(chunk))
+        .for_each(|(dst, src)| dst.copy_from_slice(src));
+    Ok(())
+}
 
 /// How long a lane polls for the completion of a batch on the small-batch pipeline before it blocks
 /// (bulk batches poll for the runtime's default, then sleep in the driver).
 const SMALL_BATCH_POLL: Duration = Duration::from_micros(250);
+
+/// Rows per pipelined chunk: whole workgroups, so that no workgroup straddles two dispatches.
+fn rows_per_chunk(n_rows: usize, chunks: usize, rows_per_group: usize) -> usize {
+    n_rows.div_ceil(chunks.max(1)).next_multiple_of(rows_per_group)
+}
 
 /// How long one batch may take before the device is declared lost.
 pub const BATCH_DEADLINE: Duration = Duration::from_secs(10);
@@ -464,6 +530,7 @@ impl ForestLane {
             pending: None,
             chunk_lists: Vec::new(),
             chunks_recorded: None,
+            poll_finish: false,
         })
     }
 
@@ -493,19 +560,7 @@ impl ForestLane {
                 self.max_rows
             )));
         }
-        if rows.len() * 4 < PARALLEL_COPY_BYTES {
-            self.input.write((first_row * nf * 4) as u64, rows)?;
-            return Ok(());
-        }
-        // One core cannot fill pinned memory at the bus's rate; split large copies over the pool.
-        let mut staging = self.input.map::<f32>()?;
-        let target = &mut staging[first_row * nf..first_row * nf + rows.len()];
-        let chunk = (rows.len() / rayon::current_num_threads().max(1)).max(1 << 14);
-        target
-            .par_chunks_mut(chunk)
-            .zip(rows.par_chunks(chunk))
-            .for_each(|(dst, src)| dst.copy_from_slice(src));
-        Ok(())
+        copy_rows(&self.input, first_row * nf, rows)
     }
 
     fn record(&mut self, n_rows: usize, want_scores: bool) -> Result<(), ForestError> {
@@ -601,7 +656,7 @@ impl ForestLane {
             .pending
             .take()
             .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
-        if self.kernel.config().uses_small_batch(n_rows) {
+        if std::mem::take(&mut self.poll_finish) || self.kernel.config().uses_small_batch(n_rows) {
             ticket.wait_polling(deadline, SMALL_BATCH_POLL)?;
         } else {
             ticket.wait(deadline)?;
@@ -657,8 +712,7 @@ impl ForestLane {
         }
         let r = self.kernel.resident.clone();
         let rows_per_group = r.config.rows_per_group as usize;
-        // Chunk boundaries on whole workgroups, so that no workgroup straddles two dispatches.
-        let per_chunk = n_rows.div_ceil(chunks).next_multiple_of(rows_per_group);
+        let per_chunk = rows_per_chunk(n_rows, chunks, rows_per_group);
         let mut lists = std::mem::take(&mut self.chunk_lists);
         let mut first = 0;
         let mut index = 0;
@@ -672,8 +726,13 @@ impl ForestLane {
                 write_scores: want_scores as u32,
                 first_row: first as u32,
             };
-            let groups = (end - first).div_ceil(rows_per_group) as u32;
-            let bind_group = self.bind_group.clone();
+            // A chunk small enough for the small-batch pipeline takes it: the last chunk's kernel is what
+            // the host waits for after its last write, and one row per workgroup with a thread per tree
+            // finishes a few hundred rows in less time than the bulk shape does.
+            let (bind_group, groups) = match &self.small_bind_group {
+                Some(small) if r.config.uses_small_batch(end - first) => (small.clone(), (end - first) as u32),
+                _ => (self.bind_group.clone(), (end - first).div_ceil(rows_per_group) as u32),
+            };
             let record = |rec: &mut vknf_vulkan::Recorder<'_>| rec.dispatch(&bind_group, &params, [groups, 1, 1]);
             match lists.get_mut(index) {
                 Some(list) => list.rerecord(record)?,
@@ -689,8 +748,9 @@ impl ForestLane {
     }
 
     /// Runs `rows` (at most the lane's size) as `chunks` dispatches, each submitted as soon as its rows
-    /// are written, so that the host's copy of chunk i+1 overlaps the kernel on chunk i. Only for the
-    /// direct input path, where the kernel reads the rows where the host writes them.
+    /// are written, so that the host's copy of chunk i+1 overlaps the kernel on chunk i (and the
+    /// submission of chunk i overlaps the copy of chunk i+1). Only for the direct input path, where the
+    /// kernel reads the rows where the host writes them; otherwise one write and one dispatch.
     pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         let nf = self.n_features();
         let n_rows = rows.len() / nf;
@@ -711,15 +771,42 @@ impl ForestLane {
             ));
         }
         self.record_chunks(n_rows, chunks, want_scores)?;
-        let rows_per_chunk = n_rows
-            .div_ceil(chunks)
-            .next_multiple_of(self.kernel.config().rows_per_group as usize);
-        let mut last = None;
-        for (index, chunk) in rows.chunks(rows_per_chunk * nf).enumerate() {
-            self.write_rows(index * rows_per_chunk, chunk)?;
-            last = Some(self.compute.submit(&mut self.chunk_lists[index])?);
-        }
+        let per_chunk = rows_per_chunk(n_rows, chunks, self.kernel.config().rows_per_group as usize);
+        let pieces: Vec<&[f32]> = rows.chunks(per_chunk * nf).collect();
+        let input = self.input.clone();
+        let compute = &mut self.compute;
+        let lists = &mut self.chunk_lists;
+        // The loop runs on a worker of the pool, so that each join below costs a push to its local
+        // queue rather than a hand-off from an outside thread.
+        let last = rayon::scope(|_| -> Result<Option<Ticket>, ForestError> {
+            copy_rows(&input, 0, pieces[0])?;
+            let mut last: Option<Ticket> = None;
+            for (index, list) in lists.iter_mut().enumerate().take(pieces.len()) {
+                let next = pieces.get(index + 1).copied();
+                let (submitted, written) = rayon::join(
+                    || compute.submit(list),
+                    || next.map_or(Ok(()), |piece| copy_rows(&input, (index + 1) * per_chunk * nf, piece)),
+                );
+                match submitted
+                    .map_err(ForestError::from)
+                    .and_then(|ticket| written.map(|()| ticket))
+                {
+                    Ok(ticket) => last = Some(ticket),
+                    Err(err) => {
+                        // Chunks already submitted read the lane's buffers: let them finish before the
+                        // lane can be reused.
+                        if let Some(ticket) = last {
+                            let _ = ticket.wait(BATCH_DEADLINE);
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            Ok(last)
+        })?;
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
+        // After the last write only the last chunk's kernel is left: poll for it rather than sleep.
+        self.poll_finish = true;
         self.finish(BATCH_DEADLINE)
     }
 
@@ -737,8 +824,14 @@ impl ForestLane {
         let mut labels = Vec::with_capacity(n_rows);
         let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
-            self.write_rows(0, chunk)?;
-            let result = self.run(chunk.len() / nf, want_scores).map_err(|err| match err {
+            let chunks = self.kernel.pipeline_chunks(chunk.len() / nf);
+            let result = if chunks > 1 {
+                self.run_pipelined(chunk, chunks, want_scores)
+            } else {
+                self.write_rows(0, chunk)?;
+                self.run(chunk.len() / nf, want_scores)
+            };
+            let result = result.map_err(|err| match err {
                 ForestError::Input(message) if message.starts_with("row ") => {
                     ForestError::Input(format!("batch {index}: {message}"))
                 }

@@ -81,6 +81,20 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
             small_batch_rows: Some(usize::MAX),
             ..Default::default()
         },
+        // `predict` splits each batch into pipelined dispatches on the bulk pipeline ...
+        ForestOptions {
+            rows_per_group: Some(4),
+            pipeline_chunks: Some(5),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        // ... and on the small-batch one (chunks of at most 1024 rows take it).
+        ForestOptions {
+            tree_lanes: Some(1),
+            rows_per_group: Some(4),
+            pipeline_chunks: Some(3),
+            ..Default::default()
+        },
     ];
     let small = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &configurations[4]).unwrap();
     assert!(

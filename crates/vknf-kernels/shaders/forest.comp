@@ -49,9 +49,12 @@ const uint COMPACT_FEATURE_SHIFT = 18u;
 const uint COMPACT_FEATURE_MASK = 0xfffu;
 
 layout(set = 0, binding = 0) readonly buffer Rows { float rows[]; };
-layout(set = 0, binding = 1) readonly buffer Nodes { uint nodes[]; };
+// Nodes and leaf entries are read as word pairs: a compact node (or the first half of a wide one) and an
+// (output, weight) entry each come in one 8-byte load instead of two 4-byte ones. Traversal loads are
+// divergent (each row of a subgroup at its own node), so this halves the memory transactions per step.
+layout(set = 0, binding = 1) readonly buffer Nodes { uvec2 nodes[]; };
 layout(set = 0, binding = 2) readonly buffer TreeRoots { uint tree_roots[]; };
-layout(set = 0, binding = 3) readonly buffer LeafEntries { uint leaf_entries[]; };
+layout(set = 0, binding = 3) readonly buffer LeafEntries { uvec2 leaf_entries[]; };
 layout(set = 0, binding = 4) readonly buffer BaseValues { float base_values[]; };
 layout(set = 0, binding = 5) writeonly buffer Labels { uint labels[]; };
 layout(set = 0, binding = 6) writeonly buffer Scores { float scores[]; };
@@ -155,37 +158,38 @@ void main() {
     if (local_row < rows_here && lane < TREE_LANES) {
         for (uint tree = lane; tree < params.n_trees; tree += TREE_LANES) {
             uint node = tree_roots[tree];
-            uint w0 = 0u;
+            uvec2 head = uvec2(0u);
+            // Pairs per node: 1 (compact) or 2 (wide: the absolute left child in the second pair).
+            const uint node_pairs = NODE_WORDS / 2u;
             for (uint depth = 0u; depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
-                w0 = nodes[node * NODE_WORDS];
-                if ((w0 & LEAF_BIT) != 0u) {
+                head = nodes[node * node_pairs];
+                if ((head.x & LEAF_BIT) != 0u) {
                     break;
                 }
-                const float threshold = uintBitsToFloat(nodes[node * NODE_WORDS + 1u]);
+                const float threshold = uintBitsToFloat(head.y);
                 uint feature;
                 uint left;
                 if (NODE_WORDS == 2u) {
-                    feature = (w0 >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK;
-                    left = node + (w0 & COMPACT_DELTA_MASK);
+                    feature = (head.x >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK;
+                    left = node + (head.x & COMPACT_DELTA_MASK);
                 } else {
-                    feature = w0 & LOW30;
-                    left = nodes[node * NODE_WORDS + 2u];
+                    feature = head.x & LOW30;
+                    left = nodes[node * node_pairs + 1u].x;
                 }
                 const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
-                const bool go_left = x <= threshold || (isnan(x) && (w0 & FLAG_BIT) != 0u);
+                const bool go_left = x <= threshold || (isnan(x) && (head.x & FLAG_BIT) != 0u);
                 node = go_left ? left : left + 1u;
             }
-            if (node >= params.n_nodes || (w0 & LEAF_BIT) == 0u) {
+            if (node >= params.n_nodes || (head.x & LEAF_BIT) == 0u) {
                 continue;
             }
-            const uint w1 = nodes[node * NODE_WORDS + 1u];
-            if ((w0 & FLAG_BIT) != 0u) {
-                add_weight(local_row, w0 & LOW30, uintBitsToFloat(w1));
+            if ((head.x & FLAG_BIT) != 0u) {
+                add_weight(local_row, head.x & LOW30, uintBitsToFloat(head.y));
             } else {
-                const uint count = min(w0 & LOW30, N_OUTPUTS);
-                for (uint k = 0u; k < count && w1 + k < params.n_entries; ++k) {
-                    const uint pair = (w1 + k) * 2u;
-                    add_weight(local_row, leaf_entries[pair], uintBitsToFloat(leaf_entries[pair + 1u]));
+                const uint count = min(head.x & LOW30, N_OUTPUTS);
+                for (uint k = 0u; k < count && head.y + k < params.n_entries; ++k) {
+                    const uvec2 entry = leaf_entries[head.y + k];
+                    add_weight(local_row, entry.x, uintBitsToFloat(entry.y));
                 }
             }
         }
