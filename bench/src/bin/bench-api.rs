@@ -77,10 +77,8 @@ fn main() -> anyhow::Result<()> {
         ..FunctionSpec::new("w1a", "forest", spirv)
     };
     let model: Arc<[u8]> = forest.to_vkf_bytes().into();
-    let function = tokio.block_on(async {
-        let runtime = Runtime::new(loader.clone() as Arc<dyn FunctionLoader>, settings);
-        runtime.load(spec, Some(model), None).await
-    })?;
+    let runtime = tokio.block_on(async { Runtime::new(loader.clone() as Arc<dyn FunctionLoader>, settings) });
+    let function = tokio.block_on(runtime.load(spec, Some(model), None))?;
     let kernel = ForestKernel::new(&loader.device(), &forest, &ForestOptions::default())?;
     let mut lane = kernel.lane(max_rows)?;
 
@@ -130,5 +128,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&table)?)?;
     }
+    // Lanes hold device memory: release them (and the raw lane) before the device goes.
+    tokio.block_on(runtime.shutdown());
+    drop((lane, kernel, function));
     Ok(())
 }

@@ -123,8 +123,24 @@ impl FunctionInfo {
     }
 }
 
-/// Position (element index) of the first NaN or infinity among little-endian `f32` elements.
+/// Inputs at least this large are scanned by several threads.
+const PARALLEL_SCAN_BYTES: usize = 1 << 20;
+
+/// Position (element index) of the first NaN or infinity among little-endian `f32` elements. Large
+/// inputs are scanned by several threads: one core reads far slower than a large call arrives.
 pub fn first_non_finite(data: &[u8]) -> Option<usize> {
+    use rayon::prelude::*;
+    if data.len() < PARALLEL_SCAN_BYTES {
+        return first_non_finite_serial(data);
+    }
+    let chunk = PARALLEL_SCAN_BYTES / 4;
+    data.par_chunks(chunk)
+        .enumerate()
+        .filter_map(|(index, part)| first_non_finite_serial(part).map(|within| index * chunk / 4 + within))
+        .min()
+}
+
+fn first_non_finite_serial(data: &[u8]) -> Option<usize> {
     const EXPONENT: u32 = 0x7f80_0000;
     let non_finite = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXPONENT == EXPONENT;
     // Blocks are checked without early exit (which vectorises); only a failing block is searched.
@@ -134,4 +150,42 @@ pub fn first_non_finite(data: &[u8]) -> Option<usize> {
         .position(|block| block.chunks_exact(4).fold(false, |seen, b| seen | non_finite(b)))?;
     let within = data[block * BLOCK..].chunks_exact(4).position(non_finite)?;
     Some(block * BLOCK / 4 + within)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_non_finite_value_is_found_in_small_and_large_inputs() {
+        for len in [0usize, 1, 255, 256, 257, 70_000, 600_000] {
+            let mut values = vec![1.5f32; len];
+            assert_eq!(
+                first_non_finite(bytemuck::cast_slice(&values)),
+                None,
+                "{len} finite values"
+            );
+            for (at, bad) in [
+                (len / 2, f32::NAN),
+                (len.saturating_sub(1), f32::INFINITY),
+                (len / 3, f32::NEG_INFINITY),
+            ] {
+                if len == 0 {
+                    continue;
+                }
+                values[at] = bad;
+                // A later non-finite value never hides an earlier one, whichever thread finds it.
+                if at + 1 < len {
+                    values[len - 1] = f32::NAN;
+                }
+                let expected = values.iter().position(|v| !v.is_finite());
+                assert_eq!(
+                    first_non_finite(bytemuck::cast_slice(&values)),
+                    expected,
+                    "{len} values, bad at {at}"
+                );
+                values.iter_mut().for_each(|v| *v = 1.5);
+            }
+        }
+    }
 }

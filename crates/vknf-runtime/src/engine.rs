@@ -153,10 +153,8 @@ impl Engine {
     /// Checks and admits a call, or answers it with an error (`BUSY`, `TOO_LARGE`, a shape error).
     /// Hands the call back when the engine has closed, so the caller can retry on its successor.
     pub(crate) fn submit(&self, call: Call, reply: Box<dyn Reply>) -> Result<(), Box<Returned>> {
-        let queue = self.queue.lock();
-        let Some(queue_tx) = queue.as_ref() else {
-            return Err(Box::new(Returned { call, reply }));
-        };
+        // Checks and admission run on the caller's thread, outside the queue's lock: scanning a large
+        // call for NaN takes a while, and callers on other connections must not wait for it.
         let fail = |reply: Box<dyn Reply>, error: CallError| {
             self.metrics.error(&self.label, error.code_name());
             reply.fail(error);
@@ -189,6 +187,12 @@ impl Engine {
                 self.queued_bytes()
             ));
             return fail(reply, error);
+        };
+        let queue = self.queue.lock();
+        let Some(queue_tx) = queue.as_ref() else {
+            // Closed meanwhile (a reload or removal): the caller retries on the successor.
+            drop(admission);
+            return Err(Box::new(Returned { call, reply }));
         };
         let job = Job::new(
             call.rows,

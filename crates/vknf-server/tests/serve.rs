@@ -315,6 +315,36 @@ async fn bad_input_gets_the_right_error_and_everyone_keeps_being_served_body() {
     assert!(message.contains("incomplete"), "{message}");
     assert!(stalled.next().await.is_none());
 
+    // A client that trickles a frame byte by byte, each byte well within the read timeout, is cut off
+    // once the frame as a whole has taken longer than the timeout (300 ms here; 108 bytes at one per
+    // 40 ms would take 4.3 s).
+    let trickled = request(1, FEATURES as u32, 0, &rows);
+    let stream = TcpStream::connect(target).await.unwrap();
+    let (mut read_half, mut write_half) = stream.into_split();
+    let trickler = tokio::spawn(async move {
+        for byte in trickled.iter() {
+            if write_half.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), read_half.read_to_end(&mut received)).await;
+    let mut buf = BytesMut::from(&received[..]);
+    let Some(Decoded::Frame(frame)) = FrameDecoder::new(1 << 20).decode(&mut buf).unwrap() else {
+        panic!("the trickling client got no frame")
+    };
+    let body = ErrorBody::parse(&frame.payload).unwrap();
+    assert_eq!(
+        (frame.header.frame_type, body.code),
+        (FrameType::Error, ErrorCode::BadFrame),
+        "{}",
+        body.message
+    );
+    assert!(body.message.contains("incomplete"), "{}", body.message);
+    trickler.abort();
+
     // A client that vanishes mid-frame costs nothing.
     let mut vanishing = Raw::connect(target).await;
     vanishing.send(&request(1, FEATURES as u32, 0, &rows)[..25]).await;
@@ -835,4 +865,85 @@ async fn idle_body() {
     let answer = pending.await.unwrap().unwrap();
     assert_matches_reference(&model, &rows, &answer, false);
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_arriving_while_the_server_drains_are_refused_and_no_answer_is_lost() {
+    common::bounded(late_frames_body()).await;
+}
+
+async fn late_frames_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = forest(7);
+    write_forest_manifest(dir.path(), "f", &model, 8, 0);
+    let gate = Gate::new();
+    let server = common::start_server_with(
+        dir.path(),
+        common::test_config(),
+        Arc::new(GatedLoader::cpu(gate.clone())),
+    )
+    .await;
+    let target = addr(&server, "f");
+    gate.close();
+    let mut raw = Raw::connect(target).await;
+    let rows = random_rows(5, FEATURES, &mut rand::rng());
+    for id in 1..=8 {
+        raw.send(&request(id, FEATURES as u32, 0, &rows)).await;
+    }
+    wait_for(
+        || {
+            server
+                .metrics()
+                .queued_requests
+                .get_or_create(&vknf_runtime::Metrics::function("default/f"))
+                .get()
+                == 8
+        },
+        "all eight admitted",
+    )
+    .await;
+    let stopping = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown().await }
+    });
+    // Once the port refuses connections, the function is closing: what arrives now is late.
+    for _ in 0..250 {
+        if TcpStream::connect(target).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in 101..=105 {
+        raw.send(&request(id, FEATURES as u32, 0, &rows)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.open();
+    // Every frame gets exactly one answer, then an orderly end of stream (no reset).
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(frame) = raw.next().await {
+        let id = frame.header.request_id;
+        let outcome = match frame.header.frame_type {
+            FrameType::Response => {
+                assert_matches_reference(&model, &rows, &ResponseBody::parse(frame.payload).unwrap(), false);
+                None
+            }
+            _ => Some(ErrorBody::parse(&frame.payload).unwrap().code),
+        };
+        assert!(answers.insert(id, outcome).is_none(), "request {id} answered twice");
+    }
+    let admitted: Vec<u64> = (1..=8).collect();
+    let late: Vec<u64> = (101..=105).collect();
+    assert_eq!(
+        answers.keys().copied().collect::<Vec<_>>(),
+        [admitted.clone(), late.clone()].concat()
+    );
+    assert!(admitted.iter().all(|id| answers[id].is_none()), "{answers:?}");
+    assert!(
+        late.iter().all(|id| answers[id] == Some(ErrorCode::ShuttingDown)),
+        "{answers:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .unwrap()
+        .unwrap();
 }

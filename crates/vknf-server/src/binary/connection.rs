@@ -23,6 +23,12 @@ use super::outbox::{Outbox, write_loop};
 use super::reply::{FrameReply, count_error};
 use crate::config::ServerConfig;
 
+/// Longest a finished connection waits for its client to close before closing itself.
+const MAX_LINGER: Duration = Duration::from_secs(1);
+
+/// While a function closes, how often a connection looks whether its admitted answers are all out.
+const CLOSING_POLL: Duration = Duration::from_millis(5);
+
 /// Requests with more row bytes than this keep sharing the read buffer (they fill most of it).
 const SHARE_READ_BUFFER_ABOVE: usize = 64 * 1024;
 
@@ -71,7 +77,27 @@ pub(crate) async fn serve_connection(
     {
         closed.store(true, Ordering::Release);
         writer_task.abort();
+        return;
     }
+    if ending == Ending::Finish {
+        // Every answer is written and the write side is shut (FIN). Closing now while the client's
+        // late bytes sit unread would make the kernel send a reset, and a reset can destroy answers
+        // the client has not read yet: read and drop until the client closes too, for a while.
+        linger(&mut reader, config.read_timeout.min(MAX_LINGER)).await;
+    }
+}
+
+/// Reads and drops what the client still sends, until it closes its side or `limit` passes.
+async fn linger(reader: &mut tokio::net::tcp::OwnedReadHalf, limit: Duration) {
+    let mut scratch = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(limit, async {
+        while let Ok(read) = reader.read(&mut scratch).await {
+            if read == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 struct Connection {
@@ -89,10 +115,14 @@ impl Connection {
         let mut decoder = FrameDecoder::new(config.max_payload);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut closing = self.function.closing();
+        // When the frame being received must be complete: set by its first bytes, so that a sender
+        // trickling bytes cannot stretch one frame past the read timeout.
+        let mut frame_deadline: Option<tokio::time::Instant> = None;
         loop {
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(decoded)) => {
+                        frame_deadline = None;
                         if *closing.borrow() {
                             self.refuse_closing(decoded).await;
                         } else if !self.handle(decoded).await {
@@ -108,13 +138,20 @@ impl Connection {
                     }
                 }
             }
-            if *closing.borrow() {
+            let is_closing = *closing.borrow();
+            if is_closing && self.in_flight.load(Ordering::Acquire) == 0 {
+                // Everything admitted is answered; later frames got SHUTTING_DOWN above.
                 return Ending::Finish;
             }
             let mid_frame = decoder.is_mid_frame(&buf);
-            let limit = if mid_frame {
-                config.read_timeout
+            let limit = if is_closing {
+                // Keep reading (and refusing) while admitted answers are still being computed.
+                CLOSING_POLL
+            } else if mid_frame {
+                let deadline = *frame_deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.read_timeout);
+                deadline.saturating_duration_since(tokio::time::Instant::now())
             } else {
+                frame_deadline = None;
                 config.idle_timeout
             };
             if buf.capacity() - buf.len() < 16 * 1024 {
@@ -130,8 +167,12 @@ impl Connection {
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(_)) => return Ending::Abort,
+                    Err(_) if is_closing => {}
                     Err(_) if mid_frame => {
-                        let message = format!("frame still incomplete after {limit:?}; closing the connection");
+                        let message = format!(
+                            "frame still incomplete after {:?}; closing the connection",
+                            config.read_timeout
+                        );
                         self.send_error(0, ErrorCode::BadFrame, &message).await;
                         return Ending::Finish;
                     }
