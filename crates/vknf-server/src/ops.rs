@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,8 +16,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::server::Server;
@@ -65,18 +67,68 @@ pub async fn serve_ops(listener: TcpListener, server: Server, shutdown: impl Fut
     serve_ops_source(listener, OpsSource::for_server(server), shutdown).await;
 }
 
-/// Serves the operations endpoint reporting `source` on `listener` until `shutdown` resolves.
+/// Bounds of the operations endpoint: it is reachable by more than the scraper, so neither many nor
+/// slow nor idle connections may take file descriptors or memory without limit.
+#[derive(Debug, Clone)]
+pub struct OpsLimits {
+    /// Open connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, and an idle keep-alive connection is closed after it.
+    pub header_timeout: Duration,
+    /// Longest a connection may stay open, whatever it does.
+    pub max_connection_lifetime: Duration,
+}
+
+impl Default for OpsLimits {
+    fn default() -> Self {
+        OpsLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            max_connection_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves the operations endpoint reporting `source` on `listener` until `shutdown` resolves, with the
+/// default [`OpsLimits`].
 pub async fn serve_ops_source(listener: TcpListener, source: OpsSource, shutdown: impl Future<Output = ()>) {
+    serve_ops_with_limits(listener, source, OpsLimits::default(), shutdown).await;
+}
+
+/// Serves the operations endpoint reporting `source` on `listener` within `limits` until `shutdown`
+/// resolves.
+pub async fn serve_ops_with_limits(
+    listener: TcpListener,
+    source: OpsSource,
+    limits: OpsLimits,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let source = source.clone();
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning a core.
+                        tracing::warn!(%error, "operations endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // At the cap the connection is closed at once: its descriptor is not kept.
+                let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+                let (source, limits) = (source.clone(), limits.clone());
                 connections.spawn(async move {
                     let service = service_fn(move |request| respond(request, source.clone()));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(limits.max_connection_lifetime, connection).await;
+                    drop(slot);
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -155,6 +207,7 @@ mod tests {
             let _ = stopped.await;
         }));
         let metrics = send(addr, "GET", "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
         assert!(
             metrics.starts_with("HTTP/1.1 200")
                 && metrics.contains(OPENMETRICS)
@@ -171,6 +224,45 @@ mod tests {
         assert!(send(addr, "GET", "/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(send(addr, "GET", "/nope").await.starts_with("HTTP/1.1 404"));
         assert!(send(addr, "POST", "/metrics").await.starts_with("HTTP/1.1 405"));
+        let _ = stop.send(());
+        serving.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_and_excess_connections_cannot_lock_the_endpoint_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let source = OpsSource {
+            metrics: Arc::new(String::new),
+            readiness: Arc::new(|| Ok("ready\n".into())),
+        };
+        let limits = OpsLimits {
+            max_connections: 8,
+            header_timeout: Duration::from_millis(300),
+            max_connection_lifetime: Duration::from_secs(10),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve_ops_with_limits(listener, source, limits, async move {
+            let _ = stopped.await;
+        }));
+        // Forty connections that never send a byte, and one that sends half a request head.
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /livez HTTP/1.1\r\nHo").await.unwrap();
+        // Those over the cap are closed at once; the others when their headers are late.
+        let mut closed = 0;
+        for stream in idle.iter_mut().chain(std::iter::once(&mut slow)) {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+            if matches!(read, Ok(Ok(0) | Err(_))) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 41, "every idle or slow connection was closed");
+        assert!(send(addr, "GET", "/livez").await.starts_with("HTTP/1.1 200"));
         let _ = stop.send(());
         serving.await.unwrap();
     }
