@@ -47,19 +47,39 @@ impl OpsSource {
     }
 }
 
-/// `Ok` with the number of functions serving, or `Err` with one line per problem.
+/// `Ok` with the number of functions serving, or `Err` with one line per problem. Anyone who reaches
+/// the port reads this, so a problem is named (function, annotation, port, stage) but the values it
+/// quotes from manifests are not repeated: the server's log has them.
 fn server_readiness(server: &Server) -> Result<String, String> {
     let status = server.status();
     if status.is_ready() {
-        Ok(format!("ready: {} functions serving\n", status.functions.len()))
-    } else {
-        let mut body = String::from("not ready\n");
-        for problem in status.problems() {
-            body.push_str(&problem);
-            body.push('\n');
-        }
-        Err(body)
+        return Ok(format!("ready: {} functions serving\n", status.functions.len()));
     }
+    let mut body = String::from("not ready\n");
+    if status.generation == 0 {
+        body.push_str("functions not loaded yet\n");
+    }
+    if let Some(error) = &status.source_error {
+        body.push_str(&format!(
+            "manifests: {} (details in the server's log)\n",
+            without_values(error)
+        ));
+    }
+    for (key, function) in &status.functions {
+        if let crate::FunctionStatus::Failed { reason, .. } = function {
+            body.push_str(&format!(
+                "{key}: {} (details in the server's log)\n",
+                without_values(reason)
+            ));
+        }
+    }
+    Err(body)
+}
+
+/// What a problem is about, without the values it quotes: the text before its first ':' (the
+/// annotation, port, file or stage at fault).
+fn without_values(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason).trim()
 }
 
 /// Serves the operations endpoint for `server` on `listener` until `shutdown` resolves.
@@ -226,6 +246,19 @@ mod tests {
         assert!(send(addr, "POST", "/metrics").await.starts_with("HTTP/1.1 405"));
         let _ = stop.send(());
         serving.await.unwrap();
+    }
+
+    #[test]
+    fn problems_are_named_without_the_values_they_quote() {
+        assert_eq!(
+            without_values("annotation vknf.io/max-batch-rows: \"db-password=hunter2\" is not a non-negative integer"),
+            "annotation vknf.io/max-batch-rows"
+        );
+        assert_eq!(
+            without_values("cannot listen on port 7000: Address in use"),
+            "cannot listen on port 7000"
+        );
+        assert_eq!(without_values("functions not loaded yet"), "functions not loaded yet");
     }
 
     #[tokio::test]

@@ -90,7 +90,10 @@ async fn ops_body() {
     wait_for(|| daemon.server().status().functions.len() == 2, "g seen").await;
     let (status, body) = get(ops, "/readyz", "GET").await;
     assert_eq!(status, 503);
-    assert!(body.contains("default/g") && body.contains("lstm"), "{body}");
+    // The problem is named (function and annotation) without the manifest's value, which anyone
+    // reaching the port would otherwise read.
+    assert!(body.contains("default/g: annotation vknf.io/kind"), "{body}");
+    assert!(!body.contains("lstm"), "{body}");
 
     // Shutdown closes both the function port and the ops endpoint.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
