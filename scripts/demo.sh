@@ -78,7 +78,7 @@ print(f"{'client':>22}  {'truth (SNI)':<12} {'predicted':<12} {'score':>5}  reco
 for line in open(sys.argv[1]):
     r = json.loads(line)
     client = f"{r['client_ip']}:{r['client_port']}"
-    print(f"{client:>22}  {str(r.get('truth')):<12} {r['label']:<12} {r['top'][0]['score']:5.2f}  {r['records']}")
+    print(f"{client:>22}  {r.get('truth') or '(no SNI)':<12} {r['label']:<12} {r['top'][0]['score']:5.2f}  {r['records']}")
 PY
 
 echo; echo "== the same capture through the served function (127.0.0.1:7701), checked against its manifest"

@@ -376,4 +376,108 @@ fn held_out_captures_are_classified_alike_in_process_and_served_and_mismatches_a
             "{what}: {message}"
         );
     }
+
+    // Live: libpcap on lo while new traffic runs, with metrics served; the flows of that traffic get
+    // the decisions the file tcpdump wrote of the same traffic gets.
+    live_capture_matches_the_file(d, &vkf, &schema);
+}
+
+/// Classifies live on `lo` while capture_tls.sh makes traffic, then compares with its file.
+fn live_capture_matches_the_file(d: &Path, vkf: &Path, schema: &Path) {
+    let metrics_port = free_port();
+    let (live_out, live_log) = (d.join("live.jsonl"), d.join("live.log"));
+    let mut live = Server(
+        vknf()
+            .args(["classify", "--cpu", "--interface", "lo", "--duration", "120"])
+            .args(["--filter", "tcp portrange 20000-39999", "--model"])
+            .arg(vkf)
+            .arg("--schema")
+            .arg(schema)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "-o"])
+            .arg(&live_out)
+            .stderr(std::fs::File::create(&live_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !std::fs::read_to_string(&live_log)
+        .unwrap_or_default()
+        .contains("capturing on lo")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the live capture never started"
+        );
+        assert!(
+            live.0.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&live_log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let file = capture(&d.join("live"), 2);
+    let metrics = http_get(metrics_port, "/metrics");
+    for name in [
+        "vknf_classify_flow_table_active_flows",
+        "vknf_classify_frames",
+        "vknf_rows",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+    // SIGTERM ends the capture; the flows still open end with it.
+    let pid = live.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = live.0.wait().unwrap();
+    assert!(status.success(), "{}", std::fs::read_to_string(&live_log).unwrap());
+
+    let from_file = d.join("live-file.jsonl");
+    succeed(
+        vknf()
+            .args(["classify", "--cpu", "--quiet", "--pcap"])
+            .arg(&file)
+            .arg("--model")
+            .arg(vkf)
+            .arg("--schema")
+            .arg(schema)
+            .arg("-o")
+            .arg(&from_file)
+            .output()
+            .unwrap(),
+        "classify the file of the live traffic",
+    );
+    // Other traffic on lo may be in the filter's range: only this capture's servers count.
+    let ports: Vec<u64> = std::fs::read_to_string(d.join("live/ports"))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let ours = |v: &serde_json::Value| (ports[0]..ports[0] + 10).contains(&v["server_port"].as_u64().unwrap());
+    let decisions = |path: &Path| -> BTreeMap<u64, (String, u64)> {
+        json_lines(path)
+            .into_iter()
+            .filter(|v| ours(v))
+            .map(|v| {
+                let label = v["label"].as_str().unwrap().to_owned();
+                (
+                    v["client_port"].as_u64().unwrap(),
+                    (label, v["records"].as_u64().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let (live_decisions, file_decisions) = (decisions(&live_out), decisions(&from_file));
+    assert!(file_decisions.len() >= 6, "{file_decisions:?}");
+    assert_eq!(live_decisions, file_decisions, "live vs file of the same traffic");
+}
+
+/// The body of `GET path` on 127.0.0.1:port.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }

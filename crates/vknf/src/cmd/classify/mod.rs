@@ -184,6 +184,8 @@ pub fn run(global: &super::Global, args: ClassifyArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let capture = vknf_flow::source::live::LiveCapture::open(interface, &options, stop)?;
+        // Said once the capture is open, so that whoever starts traffic knows it will be seen.
+        eprintln!("capturing on {interface}");
         // The sharded pipeline ticks its tables while no packet comes, so idle flows end on time,
         // and its channel lets a batch go out after --max-wait-ms without waiting for more traffic.
         let capture = vknf_flow::source::live::ShardedCapture::start(capture, config, 1);
