@@ -376,6 +376,36 @@ fn held_out_captures_are_classified_alike_in_process_and_served_and_mismatches_a
             "{what}: {message}"
         );
     }
+    // A function declared without a schema, or no function on that port: refused before any request.
+    let undeclared = d.join("undeclared.yaml");
+    succeed(
+        vknf()
+            .args(["manifest", "--name", "traffic", "--node-address", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--model"])
+            .arg(&vkf)
+            .arg("-o")
+            .arg(&undeclared)
+            .output()
+            .unwrap(),
+        "manifest without --schema",
+    );
+    let undeclared_arg = undeclared.to_str().unwrap();
+    let message = fail(
+        classify(&["--addr", &addr, "--manifest", undeclared_arg], &schema, &[], &junk),
+        "no schema declared",
+    );
+    assert!(message.contains("declares no feature schema"), "{message}");
+    let elsewhere = format!("127.0.0.1:{}", free_port());
+    let message = fail(
+        classify(
+            &["--addr", &elsewhere, "--manifest", manifests_arg],
+            &schema,
+            &[],
+            &junk,
+        ),
+        "no function on the port",
+    );
+    assert!(message.contains("declares no function on port"), "{message}");
 
     // Live: libpcap on lo while new traffic runs, with metrics served; the flows of that traffic get
     // the decisions the file tcpdump wrote of the same traffic gets.
