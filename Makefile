@@ -52,7 +52,8 @@ deps: apt-deps python-deps
 build: apt-deps
 	cargo build --release --bin vknf
 
-demo: apt-deps build
+# The demo trains the traffic classifier: it needs the project's venv (not NFStream's).
+demo: apt-deps $(VENV)/.installed build
 	./scripts/demo.sh
 
 lint: apt-deps

@@ -28,7 +28,7 @@ pub use model::{
     Aggregate, ClassLabels, Forest, ForestSummary, LeafEntry, MAX_TOTAL_NODES, MissingPolicy, Node, PostTransform,
     Split, Task, Tree,
 };
-pub use onnx::{import_onnx_bytes, import_onnx_file, read_onnx};
+pub use onnx::{import_onnx_bytes, import_onnx_file, onnx_metadata, read_onnx};
 pub use predict::{PredictError, Prediction, argmax};
 pub use rows::{NpyArray, Rows, RowsError, parse_csv, parse_npy, read_rows, write_predictions_csv};
 pub use sklearn::{PaperWorkload, SklearnTree, paper_workload, rows_around_thresholds};
@@ -36,4 +36,6 @@ pub use validate::{
     DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS, ModelError, ModelProblem, NodeProblem, RawEntry, RawForest, RawNode,
     RawTree, Side, SplitMode, TreeProblem,
 };
-pub use vkf::{FormatError, MAGIC as VKF_MAGIC, VERSION as VKF_VERSION};
+pub use vkf::{
+    FormatError, MAGIC as VKF_MAGIC, VERSION as VKF_VERSION, VERSION_METADATA as VKF_VERSION_METADATA, VkfMetadata,
+};

@@ -19,8 +19,15 @@ use crate::validate::{DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS};
 
 /// First 8 bytes of every `.vkf` file.
 pub const MAGIC: [u8; 8] = *b"VKNFFRST";
-/// The format version this crate writes and reads.
+/// The format version this crate writes for a forest without metadata, and reads.
 pub const VERSION: u32 = 1;
+/// The format version of a file with a metadata section (written only when there is metadata, so
+/// that files without any stay readable by version 1 readers).
+pub const VERSION_METADATA: u32 = 2;
+/// Longest metadata key, in bytes.
+pub const MAX_METADATA_KEY: usize = 256;
+/// Longest metadata value, in bytes.
+pub const MAX_METADATA_VALUE: usize = 1 << 16;
 /// Bytes before the first section.
 pub const HEADER_LEN: usize = 72;
 /// Bytes of the trailing SHA-256.
@@ -44,7 +51,7 @@ pub enum FormatError {
     #[error("not a .vkf file (bad magic)")]
     BadMagic,
     /// Unknown version.
-    #[error("unsupported .vkf version {0} (this build reads version {VERSION})")]
+    #[error("unsupported .vkf version {0} (this build reads versions {VERSION} and {VERSION_METADATA})")]
     UnsupportedVersion(u32),
     /// The SHA-256 trailer does not match the content.
     #[error("checksum mismatch: the file is corrupt or truncated")]
@@ -92,11 +99,25 @@ pub enum FormatError {
     /// A base value is not finite.
     #[error("base value {0} is not finite")]
     BadBaseValue(f32),
+    /// The metadata section is malformed.
+    #[error("bad metadata section: {0}")]
+    BadMetadata(String),
 }
+
+/// Key-value text the model carries beside the forest (version 2 files), for example the digest
+/// of the feature schema it was trained with. Keys are unique and sorted.
+pub type VkfMetadata = std::collections::BTreeMap<String, String>;
 
 impl GpuForest {
     /// Serialises to the `.vkf` format (see `docs/vkf-format.md`).
     pub fn to_vkf_bytes(&self) -> Vec<u8> {
+        self.to_vkf_bytes_with_metadata(&VkfMetadata::new())
+    }
+
+    /// Serialises with a metadata section: version 2 when `metadata` is not empty, else the
+    /// same bytes as [`GpuForest::to_vkf_bytes`]. Keys longer than [`MAX_METADATA_KEY`] or values
+    /// longer than [`MAX_METADATA_VALUE`] make a file the reader refuses; callers check them.
+    pub fn to_vkf_bytes_with_metadata(&self, metadata: &VkfMetadata) -> Vec<u8> {
         let (task, labels) = match &self.task {
             Task::Regressor => (TASK_REGRESSOR, Vec::new()),
             Task::Classifier {
@@ -128,8 +149,15 @@ impl GpuForest {
                 + CHECKSUM_LEN,
         );
         out.extend_from_slice(&MAGIC);
+        let mut meta = Vec::new();
+        for (key, value) in metadata {
+            meta.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            meta.extend_from_slice(key.as_bytes());
+            meta.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            meta.extend_from_slice(value.as_bytes());
+        }
         let header: [u32; 13] = [
-            VERSION,
+            if meta.is_empty() { VERSION } else { VERSION_METADATA },
             task,
             self.n_features,
             self.n_outputs,
@@ -153,7 +181,8 @@ impl GpuForest {
         for v in header {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&0u32.to_le_bytes()); // reserved, keeps the u64 aligned
+        // Version 1: reserved (0), keeps the u64 aligned; version 2: the metadata section's length.
+        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
         out.extend_from_slice(&(labels.len() as u64).to_le_bytes());
         debug_assert_eq!(out.len(), HEADER_LEN);
         for v in self.nodes.iter().chain(&self.tree_roots).chain(&self.leaf_entries) {
@@ -163,13 +192,19 @@ impl GpuForest {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&labels);
+        out.extend_from_slice(&meta);
         let digest = Sha256::digest(&out);
         out.extend_from_slice(&digest);
         out
     }
 
-    /// Parses and fully re-validates a `.vkf` file.
+    /// Parses and fully re-validates a `.vkf` file (its metadata, if any, is checked and dropped).
     pub fn from_vkf_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        Self::from_vkf_bytes_with_metadata(bytes).map(|(forest, _)| forest)
+    }
+
+    /// Parses and fully re-validates a `.vkf` file, with its metadata (empty for version 1).
+    pub fn from_vkf_bytes_with_metadata(bytes: &[u8]) -> Result<(Self, VkfMetadata), FormatError> {
         if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
             return Err(FormatError::TooShort(bytes.len()));
         }
@@ -178,7 +213,7 @@ impl GpuForest {
         }
         let (body, digest) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
         let version = u32_at(body, 8);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_METADATA {
             return Err(FormatError::UnsupportedVersion(version));
         }
         if Sha256::digest(body).as_slice() != digest {
@@ -191,8 +226,12 @@ impl GpuForest {
         };
         let (task_code, n_features, n_outputs, n_trees, max_depth) = (h(0), h(1), h(2), h(3), h(4));
         let (words, n_nodes, n_pairs, aggregate, post, flags, n_base) = (h(5), h(6), h(7), h(8), h(9), h(10), h(11));
-        if u32_at(body, 60) != 0 {
-            return Err(bad("reserved", u32_at(body, 60)));
+        let meta_len = u32_at(body, 60);
+        if version == VERSION && meta_len != 0 {
+            return Err(bad("reserved", meta_len));
+        }
+        if version == VERSION_METADATA && meta_len == 0 {
+            return Err(bad("metadata_len", meta_len));
         }
         let labels_len = u64::from_le_bytes(body[64..72].try_into().expect("8 bytes"));
 
@@ -245,7 +284,8 @@ impl GpuForest {
             u64::from(n_nodes) * u64::from(words) + u64::from(n_trees) + 2 * u64::from(n_pairs) + u64::from(n_base);
         let expected = (HEADER_LEN as u64)
             .saturating_add(4 * word_count)
-            .saturating_add(labels_len);
+            .saturating_add(labels_len)
+            .saturating_add(u64::from(meta_len));
         if expected != body.len() as u64 {
             return Err(FormatError::LengthMismatch {
                 expected: expected.saturating_add(CHECKSUM_LEN as u64),
@@ -266,6 +306,8 @@ impl GpuForest {
         let tree_roots = take_u32s(n_trees as usize);
         let leaf_entries = take_u32s(2 * n_pairs as usize);
         let base_values: Vec<f32> = take_u32s(n_base as usize).into_iter().map(f32::from_bits).collect();
+        let (body, meta_bytes) = body.split_at(body.len() - meta_len as usize);
+        let metadata = parse_metadata(meta_bytes)?;
         let label_bytes = &body[body.len() - labels_len as usize..];
 
         let task = match task_code {
@@ -306,7 +348,7 @@ impl GpuForest {
             },
         };
         forest.check_layout()?;
-        Ok(forest)
+        Ok((forest, metadata))
     }
 
     /// Re-validates the node structure of a layout (done by [`GpuForest::from_vkf_bytes`]).
@@ -476,4 +518,36 @@ fn parse_string_labels(mut bytes: &[u8], n: u32) -> Result<Vec<String>, FormatEr
         return Err(FormatError::BadLabels(format!("{} trailing bytes", bytes.len())));
     }
     Ok(labels)
+}
+
+/// Parses the metadata section: entries `u32 key length, key, u32 value length, value`, UTF-8,
+/// keys strictly increasing (so a file has one reading), nothing left over.
+fn parse_metadata(mut bytes: &[u8]) -> Result<VkfMetadata, FormatError> {
+    let mut metadata = VkfMetadata::new();
+    while !bytes.is_empty() {
+        let key = take_text(&mut bytes, MAX_METADATA_KEY, "key")?;
+        let value = take_text(&mut bytes, MAX_METADATA_VALUE, "value")?;
+        if metadata.last_key_value().is_some_and(|(last, _)| *last >= key) {
+            return Err(FormatError::BadMetadata(format!(
+                "key {key:?} is out of order or repeated"
+            )));
+        }
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+fn take_text(bytes: &mut &[u8], limit: usize, what: &str) -> Result<String, FormatError> {
+    let bad = |why: String| FormatError::BadMetadata(format!("{what} {why}"));
+    if bytes.len() < 4 {
+        return Err(bad("is truncated".into()));
+    }
+    let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    *bytes = &bytes[4..];
+    if len > limit || len > bytes.len() {
+        return Err(bad(format!("has bad length {len}")));
+    }
+    let text = std::str::from_utf8(&bytes[..len]).map_err(|_| bad("is not UTF-8".into()))?;
+    *bytes = &bytes[len..];
+    Ok(text.to_owned())
 }

@@ -4,7 +4,7 @@ mod common;
 
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
-use vknf_forest::{FormatError, GpuForest, ImportOptions, NodeFormat, import_onnx_bytes};
+use vknf_forest::{FormatError, GpuForest, ImportOptions, NodeFormat, VkfMetadata, import_onnx_bytes};
 
 fn small() -> GpuForest {
     let mut c = common::small_classifier();
@@ -36,6 +36,41 @@ fn round_trip_is_exact() {
     let bytes = f.to_vkf_bytes();
     assert_eq!(&bytes[..8], b"VKNFFRST");
     assert_eq!(GpuForest::from_vkf_bytes(&bytes).unwrap(), f);
+}
+
+#[test]
+fn metadata_round_trips_in_version_2_and_no_metadata_stays_version_1() {
+    let f = small();
+    let plain = f.to_vkf_bytes();
+    assert_eq!(f.to_vkf_bytes_with_metadata(&VkfMetadata::new()), plain);
+    assert_eq!(u32::from_le_bytes(plain[8..12].try_into().unwrap()), 1);
+    let metadata: VkfMetadata = [("vknf.schema_digest", "ab12"), ("a", "")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let bytes = f.to_vkf_bytes_with_metadata(&metadata);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    assert_eq!(
+        GpuForest::from_vkf_bytes_with_metadata(&bytes).unwrap(),
+        (f.clone(), metadata)
+    );
+    assert_eq!(GpuForest::from_vkf_bytes(&bytes).unwrap(), f);
+    assert!(GpuForest::from_vkf_bytes_with_metadata(&plain).unwrap().1.is_empty());
+
+    // A version 1 file must not claim metadata, nor a version 2 file lack it.
+    let mut b = bytes.clone();
+    set_u32(&mut b, 8, 1);
+    assert!(matches!(
+        GpuForest::from_vkf_bytes(&reseal(b)).unwrap_err(),
+        FormatError::BadHeader { field: "reserved", .. }
+    ));
+    // A metadata length that cuts an entry is refused, not read past.
+    let mut b = bytes.clone();
+    let len = u32::from_le_bytes(b[60..64].try_into().unwrap());
+    set_u32(&mut b, 60, len - 1);
+    let labels_len = u64::from_le_bytes(b[64..72].try_into().unwrap());
+    b[64..72].copy_from_slice(&(labels_len + 1).to_le_bytes());
+    assert!(GpuForest::from_vkf_bytes(&reseal(b)).is_err());
 }
 
 #[test]

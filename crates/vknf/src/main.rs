@@ -39,6 +39,10 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Classify rows with a random forest (`.onnx` or `.vkf`) on the GPU, or with `--cpu`.
     Predict(cmd::predict::PredictArgs),
+    /// Turn captures into a flow dataset (JSON lines) to train the traffic classifier on.
+    Flows(cmd::flows::FlowsArgs),
+    /// Classify the TLS flows of captures or an interface with a traffic model, in process or served.
+    Classify(cmd::classify::ClassifyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +62,8 @@ fn main() -> std::process::ExitCode {
         Command::Devices(args) => cmd::devices::run(&global, args),
         Command::RunKernel(args) => cmd::run_kernel::run(&global, args),
         Command::Predict(args) => cmd::predict::run(&global, args),
+        Command::Flows(args) => cmd::flows::run(args),
+        Command::Classify(args) => cmd::classify::run(&global, args),
         Command::CompileModel(args) => cmd::compile_model::run(args),
         Command::Serve(args) => {
             let gpu = (!args.data_plane.cpu)

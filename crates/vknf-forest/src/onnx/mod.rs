@@ -123,6 +123,30 @@ pub fn read_onnx(
     Ok(raw)
 }
 
+/// The model's `metadata_props` (ModelProto field 14, `StringStringEntryProto` key 1, value 2),
+/// for example the `vknf.schema_digest` that `python/train_traffic.py` writes. The graph is
+/// skipped unread. A repeated key keeps its last value, as onnxruntime's metadata map does.
+pub fn onnx_metadata(bytes: &[u8]) -> Result<std::collections::BTreeMap<String, String>, ImportError> {
+    let wire = |context: &'static str| move |source: crate::wire::WireError| ImportError::Wire { context, source };
+    let mut metadata = std::collections::BTreeMap::new();
+    for field in Fields::new(bytes) {
+        let (number, value, _) = field.map_err(wire("ModelProto"))?;
+        let (14, WireValue::Bytes(entry)) = (number, value) else {
+            continue;
+        };
+        let (mut key, mut text) = (String::new(), String::new());
+        for field in Fields::new(entry) {
+            let (number, value, _) = field.map_err(wire("StringStringEntryProto"))?;
+            if let (1 | 2, WireValue::Bytes(b)) = (number, value) {
+                let s = String::from_utf8_lossy(b).into_owned();
+                if number == 1 { key = s } else { text = s }
+            }
+        }
+        metadata.insert(key, text);
+    }
+    Ok(metadata)
+}
+
 /// What the operator-specific readers need from the graph.
 pub(crate) struct Context {
     /// Feature count from the options or the graph input shape.

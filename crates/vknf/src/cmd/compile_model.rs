@@ -5,10 +5,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::progress::{progress_bar, show};
+use super::schema_binding::{SCHEMA_DIGEST_KEY, onnx_vkf_metadata};
 use anyhow::{Context, Result, bail};
 use vknf_forest::{
     DEFAULT_MAX_DEPTH, Forest, GpuForest, ImportOptions, MissingPolicy, NanRouting, NodeFormat, Progress, SklearnTree,
-    Stage, Task, import_onnx_file,
+    Stage, Task, VkfMetadata, import_onnx_bytes, read_file_with_progress,
 };
 
 /// Arguments of `vknf compile-model`.
@@ -55,15 +56,20 @@ pub fn run(args: CompileModelArgs) -> Result<()> {
     let bar = progress_bar(args.quiet);
     let mut report = |p: Progress| show(&bar, p);
 
-    let forest = if args.input.is_dir() {
+    // What the model carries beside the trees (the feature schema digest of a traffic model) is kept
+    // in the .vkf, so that the compiled model stays bound to its schema.
+    let (forest, metadata) = if args.input.is_dir() {
         let tree = SklearnTree::load(&args.input)?;
-        tree.forest(args.trees.unwrap_or(1), &options)?
+        (tree.forest(args.trees.unwrap_or(1), &options)?, VkfMetadata::new())
     } else {
         if args.trees.is_some() {
             bail!("--trees only applies to a directory of scikit-learn tree arrays");
         }
-        import_onnx_file(&args.input, &options, &mut report)
-            .with_context(|| format!("importing {}", args.input.display()))?
+        let bytes = read_file_with_progress(&args.input, &mut report)
+            .with_context(|| format!("reading {}", args.input.display()))?;
+        let forest = import_onnx_bytes(&bytes, &options, &mut report)
+            .with_context(|| format!("importing {}", args.input.display()))?;
+        (forest, onnx_vkf_metadata(&bytes)?)
     };
     let n_trees = forest.trees().len() as u64;
     let gpu = forest.compile_with_progress(&mut |done, _| {
@@ -75,11 +81,14 @@ pub fn run(args: CompileModelArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
 
-    let bytes = gpu.to_vkf_bytes();
+    let bytes = gpu.to_vkf_bytes_with_metadata(&metadata);
     write_atomically(&args.output, &bytes)?;
     // writeln! rather than println!, so a closed pipe is an error, not a panic.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", summary(&args.output, &forest, &gpu, bytes.len()))?;
+    if let Some(digest) = metadata.get(SCHEMA_DIGEST_KEY) {
+        writeln!(stdout, "  schema:      {digest}")?;
+    }
     Ok(())
 }
 

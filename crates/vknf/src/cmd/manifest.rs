@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use vknf_functions::Families;
 use vknf_functions::families::generic::{ABI_PARAM, GenericAbi};
-use vknf_manifest::{DEFAULT_PART_BYTES, ManifestRequest, generate_yaml};
+use vknf_manifest::{DEFAULT_PART_BYTES, ManifestRequest, build_objects};
+
+use super::schema_binding::{BoundModel, SCHEMA_ANNOTATION, load_schema};
 
 /// Arguments of `vknf manifest`.
 #[derive(clap::Args, Debug, Clone)]
@@ -49,6 +51,11 @@ pub struct ManifestArgs {
     /// Host addresses serving the function (written as EndpointSlices).
     #[arg(long = "node-address", value_name = "IP")]
     pub node_address: Vec<IpAddr>,
+    /// The feature schema of a traffic model (`python/train_traffic.py`): checked against the digest
+    /// the `.vkf` carries and declared on the Service as `vknf.io/feature-schema-sha256`, which
+    /// `vknf classify --addr --manifest` checks its own schema against.
+    #[arg(long, requires = "model")]
+    pub schema: Option<PathBuf>,
     /// Model bytes per ConfigMap (under Kubernetes' 1 MiB limit).
     #[arg(long, default_value_t = DEFAULT_PART_BYTES)]
     pub part_bytes: usize,
@@ -75,6 +82,10 @@ pub fn run(args: ManifestArgs) -> anyhow::Result<()> {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
     };
+    let schema_digest = match (&args.schema, &model) {
+        (Some(path), Some(bytes)) => Some(schema_digest_of(path, args.model.as_deref().unwrap_or(path), bytes)?),
+        _ => None,
+    };
     let mut params = BTreeMap::new();
     if let Some(path) = &args.abi {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -82,7 +93,7 @@ pub fn run(args: ManifestArgs) -> anyhow::Result<()> {
             serde_json::from_str(&text).with_context(|| format!("parsing the ABI in {}", path.display()))?;
         params.insert(ABI_PARAM.to_owned(), abi.to_json());
     }
-    let yaml = generate_yaml(&ManifestRequest {
+    let request = ManifestRequest {
         name: args.name.clone(),
         namespace: args.namespace.clone(),
         port: args.port,
@@ -96,11 +107,45 @@ pub fn run(args: ManifestArgs) -> anyhow::Result<()> {
         max_wait_us: args.max_wait_us,
         node_addresses: args.node_address.clone(),
         part_bytes: args.part_bytes,
-    })
-    .with_context(|| format!("function {}", args.name))?;
+    };
+    let mut objects = build_objects(&request).with_context(|| format!("function {}", args.name))?;
+    if let Some(digest) = schema_digest {
+        declare_schema(&mut objects, digest)?;
+    }
+    let mut yaml = String::new();
+    for object in &objects {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_norway::to_string(object)?);
+    }
     match &args.output {
         Some(path) => std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?,
         None => print!("{yaml}"),
     }
+    Ok(())
+}
+
+/// The digest of the schema at `schema`, after checking that the model (`.vkf` bytes) was trained with it.
+fn schema_digest_of(schema: &std::path::Path, model_path: &std::path::Path, model: &[u8]) -> anyhow::Result<String> {
+    let schema = load_schema(schema)?;
+    let (forest, metadata) = vknf_forest::GpuForest::from_vkf_bytes_with_metadata(model)
+        .with_context(|| format!("--schema needs a .vkf model; loading {}", model_path.display()))?;
+    BoundModel { forest, metadata }.check(&schema, &model_path.display().to_string())?;
+    Ok(schema.digest)
+}
+
+/// Adds the schema annotation to the Service among `objects`.
+fn declare_schema(objects: &mut [serde_norway::Value], digest: String) -> anyhow::Result<()> {
+    use serde_norway::Value;
+
+    let service = objects
+        .iter_mut()
+        .find(|o| o.get("kind").and_then(Value::as_str) == Some("Service"))
+        .context("the generated objects have no Service")?;
+    let annotations = service
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+        .and_then(Value::as_mapping_mut)
+        .context("the generated Service has no annotations")?;
+    annotations.insert(Value::String(SCHEMA_ANNOTATION.to_owned()), Value::String(digest));
     Ok(())
 }

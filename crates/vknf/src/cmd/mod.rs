@@ -1,14 +1,17 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod classify;
 pub mod compile_model;
 pub mod data_plane;
 pub mod devices;
+pub mod flows;
 pub mod load;
 pub mod manifest;
 pub mod predict;
 pub mod progress;
 pub mod run_kernel;
+pub mod schema_binding;
 pub mod serve;
 
 use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};

@@ -1,4 +1,5 @@
-//! The progress bar of long model loads, shared by `vknf compile-model` and `vknf predict`.
+//! Progress bars on standard error: long model loads (`vknf compile-model`, `vknf predict`) and
+//! capture files read by `vknf flows` and `vknf classify`.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -36,4 +37,23 @@ pub fn show(bar: &ProgressBar, p: Progress) {
     });
     bar.set_length(p.total.div_ceil(scale));
     bar.set_position(p.done / scale);
+}
+
+/// A bar over the bytes of one capture file (hidden as [`progress_bar`] is); the caller moves it to
+/// the reader's offset.
+pub fn file_bar(quiet: bool, path: &std::path::Path) -> std::io::Result<ProgressBar> {
+    let bar = progress_bar(quiet);
+    if !bar.is_hidden() {
+        let style = ProgressStyle::with_template("{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({eta})")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_length(std::fs::metadata(path)?.len());
+        bar.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+    }
+    Ok(bar)
 }
