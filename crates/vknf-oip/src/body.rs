@@ -1,5 +1,7 @@
-//! HTTP bodies of the front end: a request body that must arrive by a deadline (a slow client cannot
-//! hold a request open), and a response body of several buffers sent as they are.
+//! HTTP bodies of the front end: a gRPC request body that must arrive by a deadline (a slow client
+//! cannot hold a request open) and whose bytes are charged to the server's budget, and a response body
+//! of several buffers sent as they are. The gRPC bodies fail with a `tonic::Status`, which tonic finds
+//! in the error and answers as it is.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -10,12 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-/// The error of a body that did not arrive in time.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?}")]
-pub struct BodyTimedOut(pub Duration);
-
-/// A request body that fails once `timeout` has passed since the request arrived.
+/// A request body that fails (`DEADLINE_EXCEEDED`) once `timeout` has passed since the request arrived.
 pub struct Deadline<B> {
     inner: Pin<Box<B>>,
     sleep: Pin<Box<Sleep>>,
@@ -47,7 +44,10 @@ where
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         match this.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.timeout))))),
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                "the request body did not arrive within {} s",
+                this.timeout.as_secs()
+            )))))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -141,8 +141,9 @@ impl Held {
     }
 }
 
-/// A request body whose data frames are charged to a [`Budget`] while the body lives (gRPC: until the
-/// message is decoded; the runtime's queue accounts for the rows from then on).
+/// A request body whose data frames are charged to a [`Budget`] while the body lives (until the message
+/// is decoded; the runtime's queue accounts for the rows from then on). Over the budget it fails
+/// (`RESOURCE_EXHAUSTED`).
 pub struct Budgeted<B> {
     inner: Pin<Box<B>>,
     budget: Budget,
@@ -175,7 +176,11 @@ where
                 if let Some(data) = frame.data_ref() {
                     match this.budget.take(data.len()) {
                         Ok(held) => this.held.merge(held),
-                        Err(over) => return Poll::Ready(Some(Err(Box::new(over)))),
+                        Err(over) => {
+                            return Poll::Ready(Some(Err(Box::new(tonic::Status::resource_exhausted(
+                                over.to_string(),
+                            )))));
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
