@@ -88,7 +88,7 @@ pub async fn respond<B>(
     request: Request<B>,
 ) -> Response<ResponseBody>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut model = None;
@@ -107,7 +107,7 @@ async fn handle<B>(
     model_slot: &mut Option<Model>,
 ) -> Result<Response<ResponseBody>, OipError>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let route = route(request.uri().path())?;
@@ -160,7 +160,7 @@ async fn infer<B>(
     request: Request<B>,
 ) -> Result<Response<ResponseBody>, OipError>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let header_length = match request.headers().get(HEADER_LENGTH) {
@@ -197,10 +197,11 @@ where
 /// anything is read.
 async fn read_body<B>(config: &OipConfig, budget: &Budget, request: Request<B>) -> Result<(Bytes, Held), OipError>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = config.max_body_bytes;
+    let http1 = request.version() < http::Version::HTTP_2;
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -208,13 +209,16 @@ where
     if let Some(size) = declared
         && size > limit as u64
     {
+        if http1 {
+            discard_rest(Box::pin(request.into_body()), config.body_timeout);
+        }
         return Err(OipError::PayloadTooLarge {
             size,
             limit: limit as u64,
         });
     }
     let mut held = Held::default();
-    let mut body = std::pin::pin!(request.into_body());
+    let mut body = Box::pin(request.into_body());
     let mut buffer = bytes::BytesMut::with_capacity(declared.map_or(0, |d| d as usize));
     let deadline = tokio::time::Instant::now() + config.body_timeout;
     loop {
@@ -229,6 +233,9 @@ where
         };
         let Ok(data) = frame.into_data() else { continue };
         if buffer.len() + data.len() > limit {
+            if http1 {
+                discard_rest(body, config.body_timeout);
+            }
             return Err(OipError::PayloadTooLarge {
                 size: (buffer.len() + data.len()) as u64,
                 limit: limit as u64,
@@ -242,6 +249,34 @@ where
         buffer.extend_from_slice(&data);
     }
     Ok((buffer.freeze(), held))
+}
+
+/// Most bytes of a refused HTTP/1.1 body read and dropped after the refusal.
+const DISCARD_LIMIT: u64 = 64 << 20;
+
+/// Reads the rest of a refused HTTP/1.1 body and drops it, up to [`DISCARD_LIMIT`] bytes and the body
+/// timeout. The refusal is decided and sent before any of it is read, and nothing read is kept, so
+/// memory stays bounded. A client that writes its whole body before it reads the answer (most do:
+/// HTTP/1.1 has no way to stop it short of `Expect: 100-continue`) would otherwise see the
+/// connection reset instead of the 413.
+fn discard_rest<B>(mut body: std::pin::Pin<Box<B>>, timeout: std::time::Duration)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut discarded = 0u64;
+        let drain = async {
+            while discarded < DISCARD_LIMIT {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, drain).await;
+    });
 }
 
 #[cfg(test)]
