@@ -6,8 +6,10 @@
 //! of the host a model by name. docs/oip.md describes the endpoints, names, data types and errors.
 //!
 //! ```text
-//! client --REST/gRPC--> server (port, limits) --> rest | grpc (protocol) --> json | input (codec)
-//!                                                          \\--> service (Inference) --> FunctionHandle
+//! client --h1/h2c--> server (port, limits) --> rest | grpc (protocols) --> json, input (codec)
+//!                                                    |
+//!                                                    +--> service (Inference) --> FunctionHandle::submit
+//!                                                          reply: outputs written into response buffers
 //! ```
 //!
 //! - [`OipServer`]: the port.
