@@ -10,10 +10,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 NFSTREAM_VENV := $(CURDIR)/.venv-nfstream
+# The KServe Python SDK (the Open Inference Protocol tests' client) needs protobuf < 7, the onnx stack
+# of .venv protobuf 7: a venv of its own.
+KSERVE_VENV := $(CURDIR)/.venv-kserve
+KSERVE_PYTHON := $(KSERVE_VENV)/bin/python
 FUZZ_SECONDS ?= 20
 
 export VKNF_PYTHON := $(PYTHON)
 export VKNF_NFSTREAM_PYTHON := $(NFSTREAM_VENV)/bin/python
+export VKNF_KSERVE_PYTHON := $(KSERVE_PYTHON)
 # lavapipe may otherwise run a submission inside vkQueueSubmit; GPUs never do, and the deadline tests
 # need the asynchronous queue a GPU has.
 export MESA_VK_ENABLE_SUBMIT_THREAD := 1
@@ -45,7 +50,13 @@ $(NFSTREAM_VENV)/.installed: python/requirements-nfstream.txt
 	$(NFSTREAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r python/requirements-nfstream.txt
 	@touch $@
 
-python-deps: apt-deps $(VENV)/.installed $(NFSTREAM_VENV)/.installed
+# The KServe SDK, pinned, in its own venv.
+$(KSERVE_VENV)/.installed: python/requirements-kserve.txt
+	@[ -x $(KSERVE_PYTHON) ] || python3 -m venv $(KSERVE_VENV)
+	$(KSERVE_PYTHON) -m pip install -q --disable-pip-version-check -r python/requirements-kserve.txt
+	@touch $@
+
+python-deps: apt-deps $(VENV)/.installed $(NFSTREAM_VENV)/.installed $(KSERVE_VENV)/.installed
 
 deps: apt-deps python-deps
 

@@ -33,6 +33,8 @@ pub struct DaemonOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Address of `/metrics`, `/livez` and `/readyz`, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// Address of the host's Open Inference Protocol port (the agent only), if any.
+    pub oip_addr: Option<SocketAddr>,
     /// Agent or watchdog.
     pub role: Role,
 }
@@ -61,6 +63,15 @@ pub enum DaemonError {
     /// The agent did not start.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The Open Inference Protocol port cannot listen.
+    #[error("cannot listen on {addr} for the Open Inference Protocol: {source}")]
+    Oip {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The operations endpoint cannot listen.
     #[error("cannot listen on {addr} for /metrics: {source}")]
     Metrics {
@@ -116,6 +127,14 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         Role::Agent { config, loader } => {
             tracing::info!(host = %config.host.name, address = %config.host.advertise, "starting the node agent");
             let agent = Agent::start(client, *config, loader)?;
+            if let Some(addr) = options.oip_addr {
+                let bound = agent
+                    .server()
+                    .serve_oip(addr)
+                    .await
+                    .map_err(|source| DaemonError::Oip { addr, source })?;
+                tracing::info!(addr = %bound, "Open Inference Protocol: /v2 (REST) and inference.GRPCInferenceService");
+            }
             let ops = serve(agent.ops_source());
             shutdown.await;
             tracing::info!("stopping: endpoints go terminating, in-flight requests are answered");

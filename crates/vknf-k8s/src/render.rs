@@ -221,6 +221,7 @@ mod tests {
             name: "classifier".to_owned(),
             namespace: "prod".to_owned(),
             port: 7001,
+            oip_port: None,
             kind: "forest".to_owned(),
             spirv: vknf_kernels::by_name("forest").expect("forest kernel"),
             entry_point: None,

@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+use vknf_manifest::annotations::{OIP_APP_PROTOCOL, OIP_PORT_NAME};
+
 use crate::host::HostIdentity;
 use crate::keys;
 
@@ -42,10 +44,23 @@ impl EndpointState {
     };
 }
 
-/// The slice `host` publishes for `service`; `None` for a Service without a name or port.
-pub fn desired_slice(service: &Service, host: &HostIdentity, state: EndpointState) -> Option<EndpointSlice> {
+/// The slice `host` publishes for `service`; `None` for a Service without a name or port. With
+/// `oip_port` (the host serves the Open Inference Protocol there) the slice lists it too, as the port
+/// named `oip`: a Service that declares such a port routes v2 clients to the hosts serving it.
+pub fn desired_slice(
+    service: &Service,
+    host: &HostIdentity,
+    oip_port: Option<u16>,
+    state: EndpointState,
+) -> Option<EndpointSlice> {
     let name = service.metadata.name.as_deref()?;
-    let port = service.spec.as_ref()?.ports.as_ref()?.first()?;
+    let port = service
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() != Some(OIP_PORT_NAME))?;
     let owner = service.metadata.uid.as_ref().map(|uid| OwnerReference {
         api_version: "v1".to_owned(),
         kind: "Service".to_owned(),
@@ -78,13 +93,22 @@ pub fn desired_slice(service: &Service, host: &HostIdentity, state: EndpointStat
             }),
             ..Default::default()
         }],
-        ports: Some(vec![EndpointPort {
-            // kube-proxy pairs slice ports with Service ports by name.
-            name: Some(port.name.clone().unwrap_or_default()),
-            port: Some(port.port),
-            protocol: Some(port.protocol.clone().unwrap_or_else(|| "TCP".to_owned())),
-            app_protocol: None,
-        }]),
+        ports: Some(
+            std::iter::once(EndpointPort {
+                // kube-proxy pairs slice ports with Service ports by name.
+                name: Some(port.name.clone().unwrap_or_default()),
+                port: Some(port.port),
+                protocol: Some(port.protocol.clone().unwrap_or_else(|| "TCP".to_owned())),
+                app_protocol: None,
+            })
+            .chain(oip_port.map(|oip| EndpointPort {
+                name: Some(OIP_PORT_NAME.to_owned()),
+                port: Some(i32::from(oip)),
+                protocol: Some("TCP".to_owned()),
+                app_protocol: Some(OIP_APP_PROTOCOL.to_owned()),
+            }))
+            .collect(),
+        ),
     })
 }
 
@@ -178,8 +202,35 @@ mod tests {
     }
 
     #[test]
+    fn a_host_serving_the_open_inference_protocol_lists_its_port_by_name() {
+        let mut with_oip = service();
+        with_oip.spec.as_mut().unwrap().ports.as_mut().unwrap().insert(
+            0,
+            ServicePort {
+                name: Some(OIP_PORT_NAME.into()),
+                port: 80,
+                ..Default::default()
+            },
+        );
+        let slice = desired_slice(&with_oip, &host("10.0.0.1"), Some(8080), EndpointState::READY).unwrap();
+        let ports: Vec<_> = slice
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port.unwrap(), p.app_protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("vknf".to_owned(), 7000, None),
+                (OIP_PORT_NAME.to_owned(), 8080, Some(OIP_APP_PROTOCOL.to_owned()))
+            ]
+        );
+    }
+
+    #[test]
     fn the_slice_names_the_host_the_port_and_the_owner() {
-        let slice = desired_slice(&service(), &host("10.0.0.1"), EndpointState::READY).unwrap();
+        let slice = desired_slice(&service(), &host("10.0.0.1"), None, EndpointState::READY).unwrap();
         assert_eq!(slice.metadata.name.as_deref(), Some("web.gpu-1"));
         assert_eq!(slice.metadata.namespace.as_deref(), Some("prod"));
         assert_eq!(slice_host(&slice), Some("gpu-1"));
@@ -193,14 +244,14 @@ mod tests {
             (Some("vknf"), Some(7000), Some("TCP"))
         );
         assert!(any_ready(&slice));
-        let v6 = desired_slice(&service(), &host("fd00::1"), EndpointState::READY).unwrap();
+        let v6 = desired_slice(&service(), &host("fd00::1"), None, EndpointState::READY).unwrap();
         assert_eq!(v6.address_type, "IPv6");
     }
 
     #[test]
     fn only_a_change_of_substance_needs_a_write() {
         let host = host("10.0.0.1");
-        let ready = desired_slice(&service(), &host, EndpointState::READY).unwrap();
+        let ready = desired_slice(&service(), &host, None, EndpointState::READY).unwrap();
         let mut observed = ready.clone();
         observed.metadata.resource_version = Some("7".into());
         observed
@@ -210,7 +261,7 @@ mod tests {
             .unwrap()
             .insert("extra".into(), "x".into());
         assert!(up_to_date(&observed, &ready));
-        let draining = desired_slice(&service(), &host, EndpointState::DRAINING).unwrap();
+        let draining = desired_slice(&service(), &host, None, EndpointState::DRAINING).unwrap();
         assert!(!up_to_date(&observed, &draining));
         assert!(!any_ready(&draining));
         let unreachable = marked_unreachable(&observed);
@@ -220,7 +271,7 @@ mod tests {
 
     #[test]
     fn hand_written_slices_have_no_agent_host() {
-        let mut slice = desired_slice(&service(), &host("10.0.0.1"), EndpointState::READY).unwrap();
+        let mut slice = desired_slice(&service(), &host("10.0.0.1"), None, EndpointState::READY).unwrap();
         slice
             .metadata
             .labels

@@ -2,6 +2,11 @@
 
 /// Label marking a Service as a vknf function (value `"true"`).
 pub const FUNCTION_LABEL: &str = "vknf.io/function";
+/// Name of a function Service's optional second port: the host's Open Inference Protocol port (REST
+/// and gRPC for every function of the host), which agents list beside the function's own port.
+pub const OIP_PORT_NAME: &str = "oip";
+/// `appProtocol` of the Open Inference Protocol port: HTTP/2 without TLS (HTTP/1.1 is served too).
+pub const OIP_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 /// Base64 SPIR-V of the kernel.
 pub const SPIRV: &str = "vknf.io/spirv";
 /// Kernel entry point (default `main`).

@@ -27,6 +27,9 @@ pub struct ManifestRequest<'a> {
     pub namespace: String,
     /// TCP port.
     pub port: u16,
+    /// The hosts' Open Inference Protocol port, declared as a second Service port named
+    /// [`ann::OIP_PORT_NAME`] (and listed in the generated EndpointSlices), if any.
+    pub oip_port: Option<u16>,
     /// Function family (`vknf.io/kind`).
     pub kind: String,
     /// The SPIR-V module.
@@ -162,12 +165,22 @@ pub fn build_objects(request: &ManifestRequest<'_>) -> Result<Vec<serde_norway::
     let service = Service {
         metadata: service_meta,
         spec: Some(ServiceSpec {
-            ports: Some(vec![ServicePort {
-                name: Some("vknf".to_owned()),
-                port: i32::from(request.port),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
+            ports: Some(
+                std::iter::once(ServicePort {
+                    name: Some("vknf".to_owned()),
+                    port: i32::from(request.port),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                })
+                .chain(request.oip_port.map(|port| ServicePort {
+                    name: Some(ann::OIP_PORT_NAME.to_owned()),
+                    port: i32::from(port),
+                    protocol: Some("TCP".to_owned()),
+                    app_protocol: Some(ann::OIP_APP_PROTOCOL.to_owned()),
+                    ..Default::default()
+                }))
+                .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -217,12 +230,21 @@ pub fn build_objects(request: &ManifestRequest<'_>) -> Result<Vec<serde_norway::
                     ..Default::default()
                 })
                 .collect(),
-            ports: Some(vec![EndpointPort {
-                name: Some("vknf".to_owned()),
-                port: Some(i32::from(request.port)),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
+            ports: Some(
+                std::iter::once(EndpointPort {
+                    name: Some("vknf".to_owned()),
+                    port: Some(i32::from(request.port)),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                })
+                .chain(request.oip_port.map(|port| EndpointPort {
+                    name: Some(ann::OIP_PORT_NAME.to_owned()),
+                    port: Some(i32::from(port)),
+                    protocol: Some("TCP".to_owned()),
+                    app_protocol: Some(ann::OIP_APP_PROTOCOL.to_owned()),
+                }))
+                .collect(),
+            ),
         });
     }
 

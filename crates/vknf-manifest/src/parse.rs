@@ -624,10 +624,16 @@ fn build_function(
 }
 
 fn service_port(ports: &[k8s_openapi::api::core::v1::ServicePort], options: &ParseOptions) -> Result<u16, SpecError> {
-    let [port] = ports else {
+    // A port named `oip` routes to the host's Open Inference Protocol port, not to the function's.
+    let function_ports: Vec<_> = ports
+        .iter()
+        .filter(|p| p.name.as_deref() != Some(crate::annotations::OIP_PORT_NAME))
+        .collect();
+    let [port] = function_ports.as_slice() else {
         return Err(SpecError::BadPort(format!(
-            "expected exactly one port, found {}",
-            ports.len()
+            "expected exactly one port (besides one named {}), found {}",
+            crate::annotations::OIP_PORT_NAME,
+            function_ports.len()
         )));
     };
     let protocol = port.protocol.as_deref().unwrap_or("TCP");

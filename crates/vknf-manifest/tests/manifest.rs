@@ -24,6 +24,7 @@ fn request<'a>(name: &str, spirv: &'a [u8], model: Option<&'a [u8]>) -> Manifest
         name: name.to_owned(),
         namespace: "default".to_owned(),
         port: 7000,
+        oip_port: None,
         kind: "forest".to_owned(),
         spirv,
         entry_point: None,
@@ -449,4 +450,39 @@ fn objects_from_the_api_server_resolve_like_files() {
         resolve(&objects, &elsewhere, &ParseOptions::default()).elsewhere.len(),
         1
     );
+}
+
+#[test]
+fn the_open_inference_protocol_port_is_declared_beside_the_function_s_and_not_taken_for_it() {
+    let model = model_bytes();
+    let mut with_oip = request("f", forest_spirv(), Some(&model));
+    with_oip.oip_port = Some(8080);
+    let values = build_objects(&with_oip).unwrap();
+    let of_kind = |kind: &str| values.iter().find(|v| v["kind"] == kind).unwrap().clone();
+    for (object, ports) in [(of_kind("Service"), "spec"), (of_kind("EndpointSlice"), "ports")] {
+        let ports = if ports == "spec" {
+            &object["spec"]["ports"]
+        } else {
+            &object["ports"]
+        };
+        assert_eq!(ports[0]["port"], 7000, "{ports:?}");
+        assert_eq!(ports[1]["name"], annotations::OIP_PORT_NAME, "{ports:?}");
+        assert_eq!(ports[1]["port"], 8080, "{ports:?}");
+        assert_eq!(ports[1]["appProtocol"], annotations::OIP_APP_PROTOCOL, "{ports:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_values(dir.path(), "f.yaml", &values);
+    let host = load_all(dir.path());
+    assert!(host.rejected.is_empty(), "{:?}", host.rejected);
+    assert_eq!(host.functions[0].spec.port, 7000);
+
+    // Two ports, neither of them the OIP port: still refused.
+    let mut two = values.clone();
+    for value in &mut two {
+        if value["kind"] == "Service" {
+            value["spec"]["ports"][1]["name"] = "other".into();
+        }
+    }
+    write_values(dir.path(), "f.yaml", &two);
+    assert_eq!(load_all(dir.path()).rejected.len(), 1);
 }

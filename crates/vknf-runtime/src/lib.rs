@@ -29,6 +29,6 @@ mod runtime;
 pub use answer::{Answer, Tensor};
 pub use call::{AnswerLayout, Call, CallError, Reply, Rows};
 pub use handle::FunctionHandle;
-pub use metrics::{ErrorLabels, FunctionLabels, Metrics};
+pub use metrics::{ErrorLabels, FunctionLabels, Metrics, ProtocolErrorLabels, ProtocolLabels};
 pub use runtime::{LoadFailure, Runtime, RuntimeSettings};
 pub use vknf_functions::{DType, FunctionInfo, FunctionSpec, InputInfo, OutputInfo, first_non_finite};

@@ -24,6 +24,26 @@ pub struct ErrorLabels {
     pub code: String,
 }
 
+/// Labels naming a front end's protocol and a function.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// The front end's protocol: `binary`, `rest` or `grpc`.
+    pub protocol: String,
+    /// `namespace/name`, or `-` for requests before a function is known.
+    pub function: String,
+}
+
+/// Labels naming a front end's protocol, a function and an error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolErrorLabels {
+    /// The front end's protocol: `binary`, `rest` or `grpc`.
+    pub protocol: String,
+    /// `namespace/name`, or `-` for requests before a function is known.
+    pub function: String,
+    /// Upper-case error name (the front end's own, or [`crate::CallError::code_name`]).
+    pub code: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~84 s
     Histogram::new(exponential_buckets(1e-5, 2.0, 24))
@@ -56,6 +76,12 @@ pub struct Metrics {
     pub live_lanes: Gauge,
     /// Device losses seen.
     pub device_losses: Counter,
+    /// Requests each front end received, by protocol: every front end counts here, so one registry
+    /// compares them.
+    pub front_end_requests: Family<ProtocolLabels, Counter>,
+    /// Requests each front end answered with an error, by protocol and error: the runtime's errors
+    /// for its calls and the front end's own (decoding, unknown model, limits).
+    pub front_end_errors: Family<ProtocolErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +97,8 @@ impl Default for Metrics {
             execution_time: Family::new_with_constructor(latency_histogram),
             live_lanes: Gauge::default(),
             device_losses: Counter::default(),
+            front_end_requests: Family::default(),
+            front_end_errors: Family::default(),
         }
     }
 }
@@ -109,6 +137,49 @@ impl Metrics {
             self.live_lanes.clone(),
         );
         r.register("device_losses", "Device losses seen", self.device_losses.clone());
+        r.register(
+            "front_end_requests",
+            "Requests each front end received, by protocol",
+            self.front_end_requests.clone(),
+        );
+        r.register(
+            "front_end_errors",
+            "Requests each front end answered with an error, by protocol and error",
+            self.front_end_errors.clone(),
+        );
+    }
+
+    /// The counter of requests `protocol`'s front end received for `function` (look it up once and
+    /// keep it: the call path then allocates no label set).
+    pub fn front_end_requests(&self, protocol: &str, function: &str) -> Counter {
+        self.front_end_requests
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.to_owned(),
+                function: function.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Counts one error answer of `protocol`'s front end.
+    pub fn front_end_error(&self, protocol: &str, function: &str, code: &str) {
+        self.front_end_errors
+            .get_or_create(&ProtocolErrorLabels {
+                protocol: protocol.to_owned(),
+                function: function.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Number of error answers named `code` that `protocol`'s front end counted for `function`.
+    pub fn front_end_error_count(&self, protocol: &str, function: &str, code: &str) -> u64 {
+        self.front_end_errors
+            .get_or_create(&ProtocolErrorLabels {
+                protocol: protocol.to_owned(),
+                function: function.to_owned(),
+                code: code.to_owned(),
+            })
+            .get()
     }
 
     /// Counts one error answer.

@@ -21,6 +21,8 @@ pub struct ServeOptions {
     pub config: ServerConfig,
     /// Address of `/metrics`, `/livez` and `/readyz`, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// Address of the Open Inference Protocol port (REST and gRPC for every function), if any.
+    pub oip_addr: Option<SocketAddr>,
 }
 
 /// A started `vknf serve`: the server, watching its directory, and the operations endpoint.
@@ -57,6 +59,13 @@ impl Daemon {
             }
             None => (None, None),
         };
+        if let Some(addr) = options.oip_addr {
+            let bound = server
+                .serve_oip(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the Open Inference Protocol"))?;
+            tracing::info!(addr = %bound, "Open Inference Protocol: /v2 (REST) and inference.GRPCInferenceService");
+        }
         server.watch_directory(options.source);
         Ok(Daemon {
             server,
@@ -69,6 +78,11 @@ impl Daemon {
     /// The server.
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// Where the Open Inference Protocol is served.
+    pub fn oip_addr(&self) -> Option<SocketAddr> {
+        self.server.oip_addr()
     }
 
     /// Where `/metrics`, `/livez` and `/readyz` are served.

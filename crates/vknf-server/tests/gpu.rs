@@ -106,6 +106,7 @@ async fn generic_kernel_wired_by_its_manifest_runs_on_the_gpu() {
             name: "weighted-sum".into(),
             namespace: "default".into(),
             port: 1,
+            oip_port: None,
             kind: "generic".into(),
             spirv: vknf_kernels::WEIGHTED_SUM,
             entry_point: None,

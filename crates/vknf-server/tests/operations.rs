@@ -37,6 +37,7 @@ async fn start_daemon(dir: &std::path::Path) -> Daemon {
         source: common::source(dir),
         config: common::test_config(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        oip_addr: Some("127.0.0.1:0".parse().unwrap()),
     };
     let daemon = Daemon::start(options, Arc::new(CpuLoader::default())).await.unwrap();
     wait_for(|| daemon.server().status().generation > 0, "first reconcile").await;
@@ -104,6 +105,107 @@ async fn ops_body() {
     running.await.unwrap();
     assert!(TcpStream::connect(target).await.is_err());
     assert!(TcpStream::connect(ops).await.is_err());
+}
+
+/// A bare HTTP/1.1 POST of JSON: (status, body).
+async fn post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: vknf\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oip_port_serves_the_host_s_functions_by_name_and_counts_by_protocol() {
+    common::bounded(oip_body()).await;
+}
+
+async fn oip_body() {
+    let dir = tempfile::tempdir().unwrap();
+    write_forest_manifest(dir.path(), "f", &random_forest(3, 2, 4, 4, 1), 64, 100);
+    let daemon = start_daemon(dir.path()).await;
+    let oip = daemon.oip_addr().expect("the OIP port is open");
+    let ops = daemon.ops_addr().unwrap();
+    let target = daemon.server().local_addr(&key("f")).unwrap();
+
+    assert_eq!(
+        get(oip, "/v2/health/live", "GET").await,
+        (200, r#"{"live":true}"#.to_owned())
+    );
+    assert_eq!(
+        get(oip, "/v2/health/ready", "GET").await,
+        (200, r#"{"ready":true}"#.to_owned())
+    );
+    let (status, metadata) = get(oip, "/v2", "GET").await;
+    assert_eq!(status, 200);
+    assert!(
+        metadata.contains(r#""extensions":["binary_tensor_data"]"#),
+        "{metadata}"
+    );
+    let (status, model) = get(oip, "/v2/models/f", "GET").await;
+    assert_eq!(status, 200);
+    assert!(
+        model.contains(r#""inputs":[{"name":"features","datatype":"FP32","shape":[-1,3]}]"#),
+        "{model}"
+    );
+    assert_eq!(get(oip, "/v2/models/f/ready", "GET").await.0, 200);
+
+    // The same function through both front ends gives the same answer.
+    let features = [0.25f32, -0.5, 0.75, 0.1, 0.2, -0.3];
+    let client = Client::connect(target).await.unwrap();
+    let binary = client.infer(3, &features, 0).await.unwrap();
+    let request = format!(
+        r#"{{"inputs":[{{"name":"features","shape":[2,3],"datatype":"FP32","data":{features:?}}}],"outputs":[{{"name":"labels"}}]}}"#
+    );
+    let (status, answer) = post_json(oip, "/v2/models/f/infer", &request).await;
+    assert_eq!(status, 200, "{answer}");
+    let labels: Vec<String> = binary.outputs[0].to_u32().iter().map(u32::to_string).collect();
+    assert!(
+        answer.contains(&format!(r#""data":[{}]"#, labels.join(","))),
+        "{answer} vs {labels:?}"
+    );
+    let (status, _) = post_json(oip, "/v2/models/f/infer", "{").await;
+    assert_eq!(status, 400);
+
+    let (_, metrics) = get(ops, "/metrics", "GET").await;
+    for line in [
+        "vknf_front_end_requests_total{protocol=\"rest\",function=\"default/f\"} 2",
+        "vknf_front_end_errors_total{protocol=\"rest\",function=\"default/f\",code=\"BAD_REQUEST\"} 1",
+        "vknf_requests_total{function=\"default/f\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from\n{metrics}");
+    }
+    assert!(
+        metrics.contains("vknf_front_end_requests_total{protocol=\"binary\",function=\"default/f\"}"),
+        "{metrics}"
+    );
+
+    // A removed function is no model any more; the port stays open for the others.
+    std::fs::remove_file(dir.path().join("f.yaml")).unwrap();
+    wait_for(|| daemon.server().status().functions.is_empty(), "f removed").await;
+    assert_eq!(get(oip, "/v2/models/f", "GET").await.0, 404);
+    assert_eq!(get(oip, "/v2/health/live", "GET").await.0, 200);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(daemon.run_until(async move {
+        let _ = stopped.await;
+    }));
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    assert!(TcpStream::connect(oip).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,9 @@ pub struct AgentConfig {
     pub parse_options: ParseOptions,
     /// Limits and timeouts of the server.
     pub server: ServerConfig,
+    /// The port of the host's Open Inference Protocol endpoint, listed (named `oip`) in every
+    /// EndpointSlice the agent publishes; `None` when the host does not serve it.
+    pub oip_port: Option<u16>,
 }
 
 impl AgentConfig {
@@ -68,6 +71,7 @@ impl AgentConfig {
             state_dir: None,
             parse_options: ParseOptions::default(),
             server: ServerConfig::default(),
+            oip_port: None,
         }
     }
 }

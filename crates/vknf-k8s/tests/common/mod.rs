@@ -58,6 +58,7 @@ pub fn function(name: &str, port: u16, forest: &GpuForest, model_suffix: &str) -
         name: name.to_owned(),
         namespace: NAMESPACE.to_owned(),
         port,
+        oip_port: None,
         kind: "forest".to_owned(),
         spirv,
         entry_point: None,

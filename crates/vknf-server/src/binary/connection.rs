@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -20,7 +21,7 @@ use vknf_protocol::{
 use vknf_runtime::{Call, FunctionHandle, Metrics, Rows};
 
 use super::outbox::{Outbox, write_loop};
-use super::reply::{FrameReply, count_error};
+use super::reply::{ErrorCounter, FrameReply, PROTOCOL};
 use crate::config::ServerConfig;
 
 /// Longest a finished connection waits for its client to close before closing itself.
@@ -53,11 +54,17 @@ pub(crate) async fn serve_connection(
     let outbox = Outbox::new(writer);
     let (tx, rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection.max(1) + 1);
     let writer_task = tokio::spawn(write_loop(outbox.clone(), rx, config.write_timeout));
+    let requests = metrics.front_end_requests(PROTOCOL, function.name());
+    let errors = Arc::new(ErrorCounter {
+        metrics,
+        function: function.label(),
+    });
     let mut connection = Connection {
         tx,
         outbox,
         function,
-        metrics,
+        requests,
+        errors,
         closed: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::new(AtomicUsize::new(0)),
     };
@@ -104,7 +111,9 @@ struct Connection {
     tx: mpsc::Sender<Bytes>,
     outbox: Arc<Outbox>,
     function: FunctionHandle,
-    metrics: Metrics,
+    /// Requests received on this connection's function, by the binary protocol.
+    requests: Counter,
+    errors: Arc<ErrorCounter>,
     /// Set when the client is gone, so queued work for it is skipped.
     closed: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
@@ -161,7 +170,7 @@ impl Connection {
                 read = tokio::time::timeout(limit, reader.read_buf(&mut buf)) => match read {
                     Ok(Ok(0)) => {
                         if decoder.is_mid_frame(&buf) {
-                            count_error(&self.metrics, self.function.name(), ErrorCode::BadFrame);
+                            self.errors.count(ErrorCode::BadFrame);
                         }
                         return Ending::Finish;
                     }
@@ -187,6 +196,7 @@ impl Connection {
 
     /// Handles one decoded frame; false when the connection cannot go on.
     async fn handle(&mut self, decoded: Decoded) -> bool {
+        self.requests.inc();
         match decoded {
             Decoded::Oversized(header) => {
                 let message = format!("payload of {} bytes exceeds the limit", header.payload_len);
@@ -258,6 +268,7 @@ impl Connection {
             id,
             self.in_flight.clone(),
             self.closed.clone(),
+            self.errors.clone(),
         );
         // A small request's rows share their allocation with the rest of the read buffer; a
         // queued request would keep all of it alive. Copying small ones keeps the memory a
@@ -279,7 +290,7 @@ impl Connection {
 
     /// Queues an error frame; false when the writer is gone.
     async fn send_error(&self, request_id: u64, code: ErrorCode, message: &str) -> bool {
-        count_error(&self.metrics, self.function.name(), code);
+        self.errors.count(code);
         let mut frame = BytesMut::new();
         encode_error(&mut frame, request_id, code, message);
         self.send(frame.freeze()).await

@@ -38,6 +38,7 @@ pub(crate) struct FrameReply {
     connection_closed: Arc<AtomicBool>,
     frame: BytesMut,
     layout: Option<ResponseLayout>,
+    errors: Arc<ErrorCounter>,
 }
 
 impl FrameReply {
@@ -47,6 +48,7 @@ impl FrameReply {
         request_id: u64,
         in_flight: Arc<AtomicUsize>,
         connection_closed: Arc<AtomicBool>,
+        errors: Arc<ErrorCounter>,
     ) -> FrameReply {
         in_flight.fetch_add(1, Ordering::AcqRel);
         FrameReply {
@@ -57,6 +59,7 @@ impl FrameReply {
             connection_closed,
             frame: BytesMut::new(),
             layout: None,
+            errors,
         }
     }
 
@@ -79,6 +82,7 @@ impl FrameReply {
     }
 
     fn send_error(&mut self, code: ErrorCode, message: &str) {
+        self.errors.count_protocol(code);
         let mut frame = BytesMut::new();
         encode_error(&mut frame, self.request_id, code, message);
         self.send(frame.freeze());
@@ -133,7 +137,25 @@ impl Drop for FrameReply {
     }
 }
 
-/// Counts an error the front end answered itself (before or outside the runtime).
-pub(crate) fn count_error(metrics: &Metrics, function: &str, code: ErrorCode) {
-    metrics.error(function, code.name());
+/// The protocol's name in the metrics' `protocol` label.
+pub(crate) const PROTOCOL: &str = "binary";
+
+/// Counts the error answers of one function's connections.
+pub(crate) struct ErrorCounter {
+    pub(crate) metrics: Metrics,
+    pub(crate) function: Arc<str>,
+}
+
+impl ErrorCounter {
+    /// Counts an error the front end answered itself (before or outside the runtime): in the
+    /// runtime's errors and in the front end's.
+    pub(crate) fn count(&self, code: ErrorCode) {
+        self.metrics.error(&self.function, code.name());
+        self.count_protocol(code);
+    }
+
+    /// Counts an error answer in the front end's errors only (the runtime counted its own).
+    pub(crate) fn count_protocol(&self, code: ErrorCode) {
+        self.metrics.front_end_error(PROTOCOL, &self.function, code.name());
+    }
 }

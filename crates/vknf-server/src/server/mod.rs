@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use vknf_functions::FunctionLoader;
 use vknf_manifest::{FunctionKey, HostManifest, ManifestFunction};
+use vknf_oip::{OipConfig, OipServer};
 use vknf_runtime::{FunctionHandle, Metrics, Runtime};
 
 pub use watch::DirectorySource;
@@ -110,6 +111,9 @@ struct Inner {
     connections: Arc<Semaphore>,
     stopping: AtomicBool,
     background: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    /// The host's Open Inference Protocol port, when one is open.
+    oip: tokio::sync::Mutex<Option<OipServer>>,
+    oip_addr: parking_lot::Mutex<Option<SocketAddr>>,
 }
 
 /// A running network-function server. Cheap to clone; every clone is the same server.
@@ -137,6 +141,8 @@ impl Server {
             status: parking_lot::Mutex::new(HostStatus::default()),
             stopping: AtomicBool::new(false),
             background: parking_lot::Mutex::new(Vec::new()),
+            oip: tokio::sync::Mutex::new(None),
+            oip_addr: parking_lot::Mutex::new(None),
         });
         Server { inner }
     }
@@ -370,6 +376,41 @@ impl Server {
             .map_err(|e| e.to_string())
     }
 
+    /// Opens the host's Open Inference Protocol port (REST and gRPC) on `addr`, serving every function
+    /// of the server by name beside their binary ports; returns the bound address. Bodies are limited
+    /// like binary frames (`max_payload`), connections like binary ones, and `/v2/health/ready` is
+    /// [`HostStatus::is_ready`]. A second call replaces the first port.
+    pub async fn serve_oip(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let config = &self.inner.config;
+        let oip_config = OipConfig {
+            max_body_bytes: config.max_payload as usize,
+            max_connections: config.max_connections,
+            body_timeout: config.read_timeout,
+            header_timeout: config.read_timeout,
+            drain_timeout: config.drain_timeout,
+            ..OipConfig::default()
+        };
+        // A weak reference: the port lives inside the server and must not keep it alive.
+        let weak = Arc::downgrade(&self.inner);
+        let readiness = Arc::new(move || {
+            weak.upgrade()
+                .is_some_and(|inner| Server::from_inner(inner).status().is_ready())
+        });
+        let oip = OipServer::bind(addr, self.inner.runtime.clone(), readiness, oip_config).await?;
+        let bound = oip.local_addr();
+        let previous = self.inner.oip.lock().await.replace(oip);
+        *self.inner.oip_addr.lock() = Some(bound);
+        if let Some(previous) = previous {
+            previous.shutdown().await;
+        }
+        Ok(bound)
+    }
+
+    /// Where the Open Inference Protocol port listens, if it is open.
+    pub fn oip_addr(&self) -> Option<SocketAddr> {
+        *self.inner.oip_addr.lock()
+    }
+
     /// Reads `source` now and then whenever its files change, reconciling each time. The task
     /// ends at [`Server::shutdown`].
     pub fn watch_directory(&self, source: DirectorySource) {
@@ -385,6 +426,11 @@ impl Server {
         }
         let mut running = self.inner.running.lock().await;
         let mut stops = JoinSet::new();
+        if let Some(oip) = self.inner.oip.lock().await.take() {
+            // Stops taking requests beside the binary ports; what it admitted is answered before the
+            // runtime stops below.
+            stops.spawn(oip.shutdown());
+        }
         for (_, old) in std::mem::take(&mut *running) {
             let server = self.clone();
             stops.spawn(async move { server.stop(old).await });

@@ -27,6 +27,7 @@ pub fn write_forest_manifest(dir: &Path, name: &str, forest: &GpuForest, max_bat
         name: name.to_owned(),
         namespace: "default".to_owned(),
         port: 1,
+        oip_port: None,
         kind: "forest".to_owned(),
         spirv: forest_spirv(),
         entry_point: None,

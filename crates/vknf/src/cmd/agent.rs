@@ -86,6 +86,14 @@ impl AgentArgs {
         config.state_dir = state_dir;
         config.parse_options = self.data_plane.parse_options();
         config.server = self.data_plane.server_config()?;
+        if let Some(addr) = self.data_plane.oip_addr {
+            // The port goes into every EndpointSlice: it must be the one the host listens on.
+            anyhow::ensure!(
+                addr.port() != 0,
+                "--oip-addr needs a fixed port for the agent to publish"
+            );
+            config.oip_port = Some(addr.port());
+        }
         Ok(config)
     }
 
@@ -131,6 +139,7 @@ pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) ->
     Ok(run_blocking(DaemonOptions {
         kubeconfig: args.kubeconfig.clone(),
         metrics_addr: args.data_plane.metrics_addr,
+        oip_addr: if args.watchdog { None } else { args.data_plane.oip_addr },
         role,
     })?)
 }

@@ -22,6 +22,10 @@ pub struct DataPlaneArgs {
     /// Serve /metrics, /livez and /readyz here, e.g. 0.0.0.0:9090.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the Open Inference Protocol (KServe v2: REST and gRPC, HTTP/1.1 and h2c) for every
+    /// function of the host by name on this address, e.g. 0.0.0.0:8080 (default: not served).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub oip_addr: Option<SocketAddr>,
     /// Address the function ports are bound on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,

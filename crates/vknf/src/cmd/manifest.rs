@@ -23,6 +23,11 @@ pub struct ManifestArgs {
     /// TCP port clients connect to.
     #[arg(long)]
     pub port: u16,
+    /// The hosts' Open Inference Protocol port (`--oip-addr` of serve and agent): declared as the
+    /// Service's second port, named `oip`, so that the cluster routes v2 clients to the hosts serving
+    /// this function.
+    #[arg(long)]
+    pub oip_port: Option<u16>,
     /// Function family: `forest` (vknf's random-forest kernel over a `.vkf` model) or `generic` (any
     /// kernel, wired by `--abi`).
     #[arg(long, default_value = "forest")]
@@ -97,6 +102,7 @@ pub fn run(args: ManifestArgs) -> anyhow::Result<()> {
         name: args.name.clone(),
         namespace: args.namespace.clone(),
         port: args.port,
+        oip_port: args.oip_port,
         kind: args.kind.clone(),
         spirv: &spirv,
         entry_point: args.entry_point.clone(),

@@ -52,6 +52,7 @@ impl ServeArgs {
             },
             config: self.data_plane.server_config()?,
             metrics_addr: self.data_plane.metrics_addr,
+            oip_addr: self.data_plane.oip_addr,
         })
     }
 }

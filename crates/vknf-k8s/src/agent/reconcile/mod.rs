@@ -195,8 +195,12 @@ impl Reconciler {
             let Some(service) = self.service(&slice_key(&slice)) else {
                 continue;
             };
-            if let Some(draining) = desired_slice(&service, &self.config.host, EndpointState::DRAINING)
-                && !up_to_date(&slice, &draining)
+            if let Some(draining) = desired_slice(
+                &service,
+                &self.config.host,
+                self.config.oip_port,
+                EndpointState::DRAINING,
+            ) && !up_to_date(&slice, &draining)
                 && let Err(error) = publish::apply_slice(&self.client, &draining).await
             {
                 tracing::warn!(error = %publish::error_text(&error), "cannot mark the endpoint terminating before shutdown");
@@ -466,7 +470,12 @@ impl Reconciler {
         // Traffic must stop before the port closes: mark the endpoints first.
         let own = self.own_slices_by_name();
         for (key, draining) in self.draining.iter().filter(|(_, d)| d.mode == PlacementMode::Managed) {
-            let Some(wanted) = desired_slice(&draining.service, &self.config.host, EndpointState::DRAINING) else {
+            let Some(wanted) = desired_slice(
+                &draining.service,
+                &self.config.host,
+                self.config.oip_port,
+                EndpointState::DRAINING,
+            ) else {
                 continue;
             };
             let name = keys::slice_name(&key.name, &self.config.host.name);
@@ -550,7 +559,7 @@ impl Reconciler {
             } else {
                 EndpointState::NOT_READY
             };
-            let Some(wanted) = desired_slice(&placed.service, &self.config.host, state) else {
+            let Some(wanted) = desired_slice(&placed.service, &self.config.host, self.config.oip_port, state) else {
                 continue;
             };
             let id = (key.namespace.clone(), wanted.metadata.name.clone().unwrap_or_default());

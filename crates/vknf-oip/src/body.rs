@@ -1,0 +1,201 @@
+//! HTTP bodies of the front end: a gRPC request body that must arrive by a deadline (a slow client
+//! cannot hold a request open) and whose bytes are charged to the server's budget, and a response body
+//! of several buffers sent as they are. The gRPC bodies fail with a `tonic::Status`, which tonic finds
+//! in the error and answers as it is.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// A request body that fails (`DEADLINE_EXCEEDED`) once `timeout` has passed since the request arrived.
+pub struct Deadline<B> {
+    inner: Pin<Box<B>>,
+    sleep: Pin<Box<Sleep>>,
+    timeout: Duration,
+}
+
+impl<B> Deadline<B> {
+    /// Wraps `inner`; its last frame must arrive within `timeout`.
+    pub fn new(inner: B, timeout: Duration) -> Deadline<B> {
+        Deadline {
+            inner: Box::pin(inner),
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
+            timeout,
+        }
+    }
+}
+
+impl<B> Body for Deadline<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                "the request body did not arrive within {} s",
+                this.timeout.as_secs()
+            )))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body of whole buffers: the JSON header and the binary tensors the runtime wrote.
+pub struct Chunks(VecDeque<Bytes>);
+
+impl Chunks {
+    /// The buffers, sent in order.
+    pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> Chunks {
+        Chunks(chunks.into_iter().filter(|c| !c.is_empty()).collect())
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.iter().map(|c| c.len() as u64).sum())
+    }
+}
+
+/// The error of a body refused because the server already buffers as many request bytes as it may.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is buffering {0} bytes of requests already; retry later")]
+pub struct OverBudget(pub usize);
+
+/// Request bytes buffered across every connection, bounded: with many connections and many streams
+/// each, the per-body limit alone would not bound memory.
+#[derive(Clone)]
+pub struct Budget {
+    semaphore: std::sync::Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+}
+
+impl Budget {
+    /// A budget of `bytes` (at most what a semaphore counts).
+    pub fn new(bytes: usize) -> Budget {
+        let bytes = bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
+        Budget {
+            semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(bytes)),
+            bytes,
+        }
+    }
+
+    /// Takes `n` bytes of the budget until the returned holder is dropped, or fails at once.
+    pub fn take(&self, n: usize) -> Result<Held, OverBudget> {
+        let n = u32::try_from(n).map_err(|_| OverBudget(self.bytes))?;
+        match self.semaphore.clone().try_acquire_many_owned(n) {
+            Ok(permit) => Ok(Held(Some(permit))),
+            Err(_) => Err(OverBudget(self.bytes)),
+        }
+    }
+
+    /// Bytes of the budget in use.
+    pub fn in_use(&self) -> usize {
+        self.bytes - self.semaphore.available_permits()
+    }
+}
+
+/// Bytes taken from a [`Budget`], given back on drop.
+#[derive(Default)]
+pub struct Held(Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Held {
+    /// Adds `other`'s bytes to these.
+    pub fn merge(&mut self, other: Held) {
+        match (&mut self.0, other.0) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (_, None) => {}
+        }
+    }
+}
+
+/// A request body whose data frames are charged to a [`Budget`] while the body lives (until the message
+/// is decoded; the runtime's queue accounts for the rows from then on). Over the budget it fails
+/// (`RESOURCE_EXHAUSTED`).
+pub struct Budgeted<B> {
+    inner: Pin<Box<B>>,
+    budget: Budget,
+    held: Held,
+}
+
+impl<B> Budgeted<B> {
+    /// Charges `inner`'s frames to `budget`.
+    pub fn new(inner: B, budget: Budget) -> Budgeted<B> {
+        Budgeted {
+            inner: Box::pin(inner),
+            budget,
+            held: Held::default(),
+        }
+    }
+}
+
+impl<B> Body for Budgeted<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    match this.budget.take(data.len()) {
+                        Ok(held) => this.held.merge(held),
+                        Err(over) => {
+                            return Poll::Ready(Some(Err(Box::new(tonic::Status::resource_exhausted(
+                                over.to_string(),
+                            )))));
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

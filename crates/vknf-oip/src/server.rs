@@ -1,0 +1,192 @@
+//! The port: one listener for every function of the host, HTTP/1.1 and HTTP/2 (h2c) on the same
+//! socket, gRPC told from REST by its content type (`application/grpc`), as gRPC servers that share a
+//! port with REST do.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tower_service::Service as _;
+use vknf_runtime::Runtime;
+
+use crate::body::{Budget, Budgeted, Deadline};
+use crate::config::OipConfig;
+use crate::grpc::{GrpcService, proto::grpc_inference_service_server::GrpcInferenceServiceServer, service};
+use crate::rest::{ResponseBody, respond};
+use crate::service::{Inference, Readiness};
+
+/// A running Open Inference Protocol port.
+pub struct OipServer {
+    addr: SocketAddr,
+    inference: Arc<Inference>,
+    budget: Budget,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    inference: Arc<Inference>,
+    config: OipConfig,
+    budget: Budget,
+    grpc: GrpcInferenceServiceServer<GrpcService>,
+}
+
+impl OipServer {
+    /// Listens on `addr` and serves `runtime`'s functions by name; `readiness` answers the server
+    /// readiness endpoints. Must be called inside a Tokio runtime.
+    pub async fn bind(
+        addr: SocketAddr,
+        runtime: Runtime,
+        readiness: Readiness,
+        config: OipConfig,
+    ) -> std::io::Result<OipServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let inference = Arc::new(Inference::new(runtime, readiness));
+        let budget = Budget::new(config.max_buffered_bytes);
+        let shared = Arc::new(Shared {
+            grpc: service(inference.clone(), config.max_body_bytes),
+            inference: inference.clone(),
+            budget: budget.clone(),
+            config,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, shared, stopped));
+        tracing::info!(%addr, "Open Inference Protocol (REST and gRPC) listening");
+        Ok(OipServer {
+            addr,
+            inference,
+            budget,
+            stop,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The service behind the port.
+    pub fn inference(&self) -> &Arc<Inference> {
+        &self.inference
+    }
+
+    /// Request bytes buffered now, across every connection (for tests of the bound).
+    pub fn buffered_bytes(&self) -> usize {
+        self.budget.in_use()
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the drain timeout), closes.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn builder(config: &OipConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // A client that never reads its answers cannot make the server buffer them without bound.
+        .max_send_buf_size(1 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let connections = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    let builder = builder(&shared.config);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Past the limit a connection is closed at once: nothing is read from it.
+                    let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let (shared, builder, stopped) = (shared.clone(), builder.clone(), stopped.clone());
+                    tasks.spawn(async move {
+                        serve_connection(stream, shared, builder, stopped).await;
+                        drop(permit);
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed on the Open Inference Protocol port");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = until_stopped(&mut stopped) => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(shared.config.drain_timeout, drain).await.is_err() {
+        tasks.abort_all();
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(dispatch(&shared, request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = until_stopped(&mut stopped) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; it is dropped here, not held across the caller's await.
+    let _ = stopped.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+fn is_grpc(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+async fn dispatch(shared: &Shared, request: Request<Incoming>) -> http::Response<ResponseBody> {
+    if is_grpc(&request) {
+        let timeout = shared.config.body_timeout;
+        let budget = shared.budget.clone();
+        let request = request.map(|body| Budgeted::new(Deadline::new(body, timeout), budget));
+        let mut grpc = shared.grpc.clone();
+        match grpc.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    } else {
+        respond(&shared.inference, &shared.config, &shared.budget, request).await
+    }
+}
