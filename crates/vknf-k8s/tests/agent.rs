@@ -415,7 +415,11 @@ async fn the_watchdog_marks_a_dead_hosts_endpoint_not_ready_and_a_restart_conver
         slice_ready(&fake, "watched", &GPU_A) == Some(false)
     })
     .await;
-    assert!(watchdog.metrics().watchdog_marked.get() >= 1);
+    // The watchdog counts a slice after the API server has taken its write: wait for the count too.
+    wait_for("the watchdog to count the marked slice", || {
+        watchdog.metrics().watchdog_marked.get() >= 1
+    })
+    .await;
     assert_eq!(
         slice_ready(&fake, "watched", &GPU_B),
         Some(true),
