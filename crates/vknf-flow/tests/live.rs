@@ -23,14 +23,25 @@ impl Drop for Killed {
 }
 
 fn wait_for(path: &std::path::Path, needle: &str) {
+    assert!(said(path, needle, None), "{} never said {needle:?}", path.display());
+}
+
+/// Whether the file at `path` comes to contain `needle` within 15 s (false at once when `process`
+/// has exited).
+fn said(path: &std::path::Path, needle: &str, mut process: Option<&mut Child>) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(15) {
         if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            return;
+            return true;
+        }
+        if let Some(child) = process.as_deref_mut()
+            && child.try_wait().is_ok_and(|status| status.is_some())
+        {
+            return false;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{} never said {needle:?}", path.display());
+    false
 }
 
 /// What must agree between two readings of the same traffic.
@@ -60,7 +71,8 @@ fn live_sharded_capture_equals_tcpdump_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = 30000 + (std::process::id() % 20000) as u16;
+    // Below Linux's ephemeral range (32768 up), so no client connection of another test holds it.
+    let mut port = 20000 + (std::process::id() % 12000) as u16;
     let ok = Command::new("openssl")
         .args([
             "req",
@@ -83,26 +95,36 @@ fn live_sharded_capture_equals_tcpdump_file() {
         .unwrap();
     assert!(ok.success());
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/tls_sites.py");
-    let _server = Killed(
-        Command::new("python3")
-            .arg(script)
-            .args([
-                "--cert",
-                "cert.pem",
-                "--key",
-                "key.pem",
-                "--sites",
-                "1",
-                "--lifetime",
-                "60",
-                "--port",
-            ])
-            .arg(port.to_string())
-            .current_dir(d)
-            .stdout(std::fs::File::create(d.join("server.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    // A port some other program holds makes the server exit at once: try a few.
+    let mut attempts = 0;
+    let _server = loop {
+        let mut server = Killed(
+            Command::new("python3")
+                .arg(&script)
+                .args([
+                    "--cert",
+                    "cert.pem",
+                    "--key",
+                    "key.pem",
+                    "--sites",
+                    "1",
+                    "--lifetime",
+                    "60",
+                    "--port",
+                ])
+                .arg(port.to_string())
+                .current_dir(d)
+                .stdout(std::fs::File::create(d.join("server.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        if said(&d.join("server.log"), "ready", Some(&mut server.0)) {
+            break server;
+        }
+        attempts += 1;
+        assert!(attempts < 5, "the TLS server never started (last port {port})");
+        port = 20000 + (port - 20000 + 997) % 12000;
+    };
     let tcpdump = Killed(
         Command::new("tcpdump")
             .args(["-i", "lo", "-U", "--immediate-mode", "-w"])
@@ -112,7 +134,6 @@ fn live_sharded_capture_equals_tcpdump_file() {
             .spawn()
             .unwrap(),
     );
-    wait_for(&d.join("server.log"), "ready");
     wait_for(&d.join("tcpdump.log"), "listening");
 
     let stop = Arc::new(AtomicBool::new(false));

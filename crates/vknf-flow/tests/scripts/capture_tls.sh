@@ -12,7 +12,8 @@ per_site="${2:-6}"
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$out"
 
-base=$((20000 + ($$ % 2000) * 10))
+# Below Linux's ephemeral range (32768 up), so no client connection of another test holds them.
+base=$((20000 + ($$ % 1200) * 10))
 sites=3
 v6port=$((base + 5))
 wwwport=$((base + 6))
