@@ -115,11 +115,8 @@ fn main() -> anyhow::Result<()> {
         ..FunctionSpec::new("traffic", "forest", spirv)
     };
     let model: Arc<[u8]> = forest.to_vkf_bytes().into();
-    let function = tokio.block_on(async {
-        Runtime::new(loader.clone(), RuntimeSettings::default())
-            .load(spec, Some(model), None)
-            .await
-    })?;
+    let runtime = tokio.block_on(async { Runtime::new(loader.clone(), RuntimeSettings::default()) });
+    let function = tokio.block_on(runtime.load(spec, Some(model), None))?;
 
     let mut classify = Vec::new();
     for &batch in &args.batch_flows {
@@ -167,5 +164,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }
+    // Lanes hold device memory: release them before the device goes.
+    tokio.block_on(runtime.shutdown());
+    drop(function);
     Ok(())
 }
