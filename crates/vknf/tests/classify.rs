@@ -6,27 +6,20 @@
 //! Needs root (tcpdump on `lo`) and the tools `make python-deps` installs; skips with `SKIPPED`
 //! otherwise, except under `CI`, where it fails.
 
+mod common;
+
+use common::{Server, free_port, succeed, vknf, workspace};
+
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// Held-out flows the in-process classifier must get right, at least. The sites serve pages of
 /// different sizes (crates/vknf-flow/tests/scripts/tls_sites.py), so their record sequences differ;
 /// measured here: 100% on 16 held-out flows.
 const MIN_ACCURACY: f64 = 0.85;
-
-fn vknf() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vknf"))
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 fn required() -> bool {
     std::env::var_os("CI").is_some()
@@ -79,16 +72,6 @@ fn prerequisites() -> Option<PathBuf> {
     Some(python)
 }
 
-fn succeed(output: Output, what: &str) -> Output {
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// Runs a command that must fail, and returns its standard error.
 fn fail(output: Output, what: &str) -> String {
     assert!(!output.status.success(), "{what} succeeded but should have failed");
@@ -109,20 +92,6 @@ fn capture(dir: &Path, per_site: u32) -> PathBuf {
         .unwrap();
     assert!(status.success(), "capture_tls.sh failed: {status}");
     dir.join("lo.pcap")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {

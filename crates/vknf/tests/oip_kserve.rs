@@ -7,32 +7,13 @@
 //! Needs the project venv (`VKNF_PYTHON`, default `.venv`) and the KServe venv (`VKNF_KSERVE_PYTHON`,
 //! default `.venv-kserve`); `make test` creates both.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::{Server, free_port, succeed, vknf, workspace};
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn vknf() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vknf"))
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn succeed(output: Output, what: &str) -> Output {
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The interpreter named by `variable`, else the venv's under the workspace.
 fn python(variable: &str, venv: &str, install: &str) -> PathBuf {
@@ -45,16 +26,6 @@ fn python(variable: &str, venv: &str, install: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn curl(url: &str) -> (u16, String) {

@@ -2,42 +2,12 @@
 //! manifest, served by `vknf serve` (GPU loader, validation layer on), and asked through
 //! `vknf predict --addr`, whose answers must equal those computed in process.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+mod common;
+
+use common::{Server, free_port, succeed, vknf, workspace};
+
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-fn vknf() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vknf"))
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn succeed(output: Output, what: &str) -> Output {
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Equal texts, or the first line that differs.
 fn same_lines(got: &str, want: &str, what: &str) {
