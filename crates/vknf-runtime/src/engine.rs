@@ -60,7 +60,6 @@ pub(crate) struct Engine {
     queue: Mutex<Option<mpsc::UnboundedSender<Arc<Job>>>>,
     counters: Arc<QueueCounters>,
     owner: Arc<JobOwner>,
-    metrics: Metrics,
     finished: watch::Receiver<bool>,
 }
 
@@ -100,6 +99,7 @@ impl Engine {
         }
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (finished_tx, finished_rx) = watch::channel(false);
+        let function_metrics = FunctionMetrics::of(metrics, &label);
         let engine = Arc::new(Engine {
             label: label.clone(),
             info: info.clone(),
@@ -108,18 +108,17 @@ impl Engine {
                 bytes: AtomicUsize::new(0),
                 requests: AtomicUsize::new(0),
                 limit: settings.max_queued_bytes,
-                metrics: FunctionMetrics::of(metrics, &label),
+                metrics: function_metrics.clone(),
             }),
             owner: Arc::new(JobOwner {
                 function: label.clone(),
                 metrics: metrics.clone(),
-                function_metrics: FunctionMetrics::of(metrics, &label),
+                function_metrics: function_metrics.clone(),
             }),
-            metrics: metrics.clone(),
             finished: finished_rx,
         });
         let batcher = Arc::new(Batcher {
-            function_metrics: FunctionMetrics::of(metrics, &label),
+            function_metrics,
             label,
             info,
             lane_rows,
@@ -156,7 +155,7 @@ impl Engine {
         // Checks and admission run on the caller's thread, outside the queue's lock: scanning a large
         // call for NaN takes a while, and callers on other connections must not wait for it.
         let fail = |reply: Box<dyn Reply>, error: CallError| {
-            self.metrics.error(&self.label, error.code_name());
+            self.owner.metrics.error(&self.label, error.code_name());
             reply.fail(error);
             Ok(())
         };

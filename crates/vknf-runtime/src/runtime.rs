@@ -48,6 +48,7 @@ impl Default for RuntimeSettings {
 #[error("{0}")]
 pub struct LoadFailure(pub String);
 
+#[derive(Clone)]
 struct Entry {
     handle: FunctionHandle,
     spec: FunctionSpec,
@@ -59,8 +60,11 @@ struct Inner {
     loader: Arc<dyn FunctionLoader>,
     settings: RuntimeSettings,
     metrics: Metrics,
+    /// The loaded functions; held only for a look-up or an update, never across a load, so that callers
+    /// looking a function up never wait for another one to load.
+    functions: parking_lot::Mutex<BTreeMap<Arc<str>, Entry>>,
     /// Loads, removals and recoveries happen one at a time.
-    functions: tokio::sync::Mutex<BTreeMap<Arc<str>, Entry>>,
+    changes: tokio::sync::Mutex<()>,
     /// Why a function could not be reloaded after the last device reset, by name.
     failures: parking_lot::Mutex<BTreeMap<Arc<str>, String>>,
     device_lost: mpsc::UnboundedSender<Arc<str>>,
@@ -86,7 +90,8 @@ impl Runtime {
             loader,
             settings,
             metrics: Metrics::default(),
-            functions: tokio::sync::Mutex::new(BTreeMap::new()),
+            functions: parking_lot::Mutex::new(BTreeMap::new()),
+            changes: tokio::sync::Mutex::new(()),
             failures: parking_lot::Mutex::new(BTreeMap::new()),
             device_lost,
             stopping: AtomicBool::new(false),
@@ -126,56 +131,50 @@ impl Runtime {
         model: Option<Arc<[u8]>>,
         max_wait: Option<Duration>,
     ) -> Result<FunctionHandle, LoadFailure> {
-        let mut functions = self.inner.functions.lock().await;
+        let _changing = self.inner.changes.lock().await;
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(LoadFailure("the runtime is stopping".into()));
         }
         let name: Arc<str> = spec.name.as_str().into();
         let engine = self.start_engine(&name, &spec, model.clone(), max_wait).await?;
         self.inner.failures.lock().remove(&name);
-        let handle = match functions.get_mut(&name) {
-            Some(entry) => {
-                entry.spec = spec;
-                entry.model = model;
-                entry.max_wait = max_wait;
-                let handle = entry.handle.clone();
-                if let Some(old) = handle.replace(engine) {
-                    tracing::info!(function = %name, "reloaded; draining the previous version");
-                    self.drain(&name, old).await;
+        let (handle, replaced) = {
+            let mut functions = self.inner.functions.lock();
+            match functions.get_mut(&name) {
+                Some(entry) => {
+                    entry.spec = spec;
+                    entry.model = model;
+                    entry.max_wait = max_wait;
+                    (entry.handle.clone(), entry.handle.replace(engine))
                 }
-                handle
-            }
-            None => {
-                let handle = FunctionHandle::new(name.clone(), engine);
-                functions.insert(
-                    name,
-                    Entry {
+                None => {
+                    let handle = FunctionHandle::new(name.clone(), engine);
+                    let entry = Entry {
                         handle: handle.clone(),
                         spec,
                         model,
                         max_wait,
-                    },
-                );
-                handle
+                    };
+                    functions.insert(name.clone(), entry);
+                    (handle, None)
+                }
             }
         };
+        if let Some(old) = replaced {
+            tracing::info!(function = %name, "reloaded; draining the previous version");
+            self.drain(&name, old).await;
+        }
         Ok(handle)
     }
 
     /// The loaded function called `name`.
     pub async fn get(&self, name: &str) -> Option<FunctionHandle> {
-        self.inner.functions.lock().await.get(name).map(|e| e.handle.clone())
+        self.inner.functions.lock().get(name).map(|e| e.handle.clone())
     }
 
     /// Every loaded function, by name.
     pub async fn functions(&self) -> Vec<FunctionHandle> {
-        self.inner
-            .functions
-            .lock()
-            .await
-            .values()
-            .map(|e| e.handle.clone())
-            .collect()
+        self.inner.functions.lock().values().map(|e| e.handle.clone()).collect()
     }
 
     /// Why `name` could not be reloaded after the last device reset, if it could not (it then answers
@@ -187,8 +186,8 @@ impl Runtime {
     /// Stops taking calls for `name`, answers what it admitted (up to the drain timeout) and unloads it.
     /// False when no such function is loaded.
     pub async fn remove(&self, name: &str) -> bool {
-        let mut functions = self.inner.functions.lock().await;
-        let Some(entry) = functions.remove(name) else {
+        let _changing = self.inner.changes.lock().await;
+        let Some(entry) = self.inner.functions.lock().remove(name) else {
             return false;
         };
         self.inner.failures.lock().remove(name);
@@ -204,9 +203,10 @@ impl Runtime {
         if let Some(recovery) = self.inner.recovery.lock().take() {
             recovery.abort();
         }
-        let mut functions = self.inner.functions.lock().await;
+        let _changing = self.inner.changes.lock().await;
+        let functions = std::mem::take(&mut *self.inner.functions.lock());
         let mut drains = tokio::task::JoinSet::new();
-        for (name, entry) in std::mem::take(&mut *functions) {
+        for (name, entry) in functions {
             if let Some(engine) = entry.handle.close() {
                 let runtime = self.clone();
                 drains.spawn(async move { runtime.drain(&name, engine).await });
@@ -261,17 +261,25 @@ impl Runtime {
 
     /// Resets the device and loads every function anew (after a lane reported device loss).
     async fn reload_all(&self) {
-        let mut functions = self.inner.functions.lock().await;
+        let _changing = self.inner.changes.lock().await;
         if self.inner.stopping.load(Ordering::Acquire) {
             return;
         }
+        // Loads and removals wait for this reload, so the functions cannot change meanwhile.
+        let functions: Vec<(Arc<str>, Entry)> = self
+            .inner
+            .functions
+            .lock()
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .collect();
         let loader = self.inner.loader.clone();
         let reset_error = match tokio::task::spawn_blocking(move || loader.reset()).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(e) => Some(e.to_string()),
         };
-        for (name, entry) in functions.iter_mut() {
+        for (name, entry) in &functions {
             let result = match &reset_error {
                 Some(reason) => Err(LoadFailure(format!("device reset failed: {reason}"))),
                 None => {
