@@ -13,8 +13,8 @@ use crate::spec::FunctionSpec;
 /// Why executing a batch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// The device is gone (GPU reset, driver crash, a kernel past its deadline). Every function of
-    /// the device is reloaded after this.
+    /// The device is gone (GPU reset, driver crash, a kernel past its deadline). The device is reset
+    /// and every function reloaded onto it after this; other devices keep serving.
     #[error("device lost: {0}")]
     DeviceLost(String),
     /// Out of memory while running.
@@ -132,17 +132,41 @@ pub enum LoadError {
     },
 }
 
-/// Turns a [`FunctionSpec`] (and its model bytes) into a runnable [`Function`].
+/// One device a loader loads functions onto, as status reports and metrics name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device's name (`NVIDIA H200`, `llvmpipe (LLVM 15.0.6, 256 bits)`, `cpu`).
+    pub name: String,
+    /// The device's type (`discrete-gpu`, `integrated-gpu`, `virtual-gpu`, `cpu`, `other`).
+    pub device_type: String,
+}
+
+/// Turns a [`FunctionSpec`] (and its model bytes) into a runnable [`Function`] on one of its devices.
+///
+/// A loader has one or more devices, numbered from 0 in the order [`FunctionLoader::devices`] lists
+/// them; the function runtime loads every function once per device and spreads its batches over all
+/// of them. Each device fails and recovers on its own.
 pub trait FunctionLoader: Send + Sync + 'static {
     /// A short name for logs ("cpu", "gpu").
     fn name(&self) -> &'static str;
 
-    /// Loads one function.
-    fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError>;
+    /// The devices functions are loaded onto; at least one. The default is one device named after
+    /// the loader.
+    fn devices(&self) -> Vec<DeviceInfo> {
+        vec![DeviceInfo {
+            name: self.name().to_string(),
+            device_type: self.name().to_string(),
+        }]
+    }
 
-    /// Called after a lane reported [`ExecError::DeviceLost`], before every function is loaded again:
-    /// recreate the device here. The default does nothing (for loaders without a device).
-    fn reset(&self) -> Result<(), LoadError> {
+    /// Loads one function onto `device` (an index into [`FunctionLoader::devices`]).
+    fn load(&self, device: usize, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError>;
+
+    /// Called after a lane of `device` reported [`ExecError::DeviceLost`], before every function is
+    /// loaded onto it again: recreate the device here. The default does nothing (for loaders without a
+    /// device).
+    fn reset(&self, device: usize) -> Result<(), LoadError> {
+        let _ = device;
         Ok(())
     }
 }

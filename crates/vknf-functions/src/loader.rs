@@ -1,4 +1,4 @@
-//! Loaders: a registry of families bound to an executor, the host's CPU or one Vulkan device.
+//! Loaders: a registry of families bound to an executor, the host's CPU or Vulkan devices.
 
 use std::sync::Arc;
 
@@ -30,7 +30,13 @@ impl FunctionLoader for CpuLoader {
         "cpu"
     }
 
-    fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
+    fn load(&self, device: usize, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
+        if device != 0 {
+            return Err(LoadError::InvalidSpec {
+                function: spec.name.clone(),
+                reason: format!("the CPU loader has one device, not device {device}"),
+            });
+        }
         self.families.family_of(spec)?.load_cpu(spec, model)
     }
 }
@@ -41,15 +47,22 @@ pub use gpu::GpuLoader;
 #[cfg(feature = "gpu")]
 mod gpu {
     use super::*;
-    use crate::function::ExecError;
+    use crate::function::{DeviceInfo, ExecError};
     use parking_lot::Mutex;
-    use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
+    use vknf_vulkan::{AdapterInfo, Device, DeviceSelection, DeviceSelector, Instance, InstanceOptions};
 
-    /// Loads functions onto one Vulkan device; [`FunctionLoader::reset`] re-creates it after a loss.
+    /// One selected device: the adapter it was opened on (a reset opens the same one again) and the
+    /// device now open.
+    struct Slot {
+        adapter: AdapterInfo,
+        device: Mutex<Device>,
+    }
+
+    /// Loads functions onto one or more Vulkan devices; [`FunctionLoader::reset`] re-creates a device
+    /// after its loss.
     pub struct GpuLoader {
         instance: Instance,
-        selector: DeviceSelector,
-        device: Mutex<Device>,
+        slots: Vec<Slot>,
         families: Families,
     }
 
@@ -66,28 +79,66 @@ mod gpu {
             selector: DeviceSelector,
             families: Families,
         ) -> Result<GpuLoader, vknf_vulkan::Error> {
+            GpuLoader::open(validate, &DeviceSelection::Each(vec![selector]), families)
+        }
+
+        /// Opens every device of `selection` for `families`.
+        pub fn open(
+            validate: bool,
+            selection: &DeviceSelection,
+            families: Families,
+        ) -> Result<GpuLoader, vknf_vulkan::Error> {
             let instance = Instance::new(&InstanceOptions {
                 validation: validate,
                 ..InstanceOptions::default()
             })?;
-            let device = Device::select(&instance, &selector)?;
-            tracing::info!(device = %device.info().name, "GPU loader ready");
+            let slots = selection
+                .resolve(&instance.adapters())?
+                .into_iter()
+                .map(|adapter| {
+                    let device = Device::new(&instance, &adapter)?;
+                    tracing::info!(device = %adapter.name, index = adapter.index, "GPU loader: device open");
+                    Ok(Slot {
+                        adapter,
+                        device: Mutex::new(device),
+                    })
+                })
+                .collect::<Result<Vec<Slot>, vknf_vulkan::Error>>()?;
             Ok(GpuLoader {
                 instance,
-                selector,
-                device: Mutex::new(device),
+                slots,
                 families,
             })
         }
 
-        /// The device functions are loaded onto.
+        /// The first device functions are loaded onto.
         pub fn device(&self) -> Device {
-            self.device.lock().clone()
+            self.device_at(0)
+        }
+
+        /// Device `index` (in the order of [`FunctionLoader::devices`]).
+        ///
+        /// # Panics
+        /// When `index` is not below the number of devices.
+        pub fn device_at(&self, index: usize) -> Device {
+            self.slots[index].device.lock().clone()
+        }
+
+        /// How many devices the loader opened.
+        pub fn device_count(&self) -> usize {
+            self.slots.len()
         }
 
         /// The Vulkan instance (for validation checks).
         pub fn instance(&self) -> &Instance {
             &self.instance
+        }
+
+        fn slot(&self, device: usize, function: &str) -> Result<&Slot, LoadError> {
+            self.slots.get(device).ok_or_else(|| LoadError::InvalidSpec {
+                function: function.to_string(),
+                reason: format!("no device {device}: the loader has {}", self.slots.len()),
+            })
         }
     }
 
@@ -96,18 +147,48 @@ mod gpu {
             "gpu"
         }
 
-        fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
-            let family = self.families.family_of(spec)?;
-            family.load_gpu(&self.device(), spec, model)
+        fn devices(&self) -> Vec<DeviceInfo> {
+            self.slots
+                .iter()
+                .map(|slot| DeviceInfo {
+                    name: slot.adapter.name.clone(),
+                    device_type: type_name(slot.adapter.device_type),
+                })
+                .collect()
         }
 
-        fn reset(&self) -> Result<(), LoadError> {
-            let fresh = Device::select(&self.instance, &self.selector).map_err(|e| LoadError::Exec {
+        fn load(
+            &self,
+            device: usize,
+            spec: &FunctionSpec,
+            model: Option<&[u8]>,
+        ) -> Result<Arc<dyn Function>, LoadError> {
+            let family = self.families.family_of(spec)?;
+            let device = self.slot(device, &spec.name)?.device.lock().clone();
+            family.load_gpu(&device, spec, model)
+        }
+
+        fn reset(&self, device: usize) -> Result<(), LoadError> {
+            let slot = self.slot(device, "device")?;
+            let fresh = Device::new(&self.instance, &slot.adapter).map_err(|e| LoadError::Exec {
                 function: "device".into(),
                 source: ExecError::DeviceLost(e.to_string()),
             })?;
-            *self.device.lock() = fresh;
+            *slot.device.lock() = fresh;
             Ok(())
         }
+    }
+
+    /// The device type as `vknf devices` prints it.
+    fn type_name(device_type: vknf_vulkan::DeviceType) -> String {
+        use vknf_vulkan::DeviceType;
+        match device_type {
+            DeviceType::DiscreteGpu => "discrete-gpu",
+            DeviceType::IntegratedGpu => "integrated-gpu",
+            DeviceType::VirtualGpu => "virtual-gpu",
+            DeviceType::Cpu => "cpu",
+            DeviceType::Other => "other",
+        }
+        .to_string()
     }
 }

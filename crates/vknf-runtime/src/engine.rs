@@ -2,11 +2,13 @@
 //! calls into lanes. A hot reload starts a new engine beside the old one; the old one finishes what it
 //! admitted.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use rayon::prelude::*;
 use tokio::sync::{mpsc, watch};
 use vknf_functions::{ExecError, Function, FunctionInfo, Lane};
@@ -16,18 +18,50 @@ use crate::job::{Admission, Job, JobOwner, QueueCounters, Segment};
 use crate::lane_worker::{BatchRunner, LaneWorker, WorkerEvent};
 use crate::metrics::{FunctionMetrics, Metrics};
 
-/// A lane counted in the `live_lanes` gauge for as long as it exists.
+/// The lanes one load of a function made on one device.
+pub(crate) struct DeviceLanes {
+    /// The device's index in the loader's order.
+    pub(crate) device: usize,
+    /// The device's generation when the lanes were made. It grows with every reset of the device, so
+    /// that a loss reported late by a lane of an earlier generation retires none of their successors.
+    pub(crate) generation: u64,
+    pub(crate) lanes: Vec<Box<dyn Lane>>,
+}
+
+/// A device loss, as a lane reports it to the runtime's recovery.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceLoss {
+    pub(crate) device: usize,
+    pub(crate) generation: u64,
+    pub(crate) function: Arc<str>,
+}
+
+/// A lane counted in the `live_lanes` and per-device gauges for as long as it exists.
 struct CountedLane {
     lane: Box<dyn Lane>,
+    device: usize,
+    generation: u64,
     metrics: Metrics,
+    /// The device's batch and row counters, looked up once (a look-up allocates its labels).
+    device_batches: Counter,
+    device_rows: Counter,
 }
 
 impl CountedLane {
-    fn new(lane: Box<dyn Lane>, metrics: &Metrics) -> CountedLane {
+    fn new(lane: Box<dyn Lane>, device: usize, generation: u64, metrics: &Metrics) -> CountedLane {
         metrics.live_lanes.inc();
+        metrics
+            .device_lanes
+            .get_or_create(&Metrics::device_labels(device))
+            .inc();
+        let labels = Metrics::device_labels(device);
         CountedLane {
             lane,
+            device,
+            generation,
             metrics: metrics.clone(),
+            device_batches: metrics.device_batches.get_or_create(&labels).clone(),
+            device_rows: metrics.device_rows.get_or_create(&labels).clone(),
         }
     }
 }
@@ -35,6 +69,10 @@ impl CountedLane {
 impl Drop for CountedLane {
     fn drop(&mut self) {
         self.metrics.live_lanes.dec();
+        self.metrics
+            .device_lanes
+            .get_or_create(&Metrics::device_labels(self.device))
+            .dec();
     }
 }
 
@@ -53,32 +91,36 @@ pub(crate) struct Returned {
     pub(crate) reply: Box<dyn Reply>,
 }
 
-/// A loaded function with its queue and batcher.
+/// A loaded function with its queue and batcher, running on the lanes of one or more devices.
 pub(crate) struct Engine {
     pub(crate) label: Arc<str>,
     pub(crate) info: FunctionInfo,
     queue: Mutex<Option<mpsc::UnboundedSender<Arc<Job>>>>,
+    /// Lanes for the batcher to take on (a device recovered after its loss).
+    additions: mpsc::UnboundedSender<DeviceLanes>,
+    /// Rows of the largest batch; lanes added later must hold at least this many.
+    lane_rows: usize,
     counters: Arc<QueueCounters>,
     owner: Arc<JobOwner>,
     finished: watch::Receiver<bool>,
 }
 
-/// Creates the lanes of a freshly loaded function. Blocking (lanes allocate device memory).
+/// Creates `count` lanes of a freshly loaded function. Blocking (lanes allocate device memory).
 pub(crate) fn create_lanes(function: &dyn Function, count: usize) -> Result<Vec<Box<dyn Lane>>, ExecError> {
     (0..count.max(1)).map(|_| function.new_lane()).collect()
 }
 
 impl Engine {
-    /// Starts the batcher of `function` over `lanes`; device losses are reported on `device_lost`.
+    /// Starts the batcher of a function described by `info` over the lanes of its devices; device
+    /// losses are reported on `device_lost`.
     pub(crate) fn start(
         label: Arc<str>,
-        function: Arc<dyn Function>,
-        lanes: Vec<Box<dyn Lane>>,
+        info: FunctionInfo,
+        devices: Vec<DeviceLanes>,
         settings: &EngineSettings,
         metrics: &Metrics,
-        device_lost: mpsc::UnboundedSender<Arc<str>>,
+        device_lost: mpsc::UnboundedSender<DeviceLoss>,
     ) -> Result<Arc<Engine>, ExecError> {
-        let info = function.info().clone();
         if info.input.width == 0 || info.max_batch_rows == 0 || info.outputs.len() > 32 {
             return Err(ExecError::InvalidBatch(format!(
                 "function reports input width {}, {} rows per batch and {} outputs",
@@ -87,10 +129,10 @@ impl Engine {
                 info.outputs.len()
             )));
         }
-        let counted: Vec<CountedLane> = lanes.into_iter().map(|lane| CountedLane::new(lane, metrics)).collect();
-        let lane_rows = counted
+        let lane_rows = devices
             .iter()
-            .map(|l| l.lane.capacity_rows())
+            .flat_map(|d| d.lanes.iter())
+            .map(|lane| lane.capacity_rows())
             .min()
             .unwrap_or(0)
             .min(info.max_batch_rows);
@@ -98,12 +140,15 @@ impl Engine {
             return Err(ExecError::InvalidBatch("lanes hold no whole input row".into()));
         }
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let (additions_tx, additions_rx) = mpsc::unbounded_channel();
         let (finished_tx, finished_rx) = watch::channel(false);
         let function_metrics = FunctionMetrics::of(metrics, &label);
         let engine = Arc::new(Engine {
             label: label.clone(),
             info: info.clone(),
             queue: Mutex::new(Some(queue_tx)),
+            additions: additions_tx,
+            lane_rows,
             counters: Arc::new(QueueCounters {
                 bytes: AtomicUsize::new(0),
                 requests: AtomicUsize::new(0),
@@ -127,28 +172,34 @@ impl Engine {
             device_lost,
         });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let mut workers = Vec::with_capacity(counted.len());
-        for (index, lane) in counted.into_iter().enumerate() {
-            let runner: Arc<dyn BatchRunner<CountedLane, Batch>> = batcher.clone();
-            let worker = LaneWorker::spawn(
-                format!("vknf-lane-{index}"),
-                index,
-                lane,
-                runner,
-                events_tx.clone(),
-                settings.lane_spin,
-            )
-            .map_err(|e| ExecError::Failed(format!("cannot start a lane thread: {e}")))?;
-            workers.push(worker);
+        let mut lanes = LaneSet::new(batcher.clone(), events_tx, settings.lane_spin);
+        for device in devices {
+            lanes.add(device);
         }
-        drop(events_tx);
+        if lanes.live == 0 {
+            return Err(ExecError::Failed("cannot start any lane thread".into()));
+        }
         tokio::spawn(async move {
-            batcher.run(queue_rx, workers, events_rx).await;
+            batcher.run(queue_rx, lanes, events_rx, additions_rx).await;
             let _ = finished_tx.send(true);
         });
         Ok(engine)
     }
 
+    /// Hands the batcher the lanes of a device that came back (after its loss and reset).
+    pub(crate) fn add_lanes(&self, device: DeviceLanes) -> Result<(), ExecError> {
+        if let Some(small) = device.lanes.iter().find(|lane| lane.capacity_rows() < self.lane_rows) {
+            return Err(ExecError::InvalidBatch(format!(
+                "device {}'s lanes hold {} rows, the function's batches {}",
+                device.device,
+                small.capacity_rows(),
+                self.lane_rows
+            )));
+        }
+        // A send fails only once the batcher has ended (the engine drained): the lanes are dropped.
+        let _ = self.additions.send(device);
+        Ok(())
+    }
     /// Checks and admits a call, or answers it with an error (`BUSY`, `TOO_LARGE`, a shape error).
     /// Hands the call back when the engine has closed, so the caller can retry on its successor.
     pub(crate) fn submit(&self, call: Call, reply: Box<dyn Reply>) -> Result<(), Box<Returned>> {
@@ -246,25 +297,123 @@ async fn poll_until(
     }
 }
 
-/// Which lane threads are idle, busy or gone.
-struct LaneCounts {
+/// The lane threads of an engine, across its devices: which are idle, busy or gone, and which
+/// devices are down.
+struct LaneSet {
+    workers: Vec<Option<LaneWorker<Batch>>>,
+    /// Device and generation of each lane, by lane index.
+    origin: Vec<(usize, u64)>,
     free: Vec<usize>,
     running: usize,
     live: usize,
+    /// Devices whose lanes up to this generation are lost: their idle lanes are retired, not used.
+    down: BTreeMap<usize, u64>,
+    runner: Arc<Batcher>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    spin: Duration,
 }
 
-impl LaneCounts {
+impl LaneSet {
+    fn new(runner: Arc<Batcher>, events: mpsc::UnboundedSender<WorkerEvent>, spin: Duration) -> LaneSet {
+        LaneSet {
+            workers: Vec::new(),
+            origin: Vec::new(),
+            free: Vec::new(),
+            running: 0,
+            live: 0,
+            down: BTreeMap::new(),
+            runner,
+            events,
+            spin,
+        }
+    }
+
+    /// Starts a thread for each lane of `device`.
+    fn add(&mut self, device: DeviceLanes) {
+        if self
+            .down
+            .get(&device.device)
+            .is_some_and(|lost| *lost < device.generation)
+        {
+            self.down.remove(&device.device);
+        }
+        for lane in device.lanes {
+            let index = self.workers.len();
+            let lane = CountedLane::new(lane, device.device, device.generation, &self.runner.metrics);
+            let runner: Arc<dyn BatchRunner<CountedLane, Batch>> = self.runner.clone();
+            match LaneWorker::spawn(
+                format!("vknf-lane-{}-{index}", device.device),
+                index,
+                lane,
+                runner,
+                self.events.clone(),
+                self.spin,
+            ) {
+                Ok(worker) => {
+                    self.workers.push(Some(worker));
+                    self.origin.push((device.device, device.generation));
+                    self.free.push(index);
+                    self.live += 1;
+                }
+                Err(error) => {
+                    tracing::error!(function = %self.runner.label, %error, "cannot start a lane thread");
+                }
+            }
+        }
+    }
+
+    fn is_down(&self, index: usize) -> bool {
+        let (device, generation) = self.origin[index];
+        self.down.get(&device).is_some_and(|lost| generation <= *lost)
+    }
+
+    /// Stops the thread of lane `index` (it reports `Stopped` once its lane is released).
+    fn retire(&mut self, index: usize) {
+        self.workers[index].take();
+    }
+
     fn settle(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Done(index) => {
                 self.running -= 1;
-                self.free.push(index);
+                if self.is_down(index) {
+                    self.retire(index);
+                } else {
+                    self.free.push(index);
+                }
             }
-            WorkerEvent::Lost(_) => {
+            WorkerEvent::Lost(index) => {
                 self.running -= 1;
                 self.live -= 1;
+                self.workers[index] = None;
+                // The device is gone for every lane of this generation and earlier: retire the idle ones
+                // now rather than fail one more batch on each.
+                let (device, generation) = self.origin[index];
+                let lost = self.down.entry(device).or_insert(generation);
+                *lost = (*lost).max(generation);
+                let (retired, kept): (Vec<usize>, Vec<usize>) = self.free.iter().partition(|&&free| self.is_down(free));
+                self.free = kept;
+                for index in retired {
+                    self.retire(index);
+                }
             }
-            WorkerEvent::Stopped(_) => self.live -= 1,
+            WorkerEvent::Stopped(index) => {
+                self.live -= 1;
+                self.workers[index] = None;
+            }
+        }
+    }
+
+    fn hand(&mut self, index: usize, batch: Batch) {
+        self.running += 1;
+        if let Some(worker) = &self.workers[index] {
+            worker.hand(batch);
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for worker in self.workers.iter().flatten() {
+            worker.stop();
         }
     }
 }
@@ -276,7 +425,7 @@ struct Batcher {
     lane_rows: usize,
     max_wait: Duration,
     metrics: Metrics,
-    device_lost: mpsc::UnboundedSender<Arc<str>>,
+    device_lost: mpsc::UnboundedSender<DeviceLoss>,
 }
 
 impl BatchRunner<CountedLane, Batch> for Batcher {
@@ -285,41 +434,63 @@ impl BatchRunner<CountedLane, Batch> for Batcher {
     }
 }
 
+fn device_lost_error() -> CallError {
+    CallError::DeviceLost("every device of the function was lost; it is being recovered".into())
+}
+
 impl Batcher {
     async fn run(
         self: Arc<Self>,
         mut queue: mpsc::UnboundedReceiver<Arc<Job>>,
-        workers: Vec<LaneWorker<Batch>>,
+        mut lanes: LaneSet,
         mut events: mpsc::UnboundedReceiver<WorkerEvent>,
+        mut additions: mpsc::UnboundedReceiver<DeviceLanes>,
     ) {
-        let mut lanes = LaneCounts {
-            free: (0..workers.len()).collect(),
-            running: 0,
-            live: workers.len(),
-        };
         // A job split across batches: its remaining rows start at this row.
         let mut carry: Option<(Arc<Job>, usize)> = None;
         loop {
             while let Ok(event) = events.try_recv() {
                 lanes.settle(event);
             }
+            while let Ok(device) = additions.try_recv() {
+                lanes.add(device);
+            }
             if lanes.free.is_empty() {
                 if lanes.running == 0 {
-                    // Every lane died with the device; the server is reloading the function.
-                    // Answer what arrives until this runtime is closed and replaced.
-                    self.fail_until_closed(&mut queue, carry.take()).await;
-                    break;
+                    // No lane can run: every device of the function is lost. Answer calls with
+                    // DEVICE_LOST until a recovered device brings lanes or the engine closes.
+                    if let Some((job, _)) = carry.take() {
+                        job.fail(device_lost_error());
+                    }
+                    tokio::select! {
+                        Some(device) = additions.recv() => lanes.add(device),
+                        job = queue.recv() => match job {
+                            Some(job) => job.fail(device_lost_error()),
+                            None => break,
+                        },
+                    }
+                    continue;
                 }
-                if let Some(event) = events.recv().await {
-                    lanes.settle(event);
+                tokio::select! {
+                    Some(event) = events.recv() => lanes.settle(event),
+                    Some(device) = additions.recv() => lanes.add(device),
+                    // The lane set holds a sender of `events`: it cannot end while lanes run.
+                    else => break,
                 }
                 continue;
             }
             let first = match carry.take() {
                 Some(split) => split,
-                None => match queue.recv().await {
-                    Some(job) => (job, 0),
-                    None => break,
+                None => tokio::select! {
+                    job = queue.recv() => match job {
+                        Some(job) => (job, 0),
+                        None => break,
+                    },
+                    // A recovered device's lanes start at once, not with the next call.
+                    Some(device) = additions.recv() => {
+                        lanes.add(device);
+                        continue;
+                    }
                 },
             };
             // Batches may have finished while this task waited for the job.
@@ -341,28 +512,15 @@ impl Batcher {
                 lanes.free.push(worker);
                 continue;
             }
-            lanes.running += 1;
-            workers[worker].hand(batch);
+            lanes.hand(worker, batch);
         }
-        for worker in &workers {
-            worker.stop();
-        }
+        lanes.stop_all();
         // Every lane is released before the runtime reports itself drained.
         while lanes.live > 0 {
             match events.recv().await {
                 Some(event) => lanes.settle(event),
                 None => break,
             }
-        }
-    }
-
-    async fn fail_until_closed(&self, queue: &mut mpsc::UnboundedReceiver<Arc<Job>>, carry: Option<(Arc<Job>, usize)>) {
-        let lost = || CallError::DeviceLost("the device was lost; the function is being reloaded".into());
-        if let Some((job, _)) = carry {
-            job.fail(lost());
-        }
-        while let Some(job) = queue.recv().await {
-            job.fail(lost());
         }
     }
 
@@ -427,6 +585,8 @@ impl Batcher {
     /// Runs one batch on its lane's thread and answers its requests; false when the lane is lost.
     fn execute(&self, lane: &mut CountedLane, batch: Batch) -> bool {
         self.function_metrics.batch_rows.observe(batch.rows as f64);
+        lane.device_batches.inc();
+        lane.device_rows.inc_by(batch.rows as u64);
         let started = Instant::now();
         let row_bytes = self.info.input.width * self.info.input.dtype.size();
         let written = lane.lane.write_input(&mut |input: &mut [u8]| {
@@ -472,8 +632,11 @@ impl Batcher {
             });
         }
         if lost {
-            self.metrics.device_losses.inc();
-            let _ = self.device_lost.send(self.label.clone());
+            let _ = self.device_lost.send(DeviceLoss {
+                device: lane.device,
+                generation: lane.generation,
+                function: self.label.clone(),
+            });
             return false;
         }
         true

@@ -29,6 +29,8 @@ mod runtime;
 pub use answer::{Answer, Tensor};
 pub use call::{AnswerLayout, Call, CallError, Reply, Rows};
 pub use handle::FunctionHandle;
-pub use metrics::{ErrorLabels, FunctionLabels, Metrics, ProtocolErrorLabels, ProtocolLabels};
-pub use runtime::{LoadFailure, Runtime, RuntimeSettings};
-pub use vknf_functions::{DType, FunctionInfo, FunctionSpec, InputInfo, OutputInfo, first_non_finite};
+pub use metrics::{
+    DeviceInfoLabels, DeviceLabels, ErrorLabels, FunctionLabels, Metrics, ProtocolErrorLabels, ProtocolLabels,
+};
+pub use runtime::{DeviceHealth, DeviceStatus, LoadFailure, Runtime, RuntimeSettings};
+pub use vknf_functions::{DType, DeviceInfo, FunctionInfo, FunctionSpec, InputInfo, OutputInfo, first_non_finite};

@@ -44,6 +44,24 @@ pub struct ProtocolErrorLabels {
     pub code: String,
 }
 
+/// Labels naming a device of the loader (its index in the loader's order).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    /// The device's index, from 0.
+    pub device: String,
+}
+
+/// Labels describing a device.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceInfoLabels {
+    /// The device's index, from 0.
+    pub device: String,
+    /// The device's name.
+    pub name: String,
+    /// The device's type (`discrete-gpu`, `cpu`, ...).
+    pub device_type: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~84 s
     Histogram::new(exponential_buckets(1e-5, 2.0, 24))
@@ -74,8 +92,20 @@ pub struct Metrics {
     pub execution_time: Family<FunctionLabels, Histogram>,
     /// Lanes alive across all functions.
     pub live_lanes: Gauge,
-    /// Device losses seen.
+    /// Device losses seen (one per loss of a device, however many lanes reported it).
     pub device_losses: Counter,
+    /// 1 for each device of the loader, with its name and type.
+    pub device_info: Family<DeviceInfoLabels, Gauge>,
+    /// 1 while a device serves, 0 while it is being recovered or could not be recovered.
+    pub device_up: Family<DeviceLabels, Gauge>,
+    /// Resets of a device after its loss.
+    pub device_resets: Family<DeviceLabels, Counter>,
+    /// Batches run on a device.
+    pub device_batches: Family<DeviceLabels, Counter>,
+    /// Rows run on a device.
+    pub device_rows: Family<DeviceLabels, Counter>,
+    /// Lanes alive on a device, across all functions.
+    pub device_lanes: Family<DeviceLabels, Gauge>,
     /// Requests each front end received, by protocol: every front end counts here, so one registry
     /// compares them.
     pub front_end_requests: Family<ProtocolLabels, Counter>,
@@ -97,6 +127,12 @@ impl Default for Metrics {
             execution_time: Family::new_with_constructor(latency_histogram),
             live_lanes: Gauge::default(),
             device_losses: Counter::default(),
+            device_info: Family::default(),
+            device_up: Family::default(),
+            device_resets: Family::default(),
+            device_batches: Family::default(),
+            device_rows: Family::default(),
+            device_lanes: Family::default(),
             front_end_requests: Family::default(),
             front_end_errors: Family::default(),
         }
@@ -104,6 +140,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The labels of device `index`.
+    pub fn device_labels(index: usize) -> DeviceLabels {
+        DeviceLabels {
+            device: index.to_string(),
+        }
+    }
+
     /// Registers every metric under the `vknf` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("vknf");
@@ -137,6 +180,28 @@ impl Metrics {
             self.live_lanes.clone(),
         );
         r.register("device_losses", "Device losses seen", self.device_losses.clone());
+        r.register(
+            "device_info",
+            "1 for each device functions run on, with its name and type",
+            self.device_info.clone(),
+        );
+        r.register(
+            "device_up",
+            "1 while a device serves, 0 while it is recovered or could not be",
+            self.device_up.clone(),
+        );
+        r.register(
+            "device_resets",
+            "Resets of a device after its loss",
+            self.device_resets.clone(),
+        );
+        r.register("device_batches", "Batches run on a device", self.device_batches.clone());
+        r.register("device_rows", "Rows run on a device", self.device_rows.clone());
+        r.register(
+            "device_lanes",
+            "Lanes alive on a device, across all functions",
+            self.device_lanes.clone(),
+        );
         r.register(
             "front_end_requests",
             "Requests each front end received, by protocol",

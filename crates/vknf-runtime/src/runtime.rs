@@ -1,6 +1,7 @@
-//! The functions of one process: loading, hot swaps, removal, shutdown and recovery from device loss.
+//! The functions of one process: loading onto every device of the loader, hot swaps, removal,
+//! shutdown, and recovery of each device after its loss while the others keep serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -8,16 +9,16 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use vknf_functions::{FunctionLoader, FunctionSpec};
+use vknf_functions::{DeviceInfo, ExecError, Function, FunctionInfo, FunctionLoader, FunctionSpec, Lane, LoadError};
 
-use crate::engine::{Engine, EngineSettings, create_lanes};
+use crate::engine::{DeviceLanes, DeviceLoss, Engine, EngineSettings, create_lanes};
 use crate::handle::FunctionHandle;
 use crate::metrics::Metrics;
 
 /// Batching and queueing settings shared by every function of a runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
-    /// Lanes (batches in flight) per function.
+    /// Lanes (batches in flight) per function and device.
     pub lanes_per_function: usize,
     /// Longest a batch waits to fill up, unless the function says otherwise.
     pub default_max_wait: Duration,
@@ -48,6 +49,39 @@ impl Default for RuntimeSettings {
 #[error("{0}")]
 pub struct LoadFailure(pub String);
 
+/// How a device of the runtime is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceHealth {
+    /// Running its functions' batches.
+    Serving,
+    /// Lost; being reset and its functions reloaded onto it. The other devices keep serving.
+    Recovering,
+    /// Could not be reset (the reason); retried with back-off.
+    Failed(String),
+}
+
+/// One device of the runtime, as status reports and readiness checks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// Index in the loader's order (the `device` label of the metrics).
+    pub index: usize,
+    /// Name and type, from the loader.
+    pub info: DeviceInfo,
+    /// How it is doing.
+    pub health: DeviceHealth,
+    /// Resets after a loss so far.
+    pub resets: u64,
+}
+
+struct DeviceState {
+    status: DeviceStatus,
+    /// Grows with every reset; lanes and loss reports carry the generation they belong to.
+    generation: u64,
+}
+
+/// Longest wait between two attempts to reset a device that failed to come back.
+const MAX_RESET_BACKOFF: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 struct Entry {
     handle: FunctionHandle,
@@ -65,9 +99,10 @@ struct Inner {
     functions: parking_lot::Mutex<BTreeMap<Arc<str>, Entry>>,
     /// Loads, removals and recoveries happen one at a time.
     changes: tokio::sync::Mutex<()>,
-    /// Why a function could not be reloaded after the last device reset, by name.
-    failures: parking_lot::Mutex<BTreeMap<Arc<str>, String>>,
-    device_lost: mpsc::UnboundedSender<Arc<str>>,
+    /// Why a function could not be reloaded onto a device after its reset, by name and device.
+    failures: parking_lot::Mutex<BTreeMap<Arc<str>, BTreeMap<usize, String>>>,
+    devices: parking_lot::Mutex<Vec<DeviceState>>,
+    device_lost: mpsc::UnboundedSender<DeviceLoss>,
     stopping: AtomicBool,
     recovery: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
@@ -86,13 +121,40 @@ impl Runtime {
     /// A runtime loading functions with `loader`.
     pub fn new(loader: Arc<dyn FunctionLoader>, settings: RuntimeSettings) -> Runtime {
         let (device_lost, reports) = mpsc::unbounded_channel();
+        let metrics = Metrics::default();
+        let devices = loader
+            .devices()
+            .into_iter()
+            .enumerate()
+            .map(|(index, info)| {
+                metrics
+                    .device_info
+                    .get_or_create(&crate::metrics::DeviceInfoLabels {
+                        device: index.to_string(),
+                        name: info.name.clone(),
+                        device_type: info.device_type.clone(),
+                    })
+                    .set(1);
+                metrics.device_up.get_or_create(&Metrics::device_labels(index)).set(1);
+                DeviceState {
+                    status: DeviceStatus {
+                        index,
+                        info,
+                        health: DeviceHealth::Serving,
+                        resets: 0,
+                    },
+                    generation: 0,
+                }
+            })
+            .collect();
         let inner = Arc::new(Inner {
             loader,
             settings,
-            metrics: Metrics::default(),
+            metrics,
             functions: parking_lot::Mutex::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
             failures: parking_lot::Mutex::new(BTreeMap::new()),
+            devices: parking_lot::Mutex::new(devices),
             device_lost,
             stopping: AtomicBool::new(false),
             recovery: parking_lot::Mutex::new(None),
@@ -177,10 +239,28 @@ impl Runtime {
         self.inner.functions.lock().values().map(|e| e.handle.clone()).collect()
     }
 
-    /// Why `name` could not be reloaded after the last device reset, if it could not (it then answers
-    /// `DEVICE_LOST` until it is loaded again).
+    /// Why `name` could not be reloaded onto a device after its reset, if it could not (it serves on
+    /// its other devices, and answers `DEVICE_LOST` when it has none, until it is loaded again).
     pub fn failure(&self, name: &str) -> Option<String> {
-        self.inner.failures.lock().get(name).cloned()
+        let failures = self.inner.failures.lock();
+        let by_device = failures.get(name)?;
+        let several = self.inner.devices.lock().len() > 1;
+        let reasons: Vec<String> = by_device
+            .iter()
+            .map(|(device, reason)| {
+                if several {
+                    format!("device {device}: {reason}")
+                } else {
+                    reason.clone()
+                }
+            })
+            .collect();
+        Some(reasons.join("; "))
+    }
+
+    /// The devices functions run on, and how each is doing.
+    pub fn devices(&self) -> Vec<DeviceStatus> {
+        self.inner.devices.lock().iter().map(|d| d.status.clone()).collect()
     }
 
     /// Stops taking calls for `name`, answers what it admitted (up to the drain timeout) and unloads it.
@@ -225,6 +305,9 @@ impl Runtime {
         }
     }
 
+    /// Loads `spec` onto every serving device (in parallel) and starts an engine over their lanes. A
+    /// device lost meanwhile is left to its recovery, which adds its lanes later; any other error on any
+    /// device fails the load, so that a function runs the same everywhere.
     async fn start_engine(
         &self,
         name: &Arc<str>,
@@ -232,17 +315,61 @@ impl Runtime {
         model: Option<Arc<[u8]>>,
         max_wait: Option<Duration>,
     ) -> Result<Arc<Engine>, LoadFailure> {
-        let loader = self.inner.loader.clone();
-        let lanes = self.inner.settings.lanes_per_function;
-        let spec = spec.clone();
-        let (function, lanes) = tokio::task::spawn_blocking(move || {
-            let function = loader.load(&spec, model.as_deref()).map_err(|e| e.to_string())?;
-            let lanes = create_lanes(function.as_ref(), lanes).map_err(|e| format!("cannot create lanes: {e}"))?;
-            Ok::<_, String>((function, lanes))
-        })
-        .await
-        .map_err(|e| LoadFailure(format!("the loader failed: {e}")))?
-        .map_err(LoadFailure)?;
+        let serving: Vec<(usize, u64)> = self
+            .inner
+            .devices
+            .lock()
+            .iter()
+            .filter(|d| d.status.health == DeviceHealth::Serving)
+            .map(|d| (d.status.index, d.generation))
+            .collect();
+        if serving.is_empty() {
+            return Err(LoadFailure(
+                "no device is serving: every device is being recovered".into(),
+            ));
+        }
+        let several = self.inner.devices.lock().len() > 1;
+        let mut loads = tokio::task::JoinSet::new();
+        for &(device, generation) in &serving {
+            let runtime = self.clone();
+            let spec = spec.clone();
+            let model = model.clone();
+            loads.spawn(async move { (device, generation, runtime.load_on(device, spec, model).await) });
+        }
+        let mut loaded: Vec<(FunctionInfo, DeviceLanes)> = Vec::new();
+        let mut failure = None;
+        while let Some(joined) = loads.join_next().await {
+            let (device, generation, result) = joined.map_err(|e| LoadFailure(format!("the loader failed: {e}")))?;
+            match result {
+                Ok((function, lanes)) => loaded.push((
+                    function.info().clone(),
+                    DeviceLanes {
+                        device,
+                        generation,
+                        lanes,
+                    },
+                )),
+                Err(LoadOnError::DeviceLost(reason)) => {
+                    tracing::error!(function = %name, device, %reason, "device lost while loading");
+                    self.report_loss(device, generation, name.clone());
+                }
+                Err(LoadOnError::Failed(reason)) => {
+                    let reason = if several {
+                        format!("device {device}: {reason}")
+                    } else {
+                        reason
+                    };
+                    failure.get_or_insert(reason);
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            return Err(LoadFailure(reason));
+        }
+        loaded.sort_by_key(|(_, lanes)| lanes.device);
+        let Some(info) = loaded.first().map(|(info, _)| info.clone()) else {
+            return Err(LoadFailure("every device was lost while loading".into()));
+        };
         let settings = EngineSettings {
             max_wait: max_wait.unwrap_or(self.inner.settings.default_max_wait),
             max_queued_bytes: self.inner.settings.max_queued_bytes,
@@ -250,8 +377,8 @@ impl Runtime {
         };
         Engine::start(
             name.clone(),
-            function,
-            lanes,
+            info,
+            loaded.into_iter().map(|(_, lanes)| lanes).collect(),
             &settings,
             &self.inner.metrics,
             self.inner.device_lost.clone(),
@@ -259,13 +386,120 @@ impl Runtime {
         .map_err(|e| LoadFailure(e.to_string()))
     }
 
-    /// Resets the device and loads every function anew (after a lane reported device loss).
-    async fn reload_all(&self) {
+    /// Loads a function onto one device and creates its lanes (blocking work, off the async threads).
+    async fn load_on(
+        &self,
+        device: usize,
+        spec: FunctionSpec,
+        model: Option<Arc<[u8]>>,
+    ) -> Result<(Arc<dyn Function>, Vec<Box<dyn Lane>>), LoadOnError> {
+        let loader = self.inner.loader.clone();
+        let lanes = self.inner.settings.lanes_per_function;
+        tokio::task::spawn_blocking(move || {
+            let function = loader
+                .load(device, &spec, model.as_deref())
+                .map_err(|error| match &error {
+                    LoadError::Exec { source, .. } if source.is_device_lost() => {
+                        LoadOnError::DeviceLost(error.to_string())
+                    }
+                    _ => LoadOnError::Failed(error.to_string()),
+                })?;
+            let lanes = create_lanes(function.as_ref(), lanes).map_err(|error| {
+                let reason = format!("cannot create lanes: {error}");
+                if error.is_device_lost() {
+                    LoadOnError::DeviceLost(reason)
+                } else {
+                    LoadOnError::Failed(reason)
+                }
+            })?;
+            Ok((function, lanes))
+        })
+        .await
+        .unwrap_or_else(|e| Err(LoadOnError::Failed(format!("the loader failed: {e}"))))
+    }
+
+    fn report_loss(&self, device: usize, generation: u64, function: Arc<str>) {
+        let _ = self.inner.device_lost.send(DeviceLoss {
+            device,
+            generation,
+            function,
+        });
+    }
+
+    /// Marks `device` lost unless a report of its current generation was handled already; true when
+    /// this call starts its recovery.
+    fn begin_recovery(&self, loss: &DeviceLoss) -> bool {
+        let mut devices = self.inner.devices.lock();
+        let Some(state) = devices.get_mut(loss.device) else {
+            return false;
+        };
+        if state.generation != loss.generation || state.status.health != DeviceHealth::Serving {
+            return false;
+        }
+        state.status.health = DeviceHealth::Recovering;
+        self.inner.metrics.device_losses.inc();
+        self.inner
+            .metrics
+            .device_up
+            .get_or_create(&Metrics::device_labels(loss.device))
+            .set(0);
+        true
+    }
+
+    fn set_health(&self, device: usize, health: DeviceHealth) {
+        let up = i64::from(health == DeviceHealth::Serving);
+        self.inner.devices.lock()[device].status.health = health;
+        self.inner
+            .metrics
+            .device_up
+            .get_or_create(&Metrics::device_labels(device))
+            .set(up);
+    }
+
+    /// Resets `device` and loads every function onto it again; false when the reset failed.
+    async fn try_recover(&self, device: usize) -> bool {
         let _changing = self.inner.changes.lock().await;
         if self.inner.stopping.load(Ordering::Acquire) {
-            return;
+            return true;
         }
-        // Loads and removals wait for this reload, so the functions cannot change meanwhile.
+        let loader = self.inner.loader.clone();
+        let reset = tokio::task::spawn_blocking(move || loader.reset(device))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LoadError::Exec {
+                    function: "device".into(),
+                    source: ExecError::Failed(e.to_string()),
+                })
+            });
+        match reset {
+            Ok(()) => {
+                self.reload_device(device).await;
+                true
+            }
+            Err(error) => {
+                tracing::error!(device, %error, "device reset failed; retrying");
+                self.set_health(device, DeviceHealth::Failed(error.to_string()));
+                false
+            }
+        }
+    }
+
+    /// Loads every function onto `device`, freshly reset, and hands the lanes to the serving versions.
+    /// Loads and removals wait for this (the caller holds `changes`), so the functions cannot change
+    /// meanwhile.
+    async fn reload_device(&self, device: usize) {
+        let generation = {
+            let mut devices = self.inner.devices.lock();
+            let state = &mut devices[device];
+            state.generation += 1;
+            state.status.resets += 1;
+            state.generation
+        };
+        self.inner
+            .metrics
+            .device_resets
+            .get_or_create(&Metrics::device_labels(device))
+            .inc();
         let functions: Vec<(Arc<str>, Entry)> = self
             .inner
             .functions
@@ -273,43 +507,83 @@ impl Runtime {
             .iter()
             .map(|(name, entry)| (name.clone(), entry.clone()))
             .collect();
-        let loader = self.inner.loader.clone();
-        let reset_error = match tokio::task::spawn_blocking(move || loader.reset()).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
+        let mut lost_again = false;
         for (name, entry) in &functions {
-            let result = match &reset_error {
-                Some(reason) => Err(LoadFailure(format!("device reset failed: {reason}"))),
-                None => {
-                    self.start_engine(name, &entry.spec, entry.model.clone(), entry.max_wait)
-                        .await
+            let Some(engine) = entry.handle.current() else { continue };
+            let outcome = match self.load_on(device, entry.spec.clone(), entry.model.clone()).await {
+                Ok((_function, lanes)) => engine
+                    .add_lanes(DeviceLanes {
+                        device,
+                        generation,
+                        lanes,
+                    })
+                    .map_err(|e| e.to_string()),
+                Err(LoadOnError::DeviceLost(reason)) => {
+                    lost_again = true;
+                    Err(reason)
                 }
+                Err(LoadOnError::Failed(reason)) => Err(reason),
             };
-            match result {
-                Ok(engine) => {
-                    self.inner.failures.lock().remove(name);
-                    if let Some(old) = entry.handle.replace(engine) {
-                        self.drain(name, old).await;
+            let mut failures = self.inner.failures.lock();
+            match outcome {
+                Ok(()) => {
+                    if let Some(by_device) = failures.get_mut(name) {
+                        by_device.remove(&device);
+                        if by_device.is_empty() {
+                            failures.remove(name);
+                        }
                     }
                 }
-                Err(failure) => {
-                    tracing::error!(function = %name, %failure, "cannot reload after the device loss");
-                    self.inner.failures.lock().insert(name.clone(), failure.0);
+                Err(reason) => {
+                    tracing::error!(function = %name, device, %reason, "cannot reload after the device loss");
+                    failures.entry(name.clone()).or_default().insert(device, reason);
                 }
+            }
+        }
+        self.set_health(device, DeviceHealth::Serving);
+        if lost_again {
+            self.report_loss(device, generation, "reload".into());
+        }
+        tracing::info!(device, generation, functions = functions.len(), "device recovered");
+    }
+}
+
+/// Why loading onto one device failed: the device is gone (its recovery follows), or anything else.
+enum LoadOnError {
+    DeviceLost(String),
+    Failed(String),
+}
+
+async fn recover_from_device_loss(inner: Weak<Inner>, mut reports: mpsc::UnboundedReceiver<DeviceLoss>) {
+    while let Some(first) = reports.recv().await {
+        // Every lane of every function of a lost device reports it; one recovery covers them all.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut losses = vec![first];
+        while let Ok(loss) = reports.try_recv() {
+            losses.push(loss);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let runtime = Runtime { inner };
+        let mut started = BTreeSet::new();
+        for loss in &losses {
+            if !started.contains(&loss.device) && runtime.begin_recovery(loss) {
+                started.insert(loss.device);
+                tracing::error!(device = loss.device, reported_by = %loss.function, "device lost: resetting it and reloading its functions");
+                tokio::spawn(recover_device(Arc::downgrade(&runtime.inner), loss.device));
             }
         }
     }
 }
 
-async fn recover_from_device_loss(inner: Weak<Inner>, mut reports: mpsc::UnboundedReceiver<Arc<str>>) {
-    while let Some(reported_by) = reports.recv().await {
-        // Every lane of every function reports the same loss; one reload covers them all.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        while reports.try_recv().is_ok() {}
+/// Recovers `device`, retrying its reset with back-off while it fails, for as long as the runtime lives.
+async fn recover_device(inner: Weak<Inner>, device: usize) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
         let Some(inner) = inner.upgrade() else { return };
-        tracing::error!(%reported_by, "device lost: resetting and reloading every function");
-        Runtime { inner }.reload_all().await;
+        if (Runtime { inner }).try_recover(device).await {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_RESET_BACKOFF);
     }
 }

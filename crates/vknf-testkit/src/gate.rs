@@ -1,10 +1,12 @@
 //! Lanes that wait at a gate: tests fill queues, hold calls in flight and inject device loss
 //! deterministically, over any loader.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use vknf_functions::{CpuLoader, ExecError, Function, FunctionInfo, FunctionLoader, FunctionSpec, Lane, LoadError};
+use vknf_functions::{
+    CpuLoader, DeviceInfo, ExecError, Function, FunctionInfo, FunctionLoader, FunctionSpec, Lane, LoadError,
+};
 
 /// Holds lanes in `run` while closed, so tests can fill queues and keep requests in flight
 /// deterministically. Also counts runs, and can report device loss on a chosen run.
@@ -22,6 +24,13 @@ pub struct Gate {
     pub resets: AtomicUsize,
     /// Functions loaded.
     pub loads: AtomicUsize,
+    /// Devices whose lanes report device loss on every run until the device is reset (bit `d` for
+    /// device `d`).
+    pub lost_devices: AtomicUsize,
+    /// Resets by device (the first 8 devices).
+    pub resets_by_device: [AtomicUsize; 8],
+    /// While set, resets fail (a device that does not come back).
+    pub refuse_resets: AtomicBool,
 }
 
 impl Gate {
@@ -43,6 +52,11 @@ impl Gate {
         self.changed.notify_all();
     }
 
+    /// Makes every lane of `device` report device loss from its next run on, until the device is reset.
+    pub fn lose_device(&self, device: usize) {
+        self.lost_devices.fetch_or(1 << device, Ordering::SeqCst);
+    }
+
     /// Waits while the gate is closed.
     fn pass(&self) {
         let mut closed = self.closed.lock().unwrap();
@@ -55,12 +69,37 @@ impl Gate {
 }
 
 /// A loader (the built-in CPU loader unless given another) whose every lane passes through a [`Gate`].
-pub struct GatedLoader(pub Arc<Gate>, pub Option<Arc<dyn FunctionLoader>>);
+pub struct GatedLoader {
+    gate: Arc<Gate>,
+    inner: Option<Arc<dyn FunctionLoader>>,
+    /// Devices this loader pretends to have over the CPU loader (with no inner loader).
+    cpu_devices: usize,
+}
 
 impl GatedLoader {
-    /// The built-in CPU loader behind `gate`.
+    /// The built-in CPU loader behind `gate`, as one device.
     pub fn cpu(gate: Arc<Gate>) -> GatedLoader {
-        GatedLoader(gate, None)
+        GatedLoader::cpu_devices(gate, 1)
+    }
+
+    /// The built-in CPU loader behind `gate`, as `count` devices (at most 8), each failing and
+    /// resetting on its own: multi-device serving without GPUs.
+    pub fn cpu_devices(gate: Arc<Gate>, count: usize) -> GatedLoader {
+        assert!((1..=8).contains(&count), "1 to 8 devices");
+        GatedLoader {
+            gate,
+            inner: None,
+            cpu_devices: count,
+        }
+    }
+
+    /// `inner`'s devices behind `gate`.
+    pub fn over(gate: Arc<Gate>, inner: Arc<dyn FunctionLoader>) -> GatedLoader {
+        GatedLoader {
+            gate,
+            inner: Some(inner),
+            cpu_devices: 0,
+        }
     }
 }
 
@@ -69,20 +108,53 @@ impl FunctionLoader for GatedLoader {
         "gated-cpu"
     }
 
-    fn load(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
-        let inner = match &self.1 {
-            Some(loader) => loader.load(spec, model)?,
-            None => CpuLoader::default().load(spec, model)?,
+    fn devices(&self) -> Vec<DeviceInfo> {
+        match &self.inner {
+            Some(loader) => loader.devices(),
+            None => (0..self.cpu_devices)
+                .map(|index| DeviceInfo {
+                    name: format!("gated cpu {index}"),
+                    device_type: "cpu".into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn load(&self, device: usize, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
+        let inner = match &self.inner {
+            Some(loader) => loader.load(device, spec, model)?,
+            None if device < self.cpu_devices => CpuLoader::default().load(0, spec, model)?,
+            None => CpuLoader::default().load(device, spec, model)?,
         };
-        self.0.loads.fetch_add(1, Ordering::SeqCst);
+        if self.gate.lost_devices.load(Ordering::SeqCst) & (1 << device) != 0 {
+            return Err(LoadError::Exec {
+                function: spec.name.clone(),
+                source: ExecError::DeviceLost(format!("device {device} is lost (injected by the test)")),
+            });
+        }
+        self.gate.loads.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::new(GatedFunction {
             inner,
-            gate: self.0.clone(),
+            gate: self.gate.clone(),
+            device,
         }))
     }
 
-    fn reset(&self) -> Result<(), LoadError> {
-        self.0.resets.fetch_add(1, Ordering::SeqCst);
+    fn reset(&self, device: usize) -> Result<(), LoadError> {
+        if self.gate.refuse_resets.load(Ordering::SeqCst) {
+            return Err(LoadError::Exec {
+                function: "device".into(),
+                source: ExecError::DeviceLost(format!("device {device} does not come back (the test refuses resets)")),
+            });
+        }
+        if let Some(loader) = &self.inner {
+            loader.reset(device)?;
+        }
+        self.gate.lost_devices.fetch_and(!(1 << device), Ordering::SeqCst);
+        self.gate.resets.fetch_add(1, Ordering::SeqCst);
+        if let Some(count) = self.gate.resets_by_device.get(device) {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 }
@@ -90,6 +162,7 @@ impl FunctionLoader for GatedLoader {
 struct GatedFunction {
     inner: Arc<dyn Function>,
     gate: Arc<Gate>,
+    device: usize,
 }
 
 impl Function for GatedFunction {
@@ -101,6 +174,7 @@ impl Function for GatedFunction {
         Ok(Box::new(GatedLane {
             inner: self.inner.new_lane()?,
             gate: self.gate.clone(),
+            device: self.device,
         }))
     }
 }
@@ -108,6 +182,7 @@ impl Function for GatedFunction {
 struct GatedLane {
     inner: Box<dyn Lane>,
     gate: Arc<Gate>,
+    device: usize,
 }
 
 impl Lane for GatedLane {
@@ -123,7 +198,13 @@ impl Lane for GatedLane {
         self.gate.pass();
         let run = self.gate.runs.fetch_add(1, Ordering::SeqCst);
         if run == self.gate.lose_device_on_run.load(Ordering::SeqCst) {
-            return Err(ExecError::DeviceLost("injected by the test".into()));
+            self.gate.lose_device(self.device);
+        }
+        if self.gate.lost_devices.load(Ordering::SeqCst) & (1 << self.device) != 0 {
+            return Err(ExecError::DeviceLost(format!(
+                "device {} lost (injected by the test)",
+                self.device
+            )));
         }
         self.inner.run(n_rows, mask)
     }

@@ -245,6 +245,63 @@ impl std::str::FromStr for DeviceSelector {
     }
 }
 
+/// Which devices serve: every GPU of the host, or a list of selectors (`--devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSelection {
+    /// Every GPU (discrete, integrated or virtual); the CPU implementations (lavapipe) only when the
+    /// host has no GPU, since a CPU device taking batches beside a GPU would only add latency.
+    All,
+    /// These devices, in this order. Naming one device twice opens it twice, as separate logical
+    /// devices (useful for testing several devices on one GPU or on lavapipe).
+    Each(Vec<DeviceSelector>),
+}
+
+impl DeviceSelection {
+    /// Reads `VKNF_DEVICES`, then `VKNF_DEVICE` (one device), falling back to one device chosen by
+    /// [`DeviceSelector::Auto`].
+    pub fn from_env() -> Result<DeviceSelection> {
+        match std::env::var("VKNF_DEVICES") {
+            Ok(value) if !value.trim().is_empty() => value.parse(),
+            _ => Ok(DeviceSelection::Each(vec![DeviceSelector::from_env()?])),
+        }
+    }
+
+    /// The devices this selection names among `adapters`, in order.
+    pub fn resolve(&self, adapters: &[AdapterInfo]) -> Result<Vec<AdapterInfo>> {
+        match self {
+            DeviceSelection::All => {
+                if adapters.is_empty() {
+                    return Err(Error::NoDevice);
+                }
+                let gpus: Vec<AdapterInfo> = adapters
+                    .iter()
+                    .filter(|a| a.device_type != DeviceType::Cpu)
+                    .cloned()
+                    .collect();
+                Ok(if gpus.is_empty() { adapters.to_vec() } else { gpus })
+            }
+            DeviceSelection::Each(selectors) => selectors.iter().map(|s| select(adapters, s)).collect(),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSelection {
+    type Err = Error;
+
+    /// `all`, or a comma-separated list of selectors (`0,2`, `nvidia,amd`, UUIDs, `auto`).
+    fn from_str(text: &str) -> Result<Self> {
+        if text.trim().eq_ignore_ascii_case("all") {
+            return Ok(DeviceSelection::All);
+        }
+        let selectors = text
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<DeviceSelector>>>()
+            .map_err(|_| Error::BadSelector(text.to_string()))?;
+        Ok(DeviceSelection::Each(selectors))
+    }
+}
+
 /// The kind of a physical device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -440,5 +497,35 @@ mod tests {
         assert!(matches!(select(&[], &DeviceSelector::Auto), Err(Error::NoDevice)));
         assert!("".parse::<DeviceSelector>().is_err());
         assert_eq!("AUTO".parse::<DeviceSelector>().unwrap(), DeviceSelector::Auto);
+    }
+
+    #[test]
+    fn selections_of_several_devices() {
+        let list = vec![
+            adapter(0, "llvmpipe (LLVM 15)", DeviceType::Cpu),
+            adapter(1, "NVIDIA H200", DeviceType::DiscreteGpu),
+            adapter(2, "NVIDIA H200", DeviceType::DiscreteGpu),
+        ];
+        let indices = |selection: &str, list: &[AdapterInfo]| -> Vec<usize> {
+            let selection: DeviceSelection = selection.parse().unwrap();
+            selection.resolve(list).unwrap().iter().map(|a| a.index).collect()
+        };
+        assert_eq!(indices("all", &list), vec![1, 2], "all GPUs, not the CPU device");
+        assert_eq!(
+            indices("ALL", &list[..1]),
+            vec![0],
+            "a host without a GPU uses its CPU device"
+        );
+        assert_eq!(indices("2,0", &list), vec![2, 0]);
+        assert_eq!(
+            indices("0,0", &list),
+            vec![0, 0],
+            "one device twice is two logical devices"
+        );
+        assert_eq!(indices("llvm, 1", &list), vec![0, 1]);
+        assert!("0,,1".parse::<DeviceSelection>().is_err());
+        let missing: DeviceSelection = "1,9".parse().unwrap();
+        assert!(matches!(missing.resolve(&list), Err(Error::DeviceNotFound { .. })));
+        assert!(matches!(DeviceSelection::All.resolve(&[]), Err(Error::NoDevice)));
     }
 }

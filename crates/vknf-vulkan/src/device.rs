@@ -216,6 +216,14 @@ impl Device {
         self.shared.lost.load(Ordering::Acquire)
     }
 
+    /// Declares the device lost: everything on it fails with [`Error::DeviceLost`] from now on, so its
+    /// users drop it and open a new one. For a health check or an operator that no longer trusts the
+    /// device (a hung queue, a fault reported elsewhere), and for tests of recovery.
+    pub fn declare_lost(&self, reason: &str) {
+        tracing::error!(device = %self.shared.info.name, reason, "device declared lost");
+        self.shared.mark_lost();
+    }
+
     /// Live device memory as the allocator sees it.
     pub fn memory_report(&self) -> MemoryReport {
         let guard = self.shared.allocator.lock();

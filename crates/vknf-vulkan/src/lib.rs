@@ -43,7 +43,7 @@ pub mod reflect;
 mod submit;
 pub mod validate;
 
-pub use adapter::{AdapterInfo, DeviceSelector, DeviceType, MemoryHeapInfo, QueueFamilyInfo};
+pub use adapter::{AdapterInfo, DeviceSelection, DeviceSelector, DeviceType, MemoryHeapInfo, QueueFamilyInfo};
 pub use device::{Device, MemoryReport, QueueKind};
 pub use error::{Error, Result};
 pub use instance::{Instance, InstanceOptions};
