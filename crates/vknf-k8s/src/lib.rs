@@ -31,5 +31,5 @@ pub mod watchdog;
 pub use agent::{Agent, AgentConfig, AgentError, AgentStatus, ColdStart};
 pub use host::{HostError, HostIdentity};
 pub use plan::{PlacementMode, Plan};
-pub use status::{FailureReason, FunctionPhase, HostFunctionStatus};
+pub use status::{FailureReason, FunctionPhase, HostDevice, HostFunctionStatus};
 pub use watchdog::{Watchdog, WatchdogConfig};

@@ -129,6 +129,37 @@ pub struct HostFunctionStatus {
     /// Details of the failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The host's devices serving the function, while it serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<HostDevice>,
+}
+
+/// A device of the host, as the status annotation lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostDevice {
+    /// Index in the host's order (`vknf devices`, the `device` label of the metrics).
+    pub index: usize,
+    /// The device's name.
+    pub name: String,
+    /// `Serving`, `Recovering` or `Failed`.
+    pub state: String,
+}
+
+impl HostDevice {
+    /// The entry for a device of the server's status.
+    pub fn of(device: &vknf_server::DeviceStatus) -> HostDevice {
+        HostDevice {
+            index: device.index,
+            name: device.info.name.clone(),
+            state: match device.health {
+                vknf_server::DeviceHealth::Serving => "Serving",
+                vknf_server::DeviceHealth::Recovering => "Recovering",
+                vknf_server::DeviceHealth::Failed(_) => "Failed",
+            }
+            .to_owned(),
+        }
+    }
 }
 
 impl HostFunctionStatus {
@@ -218,12 +249,37 @@ mod tests {
             spirv_sha256: None,
             reason: Some(FailureReason::DigestMismatch),
             message: Some("model digest mismatch".into()),
+            devices: vec![],
         };
         let json = status.to_json();
         assert!(json.contains("\"phase\":\"Failed\""), "{json}");
         assert!(json.contains("\"reason\":\"DigestMismatch\""), "{json}");
-        assert!(!json.contains("modelSha256"));
+        assert!(!json.contains("modelSha256") && !json.contains("devices"));
         assert_eq!(serde_json::from_str::<HostFunctionStatus>(&json).unwrap(), status);
+        let serving = HostFunctionStatus {
+            phase: FunctionPhase::Serving,
+            reason: None,
+            message: None,
+            devices: vec![
+                HostDevice {
+                    index: 0,
+                    name: "NVIDIA H200".into(),
+                    state: "Serving".into(),
+                },
+                HostDevice {
+                    index: 1,
+                    name: "NVIDIA H200".into(),
+                    state: "Recovering".into(),
+                },
+            ],
+            ..status
+        };
+        let json = serving.to_json();
+        assert!(
+            json.contains(r#""devices":[{"index":0,"name":"NVIDIA H200","state":"Serving"},{"index":1"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<HostFunctionStatus>(&json).unwrap(), serving);
     }
 
     #[test]

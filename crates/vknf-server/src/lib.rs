@@ -17,3 +17,4 @@ pub mod server;
 
 pub use config::ServerConfig;
 pub use server::{DirectorySource, FunctionStatus, HostStatus, Server};
+pub use vknf_runtime::{DeviceHealth, DeviceStatus};

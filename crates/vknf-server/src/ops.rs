@@ -53,7 +53,11 @@ impl OpsSource {
 fn server_readiness(server: &Server) -> Result<String, String> {
     let status = server.status();
     if status.is_ready() {
-        return Ok(format!("ready: {} functions serving\n", status.functions.len()));
+        let mut body = format!("ready: {} functions serving\n", status.functions.len());
+        for problem in status.device_problems() {
+            body.push_str(&format!("{}\n", without_values(&problem)));
+        }
+        return Ok(body);
     }
     let mut body = String::from("not ready\n");
     if status.generation == 0 {
@@ -72,6 +76,9 @@ fn server_readiness(server: &Server) -> Result<String, String> {
                 without_values(reason)
             ));
         }
+    }
+    for problem in status.device_problems() {
+        body.push_str(&format!("{}\n", without_values(&problem)));
     }
     Err(body)
 }

@@ -67,7 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::CompileModel(args) => cmd::compile_model::run(args),
         Command::Serve(args) => {
             let gpu = (!args.data_plane.cpu)
-                .then(|| global.gpu_loader(args.data_plane.device.as_deref()))
+                .then(|| global.gpu_loader(args.data_plane.devices.as_deref()))
                 .transpose();
             gpu.and_then(|gpu| cmd::serve::run_with_loader(args, gpu))
         }
@@ -75,7 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Load(args) => cmd::load::run(args),
         Command::Agent(args) => {
             let gpu = (!args.data_plane.cpu && !args.watchdog)
-                .then(|| global.gpu_loader(args.data_plane.device.as_deref()))
+                .then(|| global.gpu_loader(args.data_plane.devices.as_deref()))
                 .transpose();
             gpu.and_then(|gpu| cmd::agent::run_with_loader(args, gpu))
         }

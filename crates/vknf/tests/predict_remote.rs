@@ -1,11 +1,13 @@
 //! The `vknf` binary end to end: the shipped scikit-learn classifier compiled, declared in a
 //! manifest, served by `vknf serve` (GPU loader, validation layer on), and asked through
-//! `vknf predict --addr`, whose answers must equal those computed in process.
+//! `vknf predict --addr`, whose answers must equal those computed in process. The server runs the
+//! function on two logical devices (`--devices D,D`), as a host with two GPUs would.
 
 mod common;
 
 use common::{Server, free_port, succeed, vknf, workspace};
 
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,16 @@ fn same_lines(got: &str, want: &str, what: &str) {
     let difference = got.lines().zip(want.lines()).enumerate().find(|(_, (g, w))| g != w);
     assert!(difference.is_none(), "{what}: line {:?} differs", difference);
     assert_eq!(got.lines().count(), want.lines().count(), "{what}: line counts differ");
+}
+
+/// `GET path` on the ops port, the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: vknf\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 #[test]
@@ -26,6 +38,8 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     let port = free_port();
+    let ops_port = free_port();
+    let device = std::env::var("VKNF_DEVICE").unwrap_or_else(|_| "0".into());
     succeed(
         vknf()
             .args(["compile-model", "--quiet"])
@@ -66,6 +80,10 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
                 "127.0.0.1",
                 "--host-address",
                 "127.0.0.1",
+                "--devices",
+                &format!("{device},{device}"),
+                "--metrics-addr",
+                &format!("127.0.0.1:{ops_port}"),
             ])
             .arg("--manifests")
             .arg(&manifests)
@@ -126,4 +144,18 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
         message.contains("default/tc") && message.contains("features"),
         "{message}"
     );
+
+    // Both devices serve: listed, up, and holding the function's lanes.
+    let metrics = http_get(ops_port, "/metrics");
+    for device in ["0", "1"] {
+        assert!(
+            metrics.contains(&format!("vknf_device_info{{device=\"{device}\",")),
+            "device {device} listed:\n{metrics}"
+        );
+        assert!(metrics.contains(&format!("vknf_device_up{{device=\"{device}\"}} 1")), "{metrics}");
+        let lanes = format!("vknf_device_lanes{{device=\"{device}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&lanes)).expect("device lanes");
+        assert!(line[lanes.len()..].parse::<i64>().unwrap() > 0, "{line}");
+    }
+    assert!(http_get(ops_port, "/readyz").starts_with("HTTP/1.1 200"));
 }

@@ -21,7 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use vknf_functions::FunctionLoader;
 use vknf_manifest::{FunctionKey, HostManifest, ManifestFunction};
 use vknf_oip::{OipConfig, OipServer};
-use vknf_runtime::{FunctionHandle, Metrics, Runtime};
+use vknf_runtime::{DeviceHealth, DeviceStatus, FunctionHandle, Metrics, Runtime};
 
 pub use watch::DirectorySource;
 
@@ -55,13 +55,17 @@ pub struct HostStatus {
     pub source_error: Option<String>,
     /// Every function this host should serve.
     pub functions: BTreeMap<FunctionKey, FunctionStatus>,
+    /// The devices functions run on, and how each is doing.
+    pub devices: Vec<DeviceStatus>,
 }
 
 impl HostStatus {
-    /// Ready when the source was read and every function it names is loaded and listening.
+    /// Ready when the source was read, every function it names is loaded and listening, and a device
+    /// serves (with several, one being recovered leaves the host ready: the others answer).
     pub fn is_ready(&self) -> bool {
         self.generation > 0
             && self.source_error.is_none()
+            && (self.devices.is_empty() || self.devices.iter().any(|d| d.health == DeviceHealth::Serving))
             && self
                 .functions
                 .values()
@@ -90,7 +94,23 @@ impl HostStatus {
                 problems.push(format!("{key}: {reason}"));
             }
         }
+        problems.extend(self.device_problems());
         problems
+    }
+
+    /// One line per device that is not serving.
+    pub fn device_problems(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter_map(|device| {
+                let what = match &device.health {
+                    DeviceHealth::Serving => return None,
+                    DeviceHealth::Recovering => "lost; being reset".to_owned(),
+                    DeviceHealth::Failed(reason) => format!("cannot be reset ({reason}); retrying"),
+                };
+                Some(format!("device {} ({}): {what}", device.index, device.info.name))
+            })
+            .collect()
     }
 }
 
@@ -174,6 +194,7 @@ impl Server {
     /// shows as failed, its port still open.
     pub fn status(&self) -> HostStatus {
         let mut status = self.inner.status.lock().clone();
+        status.devices = self.inner.runtime.devices();
         for (key, function) in status.functions.iter_mut() {
             if let FunctionStatus::Serving { addr } = *function
                 && let Some(reason) = self.inner.runtime.failure(&key.to_string())

@@ -16,9 +16,11 @@ pub struct DataPlaneArgs {
     /// Run forest functions with the CPU reference predictor instead of the GPU.
     #[arg(long)]
     pub cpu: bool,
-    /// Device for the GPU loader: index, UUID or part of the name.
-    #[arg(long)]
-    pub device: Option<String>,
+    /// Devices for the GPU loader: `all` (every GPU of the host), or a comma-separated list of
+    /// indices, UUIDs or parts of names as `vknf devices` shows them (default: $VKNF_DEVICES, then
+    /// $VKNF_DEVICE, else the best device). A function's batches spread over all of them.
+    #[arg(long, alias = "device", value_name = "all|LIST")]
+    pub devices: Option<String>,
     /// Serve /metrics, /livez and /readyz here, e.g. 0.0.0.0:9090.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,

@@ -14,7 +14,7 @@ pub mod run_kernel;
 pub mod schema_binding;
 pub mod serve;
 
-use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
+use vknf_vulkan::{Device, DeviceSelection, DeviceSelector, Instance, InstanceOptions};
 
 /// Options every subcommand shares.
 pub struct Global {
@@ -40,19 +40,20 @@ impl Global {
         Ok(Device::select(instance, &selector)?)
     }
 
-    /// The GPU function loader for `vknf serve` and `vknf agent`.
+    /// The GPU function loader for `vknf serve` and `vknf agent`, over the devices `--devices` names.
     pub fn gpu_loader(
         &self,
-        selector: Option<&str>,
+        selection: Option<&str>,
     ) -> anyhow::Result<std::sync::Arc<dyn vknf_functions::FunctionLoader>> {
-        let selector = match selector {
+        let selection = match selection {
             Some(text) => text.parse()?,
-            None => DeviceSelector::from_env()?,
+            None => DeviceSelection::from_env()?,
         };
-        Ok(std::sync::Arc::new(vknf_functions::GpuLoader::new(
-            self.validate,
-            selector,
-        )?))
+        let loader = vknf_functions::GpuLoader::open(self.validate, &selection, vknf_functions::Families::builtin())?;
+        for (index, device) in vknf_functions::FunctionLoader::devices(&loader).iter().enumerate() {
+            tracing::info!(index, device = %device.name, kind = %device.device_type, "serving on device");
+        }
+        Ok(std::sync::Arc::new(loader))
     }
 
     /// Fails if the validation layer reported errors during the command.

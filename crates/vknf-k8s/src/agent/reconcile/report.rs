@@ -16,7 +16,7 @@ use crate::agent::publish;
 use crate::agent::{COLD_STARTS_KEPT, ColdStart};
 use crate::keys;
 use crate::plan::{Plan, object_key};
-use crate::status::{FailureReason, FunctionPhase, HostFunctionStatus};
+use crate::status::{FailureReason, FunctionPhase, HostDevice, HostFunctionStatus};
 
 impl Reconciler {
     /// What this host reports for each function placed here or draining.
@@ -38,10 +38,13 @@ impl Reconciler {
                 spirv_sha256: None,
                 reason: None,
                 message: None,
+                devices: Vec::new(),
             };
+            let devices: Vec<HostDevice> = status.devices.iter().map(HostDevice::of).collect();
             match status.functions.get(key) {
                 Some(FunctionStatus::Serving { .. }) if answering.is_some() => {
                     report.phase = FunctionPhase::Serving;
+                    report.devices = devices;
                     report.address = answering;
                     report.model_sha256 = model_sha256;
                     report.spirv_sha256 = spirv_sha256;
@@ -58,6 +61,7 @@ impl Reconciler {
                     });
                     report.message = Some(reason.clone());
                     if serving_previous.is_some() && answering.is_some() {
+                        report.devices = devices;
                         report.address = answering;
                         report.model_sha256 = model_sha256;
                         report.spirv_sha256 = spirv_sha256;
@@ -83,6 +87,7 @@ impl Reconciler {
                     spirv_sha256,
                     reason: None,
                     message: None,
+                    devices: Vec::new(),
                 },
             );
         }
@@ -192,6 +197,7 @@ impl Reconciler {
                 spirv_sha256: None,
                 reason: Some(FailureReason::InvalidPlacement),
                 message: Some(unplaceable.error.to_string()),
+                devices: Vec::new(),
             };
             if self.reported.get(key) != Some(&report) {
                 let note = format!("{}: {}", self.config.host.name, unplaceable.error);
