@@ -15,7 +15,9 @@ use clap::Parser;
 use serde::Serialize;
 use vknf_forest::GpuForest;
 use vknf_functions::{Families, FunctionLoader, FunctionSpec, GpuLoader};
-use vknf_runtime::{Answer, Call, CallError, DeviceHealth, FunctionHandle, Metrics, Rows, Runtime, RuntimeSettings};
+use vknf_runtime::{
+    Answer, Call, CallError, DType, DeviceHealth, FunctionHandle, Metrics, Rows, Runtime, RuntimeSettings,
+};
 use vknf_vulkan::DeviceSelection;
 
 #[derive(Parser, Debug)]
@@ -51,7 +53,8 @@ struct Args {
 struct Shape {
     name: String,
     forest: GpuForest,
-    rows: Vec<f32>,
+    /// The rows of one call, little-endian: every call shares them (no copy per call).
+    rows: bytes::Bytes,
     rows_per_call: usize,
     labels: Vec<u32>,
 }
@@ -108,10 +111,11 @@ fn shape(name: &str, args: &Args) -> anyhow::Result<Shape> {
         other => anyhow::bail!("unknown shape {other:?}: w1a or wide"),
     };
     let labels = forest.predict_cpu(&rows, rows_per_call)?.labels;
+    let rows: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
     Ok(Shape {
         name: name.into(),
         forest,
-        rows,
+        rows: rows.into(),
         rows_per_call,
         labels,
     })
@@ -139,7 +143,8 @@ fn callers(
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        let call = Call::new(Rows::f32(shape.rows.clone(), width)?, 0);
+                        let rows = Rows::from_le_bytes(shape.rows.clone(), shape.rows_per_call, width, DType::F32)?;
+                        let call = Call::new(rows, 0);
                         match function.call_blocking_reusing(call, answer) {
                             Ok(done) => {
                                 if !checked {
@@ -181,7 +186,10 @@ fn main() -> anyhow::Result<()> {
     let mut report = Report::default();
     for name in &args.shapes {
         let shape = shape(name, &args)?;
-        println!("== {} ({} rows per call, {} callers)", shape.name, shape.rows_per_call, args.callers);
+        println!(
+            "== {} ({} rows per call, {} callers)",
+            shape.name, shape.rows_per_call, args.callers
+        );
         for (position, selection) in selections.iter().enumerate() {
             let parsed: DeviceSelection = selection.parse()?;
             let loader = Arc::new(GpuLoader::open(false, &parsed, Families::builtin())?);
@@ -200,7 +208,13 @@ fn main() -> anyhow::Result<()> {
             let function = tokio.block_on(runtime.load(spec, Some(model), None))?;
             let batches = |runtime: &Runtime| -> Vec<u64> {
                 (0..device_names.len())
-                    .map(|d| runtime.metrics().device_batches.get_or_create(&Metrics::device_labels(d)).get())
+                    .map(|d| {
+                        runtime
+                            .metrics()
+                            .device_batches
+                            .get_or_create(&Metrics::device_labels(d))
+                            .get()
+                    })
                     .collect()
             };
             // Warm-up, then the measured run.
@@ -220,7 +234,10 @@ fn main() -> anyhow::Result<()> {
                     .collect();
                 stop.store(true, Ordering::Relaxed);
                 run.join().map_err(|_| anyhow::anyhow!("callers panicked"))??;
-                anyhow::ensure!(failed.load(Ordering::Relaxed) == 0, "calls failed without a device loss");
+                anyhow::ensure!(
+                    failed.load(Ordering::Relaxed) == 0,
+                    "calls failed without a device loss"
+                );
                 let rows_per_s = (calls * shape.rows_per_call as u64) as f64 / elapsed;
                 println!(
                     "devices {selection:>6} ({}): {:>8.2} M rows/s, {calls} calls, batches per device {batches_per_device:?}",
@@ -240,7 +257,9 @@ fn main() -> anyhow::Result<()> {
             })?;
             let last = position + 1 == selections.len();
             if let (Some(lost), true) = (args.lose_device, last && device_names.len() > 1) {
-                report.loss.push(lose_one(&tokio, &runtime, &loader, &function, &shape, &args, selection, lost)?);
+                report.loss.push(lose_one(
+                    &tokio, &runtime, &loader, &function, &shape, &args, selection, lost,
+                )?);
             }
             tokio.block_on(runtime.shutdown());
         }
@@ -273,10 +292,13 @@ fn lose_one(
         let before_calls = answered.load(Ordering::Relaxed);
         let started = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(args.seconds / 3.0));
-        let rows_per_s_before = (answered.load(Ordering::Relaxed) - before_calls) as f64 * rows / started.elapsed().as_secs_f64();
+        let rows_per_s_before =
+            (answered.load(Ordering::Relaxed) - before_calls) as f64 * rows / started.elapsed().as_secs_f64();
         let at_loss = answered.load(Ordering::Relaxed);
         let lost_at = Instant::now();
-        loader.device_at(lost).declare_lost("bench-devices: one device made to fail mid-run");
+        loader
+            .device_at(lost)
+            .declare_lost("bench-devices: one device made to fail mid-run");
         let deadline = lost_at + Duration::from_secs(60);
         loop {
             let device = &runtime.devices()[lost];
@@ -291,7 +313,8 @@ fn lose_one(
         let after_start = Instant::now();
         let after_calls = answered.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_secs_f64(args.seconds / 3.0));
-        let rows_per_s_after = (answered.load(Ordering::Relaxed) - after_calls) as f64 * rows / after_start.elapsed().as_secs_f64();
+        let rows_per_s_after =
+            (answered.load(Ordering::Relaxed) - after_calls) as f64 * rows / after_start.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         run.join().map_err(|_| anyhow::anyhow!("callers panicked"))??;
         let loss = Loss {

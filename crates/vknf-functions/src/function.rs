@@ -17,6 +17,10 @@ pub enum ExecError {
     /// and every function reloaded onto it after this; other devices keep serving.
     #[error("device lost: {0}")]
     DeviceLost(String),
+    /// A batch did not finish within its function's kernel deadline: the device is treated as lost
+    /// (work past its deadline cannot be trusted to ever finish) and the function is quarantined.
+    #[error("kernel deadline missed: {0}")]
+    DeadlineMissed(String),
     /// Out of memory while running.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
@@ -34,7 +38,7 @@ pub enum ExecError {
 impl ExecError {
     /// Whether the device must be reset and every function reloaded.
     pub fn is_device_lost(&self) -> bool {
-        matches!(self, ExecError::DeviceLost(_))
+        matches!(self, ExecError::DeviceLost(_) | ExecError::DeadlineMissed(_))
     }
 }
 
@@ -44,6 +48,7 @@ impl ExecError {
 pub fn vulkan_error(err: vknf_vulkan::Error) -> ExecError {
     match err {
         vknf_vulkan::Error::OutOfMemory { .. } => ExecError::OutOfMemory(err.to_string()),
+        vknf_vulkan::Error::Timeout(_) => ExecError::DeadlineMissed(err.to_string()),
         err if err.is_device_lost() => ExecError::DeviceLost(err.to_string()),
         err => ExecError::Failed(err.to_string()),
     }

@@ -25,6 +25,9 @@ pub enum FailureReason {
     ModelFetchFailed,
     /// The host selector does not parse.
     InvalidPlacement,
+    /// The function's kernel missed its deadline: it is quarantined (not run) for a back-off, then
+    /// loaded again.
+    Quarantined,
 }
 
 impl FailureReason {
@@ -40,6 +43,7 @@ impl FailureReason {
             FailureReason::LoadFailed => "LoadFailed",
             FailureReason::ModelFetchFailed => "ModelFetchFailed",
             FailureReason::InvalidPlacement => "InvalidPlacement",
+            FailureReason::Quarantined => "Quarantined",
         }
     }
 
@@ -55,6 +59,7 @@ impl FailureReason {
             FailureReason::LoadFailed => "Load",
             FailureReason::ModelFetchFailed => "FetchModel",
             FailureReason::InvalidPlacement => "Place",
+            FailureReason::Quarantined => "Run",
         }
     }
 
@@ -79,6 +84,8 @@ impl FailureReason {
     pub fn of_server_failure(reason: &str) -> FailureReason {
         if reason.starts_with("cannot listen on port") {
             FailureReason::PortConflict
+        } else if reason.contains(" is quarantined for ") {
+            FailureReason::Quarantined
         } else if reason.contains(": invalid model: ") {
             FailureReason::InvalidModel
         } else {
@@ -237,6 +244,12 @@ mod tests {
         assert_eq!(
             FailureReason::of_server_failure("the loader failed: panic"),
             FailureReason::LoadFailed
+        );
+        assert_eq!(
+            FailureReason::of_server_failure(
+                "default/spin is quarantined for 30 s: its kernel missed its deadline on device 0 (strike 1); it is loaded again after that"
+            ),
+            FailureReason::Quarantined
         );
     }
 

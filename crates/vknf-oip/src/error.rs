@@ -66,9 +66,10 @@ impl OipError {
                 CallError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 // Retry later: the queue is full, the function is reloading after a device loss, or
                 // the process is stopping (another replica answers).
-                CallError::Busy(_) | CallError::ShuttingDown(_) | CallError::DeviceLost(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                CallError::Busy(_)
+                | CallError::ShuttingDown(_)
+                | CallError::DeviceLost(_)
+                | CallError::Quarantined(_) => StatusCode::SERVICE_UNAVAILABLE,
                 CallError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
                 CallError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -91,7 +92,10 @@ impl OipError {
                     tonic::Code::InvalidArgument
                 }
                 CallError::TooLarge(_) => tonic::Code::ResourceExhausted,
-                CallError::Busy(_) | CallError::ShuttingDown(_) | CallError::DeviceLost(_) => tonic::Code::Unavailable,
+                CallError::Busy(_)
+                | CallError::ShuttingDown(_)
+                | CallError::DeviceLost(_)
+                | CallError::Quarantined(_) => tonic::Code::Unavailable,
                 CallError::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
                 CallError::Internal(_) => tonic::Code::Internal,
             },

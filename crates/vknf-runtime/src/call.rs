@@ -200,6 +200,10 @@ pub enum CallError {
     /// The device was lost while (or before) running the call; the function is being reloaded.
     #[error("{0}")]
     DeviceLost(String),
+    /// The function is quarantined: its kernel missed its deadline, so it does not run until its
+    /// back-off ends (the message says when). Retry later.
+    #[error("{0}")]
+    Quarantined(String),
     /// The function refused a value of the input while running it.
     #[error("{0}")]
     InvalidInput(String),
@@ -219,6 +223,7 @@ impl CallError {
             CallError::ShuttingDown(_) => "SHUTTING_DOWN",
             CallError::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             CallError::DeviceLost(_) => "DEVICE_LOST",
+            CallError::Quarantined(_) => "QUARANTINED",
             CallError::InvalidInput(_) => "INVALID_INPUT",
             CallError::Internal(_) => "INTERNAL",
         }
@@ -228,7 +233,7 @@ impl CallError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CallError::Busy(_) | CallError::DeviceLost(_) | CallError::DeadlineExceeded(_)
+            CallError::Busy(_) | CallError::DeviceLost(_) | CallError::DeadlineExceeded(_) | CallError::Quarantined(_)
         )
     }
 }

@@ -28,12 +28,22 @@ pub(crate) struct DeviceLanes {
     pub(crate) lanes: Vec<Box<dyn Lane>>,
 }
 
+/// A change of an engine's devices, for its batcher.
+pub(crate) enum LaneChange {
+    /// Lanes of a device (freshly reset) to take on.
+    Add(DeviceLanes),
+    /// The device's lanes up to this generation are lost: retire them, idle or once idle.
+    Lost { device: usize, generation: u64 },
+}
+
 /// A device loss, as a lane reports it to the runtime's recovery.
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceLoss {
     pub(crate) device: usize,
     pub(crate) generation: u64,
     pub(crate) function: Arc<str>,
+    /// The reporting function's own batch missed its kernel deadline (it caused the loss).
+    pub(crate) deadline_missed: bool,
 }
 
 /// A lane counted in the `live_lanes` and per-device gauges for as long as it exists.
@@ -96,10 +106,12 @@ pub(crate) struct Engine {
     pub(crate) label: Arc<str>,
     pub(crate) info: FunctionInfo,
     queue: Mutex<Option<mpsc::UnboundedSender<Arc<Job>>>>,
-    /// Lanes for the batcher to take on (a device recovered after its loss).
-    additions: mpsc::UnboundedSender<DeviceLanes>,
+    /// Changes of the engine's devices for the batcher: lanes of a recovered device, a device lost.
+    additions: mpsc::UnboundedSender<LaneChange>,
     /// Rows of the largest batch; lanes added later must hold at least this many.
     lane_rows: usize,
+    /// Set when the function is quarantined: queued calls are answered `QUARANTINED`, none runs.
+    quarantine: Arc<Mutex<Option<String>>>,
     counters: Arc<QueueCounters>,
     owner: Arc<JobOwner>,
     finished: watch::Receiver<bool>,
@@ -143,12 +155,14 @@ impl Engine {
         let (additions_tx, additions_rx) = mpsc::unbounded_channel();
         let (finished_tx, finished_rx) = watch::channel(false);
         let function_metrics = FunctionMetrics::of(metrics, &label);
+        let quarantine = Arc::new(Mutex::new(None));
         let engine = Arc::new(Engine {
             label: label.clone(),
             info: info.clone(),
             queue: Mutex::new(Some(queue_tx)),
             additions: additions_tx,
             lane_rows,
+            quarantine: quarantine.clone(),
             counters: Arc::new(QueueCounters {
                 bytes: AtomicUsize::new(0),
                 requests: AtomicUsize::new(0),
@@ -167,6 +181,7 @@ impl Engine {
             label,
             info,
             lane_rows,
+            quarantine,
             max_wait: settings.max_wait,
             metrics: metrics.clone(),
             device_lost,
@@ -197,8 +212,14 @@ impl Engine {
             )));
         }
         // A send fails only once the batcher has ended (the engine drained): the lanes are dropped.
-        let _ = self.additions.send(device);
+        let _ = self.additions.send(LaneChange::Add(device));
         Ok(())
+    }
+
+    /// Tells the batcher that `device` is lost up to `generation`, so that it stops handing batches to
+    /// its lanes before they fail one each (another function's lane found the loss).
+    pub(crate) fn device_lost(&self, device: usize, generation: u64) {
+        let _ = self.additions.send(LaneChange::Lost { device, generation });
     }
     /// Checks and admits a call, or answers it with an error (`BUSY`, `TOO_LARGE`, a shape error).
     /// Hands the call back when the engine has closed, so the caller can retry on its successor.
@@ -260,6 +281,13 @@ impl Engine {
     /// Stops admitting calls; queued ones still run.
     pub(crate) fn close(&self) {
         self.queue.lock().take();
+    }
+
+    /// Stops admitting calls and answers the queued ones with `QUARANTINED` (`why`) instead of
+    /// running them: the function's kernels are not trusted to finish.
+    pub(crate) fn quarantine(&self, why: String) {
+        *self.quarantine.lock() = Some(why);
+        self.close();
     }
 
     /// Waits until every admitted call is answered and every lane released.
@@ -328,14 +356,28 @@ impl LaneSet {
         }
     }
 
-    /// Starts a thread for each lane of `device`.
+    fn change(&mut self, change: LaneChange) {
+        match change {
+            LaneChange::Add(device) => self.add(device),
+            LaneChange::Lost { device, generation } => self.mark_down(device, generation),
+        }
+    }
+
+    /// Lanes of `device` up to `generation` are lost: idle ones are retired now, busy ones when done.
+    fn mark_down(&mut self, device: usize, generation: u64) {
+        let lost = self.down.entry(device).or_insert(generation);
+        *lost = (*lost).max(generation);
+        let (retired, kept): (Vec<usize>, Vec<usize>) = self.free.iter().partition(|&&free| self.is_down(free));
+        self.free = kept;
+        for index in retired {
+            self.retire(index);
+        }
+    }
+
+    /// Starts a thread for each lane of `device`. Lanes of the device's earlier generations are lost.
     fn add(&mut self, device: DeviceLanes) {
-        if self
-            .down
-            .get(&device.device)
-            .is_some_and(|lost| *lost < device.generation)
-        {
-            self.down.remove(&device.device);
+        if device.generation > 0 {
+            self.mark_down(device.device, device.generation - 1);
         }
         for lane in device.lanes {
             let index = self.workers.len();
@@ -389,13 +431,7 @@ impl LaneSet {
                 // The device is gone for every lane of this generation and earlier: retire the idle ones
                 // now rather than fail one more batch on each.
                 let (device, generation) = self.origin[index];
-                let lost = self.down.entry(device).or_insert(generation);
-                *lost = (*lost).max(generation);
-                let (retired, kept): (Vec<usize>, Vec<usize>) = self.free.iter().partition(|&&free| self.is_down(free));
-                self.free = kept;
-                for index in retired {
-                    self.retire(index);
-                }
+                self.mark_down(device, generation);
             }
             WorkerEvent::Stopped(index) => {
                 self.live -= 1;
@@ -423,6 +459,7 @@ struct Batcher {
     function_metrics: FunctionMetrics,
     info: FunctionInfo,
     lane_rows: usize,
+    quarantine: Arc<Mutex<Option<String>>>,
     max_wait: Duration,
     metrics: Metrics,
     device_lost: mpsc::UnboundedSender<DeviceLoss>,
@@ -444,7 +481,7 @@ impl Batcher {
         mut queue: mpsc::UnboundedReceiver<Arc<Job>>,
         mut lanes: LaneSet,
         mut events: mpsc::UnboundedReceiver<WorkerEvent>,
-        mut additions: mpsc::UnboundedReceiver<DeviceLanes>,
+        mut additions: mpsc::UnboundedReceiver<LaneChange>,
     ) {
         // A job split across batches: its remaining rows start at this row.
         let mut carry: Option<(Arc<Job>, usize)> = None;
@@ -452,8 +489,8 @@ impl Batcher {
             while let Ok(event) = events.try_recv() {
                 lanes.settle(event);
             }
-            while let Ok(device) = additions.try_recv() {
-                lanes.add(device);
+            while let Ok(change) = additions.try_recv() {
+                lanes.change(change);
             }
             if lanes.free.is_empty() {
                 if lanes.running == 0 {
@@ -463,7 +500,7 @@ impl Batcher {
                         job.fail(device_lost_error());
                     }
                     tokio::select! {
-                        Some(device) = additions.recv() => lanes.add(device),
+                        Some(change) = additions.recv() => lanes.change(change),
                         job = queue.recv() => match job {
                             Some(job) => job.fail(device_lost_error()),
                             None => break,
@@ -473,7 +510,7 @@ impl Batcher {
                 }
                 tokio::select! {
                     Some(event) = events.recv() => lanes.settle(event),
-                    Some(device) = additions.recv() => lanes.add(device),
+                    Some(change) = additions.recv() => lanes.change(change),
                     // The lane set holds a sender of `events`: it cannot end while lanes run.
                     else => break,
                 }
@@ -487,8 +524,8 @@ impl Batcher {
                         None => break,
                     },
                     // A recovered device's lanes start at once, not with the next call.
-                    Some(device) = additions.recv() => {
-                        lanes.add(device);
+                    Some(change) = additions.recv() => {
+                        lanes.change(change);
                         continue;
                     }
                 },
@@ -541,7 +578,10 @@ impl Batcher {
         };
         let mut next = Some(first);
         while let Some((job, start)) = next.take() {
-            if start == 0
+            let quarantined = self.quarantine.lock().clone();
+            if let Some(why) = quarantined {
+                job.fail(CallError::Quarantined(why));
+            } else if start == 0
                 && let Some(deadline) = job.deadline
                 && Instant::now() >= deadline
             {
@@ -626,7 +666,7 @@ impl Batcher {
         tracing::error!(function = %self.label, %error, "batch of {} rows failed", batch.rows);
         for segment in &batch.segments {
             segment.job.fail(match &error {
-                ExecError::DeviceLost(_) => CallError::DeviceLost(error.to_string()),
+                ExecError::DeviceLost(_) | ExecError::DeadlineMissed(_) => CallError::DeviceLost(error.to_string()),
                 ExecError::InvalidInput(message) => CallError::InvalidInput(message.clone()),
                 _ => CallError::Internal(error.to_string()),
             });
@@ -636,6 +676,7 @@ impl Batcher {
                 device: lane.device,
                 generation: lane.generation,
                 function: self.label.clone(),
+                deadline_missed: matches!(error, ExecError::DeadlineMissed(_)),
             });
             return false;
         }

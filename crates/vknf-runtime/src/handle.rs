@@ -16,6 +16,8 @@ pub(crate) struct Slot {
     current: RwLock<Option<Arc<Engine>>>,
     /// Set when the function is removed or the runtime stops: front ends stop taking calls for it.
     closing: watch::Sender<bool>,
+    /// Why the function is quarantined (its slot then holds no engine), while it is.
+    quarantine: RwLock<Option<String>>,
 }
 
 /// A loaded function, to call from any thread or task. Cheap to clone; every clone is the same function.
@@ -44,6 +46,7 @@ impl FunctionHandle {
                 name,
                 current: RwLock::new(Some(engine)),
                 closing: watch::Sender::new(false),
+                quarantine: RwLock::new(None),
             }),
         }
     }
@@ -88,7 +91,7 @@ impl FunctionHandle {
     /// new version, checked against its schema.
     pub fn submit(&self, call: Call, reply: Box<dyn Reply>) {
         let Some(mut engine) = self.current() else {
-            return reply.fail(shutting_down());
+            return reply.fail(self.unavailable());
         };
         let (mut call, mut reply) = (call, reply);
         loop {
@@ -101,7 +104,7 @@ impl FunctionHandle {
                             (call, reply) = (returned.call, returned.reply);
                             engine = next;
                         }
-                        _ => return returned.reply.fail(shutting_down()),
+                        _ => return returned.reply.fail(self.unavailable()),
                     }
                 }
             }
@@ -137,13 +140,35 @@ impl FunctionHandle {
             .unwrap_or_else(|_| Err(CallError::Internal("the call was dropped".into())))
     }
 
-    pub(crate) fn current(&self) -> Option<Arc<Engine>> {
-        self.slot.current.read().clone()
+    /// Why the function is quarantined, while it is.
+    pub fn quarantined(&self) -> Option<String> {
+        self.slot.quarantine.read().clone()
     }
 
-    /// Puts `next` in place and returns the engine it replaces.
-    pub(crate) fn replace(&self, next: Arc<Engine>) -> Option<Arc<Engine>> {
-        self.slot.current.write().replace(next)
+    /// The error for a call that finds no engine: quarantined or shutting down.
+    fn unavailable(&self) -> CallError {
+        match self.quarantined() {
+            Some(why) => CallError::Quarantined(why),
+            None => shutting_down(),
+        }
+    }
+
+    /// Quarantines the function: takes its engine out (returned, for the caller to stop) and answers
+    /// calls `QUARANTINED` (`why`) until [`FunctionHandle::release`].
+    pub(crate) fn quarantine(&self, why: String) -> Option<Arc<Engine>> {
+        *self.slot.quarantine.write() = Some(why);
+        self.slot.current.write().take()
+    }
+
+    /// Ends a quarantine with a freshly loaded engine; returns the engine it replaces, if any.
+    pub(crate) fn release(&self, next: Arc<Engine>) -> Option<Arc<Engine>> {
+        let mut current = self.slot.current.write();
+        *self.slot.quarantine.write() = None;
+        current.replace(next)
+    }
+
+    pub(crate) fn current(&self) -> Option<Arc<Engine>> {
+        self.slot.current.read().clone()
     }
 
     /// Stops taking calls: empties the slot and tells front ends to finish.

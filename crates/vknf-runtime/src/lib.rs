@@ -32,5 +32,5 @@ pub use handle::FunctionHandle;
 pub use metrics::{
     DeviceInfoLabels, DeviceLabels, ErrorLabels, FunctionLabels, Metrics, ProtocolErrorLabels, ProtocolLabels,
 };
-pub use runtime::{DeviceHealth, DeviceStatus, LoadFailure, Runtime, RuntimeSettings};
+pub use runtime::{DeviceHealth, DeviceStatus, LoadFailure, MAX_QUARANTINE, Runtime, RuntimeSettings};
 pub use vknf_functions::{DType, DeviceInfo, FunctionInfo, FunctionSpec, InputInfo, OutputInfo, first_non_finite};

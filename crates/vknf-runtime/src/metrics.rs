@@ -94,6 +94,8 @@ pub struct Metrics {
     pub live_lanes: Gauge,
     /// Device losses seen (one per loss of a device, however many lanes reported it).
     pub device_losses: Counter,
+    /// Quarantines of a function after its kernel missed its deadline.
+    pub quarantines: Family<FunctionLabels, Counter>,
     /// 1 for each device of the loader, with its name and type.
     pub device_info: Family<DeviceInfoLabels, Gauge>,
     /// 1 while a device serves, 0 while it is being recovered or could not be recovered.
@@ -127,6 +129,7 @@ impl Default for Metrics {
             execution_time: Family::new_with_constructor(latency_histogram),
             live_lanes: Gauge::default(),
             device_losses: Counter::default(),
+            quarantines: Family::default(),
             device_info: Family::default(),
             device_up: Family::default(),
             device_resets: Family::default(),
@@ -180,6 +183,11 @@ impl Metrics {
             self.live_lanes.clone(),
         );
         r.register("device_losses", "Device losses seen", self.device_losses.clone());
+        r.register(
+            "quarantines",
+            "Quarantines of a function after its kernel missed its deadline",
+            self.quarantines.clone(),
+        );
         r.register(
             "device_info",
             "1 for each device functions run on, with its name and type",

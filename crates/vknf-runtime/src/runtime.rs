@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
@@ -30,6 +30,9 @@ pub struct RuntimeSettings {
     pub lane_spin: Duration,
     /// How long a replaced or removed version may take to answer what it admitted.
     pub drain_timeout: Duration,
+    /// How long a function whose kernel missed its deadline is quarantined the first time; each
+    /// further miss doubles it, up to [`MAX_QUARANTINE`].
+    pub quarantine_backoff: Duration,
 }
 
 impl Default for RuntimeSettings {
@@ -40,6 +43,7 @@ impl Default for RuntimeSettings {
             max_queued_bytes: 64 << 20,
             lane_spin: Duration::ZERO,
             drain_timeout: Duration::from_secs(30),
+            quarantine_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -82,6 +86,16 @@ struct DeviceState {
 /// Longest wait between two attempts to reset a device that failed to come back.
 const MAX_RESET_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Longest quarantine of a function whose kernels keep missing their deadline.
+pub const MAX_QUARANTINE: Duration = Duration::from_secs(600);
+
+/// A function's deadline misses: how many in a row, and its last back-off.
+struct Strikes {
+    count: u32,
+    backoff: Duration,
+    lifted_at: Instant,
+}
+
 #[derive(Clone)]
 struct Entry {
     handle: FunctionHandle,
@@ -102,6 +116,8 @@ struct Inner {
     /// Why a function could not be reloaded onto a device after its reset, by name and device.
     failures: parking_lot::Mutex<BTreeMap<Arc<str>, BTreeMap<usize, String>>>,
     devices: parking_lot::Mutex<Vec<DeviceState>>,
+    /// Deadline misses by function.
+    quarantines: parking_lot::Mutex<BTreeMap<Arc<str>, Strikes>>,
     device_lost: mpsc::UnboundedSender<DeviceLoss>,
     stopping: AtomicBool,
     recovery: parking_lot::Mutex<Option<JoinHandle<()>>>,
@@ -155,6 +171,7 @@ impl Runtime {
             changes: tokio::sync::Mutex::new(()),
             failures: parking_lot::Mutex::new(BTreeMap::new()),
             devices: parking_lot::Mutex::new(devices),
+            quarantines: parking_lot::Mutex::new(BTreeMap::new()),
             device_lost,
             stopping: AtomicBool::new(false),
             recovery: parking_lot::Mutex::new(None),
@@ -207,7 +224,7 @@ impl Runtime {
                     entry.spec = spec;
                     entry.model = model;
                     entry.max_wait = max_wait;
-                    (entry.handle.clone(), entry.handle.replace(engine))
+                    (entry.handle.clone(), entry.handle.release(engine))
                 }
                 None => {
                     let handle = FunctionHandle::new(name.clone(), engine);
@@ -242,6 +259,15 @@ impl Runtime {
     /// Why `name` could not be reloaded onto a device after its reset, if it could not (it serves on
     /// its other devices, and answers `DEVICE_LOST` when it has none, until it is loaded again).
     pub fn failure(&self, name: &str) -> Option<String> {
+        let quarantined = self
+            .inner
+            .functions
+            .lock()
+            .get(name)
+            .and_then(|e| e.handle.quarantined());
+        if quarantined.is_some() {
+            return quarantined;
+        }
         let failures = self.inner.failures.lock();
         let by_device = failures.get(name)?;
         let several = self.inner.devices.lock().len() > 1;
@@ -271,6 +297,7 @@ impl Runtime {
             return false;
         };
         self.inner.failures.lock().remove(name);
+        self.inner.quarantines.lock().remove(name);
         if let Some(engine) = entry.handle.close() {
             self.drain(name, engine).await;
         }
@@ -423,7 +450,56 @@ impl Runtime {
             device,
             generation,
             function,
+            deadline_missed: false,
         });
+    }
+
+    /// Quarantines `name`, whose kernel missed its deadline on `device`: its calls are answered
+    /// `QUARANTINED` and it is loaded onto no device until its back-off ends (doubling with each strike,
+    /// from the settings' `quarantine_backoff` up to [`MAX_QUARANTINE`]); then it is loaded again.
+    fn quarantine(&self, name: &Arc<str>, device: usize) {
+        let Some(handle) = self.inner.functions.lock().get(name).map(|e| e.handle.clone()) else {
+            return;
+        };
+        if handle.quarantined().is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let (strikes, backoff) = {
+            let mut quarantines = self.inner.quarantines.lock();
+            let record = quarantines.entry(name.clone()).or_insert(Strikes {
+                count: 0,
+                backoff: Duration::ZERO,
+                lifted_at: now,
+            });
+            // A function that served well for a while after its last quarantine starts afresh.
+            if record.count > 0 && now.duration_since(record.lifted_at) > record.backoff * 4 {
+                record.count = 0;
+            }
+            record.count += 1;
+            let base = self.inner.settings.quarantine_backoff;
+            record.backoff = base.saturating_mul(1 << (record.count - 1).min(16)).min(MAX_QUARANTINE);
+            (record.count, record.backoff)
+        };
+        let why = format!(
+            "{name} is quarantined for {} s: its kernel missed its deadline on device {device} (strike {strikes}); \
+             it is loaded again after that",
+            backoff.as_secs_f64().ceil()
+        );
+        tracing::error!(function = %name, device, strikes, ?backoff, "quarantined: its kernel missed its deadline");
+        self.inner
+            .metrics
+            .quarantines
+            .get_or_create(&crate::metrics::FunctionLabels {
+                function: name.to_string(),
+            })
+            .inc();
+        if let Some(engine) = handle.quarantine(why.clone()) {
+            engine.quarantine(why);
+            let (runtime, name) = (self.clone(), name.clone());
+            tokio::spawn(async move { runtime.drain(&name, engine).await });
+        }
+        tokio::spawn(lift_quarantine(Arc::downgrade(&self.inner), name.clone(), backoff));
     }
 
     /// Marks `device` lost unless a report of its current generation was handled already; true when
@@ -437,6 +513,13 @@ impl Runtime {
             return false;
         }
         state.status.health = DeviceHealth::Recovering;
+        drop(devices);
+        // Every function's lanes on the device are lost, not only those of the reporting one.
+        for entry in self.inner.functions.lock().values() {
+            if let Some(engine) = entry.handle.current() {
+                engine.device_lost(loss.device, loss.generation);
+            }
+        }
         self.inner.metrics.device_losses.inc();
         self.inner
             .metrics
@@ -564,6 +647,11 @@ async fn recover_from_device_loss(inner: Weak<Inner>, mut reports: mpsc::Unbound
         }
         let Some(inner) = inner.upgrade() else { return };
         let runtime = Runtime { inner };
+        // The function whose own batch missed its deadline is quarantined before its device is
+        // reloaded, so that the device comes back without it.
+        for loss in losses.iter().filter(|loss| loss.deadline_missed) {
+            runtime.quarantine(&loss.function, loss.device);
+        }
         let mut started = BTreeSet::new();
         for loss in &losses {
             if !started.contains(&loss.device) && runtime.begin_recovery(loss) {
@@ -585,5 +673,43 @@ async fn recover_device(inner: Weak<Inner>, device: usize) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_RESET_BACKOFF);
+    }
+}
+
+/// Loads a quarantined function again once its back-off has passed (a failed load retries after the
+/// same back-off).
+async fn lift_quarantine(inner: Weak<Inner>, name: Arc<str>, backoff: Duration) {
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let runtime = Runtime { inner };
+        let _changing = runtime.inner.changes.lock().await;
+        if runtime.inner.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(entry) = runtime.inner.functions.lock().get(&name).cloned() else {
+            return;
+        };
+        if entry.handle.quarantined().is_none() {
+            return;
+        }
+        match runtime
+            .start_engine(&name, &entry.spec, entry.model.clone(), entry.max_wait)
+            .await
+        {
+            Ok(engine) => {
+                if let Some(strikes) = runtime.inner.quarantines.lock().get_mut(&name) {
+                    strikes.lifted_at = Instant::now();
+                }
+                if let Some(old) = entry.handle.release(engine) {
+                    old.close();
+                }
+                tracing::info!(function = %name, "quarantine over: loaded again");
+                return;
+            }
+            Err(failure) => {
+                tracing::error!(function = %name, %failure, "cannot load after its quarantine; retrying");
+            }
+        }
     }
 }

@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// How long removal, replacement and shutdown wait for in-flight requests.
     pub drain_timeout: Duration,
+    /// First quarantine of a function whose kernel missed its deadline (doubling with each miss).
+    pub quarantine_backoff: Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            quarantine_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -66,6 +69,7 @@ impl ServerConfig {
             max_queued_bytes: self.max_queued_bytes,
             lane_spin: self.lane_spin,
             drain_timeout: self.drain_timeout,
+            quarantine_backoff: self.quarantine_backoff,
         }
     }
 }

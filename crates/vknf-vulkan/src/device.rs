@@ -275,7 +275,7 @@ impl DeviceShared {
         }
     }
 
-    fn all_queues(&self) -> impl Iterator<Item = &Mutex<vk::Queue>> {
+    pub(crate) fn all_queues(&self) -> impl Iterator<Item = &Mutex<vk::Queue>> {
         self.compute
             .queues
             .iter()

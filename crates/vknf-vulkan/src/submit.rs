@@ -373,8 +373,10 @@ impl Drop for CommandList {
             }
             if self.device.lost.load(std::sync::atomic::Ordering::Acquire) {
                 // A lost device may still be running the list (a missed deadline); wait for the whole
-                // device before freeing what the list uses.
-                // SAFETY: waiting for idle needs no synchronisation beyond the device being alive.
+                // device before freeing what the list uses. Waiting for idle uses every queue: hold them
+                // all, since other lanes of the device may be dropped (and wait) on other threads.
+                let _queues: Vec<_> = self.device.all_queues().map(|q| q.lock()).collect();
+                // SAFETY: every queue of the device is held (external synchronisation of vkDeviceWaitIdle).
                 let _ = unsafe { self.device.raw.device_wait_idle() };
             }
         }

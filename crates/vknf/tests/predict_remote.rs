@@ -152,7 +152,10 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
             metrics.contains(&format!("vknf_device_info{{device=\"{device}\",")),
             "device {device} listed:\n{metrics}"
         );
-        assert!(metrics.contains(&format!("vknf_device_up{{device=\"{device}\"}} 1")), "{metrics}");
+        assert!(
+            metrics.contains(&format!("vknf_device_up{{device=\"{device}\"}} 1")),
+            "{metrics}"
+        );
         let lanes = format!("vknf_device_lanes{{device=\"{device}\"}} ");
         let line = metrics.lines().find(|l| l.starts_with(&lanes)).expect("device lanes");
         assert!(line[lanes.len()..].parse::<i64>().unwrap() > 0, "{line}");

@@ -17,6 +17,32 @@ use crate::spec::FunctionSpec;
 
 /// The family parameter holding the ABI JSON.
 pub const ABI_PARAM: &str = "abi";
+
+/// The parameter bounding one batch's kernel time in milliseconds (`vknf.io/deadline-ms`; default
+/// 10 s, as for forests). A batch past it makes the device lost and the function quarantined.
+pub const DEADLINE_PARAM: &str = "deadline-ms";
+
+/// The longest deadline a function may ask for.
+pub const MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The kernel deadline `spec` asks for, checked.
+pub fn kernel_deadline(spec: &FunctionSpec) -> Result<Option<std::time::Duration>, ParamError> {
+    let Some(text) = spec.param(DEADLINE_PARAM) else {
+        return Ok(None);
+    };
+    let millis: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| ParamError::new(DEADLINE_PARAM, "not a whole number of milliseconds".to_string()))?;
+    let deadline = std::time::Duration::from_millis(millis);
+    if millis == 0 || deadline > MAX_DEADLINE {
+        return Err(ParamError::new(
+            DEADLINE_PARAM,
+            format!("{millis} ms: a deadline is 1 ms to {} s", MAX_DEADLINE.as_secs()),
+        ));
+    }
+    Ok(Some(deadline))
+}
 /// Rows per batch of a generic function when the spec does not say.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 4096;
 
@@ -176,7 +202,7 @@ impl Family for GenericFamily {
     }
 
     fn params(&self) -> &'static [&'static str] {
-        &[ABI_PARAM]
+        &[ABI_PARAM, DEADLINE_PARAM]
     }
 
     fn needs_model(&self) -> bool {
@@ -185,6 +211,7 @@ impl Family for GenericFamily {
 
     fn validate(&self, spec: &FunctionSpec, model_len: Option<usize>) -> Result<(), ParamError> {
         let json = spec.param(ABI_PARAM).ok_or_else(|| ParamError::missing(ABI_PARAM))?;
+        kernel_deadline(spec)?;
         GenericAbi::parse(json, model_len.unwrap_or(0)).map(|_| ())
     }
 

@@ -20,7 +20,9 @@ pub(crate) fn error_code(error: &CallError) -> ErrorCode {
         CallError::TooLarge(_) => ErrorCode::TooLarge,
         CallError::Busy(_) => ErrorCode::Busy,
         CallError::ShuttingDown(_) => ErrorCode::ShuttingDown,
-        CallError::DeviceLost(_) => ErrorCode::DeviceLost,
+        // The wire has no code of its own for it: like a lost device, the function cannot run now and a
+        // retry later may succeed; the message says why.
+        CallError::DeviceLost(_) | CallError::Quarantined(_) => ErrorCode::DeviceLost,
         CallError::DeadlineExceeded(_) | CallError::Internal(_) => ErrorCode::Internal,
     }
 }

@@ -66,6 +66,10 @@ pub struct DataPlaneArgs {
     /// Seconds removals, replacements and shutdown wait for in-flight requests.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// Seconds a function whose kernel missed its deadline is quarantined the first time (doubling
+    /// with each further miss, up to 10 minutes).
+    #[arg(long, default_value_t = 30)]
+    pub quarantine_s: u64,
 }
 
 impl DataPlaneArgs {
@@ -88,6 +92,7 @@ impl DataPlaneArgs {
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(self.write_timeout_s.max(1)),
             drain_timeout: Duration::from_secs(self.drain_timeout_s),
+            quarantine_backoff: Duration::from_secs(self.quarantine_s.max(1)),
         })
     }
 

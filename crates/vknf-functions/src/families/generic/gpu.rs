@@ -2,7 +2,7 @@
 
 use vknf_vulkan::Device;
 
-use super::{ABI_PARAM, DEFAULT_MAX_BATCH_ROWS, GenericAbi};
+use super::{ABI_PARAM, DEFAULT_MAX_BATCH_ROWS, GenericAbi, kernel_deadline};
 use crate::function::vulkan_error;
 use crate::function::{ExecError, Function, Lane, LoadError};
 use crate::schema::{FunctionInfo, InputInfo, OutputInfo};
@@ -17,6 +17,8 @@ pub struct GpuGenericFunction {
     abi: GenericAbi,
     resident: Vec<(u32, u32, vknf_vulkan::Buffer)>,
     info: FunctionInfo,
+    /// Longest a batch may run before the device is treated as lost.
+    deadline: std::time::Duration,
 }
 
 fn spec_error(function: &str, reason: impl Into<String>) -> LoadError {
@@ -40,6 +42,9 @@ impl GpuGenericFunction {
             .ok_or_else(|| spec_error(&function, "kind generic needs vknf.io/abi"))?;
         let abi =
             GenericAbi::parse(json, model.map_or(0, <[u8]>::len)).map_err(|e| spec_error(&function, e.to_string()))?;
+        let deadline = kernel_deadline(spec)
+            .map_err(|e| spec_error(&function, e.to_string()))?
+            .unwrap_or(crate::forest::BATCH_DEADLINE);
         let vulkan = |e: vknf_vulkan::Error| LoadError::Exec {
             function: function.clone(),
             source: vulkan_error(e),
@@ -165,6 +170,7 @@ impl GpuGenericFunction {
             abi,
             resident,
             info,
+            deadline,
         })
     }
 }
@@ -219,12 +225,14 @@ impl Function for GpuGenericFunction {
             recorded_rows: None,
             push_size: self.pipeline.info().push_constant_size as usize,
             row_count_offset: self.abi.row_count.push_constant_offset as usize,
+            deadline: self.deadline,
         }))
     }
 }
 
 struct GpuGenericLane {
     capacity_rows: usize,
+    deadline: std::time::Duration,
     input: vknf_vulkan::Buffer,
     outputs: Vec<vknf_vulkan::Buffer>,
     /// Bytes per row of each output.
@@ -272,9 +280,7 @@ impl Lane for GpuGenericLane {
             self.recorded_rows = Some(n_rows);
         }
         let list = self.list.as_mut().expect("recorded above");
-        self.stream
-            .run(list, crate::forest::BATCH_DEADLINE)
-            .map_err(vulkan_error)?;
+        self.stream.run(list, self.deadline).map_err(vulkan_error)?;
         self.rows = n_rows;
         Ok(())
     }
