@@ -11,6 +11,8 @@ W=/tmp/vknf-devices; mkdir -p $W/manifests
 exec > >(tee "$OUT/log-devices.txt") 2>&1
 source .gl/setup-vulkan.sh
 B=.device
+# vknf links libpcap (the traffic path); the GPU machine lacks it: .device/lib carries it.
+export LD_LIBRARY_PATH=$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 date -u
 nvidia-smi --query-gpu=index,name,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv
 nproc
@@ -19,6 +21,17 @@ $B/vknf devices | grep -E "^\[" || true
 echo "== in process: one GPU, then both; then device 1 lost under load"
 timeout 240 $B/bench-devices --paper-tree $B/paper-rf-tree --devices "0;all" --shapes w1a,wide \
   --callers ${CALLERS:-16} --lanes 3 --seconds 5 --lose-device 1 --json "$OUT/devices.json"
+
+echo "== in process, 32 callers (W1a)"
+timeout 120 $B/bench-devices --paper-tree $B/paper-rf-tree --devices "0;all" --shapes w1a \
+  --callers 32 --lanes 4 --seconds 5 --json "$OUT/devices-32.json"
+echo "== in process, where the cores go (W1a, both GPUs, 16 callers)"
+$B/bench-devices --paper-tree $B/paper-rf-tree --devices all --shapes w1a --callers 16 --lanes 3 \
+  --seconds 9 > "$OUT/devices-profiled.txt" 2>&1 &
+inproc=$!
+sleep 5
+python3 bench/thread_cpu.py 3 $inproc:bench-devices
+wait $inproc; cat "$OUT/devices-profiled.txt"
 
 echo "== over TCP"
 $B/vknf compile-model $B/paper-rf-tree --trees 150 -o $W/w1.vkf --quiet
