@@ -112,8 +112,55 @@ impl Rows {
         dst.copy_from_slice(&self.data[first * row_bytes..(first + count) * row_bytes]);
     }
 
+    /// Copies rows `first..first + count` into `dst` and says whether any of them holds a NaN or an
+    /// infinity (as f32), in one pass over the rows: each block is checked while it is still in cache
+    /// from being copied.
+    pub(crate) fn copy_checked_into(&self, first: usize, count: usize, dst: &mut [u8]) -> bool {
+        const EXPONENT: u32 = 0x7f80_0000;
+        const BLOCK: usize = 256;
+        let row_bytes = self.width * self.dtype.size();
+        let src = &self.data[first * row_bytes..(first + count) * row_bytes];
+        let mut seen = false;
+        for (to, from) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
+            to.copy_from_slice(from);
+            seen |= from.chunks_exact(4).fold(false, |any, b| {
+                any | (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXPONENT == EXPONENT)
+            });
+        }
+        seen
+    }
+
+    /// The first non-finite value among rows `first..first + count`: (row, feature), rows counted from 0.
+    pub(crate) fn first_non_finite_in(&self, first: usize, count: usize) -> Option<(usize, usize)> {
+        let row_bytes = self.width * self.dtype.size();
+        let index = vknf_functions::first_non_finite(&self.data[first * row_bytes..(first + count) * row_bytes])?;
+        Some((first + index / self.width.max(1), index % self.width.max(1)))
+    }
+
+    /// Checks the rows' shape against a function's schema, and their values unless `values` is false
+    /// (large calls have their values checked while they are copied into a lane instead).
+    pub(crate) fn check_shape(&self, info: &FunctionInfo, values: bool) -> Result<(), CallError> {
+        if values {
+            return self.check(info);
+        }
+        self.check_shape_only(info)
+    }
+
     /// Checks the rows against a function's schema.
     pub fn check(&self, info: &FunctionInfo) -> Result<(), CallError> {
+        self.check_shape_only(info)?;
+        if info.rejects_non_finite()
+            && let Some(index) = vknf_functions::first_non_finite(&self.data)
+        {
+            return Err(CallError::NonFinite {
+                row: index / self.width.max(1),
+                feature: index % self.width.max(1),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_shape_only(&self, info: &FunctionInfo) -> Result<(), CallError> {
         if self.n_rows == 0 {
             return Err(CallError::Shape("the request has no rows".into()));
         }
@@ -128,14 +175,6 @@ impl Rows {
                 "the function takes {} input, the request has {}",
                 info.input.dtype, self.dtype
             )));
-        }
-        if info.rejects_non_finite()
-            && let Some(index) = vknf_functions::first_non_finite(&self.data)
-        {
-            return Err(CallError::NonFinite {
-                row: index / self.width.max(1),
-                feature: index % self.width.max(1),
-            });
         }
         Ok(())
     }

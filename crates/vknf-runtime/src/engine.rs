@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -231,7 +231,10 @@ impl Engine {
             reply.fail(error);
             Ok(())
         };
-        if let Err(error) = call.rows.check(&self.info) {
+        // Large calls have their values checked while the lane copies them (one pass over the rows
+        // instead of two); small ones here, so that their error comes at once.
+        let defer_values = self.info.rejects_non_finite() && call.rows.as_bytes().len() >= DEFERRED_CHECK_BYTES;
+        if let Err(error) = call.rows.check_shape(&self.info, !defer_values) {
             return fail(reply, error);
         }
         let unknown = call.outputs & !self.info.full_mask();
@@ -268,6 +271,7 @@ impl Engine {
         let job = Job::new(
             call.rows,
             call.outputs | self.info.mandatory_mask(),
+            defer_values,
             call.deadline,
             reply,
             admission,
@@ -597,6 +601,7 @@ impl Batcher {
                     job_row: start,
                     batch_row: batch.rows,
                     rows: take,
+                    non_finite: AtomicBool::new(false),
                 });
                 batch.rows += take;
                 if start + take < job.n_rows {
@@ -642,6 +647,14 @@ impl Batcher {
                 .enumerate()
                 .for_each(|(index, chunk)| copy_rows(&batch.segments, chunk, index * chunk_rows, row_bytes));
         });
+        // Calls whose values were checked during the copy and hold a NaN or an infinity are answered
+        // now; their rows still run with the batch, their outputs are not read.
+        for segment in batch.segments.iter().filter(|s| s.non_finite.load(Ordering::Relaxed)) {
+            let job = &segment.job;
+            if let Some((row, feature)) = job.rows.first_non_finite_in(segment.job_row, segment.rows) {
+                job.fail(CallError::NonFinite { row, feature });
+            }
+        }
         let ran = written.and_then(|()| lane.lane.run(batch.rows, batch.mask));
         let failure = match ran {
             Ok(()) => {
@@ -687,6 +700,9 @@ impl Batcher {
 /// Batches at least this large are copied into the lane by several threads, in chunks of this size.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
 
+/// Calls at least this large have their values checked for NaN while they are copied into a lane.
+const DEFERRED_CHECK_BYTES: usize = 1 << 20;
+
 /// Copies the rows of `segments` (ordered by batch row) that fall into `dst`, which holds the
 /// batch's rows from `first_row` on, `width` bytes each.
 fn copy_rows(segments: &[Segment], dst: &mut [u8], first_row: usize, width: usize) {
@@ -698,11 +714,15 @@ fn copy_rows(segments: &[Segment], dst: &mut [u8], first_row: usize, width: usiz
         }
         let from = segment.batch_row.max(first_row);
         let to = (segment.batch_row + segment.rows).min(end_row);
-        segment.job.rows.copy_into(
-            segment.job_row + (from - segment.batch_row),
-            to - from,
-            &mut dst[(from - first_row) * width..(to - first_row) * width],
-        );
+        let (job_row, count) = (segment.job_row + (from - segment.batch_row), to - from);
+        let dst = &mut dst[(from - first_row) * width..(to - first_row) * width];
+        if segment.job.check_values {
+            if segment.job.rows.copy_checked_into(job_row, count, dst) {
+                segment.non_finite.store(true, Ordering::Relaxed);
+            }
+        } else {
+            segment.job.rows.copy_into(job_row, count, dst);
+        }
     }
 }
 

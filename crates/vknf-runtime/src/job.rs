@@ -74,6 +74,9 @@ pub(crate) struct Job {
     pub(crate) n_rows: usize,
     /// Outputs to compute and return (mandatory ones included).
     pub(crate) mask: u32,
+    /// Whether the rows' values are still to be checked for NaN and infinities (while they are copied
+    /// into a lane: one pass over large calls instead of two).
+    pub(crate) check_values: bool,
     pub(crate) deadline: Option<Instant>,
     admitted_at: Instant,
     owner: Arc<JobOwner>,
@@ -95,12 +98,16 @@ pub(crate) struct Segment {
     /// First row within the batch.
     pub(crate) batch_row: usize,
     pub(crate) rows: usize,
+    /// Set by the copy into the lane when the job's values are checked there and hold a NaN or an
+    /// infinity.
+    pub(crate) non_finite: std::sync::atomic::AtomicBool,
 }
 
 impl Job {
     pub(crate) fn new(
         rows: Rows,
         mask: u32,
+        check_values: bool,
         deadline: Option<Instant>,
         reply: Box<dyn Reply>,
         admission: Admission,
@@ -111,6 +118,7 @@ impl Job {
             rows,
             n_rows,
             mask,
+            check_values,
             deadline,
             admitted_at: Instant::now(),
             owner,

@@ -169,6 +169,57 @@ async fn wrong_shapes_types_and_non_finite_values_are_typed_errors() {
     .await;
 }
 
+/// Calls of 1 MiB or more have their values checked while the lane copies them (one pass over the
+/// rows): the error is the same, at the same row, wherever the batches split the call, and calls
+/// batched with it are answered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_values_of_large_calls_are_found_while_copying_into_the_lane() {
+    bounded(async {
+        let model = forest(3);
+        let runtime = Runtime::new(Arc::new(CpuLoader::default()), settings());
+        // 16,384 rows per batch: a 50,000-row call spans four batches.
+        let function = runtime
+            .load(forest_spec("f", 16_384), Some(model.to_vkf_bytes().into()), None)
+            .await
+            .unwrap();
+        let n_rows = 50_000;
+        assert!(n_rows * FEATURES * 4 >= 1 << 20, "a large call");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let clean = random_rows(n_rows, &mut rng);
+        for (row, feature, value) in [
+            (0, 0, f32::NAN),
+            (20_000, 3, f32::INFINITY),
+            (49_999, FEATURES - 1, f32::NEG_INFINITY),
+        ] {
+            let mut rows = clean.clone();
+            rows[row * FEATURES + feature] = value;
+            // A later non-finite value in the same call does not change which one is reported.
+            if row + 1 < n_rows {
+                rows[(row + 1) * FEATURES] = f32::NAN;
+            }
+            let bad = function.call(Call::new(Rows::f32(rows, FEATURES).unwrap(), 0));
+            let good = function.call(Call::new(
+                Rows::f32(clean[..100 * FEATURES].to_vec(), FEATURES).unwrap(),
+                0,
+            ));
+            let (bad, good) = tokio::join!(bad, good);
+            assert_eq!(bad.unwrap_err(), CallError::NonFinite { row, feature });
+            let expected = model.predict_cpu(&clean[..100 * FEATURES], 100).unwrap();
+            assert_eq!(good.unwrap().output(0).unwrap().as_u32(), expected.labels.as_slice());
+        }
+        let answer = function
+            .call(Call::new(Rows::f32(clean.clone(), FEATURES).unwrap(), 0))
+            .await
+            .unwrap();
+        let expected = model.predict_cpu(&clean, n_rows).unwrap();
+        assert_eq!(answer.output(0).unwrap().as_u32(), expected.labels.as_slice());
+        assert_eq!(runtime.metrics().error_count("f", "NAN"), 3);
+        wait_for(|| function.queued_bytes() == 0, "the failed calls' bytes released").await;
+        runtime.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_busy_and_calls_past_their_deadline_never_run() {
     bounded(async {
