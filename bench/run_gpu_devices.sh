@@ -51,7 +51,8 @@ load() { # load ROWS CONNECTIONS DEPTH: 8 s of load, a 4 s CPU profile in its mi
     --depth $3 --duration 8 &
   local client=$!
   sleep 3
-  python3 bench/thread_cpu.py 4 $server:server $client:client
+  # $client is `timeout`; the load generator is its child.
+  python3 bench/thread_cpu.py 4 $server:server "$(pgrep -P $client | head -1):client"
   wait $client
   curl -fs http://127.0.0.1:9700/metrics | grep -E '^vknf_device_(batches|rows)_total' | tr '\n' ' '; echo
 }
