@@ -7,6 +7,7 @@
 //! predictor ([`GpuForest::predict_cpu`]) runs on. The layout and the file format are
 //! documented in `docs/vkf-format.md`.
 
+pub mod exact;
 mod import;
 mod layout;
 mod model;
@@ -19,6 +20,7 @@ mod validate;
 mod vkf;
 pub mod wire;
 
+pub use exact::FixedPoint;
 pub use import::{ImportError, ImportOptions, NanRouting, Progress, Stage, read_file_with_progress};
 pub use layout::{
     COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, COMPACT_MAX_FEATURES, CompileError, FLAG_BIT,
@@ -29,7 +31,7 @@ pub use model::{
     Split, Task, Tree,
 };
 pub use onnx::{import_onnx_bytes, import_onnx_file, onnx_metadata, read_onnx};
-pub use predict::{PredictError, Prediction, argmax};
+pub use predict::{PredictError, Prediction, apply_post_transform, apply_post_transform_le, argmax};
 pub use rows::{NpyArray, Rows, RowsError, parse_csv, parse_npy, read_rows, write_predictions_csv};
 pub use sklearn::{PaperWorkload, SklearnTree, paper_workload, rows_around_thresholds};
 pub use validate::{

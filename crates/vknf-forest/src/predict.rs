@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 use thiserror::Error;
 
+use crate::exact::FixedPoint;
 use crate::layout::{
     COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, FLAG_BIT, GpuForest, LEAF_BIT, LOW30_MASK,
     NodeFormat,
@@ -65,22 +66,53 @@ enum Leaf {
 
 impl GpuForest {
     /// Predicts `n_rows` rows (row-major, `n_features` each) on the CPU, in parallel.
+    ///
+    /// Each row's aggregated values (tree sum or mean, base values, binary complement) are rounded to
+    /// f32; the label is their argmax, and the scores are [`apply_post_transform`] of them.
+    ///
+    /// Classifiers whose weights fit a fixed-point scale ([`GpuForest::fixed_point`]) accumulate in
+    /// fixed point, exactly as the GPU kernel does, so that both give the same scores bit for bit
+    /// (`crate::exact`); the others accumulate in f64.
     pub fn predict_cpu(&self, rows: &[f32], n_rows: usize) -> Result<Prediction, PredictError> {
+        self.predict_cpu_with(self.fixed_point().as_ref(), rows, n_rows)
+    }
+
+    /// As [`GpuForest::predict_cpu`], with the forest's fixed-point arithmetic computed beforehand (it
+    /// scans every node): `fixed` must be what [`GpuForest::fixed_point`] returns for this forest.
+    pub fn predict_cpu_with(
+        &self,
+        fixed: Option<&FixedPoint>,
+        rows: &[f32],
+        n_rows: usize,
+    ) -> Result<Prediction, PredictError> {
         self.check_input(rows, n_rows)?;
         let n_out = self.n_outputs as usize;
         let nf = self.n_features as usize;
         let mut scores = vec![0f32; n_rows * n_out];
         if n_out > 0 && nf > 0 {
-            scores
-                .par_chunks_mut(n_out)
-                .zip(rows.par_chunks(nf))
-                .try_for_each_init(|| vec![0f64; n_out], |acc, (out, row)| self.predict_row(row, acc, out))?;
+            let pairs = scores.par_chunks_mut(n_out).zip(rows.par_chunks(nf));
+            match fixed {
+                Some(fixed) => pairs.try_for_each_init(
+                    || vec![0i32; n_out],
+                    |acc, (out, row)| self.predict_row_fixed(fixed, row, acc, out),
+                )?,
+                None => {
+                    pairs.try_for_each_init(|| vec![0f64; n_out], |acc, (out, row)| self.predict_row(row, acc, out))?
+                }
+            }
         }
+        // Labels from the aggregated values, before the post transform (which is monotonic; its f32
+        // results may tie where the values do not), as the GPU kernel computes them.
         let labels = if self.task.is_classifier() && n_out > 0 {
             scores.chunks(n_out).map(argmax).collect()
         } else {
             Vec::new()
         };
+        if self.post_transform != PostTransform::None && n_out > 0 {
+            scores
+                .par_chunks_mut(n_out)
+                .for_each(|row| apply_post_transform(self.post_transform, row));
+        }
         Ok(Prediction {
             n_rows,
             n_outputs: n_out,
@@ -136,24 +168,11 @@ impl GpuForest {
         acc.fill(0.0);
         for &root in &self.tree_roots {
             let (leaf, _) = self.find_leaf(root, row)?;
-            match leaf {
-                Leaf::Inline { output, weight } => {
-                    *acc.get_mut(output as usize)
-                        .ok_or_else(|| corrupt(format!("leaf output {output} out of range")))? += f64::from(weight);
-                }
-                Leaf::Pairs { first, count } => {
-                    let words = first
-                        .checked_mul(2)
-                        .and_then(|start| Some(start..start.checked_add(count.checked_mul(2)?)?))
-                        .and_then(|range| self.leaf_entries.get(range))
-                        .ok_or_else(|| corrupt("leaf entries out of range".into()))?;
-                    for pair in words.chunks_exact(2) {
-                        *acc.get_mut(pair[0] as usize)
-                            .ok_or_else(|| corrupt(format!("leaf output {} out of range", pair[0])))? +=
-                            f64::from(f32::from_bits(pair[1]));
-                    }
-                }
-            }
+            self.for_each_entry(leaf, |output, weight| {
+                *acc.get_mut(output as usize)
+                    .ok_or_else(|| corrupt(format!("leaf output {output} out of range")))? += f64::from(weight);
+                Ok(())
+            })?;
         }
         self.finish(acc)?;
         for (o, a) in out.iter_mut().zip(acc.iter()) {
@@ -162,7 +181,56 @@ impl GpuForest {
         Ok(())
     }
 
-    /// Aggregation, base values, binary complement and post transform, in that order.
+    /// One row's aggregated values in fixed point (`crate::exact`): the kernel's integer sums and
+    /// conversion.
+    fn predict_row_fixed(
+        &self,
+        fixed: &FixedPoint,
+        row: &[f32],
+        acc: &mut [i32],
+        out: &mut [f32],
+    ) -> Result<(), PredictError> {
+        acc.fill(0);
+        for &root in &self.tree_roots {
+            let (leaf, _) = self.find_leaf(root, row)?;
+            self.for_each_entry(leaf, |output, weight| {
+                let sum = acc
+                    .get_mut(output as usize)
+                    .ok_or_else(|| corrupt(format!("leaf output {output} out of range")))?;
+                *sum = sum.wrapping_add(fixed.weight_to_fixed(weight));
+                Ok(())
+            })?;
+        }
+        fixed.totals(acc, self.binary_complement);
+        for (o, total) in out.iter_mut().zip(acc.iter()) {
+            *o = fixed.to_f32(*total);
+        }
+        Ok(())
+    }
+
+    /// Calls `add(output, weight)` for each entry of `leaf`.
+    fn for_each_entry(
+        &self,
+        leaf: Leaf,
+        mut add: impl FnMut(u32, f32) -> Result<(), PredictError>,
+    ) -> Result<(), PredictError> {
+        match leaf {
+            Leaf::Inline { output, weight } => add(output, weight),
+            Leaf::Pairs { first, count } => {
+                let words = first
+                    .checked_mul(2)
+                    .and_then(|start| Some(start..start.checked_add(count.checked_mul(2)?)?))
+                    .and_then(|range| self.leaf_entries.get(range))
+                    .ok_or_else(|| corrupt("leaf entries out of range".into()))?;
+                for pair in words.chunks_exact(2) {
+                    add(pair[0], f32::from_bits(pair[1]))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Aggregation, base values and binary complement, in that order.
     fn finish(&self, acc: &mut [f64]) -> Result<(), PredictError> {
         if self.aggregate == Aggregate::Average && !self.tree_roots.is_empty() {
             let n = self.tree_roots.len() as f64;
@@ -181,21 +249,6 @@ impl GpuForest {
                 return Err(corrupt("binary complement needs exactly 2 outputs".into()));
             }
             acc[0] = 1.0 - acc[1];
-        }
-        match self.post_transform {
-            PostTransform::None => {}
-            PostTransform::Logistic => acc.iter_mut().for_each(|a| *a = 1.0 / (1.0 + (-*a).exp())),
-            PostTransform::Softmax => {
-                let max = acc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut sum = 0.0;
-                for a in acc.iter_mut() {
-                    *a = (*a - max).exp();
-                    sum += *a;
-                }
-                if sum > 0.0 {
-                    acc.iter_mut().for_each(|a| *a /= sum);
-                }
-            }
         }
         Ok(())
     }
@@ -250,6 +303,77 @@ impl GpuForest {
 
 fn corrupt(message: String) -> PredictError {
     PredictError::CorruptLayout(message)
+}
+
+/// Applies `post` to one row's aggregated values, in place: computed in f64 from the f32 values and
+/// rounded once. The CPU reference and the GPU lanes (which read the kernel's aggregated values) both
+/// call it, so their scores agree bit for bit wherever their aggregated values do.
+pub fn apply_post_transform(post: PostTransform, row: &mut [f32]) {
+    transform_row(post, row);
+}
+
+/// [`apply_post_transform`] on a row of little-endian f32 values (a response frame's bytes, which need
+/// not be aligned for `f32`); a trailing partial value is left alone.
+pub fn apply_post_transform_le(post: PostTransform, row: &mut [u8]) {
+    transform_row(post, &mut LeF32(row));
+}
+
+/// A row of values the post transform reads and writes.
+trait RowValues {
+    fn len(&self) -> usize;
+    fn get(&self, index: usize) -> f64;
+    fn set(&mut self, index: usize, value: f64);
+}
+
+impl RowValues for [f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+    fn get(&self, index: usize) -> f64 {
+        f64::from(self[index])
+    }
+    fn set(&mut self, index: usize, value: f64) {
+        self[index] = value as f32;
+    }
+}
+
+struct LeF32<'a>(&'a mut [u8]);
+
+impl RowValues for LeF32<'_> {
+    fn len(&self) -> usize {
+        self.0.len() / 4
+    }
+    fn get(&self, index: usize) -> f64 {
+        let bytes = &self.0[index * 4..index * 4 + 4];
+        f64::from(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+    fn set(&mut self, index: usize, value: f64) {
+        self.0[index * 4..index * 4 + 4].copy_from_slice(&(value as f32).to_le_bytes());
+    }
+}
+
+fn transform_row<R: RowValues + ?Sized>(post: PostTransform, row: &mut R) {
+    let n = row.len();
+    match post {
+        PostTransform::None => {}
+        PostTransform::Logistic => {
+            for i in 0..n {
+                let v = row.get(i);
+                row.set(i, 1.0 / (1.0 + (-v).exp()));
+            }
+        }
+        PostTransform::Softmax => {
+            // No buffer: the exponentials are computed twice (the same bits both times).
+            let max = (0..n).fold(f64::NEG_INFINITY, |m, i| m.max(row.get(i)));
+            let sum: f64 = (0..n).map(|i| (row.get(i) - max).exp()).sum();
+            if sum > 0.0 {
+                for i in 0..n {
+                    let v = row.get(i);
+                    row.set(i, (v - max).exp() / sum);
+                }
+            }
+        }
+    }
 }
 
 /// Index of the largest score; ties go to the lowest index (as numpy's argmax).

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use rayon::prelude::*;
 use serde::Serialize;
-use vknf_forest::{Aggregate, GpuForest, MissingPolicy, NodeFormat, PostTransform, Prediction};
+use vknf_forest::{
+    Aggregate, FixedPoint, GpuForest, MissingPolicy, NodeFormat, PostTransform, Prediction, apply_post_transform,
+    apply_post_transform_le,
+};
 use vknf_vulkan::{
     BindGroup, Buffer, CommandList, Device, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream, Ticket,
     Timestamps,
@@ -87,9 +90,10 @@ pub struct KernelConfig {
     pub tree_lanes: u32,
     /// Rows staged in shared memory.
     pub stage_input: bool,
-    /// Fixed-point scale of the accumulators.
-    pub fixed_scale: f32,
-    /// Accumulate in float instead of fixed point.
+    /// Fixed-point scale of the accumulators (a leaf weight counts as `round(weight * 2^scale_log2)`);
+    /// `None` when the forest accumulates in float ([`vknf_forest::GpuForest::fixed_point`]).
+    pub fixed_scale_log2: Option<i32>,
+    /// Accumulate in float instead of fixed point: scores then depend on the order of the additions.
     pub float_accumulate: bool,
     /// How rows reach the GPU.
     pub input_path: InputPath,
@@ -130,6 +134,8 @@ struct Resident {
     n_entries: u32,
     missing: MissingPolicy,
     classifier: bool,
+    /// Applied by the host to the kernel's aggregated values as scores are read.
+    post_transform: PostTransform,
     config: KernelConfig,
 }
 
@@ -139,20 +145,10 @@ pub struct ForestKernel {
     resident: Arc<Resident>,
 }
 
-/// Largest power of two `s` such that `bound * s` stays below 2^31 (the accumulators are i32).
-fn fixed_scale(bound: f64) -> f32 {
-    if !(bound.is_finite() && bound > 0.0) {
-        return (1u32 << 30) as f32;
-    }
-    let exponent = ((i32::MAX as f64 * 0.98) / bound).log2().floor().clamp(-60.0, 30.0) as i32;
-    2f32.powi(exponent)
-}
-
 /// What the kernel's specialization constants are derived from, besides the workgroup shape.
 struct ShaderShape<'a> {
     forest: &'a GpuForest,
-    fixed_scale: f32,
-    float_accumulate: bool,
+    fixed: Option<&'a FixedPoint>,
 }
 
 impl ShaderShape<'_> {
@@ -171,23 +167,17 @@ impl ShaderShape<'_> {
             .name("MAX_DEPTH", forest.max_depth)
             .name("STAGE_INPUT", stage_input)
             .name("AGGREGATE", u32::from(forest.aggregate == Aggregate::Average))
-            .name(
-                "POST_TRANSFORM",
-                match forest.post_transform {
-                    PostTransform::None => 0u32,
-                    PostTransform::Logistic => 1,
-                    PostTransform::Softmax => 2,
-                },
-            )
             .name("BINARY_COMPLEMENT", forest.binary_complement)
-            .name("FIXED_SCALE", self.fixed_scale)
+            .name("FIXED_SCALE_LOG2", self.fixed.map_or(0, |f| f.scale_log2))
+            .name("DIVISOR", self.fixed.map_or(1, |f| f.divisor))
+            .name("FIXED_ONE", self.fixed.map_or(1, |f| f.one))
             .name(
                 "STAGED_FLOATS",
                 if stage_input { (rows * n_features) as u32 } else { 1 },
             )
             .name("ACCUMULATORS", (rows * n_outputs) as u32)
             .name("REJECT_NAN", forest.missing == MissingPolicy::Reject)
-            .name("FLOAT_ACCUMULATE", self.float_accumulate)
+            .name("FLOAT_ACCUMULATE", self.fixed.is_none())
     }
 }
 
@@ -199,7 +189,10 @@ impl ForestKernel {
 
     /// Like [`ForestKernel::new`] with the kernel's SPIR-V supplied (as a function manifest carries it):
     /// it is validated, and must declare the forest ABI (bindings 0-6 and the named specialization
-    /// constants of `forest.comp`), or loading fails with the mismatch.
+    /// constants of `forest.comp`), or loading fails with the mismatch. A forest kernel built before
+    /// scores became exact (it declares `FIXED_SCALE` and `POST_TRANSFORM` instead of
+    /// `FIXED_SCALE_LOG2`, `DIVISOR` and `FIXED_ONE`) is refused that way rather than run with weights
+    /// it would misread.
     pub fn with_spirv(
         device: &Device,
         forest: &GpuForest,
@@ -250,10 +243,9 @@ impl ForestKernel {
         }
         let tree_lanes = tree_lanes_wanted.min((max_invocations / rows).max(1));
         let rows = rows.min(max_invocations / tree_lanes);
-        let fixed_scale = fixed_scale(forest.leaf_weight_bound());
-        // Fixed point is exact and order-independent, but needs a scale that keeps ~2^-16 resolution;
-        // regressors (and unusual weight ranges) accumulate in float instead.
-        let float_accumulate = !forest.task.is_classifier() || fixed_scale < 65536.0;
+        // Fixed point is exact and order-independent (the same bits as the CPU reference), but needs a
+        // scale that keeps ~2^-16 resolution; regressors (and unusual weight ranges) accumulate in float.
+        let fixed = forest.fixed_point();
         let small_max_rows = options.small_batch_rows.unwrap_or(DEFAULT_SMALL_BATCH_ROWS);
         // One thread per tree, in whole subgroups of 32, within the workgroup limit; only worth a second
         // pipeline when some bulk lane walks more than one tree.
@@ -267,8 +259,8 @@ impl ForestKernel {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
             stage_input,
-            fixed_scale,
-            float_accumulate,
+            fixed_scale_log2: fixed.as_ref().map(|f| f.scale_log2),
+            float_accumulate: fixed.is_none(),
             input_path: options.input_path.unwrap_or(InputPath::Direct),
             small_batch,
             pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
@@ -277,8 +269,7 @@ impl ForestKernel {
         let kernel = Kernel::new(device, spirv, entry_point)?;
         let shape = ShaderShape {
             forest,
-            fixed_scale,
-            float_accumulate,
+            fixed: fixed.as_ref(),
         };
         let pipeline = device.create_pipeline(&kernel, &shape.specialization(rows, tree_lanes, stage_input))?;
         let small_pipeline = small_batch
@@ -295,23 +286,38 @@ impl ForestKernel {
             NodeFormat::Wide => 4,
         };
         let n_nodes = forest.nodes.len() / words_per_node;
-        let nodes = device.create_buffer_with("forest nodes", &forest.nodes, MemoryKind::DeviceLocal)?;
-        let roots = device.create_buffer_with("forest roots", &forest.tree_roots, MemoryKind::DeviceLocal)?;
-        let entries = if forest.leaf_entries.is_empty() {
-            device.create_buffer_with("forest leaf entries", &[0u32, 0u32], MemoryKind::DeviceLocal)?
-        } else {
-            device.create_buffer_with("forest leaf entries", &forest.leaf_entries, MemoryKind::DeviceLocal)?
-        };
-        let base: Vec<f32> = if forest.base_values.is_empty() {
-            vec![0.0; n_outputs]
-        } else {
-            forest.base_values.clone()
-        };
-        if base.len() != n_outputs {
+        if !forest.base_values.is_empty() && forest.base_values.len() != n_outputs {
             return Err(ForestError::Unsupported(
                 "base values do not match the output count".into(),
             ));
         }
+        // Fixed point: leaf weights and base values are uploaded as i32 totals' units, converted once here.
+        let (node_words, entry_words, base) = match &fixed {
+            Some(fixed) => {
+                let (nodes, entries) = forest.fixed_point_words(fixed);
+                let base: Vec<u32> = fixed.base.iter().map(|b| *b as u32).collect();
+                (std::borrow::Cow::Owned(nodes), std::borrow::Cow::Owned(entries), base)
+            }
+            None => {
+                let base = if forest.base_values.is_empty() {
+                    vec![0; n_outputs]
+                } else {
+                    forest.base_values.iter().map(|b| b.to_bits()).collect()
+                };
+                (
+                    std::borrow::Cow::Borrowed(&forest.nodes[..]),
+                    std::borrow::Cow::Borrowed(&forest.leaf_entries[..]),
+                    base,
+                )
+            }
+        };
+        let nodes = device.create_buffer_with("forest nodes", &node_words, MemoryKind::DeviceLocal)?;
+        let roots = device.create_buffer_with("forest roots", &forest.tree_roots, MemoryKind::DeviceLocal)?;
+        let entries = if entry_words.is_empty() {
+            device.create_buffer_with("forest leaf entries", &[0u32, 0u32], MemoryKind::DeviceLocal)?
+        } else {
+            device.create_buffer_with("forest leaf entries", &entry_words, MemoryKind::DeviceLocal)?
+        };
         let base_values = device.create_buffer_with("forest base values", &base, MemoryKind::DeviceLocal)?;
         tracing::info!(
             device = %info.name, trees = forest.n_trees, nodes = n_nodes, ?config, "forest resident on the GPU"
@@ -332,6 +338,7 @@ impl ForestKernel {
                 n_entries: (forest.leaf_entries.len() / 2) as u32,
                 missing: forest.missing,
                 classifier: forest.task.is_classifier(),
+                post_transform: forest.post_transform,
                 config,
             }),
         })
@@ -681,7 +688,14 @@ impl ForestLane {
             }
         }
         let scores = if want_scores {
-            Some(self.scores.read_vec(0, n_rows * self.kernel.n_outputs())?)
+            let mut scores: Vec<f32> = self.scores.read_vec(0, n_rows * self.kernel.n_outputs())?;
+            let post = self.kernel.resident.post_transform;
+            if post != PostTransform::None {
+                scores
+                    .chunks_mut(self.kernel.n_outputs())
+                    .for_each(|row| apply_post_transform(post, row));
+            }
+            Some(scores)
         } else {
             None
         };
@@ -889,10 +903,16 @@ impl ForestLane {
     }
 
     /// Copies the scores of rows `first_row..` of the last finished batch into `out` (little-endian
-    /// `f32`, `n_outputs` a row), without allocating. Valid only when the batch was run with scores.
+    /// `f32`, `n_outputs` a row, whole rows), without allocating, applying the post transform (logistic,
+    /// softmax) to each row as the CPU reference does. Valid only when the batch was run with scores.
     pub fn read_scores_at(&self, first_row: usize, out: &mut [u8]) -> Result<(), ForestError> {
-        self.scores
-            .read((first_row * self.kernel.n_outputs() * 4) as u64, out)?;
+        let n_outputs = self.kernel.n_outputs();
+        self.scores.read((first_row * n_outputs * 4) as u64, out)?;
+        let post = self.kernel.resident.post_transform;
+        if post != PostTransform::None {
+            out.chunks_mut(n_outputs * 4)
+                .for_each(|row| apply_post_transform_le(post, row));
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The GPU forest kernel against scikit-learn, on the same cases and with the same comparison as the
-//! CPU reference (`vknf_testkit::parity`), with the Khronos validation layer on.
+//! CPU reference (`vknf_testkit::parity`), with the Khronos validation layer on; classifiers' scores
+//! must also be the CPU reference's bit for bit.
 
 use std::path::PathBuf;
 
@@ -32,8 +33,25 @@ fn gpu_predictor(
     move |forest, rows| {
         let kernel = ForestKernel::new(device, forest, &options)?;
         let mut lane = kernel.lane(lane_rows)?;
-        Ok(lane.predict(&rows.data, true)?)
+        let prediction = lane.predict(&rows.data, true)?;
+        same_bits_as_the_cpu_reference(forest, rows, &prediction);
+        Ok(prediction)
     }
+}
+
+/// Classifiers (fixed point) give the CPU reference's scores bit for bit; regressors accumulate in float.
+fn same_bits_as_the_cpu_reference(forest: &GpuForest, rows: &Rows, gpu: &Prediction) {
+    if forest.fixed_point().is_none() {
+        assert!(
+            !forest.task.is_classifier(),
+            "scikit-learn classifiers accumulate in fixed point"
+        );
+        return;
+    }
+    let cpu = forest.predict_cpu(&rows.data, rows.n_rows).unwrap();
+    let bits = |p: &Prediction| p.scores.iter().map(|s| s.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(gpu), bits(&cpu), "GPU scores differ from the CPU reference's bits");
+    assert_eq!(gpu.labels, cpu.labels);
 }
 
 fn check_all(gpu: &Gpu, cases: &[ParityCase], options: ForestOptions, lane_rows: usize) {
@@ -119,12 +137,14 @@ fn pipelined_batches_match_scikit_learn() {
                 let kernel = ForestKernel::new(&gpu.device, forest, &ForestOptions::default())?;
                 let mut lane = kernel.lane(rows.n_rows.max(1))?;
                 let result = lane.run_pipelined(&rows.data, chunks, true)?;
-                Ok(Prediction {
+                let prediction = Prediction {
                     n_rows: result.n_rows,
                     n_outputs: forest.n_outputs as usize,
                     scores: result.scores.unwrap_or_default(),
                     labels: result.labels,
-                })
+                };
+                same_bits_as_the_cpu_reference(forest, rows, &prediction);
+                Ok(prediction)
             };
             case.check(&forest, &mut predict)
                 .unwrap_or_else(|err| panic!("{chunks} chunks: {err}"));

@@ -1,17 +1,22 @@
 #version 450
 // Random-forest inference over the vknf GPU layout (docs/vkf-format.md): one dispatch walks every tree
-// for every row, accumulates the leaf weights per row and output, applies the aggregation and the post
-// transform, and writes the argmax label (and, on request, the scores) of each row.
+// for every row, accumulates the leaf weights per row and output, applies the aggregation, and writes the
+// argmax label (and, on request, the aggregated values) of each row. The post transform (logistic,
+// softmax) is the host's, applied to the aggregated values as it reads them (vknf_forest::
+// apply_post_transform, shared with the CPU reference); labels are the argmax before it.
 //
 // Design (docs/forest-kernel.md):
 // - A workgroup owns ROWS_PER_GROUP rows. Thread l serves row (l % ROWS_PER_GROUP) and walks the trees
 //   (l / ROWS_PER_GROUP), (l / ROWS_PER_GROUP) + TREE_LANES, ...: consecutive lanes of a subgroup walk the
 //   same tree for different rows, so they read the same compact nodes, which stay in cache.
 // - The workgroup's input rows are staged once in shared memory (coalesced), when STAGE_INPUT is set.
-// - Per-row, per-output accumulators live in shared memory as fixed-point integers (weights scaled by
-//   FIXED_SCALE, chosen by the host so that no sum can overflow), added with shared-memory atomics: no
-//   global memory traffic per tree, no dense per-leaf class vectors, and the sum does not depend on the
-//   order in which lanes finish.
+// - Per-row, per-output accumulators live in shared memory as fixed-point integers, added with
+//   shared-memory atomics: no global memory traffic per tree, no dense per-leaf class vectors. The host
+//   stores each leaf weight as round_ties_even(weight * 2^FIXED_SCALE_LOG2) (i32 bits, scale chosen so that no
+//   total can overflow); integer addition is associative, so the sums do not depend on which lane walks
+//   which tree or in which order lanes finish, and fixed_to_float turns each total into an f32 with
+//   integer operations only. Scores are therefore the same bits whatever the workgroup shape, and equal
+//   to the CPU reference's (vknf_forest::exact, which mirrors fixed_to_float step by step).
 // - Every loop is bounded: traversal by MAX_DEPTH (the validated depth), leaf entries by N_OUTPUTS, and
 //   node indices are checked against the node count, whatever the model data says.
 
@@ -26,10 +31,10 @@ layout(constant_id = 6) const uint MAX_DEPTH = 64;
 layout(constant_id = 7) const bool STAGE_INPUT = true;
 // 0: sum, 1: average over trees.
 layout(constant_id = 8) const uint AGGREGATE = 1;
-// 0: none, 1: logistic, 2: softmax.
-layout(constant_id = 9) const uint POST_TRANSFORM = 0;
+// (constant_id 9 was the post transform: the host applies it now.)
 layout(constant_id = 10) const bool BINARY_COMPLEMENT = false;
-layout(constant_id = 11) const float FIXED_SCALE = 1073741824.0;
+// Fixed point: a total t stands for t / (DIVISOR * 2^FIXED_SCALE_LOG2); FIXED_ONE is 1 in those units.
+layout(constant_id = 11) const int FIXED_SCALE_LOG2 = 30;
 // Shared-memory sizes (in floats / ints) the host derives from the constants above.
 layout(constant_id = 12) const uint STAGED_FLOATS = 1;
 layout(constant_id = 13) const uint ACCUMULATORS = 1;
@@ -38,8 +43,11 @@ layout(constant_id = 13) const uint ACCUMULATORS = 1;
 layout(constant_id = 14) const bool REJECT_NAN = false;
 const uint NAN_ROW = 0xffffffffu;
 // Accumulate in float (compare-and-swap on the accumulator's bits) instead of fixed point: for weights
-// whose range no 32-bit fixed-point scale covers (regressors with large or widely spread values).
+// whose range no 32-bit fixed-point scale covers (regressors with large or widely spread values). Leaf
+// weights and base values are then f32 bits, and the sums depend on the order of the additions.
 layout(constant_id = 15) const bool FLOAT_ACCUMULATE = false;
+layout(constant_id = 16) const uint DIVISOR = 1;
+layout(constant_id = 17) const int FIXED_ONE = 1073741824;
 
 const uint LEAF_BIT = 0x80000000u;
 const uint FLAG_BIT = 0x40000000u;
@@ -50,12 +58,13 @@ const uint COMPACT_FEATURE_MASK = 0xfffu;
 
 layout(set = 0, binding = 0) readonly buffer Rows { float rows[]; };
 // Nodes and leaf entries are read as word pairs: a compact node (or the first half of a wide one) and an
-// (output, weight) entry each come in one 8-byte load instead of two 4-byte ones. Traversal loads are
+// (output, weight) entry each come in one 8-byte load instead of two 4-byte ones. Weights (and base
+// values) are fixed-point i32 bits, or f32 bits when FLOAT_ACCUMULATE. Traversal loads are
 // divergent (each row of a subgroup at its own node), so this halves the memory transactions per step.
 layout(set = 0, binding = 1) readonly buffer Nodes { uvec2 nodes[]; };
 layout(set = 0, binding = 2) readonly buffer TreeRoots { uint tree_roots[]; };
 layout(set = 0, binding = 3) readonly buffer LeafEntries { uvec2 leaf_entries[]; };
-layout(set = 0, binding = 4) readonly buffer BaseValues { float base_values[]; };
+layout(set = 0, binding = 4) readonly buffer BaseValues { uint base_values[]; };
 layout(set = 0, binding = 5) writeonly buffer Labels { uint labels[]; };
 layout(set = 0, binding = 6) writeonly buffer Scores { float scores[]; };
 
@@ -79,7 +88,7 @@ float feature_value(uint local_row, uint global_row, uint feature) {
     return rows[global_row * N_FEATURES + feature];
 }
 
-void add_weight(uint local_row, uint output_index, float weight) {
+void add_weight(uint local_row, uint output_index, uint weight_bits) {
     if (output_index >= N_OUTPUTS) {
         return;
     }
@@ -90,31 +99,97 @@ void add_weight(uint local_row, uint output_index, float weight) {
         int seen = accumulators[index];
         for (uint attempt = 0u; attempt <= GROUP_SIZE; ++attempt) {
             const int expected = seen;
-            seen = atomicCompSwap(accumulators[index], expected, floatBitsToInt(intBitsToFloat(expected) + weight));
+            seen = atomicCompSwap(accumulators[index], expected,
+                                  floatBitsToInt(intBitsToFloat(expected) + uintBitsToFloat(weight_bits)));
             if (seen == expected) {
                 break;
             }
         }
     } else {
-        atomicAdd(accumulators[index], int(round(weight * FIXED_SCALE)));
+        atomicAdd(accumulators[index], int(weight_bits));
     }
 }
 
-// Aggregated value of output o of a row before the post transform (CPU reference: same order of steps).
-float aggregated(uint acc_base, uint o, float divisor) {
-    const float sum = FLOAT_ACCUMULATE ? intBitsToFloat(accumulators[acc_base + o])
-                                       : float(accumulators[acc_base + o]) / FIXED_SCALE;
-    return sum / divisor + base_values[o];
+// The f32 nearest to total / (DIVISOR * 2^FIXED_SCALE_LOG2), ties to even, with integer operations only,
+// so that no rounding mode, contraction or denormal mode of the device enters the result: the same steps
+// as vknf_forest::exact::ratio_to_f32. Totals never exceed 2^31 in magnitude and DIVISOR is below 2^30,
+// so the result is a normal number.
+float fixed_to_float(int total) {
+    if (total == 0) {
+        return 0.0;
+    }
+    const uint sign = total < 0 ? 0x80000000u : 0u;
+    const uint magnitude = total < 0 ? uint(-total) : uint(total);
+    // value = (q + r / DIVISOR) * 2^exponent * 2^-FIXED_SCALE_LOG2
+    uint q = magnitude / DIVISOR;
+    uint r = magnitude % DIVISOR;
+    int exponent = 0;
+    bool sticky = false;
+    // 25 significant bits: 24 for the significand, one to round with; dropped bits go into `sticky`.
+    for (uint i = 0u; i < 8u && q >= (1u << 25); ++i) {
+        sticky = sticky || (q & 1u) != 0u;
+        q >>= 1u;
+        exponent += 1;
+    }
+    if (DIVISOR == 1u) {
+        // No remainder (the usual `Sum` aggregate): shift the quotient up in one step.
+        if (q < (1u << 24)) {
+            const int shift = 24 - findMSB(q);
+            q <<= uint(shift);
+            exponent -= shift;
+        }
+    }
+    // Long division, one quotient bit a step: r < DIVISOR < 2^31, so 2r fits.
+    for (uint i = 0u; i < 64u && q < (1u << 24); ++i) {
+        r <<= 1u;
+        q <<= 1u;
+        if (r >= DIVISOR) {
+            r -= DIVISOR;
+            q |= 1u;
+        }
+        exponent -= 1;
+    }
+    sticky = sticky || r != 0u;
+    uint significand = q >> 1u;
+    if ((q & 1u) != 0u && (sticky || (significand & 1u) != 0u)) {
+        significand += 1u;
+    }
+    if (significand == (1u << 24)) {
+        significand >>= 1u;
+        exponent += 1;
+    }
+    const int biased = exponent + 1 - FIXED_SCALE_LOG2 + 150;
+    if (biased < 1 || biased > 254) {
+        return 0.0;
+    }
+    return uintBitsToFloat(sign | (uint(biased) << 23u) | (significand & 0x7fffffu));
 }
 
-float pre_transform(uint acc_base, uint o, float divisor) {
+// Fixed-point total of output o: leaf sum plus base value (wrapping, as the CPU reference adds).
+int fixed_total(uint acc_base, uint o) {
+    return accumulators[acc_base + o] + int(base_values[o]);
+}
+
+// Float accumulation: aggregated value of output o before the binary complement.
+float aggregated(uint acc_base, uint o, float divisor) {
+    return intBitsToFloat(accumulators[acc_base + o]) / divisor + uintBitsToFloat(base_values[o]);
+}
+
+// Value of output o: aggregation, base value and binary complement (CPU reference: same order of steps).
+float aggregated_value(uint acc_base, uint o, float divisor) {
     // Nested rather than `&&`: spirq cannot evaluate a LogicalAnd of specialization constants.
     if (BINARY_COMPLEMENT) {
         if (o == 0u && N_OUTPUTS == 2u) {
-            return 1.0 - aggregated(acc_base, 1u, divisor);
+            if (FLOAT_ACCUMULATE) {
+                return 1.0 - aggregated(acc_base, 1u, divisor);
+            }
+            return fixed_to_float(FIXED_ONE - fixed_total(acc_base, 1u));
         }
     }
-    return aggregated(acc_base, o, divisor);
+    if (FLOAT_ACCUMULATE) {
+        return aggregated(acc_base, o, divisor);
+    }
+    return fixed_to_float(fixed_total(acc_base, o));
 }
 
 void main() {
@@ -184,12 +259,12 @@ void main() {
                 continue;
             }
             if ((head.x & FLAG_BIT) != 0u) {
-                add_weight(local_row, head.x & LOW30, uintBitsToFloat(head.y));
+                add_weight(local_row, head.x & LOW30, head.y);
             } else {
                 const uint count = min(head.x & LOW30, N_OUTPUTS);
                 for (uint k = 0u; k < count && head.y + k < params.n_entries; ++k) {
                     const uvec2 entry = leaf_entries[head.y + k];
-                    add_weight(local_row, entry.x, uintBitsToFloat(entry.y));
+                    add_weight(local_row, entry.x, entry.y);
                 }
             }
         }
@@ -199,34 +274,19 @@ void main() {
     if (lane == 0u && local_row < rows_here) {
         const float divisor = AGGREGATE == 1u ? float(max(params.n_trees, 1u)) : 1.0;
         const uint acc_base = local_row * N_OUTPUTS;
-        // Final value of output o, before the post transform.
         float best = 0.0;
         uint best_index = 0u;
-        float max_value = -3.402823466e38;
         for (uint o = 0u; o < N_OUTPUTS; ++o) {
-            float value = pre_transform(acc_base, o, divisor);
-            if (POST_TRANSFORM == 1u) {
-                value = 1.0 / (1.0 + exp(-value));
-            }
-            // Ties go to the lowest index, as numpy's argmax does (post transforms are monotonic).
+            const float value = aggregated_value(acc_base, o, divisor);
+            // Ties go to the lowest index, as numpy's argmax does.
             if (o == 0u || value > best) {
                 best = value;
                 best_index = o;
             }
-            max_value = max(max_value, value);
-            if (params.write_scores != 0u && POST_TRANSFORM != 2u) {
+            if (params.write_scores != 0u) {
                 scores[row * N_OUTPUTS + o] = value;
             }
         }
         labels[row] = row_has_nan[local_row] != 0u ? NAN_ROW : best_index;
-        if (params.write_scores != 0u && POST_TRANSFORM == 2u) {
-            float total = 0.0;
-            for (uint o = 0u; o < N_OUTPUTS; ++o) {
-                total += exp(pre_transform(acc_base, o, divisor) - max_value);
-            }
-            for (uint o = 0u; o < N_OUTPUTS; ++o) {
-                scores[row * N_OUTPUTS + o] = exp(pre_transform(acc_base, o, divisor) - max_value) / total;
-            }
-        }
     }
 }

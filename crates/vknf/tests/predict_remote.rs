@@ -122,11 +122,18 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
     same_lines(&remote, &predict(&["--cpu"]), "served labels vs the CPU reference");
     let expected = std::fs::read_to_string(example.join("expected.csv")).unwrap();
     same_lines(&remote, &expected, "served labels vs scikit-learn");
-    // Scores: the same kernel in process gives the same bits.
+    // Scores: the same kernel in process gives the same bits, and so does the CPU reference (scores are
+    // written in Rust's shortest round-trip form, so equal text is equal bits).
+    let served_scores = predict(&["--addr", &addr, "--proba"]);
     same_lines(
-        &predict(&["--addr", &addr, "--proba"]),
+        &served_scores,
         &predict(&["--proba"]),
         "served scores vs the GPU in process",
+    );
+    same_lines(
+        &served_scores,
+        &predict(&["--cpu", "--proba"]),
+        "served scores vs the CPU reference",
     );
 
     // A model of another shape is refused with the function's shape, not answered.

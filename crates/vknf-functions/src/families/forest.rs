@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use vknf_forest::{GpuForest, MissingPolicy};
+use vknf_forest::{FixedPoint, GpuForest, MissingPolicy};
 
 use crate::family::{Family, ParamError};
 use crate::function::{ExecError, Function, Lane, LoadError};
@@ -110,9 +110,11 @@ fn is_labels(classifier: bool, index: usize) -> Result<bool, ExecError> {
     }
 }
 
-/// A forest predicted on the CPU (the reference semantics of scikit-learn).
+/// A forest predicted on the CPU (the reference semantics of scikit-learn; classifiers' scores are the
+/// GPU kernel's bit for bit, `vknf_forest::exact`).
 pub struct CpuForestFunction {
     forest: Arc<GpuForest>,
+    fixed: Arc<Option<FixedPoint>>,
     info: FunctionInfo,
 }
 
@@ -127,6 +129,7 @@ impl CpuForestFunction {
             });
         }
         Ok(CpuForestFunction {
+            fixed: Arc::new(forest.fixed_point()),
             forest: Arc::new(forest),
             info,
         })
@@ -141,6 +144,7 @@ impl Function for CpuForestFunction {
     fn new_lane(&self) -> Result<Box<dyn Lane>, ExecError> {
         Ok(Box::new(CpuForestLane {
             forest: self.forest.clone(),
+            fixed: self.fixed.clone(),
             input: vec![0.0; self.info.max_batch_rows * self.info.input.width],
             labels: Vec::new(),
             scores: Vec::new(),
@@ -150,6 +154,7 @@ impl Function for CpuForestFunction {
 
 struct CpuForestLane {
     forest: Arc<GpuForest>,
+    fixed: Arc<Option<FixedPoint>>,
     input: Vec<f32>,
     labels: Vec<u32>,
     scores: Vec<f32>,
@@ -173,7 +178,7 @@ impl Lane for CpuForestLane {
             .ok_or_else(|| ExecError::InvalidBatch(format!("{n_rows} rows exceed the lane")))?;
         let prediction = self
             .forest
-            .predict_cpu(rows, n_rows)
+            .predict_cpu_with(self.fixed.as_ref().as_ref(), rows, n_rows)
             .map_err(|e| ExecError::InvalidInput(e.to_string()))?;
         self.labels = prediction.labels;
         self.scores = prediction.scores;

@@ -1,0 +1,383 @@
+//! The GPU forest kernel's class scores equal the CPU reference's bit for bit, whatever kernel
+//! configuration runs them (tree threads per row, rows per workgroup, shared-memory staging, the
+//! small-batch pipeline, pipelined chunks): random forests and inputs, lavapipe with validation on.
+
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree as _;
+use vknf_forest::{
+    Aggregate, ClassLabels, GpuForest, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode, RawTree, SplitMode,
+    Task,
+};
+use vknf_functions::families::forest::ForestFamily;
+use vknf_functions::{Family, ForestKernel, ForestOptions, FunctionSpec};
+use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
+
+struct Gpu {
+    instance: Instance,
+    device: Device,
+}
+
+fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let instance = Instance::new(&InstanceOptions {
+            validation: true,
+            application_name: "vknf-exact-scores".into(),
+            ..InstanceOptions::default()
+        })
+        .unwrap();
+        let device = Device::select(&instance, &DeviceSelector::from_env().unwrap()).unwrap();
+        Gpu { instance, device }
+    })
+}
+
+/// Kernel configurations that split a row's trees and a batch's rows differently.
+fn configurations() -> Vec<ForestOptions> {
+    vec![
+        ForestOptions::default(),
+        // One thread walks every tree of its row, one row per workgroup.
+        ForestOptions {
+            tree_lanes: Some(1),
+            rows_per_group: Some(1),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        ForestOptions {
+            tree_lanes: Some(3),
+            rows_per_group: Some(5),
+            stage_input: Some(false),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        // Every batch on the small-batch pipeline: a thread per tree.
+        ForestOptions {
+            tree_lanes: Some(2),
+            small_batch_rows: Some(usize::MAX),
+            ..Default::default()
+        },
+        // Batches split into pipelined dispatches.
+        ForestOptions {
+            tree_lanes: Some(7),
+            rows_per_group: Some(3),
+            pipeline_chunks: Some(3),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+    ]
+}
+
+/// SplitMix64: the forest and rows of a case follow from its seeds.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Uniform f32 in `[low, high)`.
+    fn uniform(&mut self, low: f32, high: f32) -> f32 {
+        low + (high - low) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+}
+
+/// A random tree of at most `depth` splits; leaves carry 0 to `n_outputs` entries of either sign.
+fn grow(tree: &mut RawTree, depth: u32, shape: &ForestShape, rng: &mut Rng) -> i64 {
+    let id = tree.nodes.len() as i64;
+    tree.nodes.push(RawNode::Leaf);
+    if depth == 0 || rng.below(4) == 0 {
+        // One entry (stored inline) half the time, else a sparse set of outputs.
+        let n_entries = if rng.below(2) == 0 {
+            1
+        } else {
+            rng.below(shape.n_outputs + 1)
+        };
+        let first = rng.below(shape.n_outputs);
+        for k in 0..n_entries {
+            let weight: f64 = match rng.below(4) {
+                0 => f64::from(rng.uniform(-1.0, 1.0)) * 1e-3,
+                1 => (1 + rng.below(7)) as f64 / 8.0,
+                _ => f64::from(rng.uniform(-1.0, 1.0)),
+            };
+            if weight != 0.0 {
+                tree.entries.push(RawEntry {
+                    node: id,
+                    output: ((first + k) % shape.n_outputs) as i64,
+                    weight,
+                });
+            }
+        }
+        return id;
+    }
+    let feature = rng.below(shape.n_features) as i64;
+    let threshold = f64::from(shape.thresholds[rng.below(shape.thresholds.len())]);
+    let true_child = grow(tree, depth - 1, shape, rng);
+    let false_child = grow(tree, depth - 1, shape, rng);
+    tree.nodes[id as usize] = RawNode::Branch {
+        mode: SplitMode::Leq,
+        feature,
+        threshold,
+        true_child,
+        false_child,
+        missing_tracks_true: rng.below(2) == 0,
+    };
+    id
+}
+
+#[derive(Debug, Clone)]
+struct ForestShape {
+    n_features: usize,
+    n_outputs: usize,
+    n_trees: usize,
+    depth: u32,
+    average: bool,
+    base_values: bool,
+    binary_complement: bool,
+    post_transform: PostTransform,
+    /// Thresholds are drawn from these, and so are inputs, so that rows hit `x == threshold` often.
+    thresholds: Vec<f32>,
+    seed: u64,
+}
+
+fn forest_shapes() -> impl Strategy<Value = ForestShape> {
+    (
+        1usize..6,
+        1usize..6,
+        1usize..70,
+        0u32..8,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        0u8..3,
+        prop::collection::vec(-1.0f32..1.0, 1..12),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(n_features, n_outputs, n_trees, depth, average, base_values, complement, post, thresholds, seed)| {
+                // The binary complement only comes without a post transform (ONNX's binary encoding).
+                let post_transform = match post {
+                    _ if complement => PostTransform::None,
+                    0 => PostTransform::None,
+                    1 => PostTransform::Logistic,
+                    _ => PostTransform::Softmax,
+                };
+                ForestShape {
+                    n_features,
+                    n_outputs: if complement { 2 } else { n_outputs },
+                    n_trees,
+                    depth,
+                    average,
+                    base_values,
+                    binary_complement: complement,
+                    post_transform,
+                    thresholds,
+                    seed,
+                }
+            },
+        )
+}
+
+fn build(shape: &ForestShape) -> GpuForest {
+    let mut rng = Rng(shape.seed);
+    let trees = (0..shape.n_trees)
+        .map(|id| {
+            let mut tree = RawTree {
+                id: id as i64,
+                ..Default::default()
+            };
+            grow(&mut tree, shape.depth, shape, &mut rng);
+            tree
+        })
+        .collect();
+    let base_values = if shape.base_values {
+        (0..shape.n_outputs)
+            .map(|_| f64::from(rng.uniform(-2.0, 2.0)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    RawForest {
+        task: Task::Classifier {
+            labels: ClassLabels::Int64((0..shape.n_outputs as i64).collect()),
+        },
+        n_features: shape.n_features as u64,
+        n_outputs: shape.n_outputs as u64,
+        trees,
+        aggregate: if shape.average {
+            Aggregate::Average
+        } else {
+            Aggregate::Sum
+        },
+        post_transform: shape.post_transform,
+        base_values,
+        binary_complement: shape.binary_complement,
+        missing: MissingPolicy::Route,
+        max_depth_limit: 64,
+    }
+    .validate()
+    .unwrap_or_else(|err| panic!("{shape:?}: {err}"))
+    .compile()
+    .unwrap()
+}
+
+fn rows_for(shape: &ForestShape, n_rows: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed);
+    (0..n_rows * shape.n_features)
+        .map(|_| match rng.below(8) {
+            0 => f32::NAN,
+            1..=3 => shape.thresholds[rng.below(shape.thresholds.len())],
+            _ => rng.uniform(-1.2, 1.2),
+        })
+        .collect()
+}
+
+fn bits(scores: &[f32]) -> Vec<u32> {
+    scores.iter().map(|s| s.to_bits()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gpu_scores_are_the_cpu_reference_bit_for_bit(
+        shape in forest_shapes(),
+        n_rows in 1usize..90,
+        row_seed in any::<u64>(),
+    ) {
+        let gpu = gpu();
+        let forest = build(&shape);
+        prop_assert!(forest.fixed_point().is_some(), "{shape:?}: must accumulate in fixed point");
+        let rows = rows_for(&shape, n_rows, row_seed);
+        let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
+        for options in configurations() {
+            let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+            prop_assert!(!kernel.config().float_accumulate);
+            // Lanes of 37 rows: inputs span several batches, and batches end inside a workgroup.
+            let mut lane = kernel.lane(37).unwrap();
+            let got = lane.predict(&rows, true).unwrap();
+            prop_assert_eq!(bits(&got.scores), bits(&cpu.scores), "{:?} {:?}", options, kernel.config());
+            prop_assert_eq!(&got.labels, &cpu.labels, "{:?}", options);
+        }
+        let errors = gpu.instance.take_validation_errors();
+        prop_assert!(errors.is_empty(), "validation errors: {:#?}", errors);
+    }
+}
+
+/// The sums whose f32 conversion used to round differently on the GPU: a 3-tree average of weights
+/// that are not multiples of any power of two (1/3, 0.1) lands between f32 values.
+#[test]
+fn averages_of_inexact_weights_match_bit_for_bit() {
+    let gpu = gpu();
+    let weights = [1.0 / 3.0, 0.1, 0.7, 0.2, 0.9, 1.0 / 7.0];
+    let trees = (0..3)
+        .map(|t| RawTree {
+            id: t,
+            nodes: vec![RawNode::Leaf],
+            entries: vec![
+                RawEntry {
+                    node: 0,
+                    output: 0,
+                    weight: weights[t as usize * 2],
+                },
+                RawEntry {
+                    node: 0,
+                    output: 1,
+                    weight: weights[t as usize * 2 + 1],
+                },
+            ],
+        })
+        .collect();
+    let forest = RawForest {
+        task: Task::Classifier {
+            labels: ClassLabels::Int64(vec![0, 1]),
+        },
+        n_features: 1,
+        n_outputs: 2,
+        trees,
+        aggregate: Aggregate::Average,
+        post_transform: PostTransform::None,
+        base_values: vec![],
+        binary_complement: false,
+        missing: MissingPolicy::Reject,
+        max_depth_limit: 4,
+    }
+    .validate()
+    .unwrap()
+    .compile()
+    .unwrap();
+    assert!(forest.fixed_point().is_some());
+    let cpu = forest.predict_cpu(&[0.0], 1).unwrap();
+    let exact_mean = (1.0f64 / 3.0 + 0.7 + 0.9) / 3.0;
+    assert!((f64::from(cpu.scores[0]) - exact_mean).abs() < 1e-7, "{:?}", cpu.scores);
+    for options in configurations() {
+        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+        let got = kernel.lane(4).unwrap().predict(&[0.0], true).unwrap();
+        assert_eq!(bits(&got.scores), bits(&cpu.scores), "{options:?}");
+        assert_eq!(got.labels, cpu.labels);
+    }
+    assert!(gpu.instance.take_validation_errors().is_empty());
+}
+
+/// The serving path (a function's lanes, whose outputs are copied straight into answers, with the post
+/// transform applied on the way): the GPU function's bytes equal the CPU function's.
+#[test]
+fn gpu_and_cpu_functions_answer_the_same_bytes() {
+    let gpu = gpu();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for post in [PostTransform::None, PostTransform::Logistic, PostTransform::Softmax] {
+        let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
+        shape.binary_complement = false;
+        shape.n_outputs = 4;
+        shape.n_trees = 40;
+        shape.depth = 6;
+        shape.post_transform = post;
+        let forest = build(&shape);
+        let n_rows = 50;
+        let rows = rows_for(&shape, n_rows, 7);
+        let mut spec = FunctionSpec::new("exact", "forest", vknf_kernels::FOREST.to_vec());
+        spec.max_batch_rows = Some(64);
+        let model = forest.to_vkf_bytes();
+        let cpu = ForestFamily.load_cpu(&spec, Some(&model)).unwrap();
+        let gpu_function = ForestFamily.load_gpu(&gpu.device, &spec, Some(&model)).unwrap();
+        let answer = |function: &dyn vknf_functions::Function| {
+            let mut lane = function.new_lane().unwrap();
+            lane.write_input(&mut |input| input[..rows.len() * 4].copy_from_slice(bytemuck_bytes(&rows)))
+                .unwrap();
+            lane.run(n_rows, 0b11).unwrap();
+            let mut labels = vec![0u8; n_rows * 4];
+            let mut scores = vec![0u8; n_rows * 4 * 4];
+            // Two reads of the scores from an odd row on, as answers of two jobs of one batch would be.
+            lane.read_output(0, 0, &mut labels).unwrap();
+            lane.read_output(1, 0, &mut scores[..16 * 7]).unwrap();
+            lane.read_output(1, 7, &mut scores[16 * 7..]).unwrap();
+            (labels, scores)
+        };
+        let (cpu_labels, cpu_scores) = answer(cpu.as_ref());
+        let (gpu_labels, gpu_scores) = answer(gpu_function.as_ref());
+        assert_eq!(gpu_labels, cpu_labels, "{post:?}");
+        assert_eq!(gpu_scores, cpu_scores, "{post:?}");
+        // And both are the reference predictor's, post transform included.
+        let reference = forest.predict_cpu(&rows, n_rows).unwrap();
+        let reference_bytes: Vec<u8> = reference.scores.iter().flat_map(|s| s.to_le_bytes()).collect();
+        assert_eq!(cpu_scores, reference_bytes, "{post:?}");
+        if post == PostTransform::Softmax {
+            let first: f32 = reference.row(0).iter().sum();
+            assert!((first - 1.0).abs() < 1e-5, "softmax rows sum to 1: {first}");
+        }
+    }
+    assert!(gpu.instance.take_validation_errors().is_empty());
+}
+
+fn bytemuck_bytes(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
+}
