@@ -16,6 +16,7 @@ use crate::object::{
 };
 use crate::ownership::{ManagedFields, Writer};
 use crate::patch::{PatchError, json_patch, merge_patch};
+use crate::policy::Admission;
 use crate::resources::{ResourceId, ResourceTable, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -86,6 +87,8 @@ struct State {
 pub(crate) struct WriteContext {
     pub(crate) manager: String,
     pub(crate) dry_run: bool,
+    /// The admission policies in force for the request (`None`: writes by the test itself).
+    pub(crate) admission: Option<Arc<Admission>>,
 }
 
 /// Which part of the object a write addresses.
@@ -439,6 +442,13 @@ impl Store {
             }
         }
         admission::admit(resource, &mut object, None, &mut state.allocator)?;
+        if let Some(policies) = &context.admission {
+            let namespace = Some(key.namespace.as_str()).filter(|n| !n.is_empty());
+            if let Err(denied) = policies.validate(resource, "CREATE", namespace, &key.name, Some(&object), None) {
+                state.allocator.release(resource, &object);
+                return Err(denied);
+            }
+        }
         let fields = fields.unwrap_or_else(|| {
             let mut fields = ManagedFields::default();
             let writer = Writer {
@@ -532,6 +542,17 @@ impl Store {
             old.object["metadata"]["resourceVersion"].clone(),
         );
         admission::admit(resource, &mut object, Some(&old.object), &mut state.allocator)?;
+        if let Some(policies) = &context.admission {
+            let namespace = Some(key.namespace.as_str()).filter(|n| !n.is_empty());
+            policies.validate(
+                resource,
+                "UPDATE",
+                namespace,
+                &key.name,
+                Some(&object),
+                Some(&old.object),
+            )?;
+        }
         let generation = old
             .object
             .pointer("/metadata/generation")
@@ -1090,6 +1111,7 @@ impl Store {
         let context = WriteContext {
             manager: "vknf-k8s-fake".into(),
             dry_run: false,
+            admission: None,
         };
         let mut state = self.lock();
         if state.objects.contains_key(&key) {
@@ -1186,6 +1208,7 @@ mod tests {
         WriteContext {
             manager: "test".into(),
             dry_run: false,
+            admission: None,
         }
     }
 
