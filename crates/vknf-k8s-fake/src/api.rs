@@ -17,7 +17,9 @@ use crate::policy::Admission;
 use crate::routes::{Route, route};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::store::{DeleteOptions, Deletion, ListQuery, PatchBody, Store, Target, WatchQuery, WriteContext};
+use crate::store::{
+    DeleteOptions, Deletion, ListQuery, PatchBody, Store, Target, WatchQuery, WriteCheck, WriteContext,
+};
 use crate::watch::{self, WatchOptions, partial_metadata};
 
 /// Response body type: a whole JSON document or a watch stream.
@@ -187,7 +189,7 @@ impl Query {
 /// The parts of a request the handlers look at.
 struct ApiRequest {
     /// The admission policies in force for a write.
-    admission: Option<Arc<Admission>>,
+    admission: Option<Arc<dyn WriteCheck>>,
     method: Method,
     route: Route,
     query: Query,

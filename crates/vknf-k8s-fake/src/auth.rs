@@ -176,8 +176,26 @@ pub(crate) fn authorize(store: &Store, user: &UserInfo, attributes: &Attributes<
     if allowed {
         Ok(())
     } else {
-        Err(ApiError::forbidden_by_rbac(user, attributes))
+        Err(forbidden(user, attributes))
     }
+}
+
+/// RBAC's 403, worded like the apiserver's authorization filter.
+fn forbidden(user: &UserInfo, attributes: &Attributes<'_>) -> ApiError {
+    let resource = attributes.resource;
+    let requested = match attributes.subresource {
+        Some(sub) => format!("{}/{sub}", resource.plural),
+        None => resource.plural.clone(),
+    };
+    let scope = match attributes.namespace {
+        Some(namespace) => format!("in the namespace \"{namespace}\""),
+        None => "at the cluster scope".to_owned(),
+    };
+    let reason = format!(
+        "User \"{}\" cannot {} resource \"{requested}\" in API group \"{}\" {scope}",
+        user.username, attributes.verb, resource.group
+    );
+    ApiError::forbidden(resource, attributes.name.unwrap_or_default(), &reason)
 }
 
 /// The verb RBAC checks for a resource request.

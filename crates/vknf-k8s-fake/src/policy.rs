@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::auth::UserInfo;
 use crate::resources::ResourceType;
 use crate::status::ApiError;
-use crate::store::Store;
+use crate::store::{Store, WriteCheck};
 
 const GROUP: &str = "admissionregistration.k8s.io";
 
@@ -523,9 +523,11 @@ impl Admission {
             subresource: subresource.to_owned(),
         })
     }
+}
 
+impl WriteCheck for Admission {
     /// Refuses the write when a bound policy denies it, with the apiserver's Status.
-    pub(crate) fn validate(
+    fn validate(
         &self,
         resource: &ResourceType,
         operation: &str,

@@ -157,24 +157,6 @@ impl ApiError {
         Self::new(401, "Unauthorized", "Unauthorized")
     }
 
-    /// 403 from RBAC, worded like the apiserver's authorization filter.
-    pub(crate) fn forbidden_by_rbac(user: &crate::auth::UserInfo, attributes: &crate::auth::Attributes<'_>) -> Self {
-        let resource = attributes.resource;
-        let requested = match attributes.subresource {
-            Some(sub) => format!("{}/{sub}", resource.plural),
-            None => resource.plural.clone(),
-        };
-        let scope = match attributes.namespace {
-            Some(namespace) => format!("in the namespace \"{namespace}\""),
-            None => "at the cluster scope".to_owned(),
-        };
-        let reason = format!(
-            "User \"{}\" cannot {} resource \"{requested}\" in API group \"{}\" {scope}",
-            user.username, attributes.verb, resource.group
-        );
-        Self::forbidden(resource, attributes.name.unwrap_or_default(), &reason)
-    }
-
     /// 500 for a server-side configuration the fake cannot use (e.g. an unsupported policy).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

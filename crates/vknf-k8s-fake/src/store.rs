@@ -16,7 +16,6 @@ use crate::object::{
 };
 use crate::ownership::{ManagedFields, Writer};
 use crate::patch::{PatchError, json_patch, merge_patch};
-use crate::policy::Admission;
 use crate::resources::{ResourceId, ResourceTable, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -88,7 +87,22 @@ pub(crate) struct WriteContext {
     pub(crate) manager: String,
     pub(crate) dry_run: bool,
     /// The admission policies in force for the request (`None`: writes by the test itself).
-    pub(crate) admission: Option<Arc<Admission>>,
+    pub(crate) admission: Option<Arc<dyn WriteCheck>>,
+}
+
+/// Validating admission of one request's writes: sees each object after defaulting, before it
+/// is stored (`object` is `None` for a delete, `old_object` for a create).
+pub(crate) trait WriteCheck: Send + Sync + std::fmt::Debug {
+    /// `Err` refuses the write with that Status.
+    fn validate(
+        &self,
+        resource: &ResourceType,
+        operation: &str,
+        namespace: Option<&str>,
+        name: &str,
+        object: Option<&Value>,
+        old_object: Option<&Value>,
+    ) -> Result<(), ApiError>;
 }
 
 /// Which part of the object a write addresses.
