@@ -1,20 +1,22 @@
 #!/bin/sh
-# Writes a kubeconfig for a GPU host's vknf agent (or watchdog) from its ServiceAccount token.
+# Writes a kubeconfig for a GPU host's vknf agent (or the watchdog) from its ServiceAccount token.
 #
-#   deploy/make-kubeconfig.sh [vknf-agent|vknf-watchdog] > kubeconfig
+#   deploy/make-kubeconfig.sh host gpu-1 > kubeconfig      # ServiceAccount vknf-hosts/gpu-1
+#   deploy/make-kubeconfig.sh watchdog > kubeconfig        # ServiceAccount vknf-system/vknf-watchdog
 #   scp kubeconfig gpu-1:/etc/vknf/kubeconfig   # root-owned, mode 0600; see docs/kubernetes.md
 #
-# Run it with kubectl pointing at the cluster, after `kubectl apply -f deploy/rbac.yaml`.
+# Run it with kubectl pointing at the cluster, after applying deploy/rbac.yaml and (for a host)
+# `deploy/render.sh host NAME | kubectl apply -f -`. Each host gets its own identity: never copy
+# one host's kubeconfig to another (deploy/admission.yaml ties the identity to one address).
 # VKNF_TOKEN_DURATION (e.g. 8760h) asks for a time-bound token (`kubectl create token`) instead
 # of the long-lived Secret token.
 set -eu
 
-account="${1:-vknf-agent}"
-namespace=vknf-system
-
-case "$account" in
-    vknf-agent|vknf-watchdog) ;;
-    *) echo "usage: $0 [vknf-agent|vknf-watchdog]" >&2; exit 2 ;;
+usage() { echo "usage: $0 host HOST_NAME | watchdog" >&2; exit 2; }
+case "${1:-}" in
+    host) [ $# -eq 2 ] || usage; account="$2"; namespace=vknf-hosts ;;
+    watchdog) [ $# -eq 1 ] || usage; account=vknf-watchdog; namespace=vknf-system ;;
+    *) usage ;;
 esac
 
 if [ -n "${VKNF_TOKEN_DURATION:-}" ]; then
@@ -28,7 +30,7 @@ else
         sleep 1
     done
     if [ -z "$token" ]; then
-        echo "no token in secret $namespace/$account-token: apply deploy/rbac.yaml first" >&2
+        echo "no token in secret $namespace/$account-token: apply deploy/rbac.yaml (and deploy/render.sh host NAME) first" >&2
         exit 1
     fi
 fi

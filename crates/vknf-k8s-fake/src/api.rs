@@ -1,5 +1,6 @@
 //! HTTP request handling: parse the verb and parameters, call the store, shape the response.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,12 +10,16 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use serde_json::{Value, json};
 
+use crate::auth::{self, UserInfo};
 use crate::discovery;
 use crate::object::meta_str;
+use crate::policy::Admission;
 use crate::routes::{Route, route};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::store::{DeleteOptions, Deletion, ListQuery, PatchBody, Store, Target, WatchQuery, WriteContext};
+use crate::store::{
+    DeleteOptions, Deletion, ListQuery, PatchBody, Store, Target, WatchQuery, WriteCheck, WriteContext,
+};
 use crate::watch::{self, WatchOptions, partial_metadata};
 
 /// Response body type: a whole JSON document or a watch stream.
@@ -106,6 +111,12 @@ impl InjectedFailure {
 /// Everything request handlers share.
 pub(crate) struct ApiState {
     pub(crate) store: Arc<Store>,
+    /// Bearer tokens and the users they authenticate.
+    pub(crate) tokens: Mutex<HashMap<String, UserInfo>>,
+    /// Whether RBAC limits authenticated users.
+    pub(crate) rbac: bool,
+    /// Whether stored ValidatingAdmissionPolicies are enforced.
+    pub(crate) admission_policies: bool,
     pub(crate) server_address: String,
     pub(crate) bookmark_interval: Option<Duration>,
     pub(crate) log: Mutex<Vec<RecordedRequest>>,
@@ -177,6 +188,8 @@ impl Query {
 
 /// The parts of a request the handlers look at.
 struct ApiRequest {
+    /// The admission policies in force for a write.
+    admission: Option<Arc<dyn WriteCheck>>,
     method: Method,
     route: Route,
     query: Query,
@@ -217,6 +230,7 @@ impl ApiRequest {
         Ok(WriteContext {
             manager,
             dry_run: self.query.dry_run()?,
+            admission: self.admission.clone(),
         })
     }
 
@@ -293,6 +307,81 @@ impl ApiState {
         Some(ApiError::injected(rule.code, &rule.message))
     }
 
+    /// The user a request's `Authorization` header names; requests without one act as a
+    /// cluster administrator.
+    fn authenticate(&self, authorization: Option<&str>) -> Result<UserInfo, ApiError> {
+        let Some(credentials) = authorization else {
+            return Ok(UserInfo::admin());
+        };
+        let token = credentials.strip_prefix("Bearer ").ok_or_else(ApiError::unauthorized)?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(token.trim())
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)
+    }
+
+    /// RBAC's decision on a resource request (discovery is open to every authenticated user,
+    /// as the `system:discovery` ClusterRole makes it in a real cluster).
+    fn authorize(&self, user: &UserInfo, request: &ApiRequest) -> Result<(), ApiError> {
+        if !self.rbac || user.is_admin() {
+            return Ok(());
+        }
+        let table = self.store.resources();
+        let (resource, namespace, name, subresource) = match &request.route {
+            Route::Collection { resource, namespace } => {
+                // A list or watch of one object (fieldSelector=metadata.name=X) is authorised
+                // for that name, as the apiserver's request info does.
+                let by_name = request
+                    .query
+                    .get("fieldSelector")
+                    .and_then(|f| f.strip_prefix("metadata.name="))
+                    .filter(|n| !n.contains(','));
+                (*resource, namespace.as_deref(), by_name, None)
+            }
+            Route::Item {
+                resource,
+                namespace,
+                name,
+                target,
+            } => (
+                *resource,
+                namespace.as_deref(),
+                Some(name.as_str()),
+                (*target == Target::Status).then_some("status"),
+            ),
+            _ => return Ok(()),
+        };
+        let watching = request.query.flag("watch")?;
+        let is_item = matches!(request.route, Route::Item { .. });
+        let attributes = auth::Attributes {
+            verb: auth::verb(&request.method, is_item, watching),
+            resource: table.get(resource),
+            subresource,
+            namespace,
+            name,
+        };
+        auth::authorize(&self.store, user, &attributes)?;
+        // A server-side apply that creates the object needs `create` too.
+        let applying = request.content_type.starts_with("application/apply-patch");
+        if request.method == Method::PATCH
+            && applying
+            && let Some(name) = name
+            && self.store.get(resource, namespace, name).is_err()
+        {
+            auth::authorize(
+                &self.store,
+                user,
+                &auth::Attributes {
+                    verb: "create",
+                    ..attributes
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Serves one HTTP request. Never fails: every error becomes a `Status` response.
     pub(crate) async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Result<Response<ResponseBody>, Infallible>
     where
@@ -330,17 +419,32 @@ impl ApiState {
         };
         let outcome = match self.injected_failure(&parts.method, &path) {
             Some(error) => Err(error),
-            None => route(self.store.resources(), &path).and_then(|route| {
-                self.dispatch(ApiRequest {
-                    method: parts.method.clone(),
-                    route,
-                    query: Query(query),
-                    content_type: content_type.unwrap_or_default(),
-                    accept: header(header::ACCEPT).unwrap_or_default(),
-                    user_agent: header(header::USER_AGENT).unwrap_or_default(),
-                    body,
-                })
-            }),
+            None => self
+                .authenticate(header(header::AUTHORIZATION).as_deref())
+                .and_then(|user| Ok((user, route(self.store.resources(), &path)?)))
+                .and_then(|(user, route)| {
+                    let mut request = ApiRequest {
+                        admission: None,
+                        method: parts.method.clone(),
+                        route,
+                        query: Query(query),
+                        content_type: content_type.unwrap_or_default(),
+                        accept: header(header::ACCEPT).unwrap_or_default(),
+                        user_agent: header(header::USER_AGENT).unwrap_or_default(),
+                        body,
+                    };
+                    self.authorize(&user, &request)?;
+                    if self.admission_policies && request.method != Method::GET {
+                        let subresource = match &request.route {
+                            Route::Item {
+                                target: Target::Status, ..
+                            } => "status",
+                            _ => "",
+                        };
+                        request.admission = Some(Arc::new(Admission::load(&self.store, &user, subresource)?));
+                    }
+                    self.dispatch(request)
+                }),
         };
         let response = match outcome {
             Ok(Reply::Json(status, body)) => json_response(status, &body),
@@ -491,6 +595,11 @@ impl ApiState {
                 &Method::DELETE,
             ) => {
                 let rt = self.store.resources().get(*resource);
+                if let Some(policies) = &request.admission
+                    && let Ok(old) = store.get(*resource, namespace.as_deref(), name)
+                {
+                    policies.validate(rt, "DELETE", namespace.as_deref(), name, None, Some(&old))?;
+                }
                 match store.delete(*resource, namespace.as_deref(), name, &request.delete_options()?)? {
                     Deletion::Pending(object) => Ok(Reply::Json(StatusCode::ACCEPTED, object)),
                     Deletion::Deleted(object) if rt.returns_deleted_object => Ok(Reply::Json(StatusCode::OK, object)),

@@ -30,20 +30,34 @@
 //!   allocation and immutability, required fields of EndpointSlices, Leases, ConfigMaps and
 //!   events.k8s.io Events (422 Invalid with causes).
 //!
+//! - Authentication and authorization, when asked for
+//!   ([`FakeApiServerBuilder::authorize_rbac`]): bearer tokens name users
+//!   ([`FakeApiServer::add_token`]); their requests are authorised by RBAC from the Roles,
+//!   ClusterRoles, RoleBindings and ClusterRoleBindings stored in the fake (rbac/v1 rule
+//!   semantics: verbs, API groups, resources and subresources, resourceNames, User/Group/
+//!   ServiceAccount subjects; a server-side apply that creates also needs `create`), and a refusal
+//!   is the apiserver's 403 `Forbidden` Status. Requests without a token act as a cluster
+//!   administrator.
+//! - ValidatingAdmissionPolicies, when asked for ([`FakeApiServerBuilder::admission_policies`]):
+//!   stored policies and their `Deny` bindings are evaluated with a CEL interpreter on every
+//!   create, update, patch and delete ([`policy`] says what is supported).
+//!
 //! # Known limitations
 //! - Strategic merge patch is applied as a JSON merge patch, and server-side apply treats
 //!   every list as atomic: lists are replaced whole, never merged by key.
 //! - Namespaces are implicit (writing into any namespace works); there is no garbage
-//!   collection of owned objects, no endpoints controller, no authentication/authorization,
-//!   no protobuf and no Table output. core/v1 and events.k8s.io/v1 Events are stored apart.
+//!   collection of owned objects, no endpoints controller, no aggregated ClusterRoles, no
+//!   admission policies on deletecollection, no protobuf and no Table output. core/v1 and events.k8s.io/v1 Events are stored apart.
 //! - PUT to a missing object is 404 (never create-on-update).
 
 mod admission;
 mod api;
+mod auth;
 mod discovery;
 mod object;
 mod ownership;
 mod patch;
+pub mod policy;
 mod resources;
 mod routes;
 mod selector;
@@ -53,6 +67,7 @@ mod store;
 mod watch;
 
 pub use api::{InjectedFailure, RecordedRequest};
+pub use auth::UserInfo;
 pub use resources::ResourceType;
 pub use server::{FakeApiServer, FakeApiServerBuilder, FakeError};
 pub use status::ApiError;

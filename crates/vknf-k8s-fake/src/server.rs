@@ -1,5 +1,6 @@
 //! The listening server and the handle tests hold.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,10 +10,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::{ApiState, InjectedFailure, RecordedRequest};
+use crate::auth::UserInfo;
 use crate::resources::{ResourceId, ResourceTable, ResourceType};
 use crate::status::ApiError;
 use crate::store::Store;
@@ -35,6 +38,9 @@ pub enum FakeError {
     /// `kube` refused to build a client for the fake.
     #[error("failed to build a kube client for the fake API server: {0}")]
     Client(#[source] kube::Error),
+    /// A YAML document did not parse.
+    #[error("invalid YAML: {0}")]
+    Yaml(String),
     /// The server URL did not parse as a URI (should not happen for a bound socket).
     #[error("invalid server URL {0}")]
     Url(String),
@@ -45,6 +51,8 @@ pub enum FakeError {
 pub struct FakeApiServerBuilder {
     resources: Vec<ResourceType>,
     bookmark_interval: Option<Duration>,
+    authorize_rbac: bool,
+    admission_policies: bool,
 }
 
 impl Default for FakeApiServerBuilder {
@@ -52,6 +60,8 @@ impl Default for FakeApiServerBuilder {
         Self {
             resources: ResourceType::defaults(),
             bookmark_interval: None,
+            authorize_rbac: false,
+            admission_policies: false,
         }
     }
 }
@@ -71,6 +81,22 @@ impl FakeApiServerBuilder {
         self
     }
 
+    /// Authorises the requests of users with a token ([`FakeApiServer::add_token`]) by RBAC,
+    /// from the Roles, ClusterRoles and bindings stored in the server (their types are served).
+    pub fn authorize_rbac(mut self) -> Self {
+        self.authorize_rbac = true;
+        self.resources.extend(crate::auth::rbac_resource_types());
+        self
+    }
+
+    /// Enforces the ValidatingAdmissionPolicies and bindings stored in the server (their types
+    /// are served) on every write.
+    pub fn admission_policies(mut self) -> Self {
+        self.admission_policies = true;
+        self.resources.extend(crate::policy::policy_resource_types());
+        self
+    }
+
     /// Binds 127.0.0.1 on a free port and starts serving on the current Tokio runtime.
     pub async fn start(self) -> Result<FakeApiServer, FakeError> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(FakeError::Bind)?;
@@ -78,6 +104,9 @@ impl FakeApiServerBuilder {
         let store = Arc::new(Store::new(ResourceTable::new(self.resources)));
         let state = Arc::new(ApiState {
             store: Arc::clone(&store),
+            tokens: Mutex::new(HashMap::new()),
+            rbac: self.authorize_rbac,
+            admission_policies: self.admission_policies,
             server_address: address.to_string(),
             bookmark_interval: self.bookmark_interval,
             log: Mutex::new(Vec::new()),
@@ -161,6 +190,49 @@ impl FakeApiServer {
     /// A `kube::Client` talking to this server.
     pub fn client(&self) -> Result<kube::Client, FakeError> {
         kube::Client::try_from(self.config()?).map_err(FakeError::Client)
+    }
+
+    /// Makes `token` authenticate `user` (a bearer token, as a ServiceAccount token would).
+    pub fn add_token(&self, token: &str, user: UserInfo) {
+        self.state
+            .tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(token.to_owned(), user);
+    }
+
+    /// A `kube::Config` that authenticates with a bearer token.
+    pub fn config_with_token(&self, token: &str) -> Result<kube::Config, FakeError> {
+        let mut config = self.config()?;
+        config.auth_info.token = Some(token.to_owned().into());
+        Ok(config)
+    }
+
+    /// A `kube::Client` that authenticates with a bearer token.
+    pub fn client_with_token(&self, token: &str) -> Result<kube::Client, FakeError> {
+        kube::Client::try_from(self.config_with_token(token)?).map_err(FakeError::Client)
+    }
+
+    /// Creates or replaces every object of a multi-document YAML file (`---` separated;
+    /// empty documents are skipped), as an administrator would with `kubectl apply`. Each
+    /// object's type must be served. Returns the stored objects.
+    pub fn insert_yaml(&self, yaml: &str) -> Result<Vec<Value>, FakeError> {
+        let documents: Vec<Value> =
+            serde_saphyr::from_str_multiple(yaml).map_err(|e| FakeError::Yaml(e.to_string()))?;
+        let table = self.state.store.resources();
+        let mut stored = Vec::new();
+        for document in documents.into_iter().filter(|d| !d.is_null()) {
+            let api_version = document["apiVersion"].as_str().unwrap_or_default();
+            let kind = document["kind"].as_str().unwrap_or_default();
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            let resource = table
+                .all()
+                .find(|(_, t)| t.group == group && t.version == version && t.kind == kind)
+                .map(|(id, _)| id)
+                .ok_or_else(|| FakeError::UnknownResource(format!("{api_version} {kind}")))?;
+            stored.push(self.state.store.upsert(resource, document)?);
+        }
+        Ok(stored)
     }
 
     /// A kubeconfig document pointing at this server, for child processes (`KUBECONFIG`).

@@ -152,6 +152,41 @@ impl ApiError {
         error
     }
 
+    /// 401 for a bearer token no user holds.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 500 for a server-side configuration the fake cannot use (e.g. an unsupported policy).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
+    /// A write refused by a ValidatingAdmissionPolicy: 403 unless the validation names another
+    /// reason (`Invalid` 422, `Unauthorized` 401, `RequestEntityTooLarge` 413).
+    pub(crate) fn denied_by_policy(resource: &ResourceType, name: &str, reason: &str, cause: &str) -> Self {
+        let mut error = Self::forbidden(resource, name, cause);
+        let (code, reason) = match reason {
+            "Invalid" => (422, "Invalid"),
+            "Unauthorized" => (401, "Unauthorized"),
+            "RequestEntityTooLarge" => (413, "RequestEntityTooLarge"),
+            _ => (403, "Forbidden"),
+        };
+        error.code = code;
+        error.reason = reason;
+        error
+    }
+
+    /// 403 `Forbidden` about a resource (`name` may be empty for collections).
+    pub fn forbidden(resource: &ResourceType, name: &str, reason: &str) -> Self {
+        let message = if name.is_empty() {
+            format!("{} is forbidden: {reason}", resource.qualified_plural())
+        } else {
+            format!("{} \"{name}\" is forbidden: {reason}", resource.qualified_plural())
+        };
+        Self::new(403, "Forbidden", message).about(resource, name)
+    }
+
     /// 405 for a verb the URL does not support.
     pub fn method_not_allowed(method: &str) -> Self {
         Self::new(

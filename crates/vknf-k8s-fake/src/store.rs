@@ -86,6 +86,23 @@ struct State {
 pub(crate) struct WriteContext {
     pub(crate) manager: String,
     pub(crate) dry_run: bool,
+    /// The admission policies in force for the request (`None`: writes by the test itself).
+    pub(crate) admission: Option<Arc<dyn WriteCheck>>,
+}
+
+/// Validating admission of one request's writes: sees each object after defaulting, before it
+/// is stored (`object` is `None` for a delete, `old_object` for a create).
+pub(crate) trait WriteCheck: Send + Sync + std::fmt::Debug {
+    /// `Err` refuses the write with that Status.
+    fn validate(
+        &self,
+        resource: &ResourceType,
+        operation: &str,
+        namespace: Option<&str>,
+        name: &str,
+        object: Option<&Value>,
+        old_object: Option<&Value>,
+    ) -> Result<(), ApiError>;
 }
 
 /// Which part of the object a write addresses.
@@ -439,6 +456,13 @@ impl Store {
             }
         }
         admission::admit(resource, &mut object, None, &mut state.allocator)?;
+        if let Some(policies) = &context.admission {
+            let namespace = Some(key.namespace.as_str()).filter(|n| !n.is_empty());
+            if let Err(denied) = policies.validate(resource, "CREATE", namespace, &key.name, Some(&object), None) {
+                state.allocator.release(resource, &object);
+                return Err(denied);
+            }
+        }
         let fields = fields.unwrap_or_else(|| {
             let mut fields = ManagedFields::default();
             let writer = Writer {
@@ -532,6 +556,17 @@ impl Store {
             old.object["metadata"]["resourceVersion"].clone(),
         );
         admission::admit(resource, &mut object, Some(&old.object), &mut state.allocator)?;
+        if let Some(policies) = &context.admission {
+            let namespace = Some(key.namespace.as_str()).filter(|n| !n.is_empty());
+            policies.validate(
+                resource,
+                "UPDATE",
+                namespace,
+                &key.name,
+                Some(&object),
+                Some(&old.object),
+            )?;
+        }
         let generation = old
             .object
             .pointer("/metadata/generation")
@@ -1090,6 +1125,7 @@ impl Store {
         let context = WriteContext {
             manager: "vknf-k8s-fake".into(),
             dry_run: false,
+            admission: None,
         };
         let mut state = self.lock();
         if state.objects.contains_key(&key) {
@@ -1186,6 +1222,7 @@ mod tests {
         WriteContext {
             manager: "test".into(),
             dry_run: false,
+            admission: None,
         }
     }
 

@@ -20,7 +20,6 @@ use vknf_functions::CpuLoader;
 use vknf_functions::FunctionLoader;
 use vknf_functions::GpuLoader;
 use vknf_k8s::{ColdStart, FunctionPhase, keys};
-use vknf_k8s_fake::FakeApiServer;
 
 const USAGE: &str = "usage: cold_start [--gpu] [--json PATH] [ITERATIONS] [TREES] [DEPTH]";
 
@@ -101,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (Arc::new(CpuLoader::default()), "CPU reference predictor".to_owned())
     };
-    let fake = FakeApiServer::start().await?;
+    let fake = cluster().await;
     let agent = start_agent_with_loader(&fake, &GPU_A, loader);
     let model = forest(42, options.trees, options.depth);
     let model_bytes = model.to_vkf_bytes().len();

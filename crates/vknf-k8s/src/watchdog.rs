@@ -26,8 +26,8 @@ pub struct WatchdogConfig {
     pub identity: String,
     /// Namespace of the host Leases and of the watchdog's own Lease.
     pub lease_namespace: String,
-    /// Namespace whose slices are checked (`None`: all).
-    pub namespace: Option<String>,
+    /// Namespaces whose slices are checked (empty: all, which needs a cluster-wide `list`).
+    pub namespaces: Vec<String>,
     /// Duration of the watchdog's own Lease.
     pub lease_duration: Duration,
     /// Expiry of a host without a Lease, or whose Lease declares no duration.
@@ -41,7 +41,7 @@ impl Default for WatchdogConfig {
         WatchdogConfig {
             identity: format!("watchdog-{}", std::process::id()),
             lease_namespace: "vknf-system".to_owned(),
-            namespace: None,
+            namespaces: Vec::new(),
             lease_duration: Duration::from_secs(15),
             host_lease_duration: Duration::from_secs(40),
             period: Duration::from_secs(5),
@@ -107,9 +107,11 @@ async fn run(client: Client, config: WatchdogConfig, metrics: AgentMetrics, mut 
         &config.identity,
         config.lease_duration,
     );
-    let slices: Api<EndpointSlice> = match &config.namespace {
-        Some(namespace) => Api::namespaced(client, namespace),
-        None => Api::all(client),
+    let slices: Vec<Api<EndpointSlice>> = if config.namespaces.is_empty() {
+        vec![Api::all(client)]
+    } else {
+        let unique: BTreeSet<&String> = config.namespaces.iter().collect();
+        unique.into_iter().map(|n| Api::namespaced(client.clone(), n)).collect()
     };
     let mut observer = LeaseObserver::default();
     let mut leading = false;
@@ -152,20 +154,25 @@ async fn run(client: Client, config: WatchdogConfig, metrics: AgentMetrics, mut 
 
 /// One pass: every agent-published slice whose host's Lease expired is marked not ready.
 async fn check_hosts(
-    slices: &Api<EndpointSlice>,
+    slices: &[Api<EndpointSlice>],
     leases: &Api<Lease>,
     config: &WatchdogConfig,
     observer: &mut LeaseObserver,
     metrics: &AgentMetrics,
 ) -> Result<(), kube::Error> {
     let selector = format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGED_BY_AGENT);
-    let published = slices.list(&ListParams::default().labels(&selector)).await?;
     let mut by_host: BTreeMap<String, Vec<EndpointSlice>> = BTreeMap::new();
-    for slice in published.items {
-        if let Some(host) = slice_host(&slice) {
-            by_host.entry(host.to_owned()).or_default().push(slice);
+    for scope in slices {
+        let published = scope.list(&ListParams::default().labels(&selector)).await?;
+        for slice in published.items {
+            if let Some(host) = slice_host(&slice) {
+                by_host.entry(host.to_owned()).or_default().push(slice);
+            }
         }
     }
+    let Some(client) = slices.first().map(|api| api.clone().into_client()) else {
+        return Ok(());
+    };
     let host_leases: BTreeMap<String, Lease> = leases
         .list(&ListParams::default())
         .await?
@@ -190,7 +197,7 @@ async fn check_hosts(
             let (Some(name), Some(namespace)) = (&slice.metadata.name, &slice.metadata.namespace) else {
                 continue;
             };
-            let api: Api<EndpointSlice> = Api::namespaced(slices.clone().into_client(), namespace);
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
             // A replace carries the resourceVersion read above: if the agent came back and
             // rewrote its slice meanwhile, this fails with 409 and the slice is left alone.
             let params = PostParams {

@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use vknf_functions::CpuLoader;
 use vknf_k8s::{Agent, FunctionPhase, Watchdog, WatchdogConfig, keys};
-use vknf_k8s_fake::{FakeApiServer, InjectedFailure};
+use vknf_k8s_fake::InjectedFailure;
 use vknf_manifest::{ParseOptions, Placement, load_dir};
 
 fn at(host: &Host, port: u16) -> SocketAddr {
@@ -23,7 +23,7 @@ fn at(host: &Host, port: u16) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_function_is_served_by_exactly_the_selected_hosts_through_its_lifecycle() {
-    let fake = FakeApiServer::start().await.unwrap();
+    let fake = cluster().await;
     let agents = [
         start_agent(&fake, &GPU_A),
         start_agent(&fake, &GPU_B),
@@ -193,11 +193,12 @@ async fn a_managed_function_is_served_by_exactly_the_selected_hosts_through_its_
         assert_eq!(agent.metrics().error_count("slice"), 0);
         agent.shutdown().await;
     }
+    assert_never_refused(&fake);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_written_endpoints_place_a_function_the_papers_way() {
-    let fake = FakeApiServer::start().await.unwrap();
+    let fake = cluster().await;
     let agents = [start_agent(&fake, &GPU_A), start_agent(&fake, &GPU_C)];
     let (slice_port, legacy_port) = (free_port(), free_port());
     let model = forest(3, 4, 3);
@@ -263,11 +264,12 @@ async fn hand_written_endpoints_place_a_function_the_papers_way() {
     for agent in agents {
         agent.shutdown().await;
     }
+    assert_never_refused(&fake);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_functions_get_events_and_break_nothing_else() {
-    let fake = FakeApiServer::start().await.unwrap();
+    let fake = cluster().await;
     let agent = start_agent(&fake, &GPU_A);
     let model = forest(4, 4, 3);
     let good_port = free_port();
@@ -382,20 +384,21 @@ async fn bad_functions_get_events_and_break_nothing_else() {
         "the previous version still takes traffic"
     );
     agent.shutdown().await;
+    assert_never_refused(&fake);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchdog_marks_a_dead_hosts_endpoint_not_ready_and_a_restart_converges() {
-    let fake = FakeApiServer::start().await.unwrap();
+    let fake = cluster().await;
     let watchdog_config = WatchdogConfig {
         identity: "watchdog-test".into(),
         lease_namespace: LEASE_NAMESPACE.into(),
-        namespace: None,
+        namespaces: FUNCTION_NAMESPACES.iter().map(|n| (*n).to_owned()).collect(),
         lease_duration: Duration::from_secs(2),
         host_lease_duration: Duration::from_secs(1),
         period: Duration::from_millis(100),
     };
-    let watchdog = Watchdog::start(fake.client().unwrap(), watchdog_config);
+    let watchdog = Watchdog::start(fake.client_with_token(WATCHDOG_TOKEN).unwrap(), watchdog_config);
     let a = start_agent(&fake, &GPU_A);
     let b = start_agent(&fake, &GPU_B);
     let port = free_port();
@@ -457,11 +460,12 @@ async fn the_watchdog_marks_a_dead_hosts_endpoint_not_ready_and_a_restart_conver
     );
     a.shutdown().await;
     watchdog.shutdown().await;
+    assert_never_refused(&fake);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_errors_are_retried_until_the_function_serves() {
-    let fake = FakeApiServer::start().await.unwrap();
+    let fake = cluster().await;
     fake.inject_failure(
         InjectedFailure::status(500)
             .method("GET")
@@ -501,16 +505,17 @@ async fn api_server_errors_are_retried_until_the_function_serves() {
     assert!(metrics.error_count("slice") >= 1);
     assert!(metrics.error_count("status") >= 1);
     agent.shutdown().await;
+    assert_never_refused(&fake);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_directory_is_a_copy_that_vknf_serve_reads_and_serving_never_waits_for_it() {
-    let fake = FakeApiServer::start().await.unwrap();
+    let fake = cluster().await;
     let root = tempfile::tempdir().unwrap();
     let state_dir = root.path().join("manifests");
     let mut config = agent_config(&GPU_A);
     config.state_dir = Some(state_dir.clone());
-    let agent = Agent::start(fake.client().unwrap(), config, Arc::new(CpuLoader::default())).unwrap();
+    let agent = Agent::start(host_client(&fake, &GPU_A), config, Arc::new(CpuLoader::default())).unwrap();
     // The first pass writes the (empty) copy; later passes write only when functions change.
     wait_for("a first pass", || agent.status().reconciles >= 1).await;
     // A file where the directory should be: every write of the copy fails.
@@ -554,11 +559,12 @@ async fn the_state_directory_is_a_copy_that_vknf_serve_reads_and_serving_never_w
     fake.remove::<Service>(NAMESPACE, "copied").unwrap();
     wait_for("the copy emptied", || read().is_some_and(|m| m.functions.is_empty())).await;
     agent.shutdown().await;
+    assert_never_refused(&fake);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_example_function_is_served_by_gpu_labelled_hosts() {
-    let fake = FakeApiServer::start().await.unwrap();
+    let fake = cluster().await;
     let example = workspace_root().join("deploy/example/traffic-classifier.yaml");
     assert_eq!(apply_yaml(&fake, &example), 2, "one model ConfigMap and the Service");
     let agents = [start_agent(&fake, &GPU_A), start_agent(&fake, &NO_GPU)];
@@ -601,4 +607,5 @@ async fn the_shipped_example_function_is_served_by_gpu_labelled_hosts() {
     for agent in agents {
         agent.shutdown().await;
     }
+    assert_never_refused(&fake);
 }

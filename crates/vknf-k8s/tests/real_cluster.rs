@@ -86,7 +86,7 @@ async fn an_agent_serves_a_function_placed_through_a_real_api_server() {
     let host = HostIdentity::new(&host_name, routable, labels).unwrap();
     let advertise = host.advertise;
     let mut config = AgentConfig::new(host);
-    config.namespace = Some(namespace.clone());
+    config.namespaces = vec![namespace.clone()];
     config.lease_namespace = namespace.clone();
     config.lease_duration = Duration::from_secs(15);
     config.resync_interval = Duration::from_secs(2);

@@ -1,6 +1,7 @@
 //! Exercises the fake API server through an ordinary `kube::Client`, as the node agent will.
 
 mod apply;
+mod auth;
 mod crud;
 mod lease;
 mod watch;

@@ -34,8 +34,9 @@ use crate::status::HostFunctionStatus;
 pub struct AgentConfig {
     /// This host.
     pub host: HostIdentity,
-    /// Namespace watched for functions (`None`: every namespace).
-    pub namespace: Option<String>,
+    /// Namespaces watched for functions (empty: every namespace, which needs cluster-wide
+    /// permissions; deploy/rbac.yaml grants them per namespace).
+    pub namespaces: Vec<String>,
     /// Namespace of the host Lease.
     pub lease_namespace: String,
     /// Duration of the host Lease; it is renewed every third of it.
@@ -63,7 +64,7 @@ impl AgentConfig {
     pub fn new(host: HostIdentity) -> AgentConfig {
         AgentConfig {
             host,
-            namespace: None,
+            namespaces: Vec::new(),
             lease_namespace: "vknf-system".to_owned(),
             lease_duration: Duration::from_secs(40),
             resync_interval: Duration::from_secs(30),
@@ -168,13 +169,8 @@ impl Agent {
         });
         let server = Server::start(config.server.clone(), loader);
         let first_seen = watch::FirstSeen::default();
-        let (caches, mut background) = watch::start(
-            &client,
-            config.namespace.as_deref(),
-            &shared.metrics,
-            &shared.wake,
-            &first_seen,
-        );
+        let (caches, mut background) =
+            watch::start(&client, &config.namespaces, &shared.metrics, &shared.wake, &first_seen);
         background.push(tokio::spawn(renew_host_lease(
             Api::namespaced(client.clone(), &config.lease_namespace),
             config.host.name.clone(),

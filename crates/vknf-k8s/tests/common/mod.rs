@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use rand::{Rng as _, SeedableRng as _};
@@ -16,13 +18,18 @@ use vknf_functions::CpuLoader;
 use vknf_functions::FunctionLoader;
 use vknf_k8s::host::parse_labels;
 use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdentity, keys};
-use vknf_k8s_fake::FakeApiServer;
+use vknf_k8s_fake::{FakeApiServer, ResourceType, UserInfo};
 use vknf_manifest::{ManifestRequest, build_objects};
 use vknf_protocol::client::Client;
 use vknf_server::ServerConfig;
 
 pub const NAMESPACE: &str = "default";
 pub const LEASE_NAMESPACE: &str = "vknf-system";
+/// The function namespaces of the tests' cluster: the agents watch these, and
+/// deploy/rbac-function-namespace.yaml grants the hosts and the watchdog access to each.
+pub const FUNCTION_NAMESPACES: [&str; 2] = [NAMESPACE, "vknf-functions"];
+/// The watchdog's bearer token in [`cluster`].
+pub const WATCHDOG_TOKEN: &str = "vknf-watchdog-token";
 pub const FEATURES: usize = 6;
 pub const CLASSES: usize = 4;
 
@@ -134,6 +141,93 @@ pub const GPU_C: Host = Host {
     labels: &["gpu=a100"],
 };
 
+pub const ALL_HOSTS: [&Host; 4] = [&GPU_A, &GPU_B, &GPU_C, &NO_GPU];
+
+/// The bearer token of a host's ServiceAccount `vknf-hosts/<name>` in [`cluster`].
+pub fn host_token(host: &Host) -> String {
+    format!("{}-token", host.name)
+}
+
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+pub fn deploy_file(name: &str) -> String {
+    std::fs::read_to_string(deploy_dir().join(name)).unwrap_or_else(|e| panic!("read deploy/{name}: {e}"))
+}
+
+/// What `deploy/render.sh KIND NAME` prints (the script itself runs).
+pub fn render(kind: &str, name: &str) -> String {
+    let output = std::process::Command::new("sh")
+        .arg(deploy_dir().join("render.sh"))
+        .args([kind, name])
+        .output()
+        .expect("run deploy/render.sh");
+    assert!(
+        output.status.success(),
+        "deploy/render.sh {kind} {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 YAML")
+}
+
+/// A fake API server secured the way deploy/ secures a cluster: RBAC enforced from
+/// deploy/rbac.yaml and the rendered per-namespace and per-host templates, the admission
+/// policies of deploy/admission.yaml enforced, every test host registered with its address,
+/// and bearer tokens for the hosts' and the watchdog's ServiceAccounts. Tests write their
+/// objects as an administrator (`fake.insert`); agents and the watchdog use their own identity.
+pub async fn cluster() -> FakeApiServer {
+    let fake = FakeApiServer::builder()
+        .authorize_rbac()
+        .admission_policies()
+        .resource(ResourceType::of::<Namespace>())
+        .resource(ResourceType::of::<ServiceAccount>())
+        .resource(ResourceType::of::<Secret>())
+        .start()
+        .await
+        .expect("fake API server starts");
+    fake.insert_yaml(&deploy_file("rbac.yaml")).expect("deploy/rbac.yaml");
+    fake.insert_yaml(&deploy_file("admission.yaml"))
+        .expect("deploy/admission.yaml");
+    for namespace in FUNCTION_NAMESPACES {
+        fake.insert_yaml(&render("namespace", namespace))
+            .expect("namespace RBAC");
+    }
+    let mut addresses = BTreeMap::new();
+    for host in ALL_HOSTS {
+        fake.insert_yaml(&render("host", host.name)).expect("host RBAC");
+        fake.add_token(&host_token(host), UserInfo::service_account("vknf-hosts", host.name));
+        addresses.insert(host.name.to_owned(), host.ip.to_string());
+    }
+    let mut registry = fake
+        .get::<ConfigMap>(LEASE_NAMESPACE, "vknf-host-addresses")
+        .expect("get")
+        .expect("deploy/rbac.yaml creates vknf-host-addresses");
+    registry.data = Some(addresses);
+    fake.insert(&registry).expect("host addresses");
+    fake.add_token(
+        WATCHDOG_TOKEN,
+        UserInfo::service_account("vknf-system", "vknf-watchdog"),
+    );
+    fake
+}
+
+/// Asserts that the API server refused none of the agents' and the watchdog's requests (401 or
+/// 403): whatever they did, `deploy/` permits.
+pub fn assert_never_refused(fake: &FakeApiServer) {
+    let refused: Vec<_> = fake
+        .request_log()
+        .into_iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .collect();
+    assert!(refused.is_empty(), "refused by RBAC or admission: {refused:#?}");
+}
+
+/// A client acting as `host`'s own identity.
+pub fn host_client(fake: &FakeApiServer, host: &Host) -> kube::Client {
+    fake.client_with_token(&host_token(host)).expect("kube client")
+}
+
 /// Agent settings for tests: short Leases, quick retries, a drain delay long enough to observe.
 pub fn agent_config(host: &Host) -> AgentConfig {
     let identity = HostIdentity::new(
@@ -143,6 +237,7 @@ pub fn agent_config(host: &Host) -> AgentConfig {
     )
     .expect("host identity");
     let mut config = AgentConfig::new(identity);
+    config.namespaces = FUNCTION_NAMESPACES.iter().map(|n| (*n).to_owned()).collect();
     config.lease_namespace = LEASE_NAMESPACE.to_owned();
     config.lease_duration = Duration::from_secs(1);
     config.resync_interval = Duration::from_millis(500);
@@ -172,10 +267,11 @@ pub fn start_agent(fake: &FakeApiServer, host: &Host) -> Agent {
     start_agent_with_loader(fake, host, Arc::new(CpuLoader::default()))
 }
 
-/// Like [`start_agent`], loading functions with `loader`.
+/// Like [`start_agent`], loading functions with `loader`. The agent uses the host's own
+/// identity: `fake` must come from [`cluster`].
 pub fn start_agent_with_loader(fake: &FakeApiServer, host: &Host, loader: Arc<dyn FunctionLoader>) -> Agent {
     init_logs();
-    Agent::start(fake.client().expect("kube client"), agent_config(host), loader).expect("agent starts")
+    Agent::start(host_client(fake, host), agent_config(host), loader).expect("agent starts")
 }
 
 /// Polls `condition` every 20 ms for up to 20 s.

@@ -37,9 +37,10 @@ pub struct AgentArgs {
     /// A host label matched by the `vknf.io/hosts` selector of functions, e.g. `gpu=h100`.
     #[arg(long = "host-label", value_name = "KEY=VALUE")]
     pub host_labels: Vec<String>,
-    /// Watch functions in this namespace only (default: every namespace).
-    #[arg(long)]
-    pub namespace: Option<String>,
+    /// Watch functions in this namespace (repeatable; default: every namespace, which needs
+    /// cluster-wide permissions: deploy/rbac.yaml grants them per namespace).
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
     /// Namespace of the host and watchdog Leases.
     #[arg(long, default_value = "vknf-system")]
     pub lease_namespace: String,
@@ -78,7 +79,7 @@ impl AgentArgs {
             .clone()
             .or_else(|| std::env::var_os("RUNTIME_DIRECTORY").map(|dir| PathBuf::from(dir).join("manifests")));
         let mut config = AgentConfig::new(host);
-        config.namespace = self.namespace.clone();
+        config.namespaces = self.namespaces.clone();
         config.lease_namespace = self.lease_namespace.clone();
         config.lease_duration = Duration::from_secs(self.lease_duration_s.max(3));
         config.resync_interval = Duration::from_secs(self.resync_s.max(1));
@@ -108,7 +109,7 @@ impl AgentArgs {
         Ok(WatchdogConfig {
             identity,
             lease_namespace: self.lease_namespace.clone(),
-            namespace: self.namespace.clone(),
+            namespaces: self.namespaces.clone(),
             lease_duration: Duration::from_secs(15),
             host_lease_duration: Duration::from_secs(self.lease_duration_s.max(3)),
             period: Duration::from_secs(self.watchdog_period_s.max(1)),

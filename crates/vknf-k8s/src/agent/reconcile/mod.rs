@@ -208,7 +208,7 @@ impl Reconciler {
         }
         // A stopped host reports nothing rather than a stale "Serving".
         let annotation = keys::status_annotation(&self.config.host.name);
-        for service in self.caches.services.state() {
+        for service in self.caches.services() {
             let ours = service
                 .metadata
                 .annotations
@@ -223,8 +223,7 @@ impl Reconciler {
 
     fn own_slices(&self) -> Vec<Arc<EndpointSlice>> {
         self.caches
-            .slices
-            .state()
+            .slices()
             .into_iter()
             .filter(|s| slice_host(s) == Some(self.config.host.name.as_str()))
             .collect()
@@ -242,9 +241,7 @@ impl Reconciler {
     }
 
     fn service(&self, key: &FunctionKey) -> Option<Arc<Service>> {
-        self.caches
-            .services
-            .get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
+        self.caches.service(key)
     }
 
     /// One pass; returns how long to wait before the next one when nothing changes.
@@ -252,11 +249,11 @@ impl Reconciler {
         let pass_start = Instant::now();
         let metrics = self.shared.metrics.clone();
         metrics.reconciles.inc();
-        let services = self.caches.services.state();
+        let services = self.caches.services();
         let plan = plan(
             &services,
-            &self.caches.slices.state(),
-            &self.caches.endpoints.state(),
+            &self.caches.slices(),
+            &self.caches.endpoints(),
             &self.config.host,
         );
         for (key, placed) in &plan.placed {
@@ -344,7 +341,11 @@ impl Reconciler {
         for (key, placed) in &plan.placed {
             let result = self
                 .models
-                .fetch(&key.namespace, &placed.model_configmaps, &self.caches.configmaps)
+                .fetch(
+                    &key.namespace,
+                    &placed.model_configmaps,
+                    &self.caches.configmaps(&key.namespace),
+                )
                 .await;
             match result {
                 Ok(model) => {
