@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vknf_functions::{FunctionLoader, FunctionSpec};
 
+use crate::budget::MemoryBudget;
 use crate::engine::{Engine, EngineSettings, create_lanes};
 use crate::handle::FunctionHandle;
 use crate::metrics::Metrics;
@@ -29,6 +30,8 @@ pub struct RuntimeSettings {
     pub lane_spin: Duration,
     /// How long a replaced or removed version may take to answer what it admitted.
     pub drain_timeout: Duration,
+    /// Bytes of the process's memory budget ([`MemoryBudget`]), shared by every front end.
+    pub memory_budget: usize,
 }
 
 impl Default for RuntimeSettings {
@@ -39,6 +42,7 @@ impl Default for RuntimeSettings {
             max_queued_bytes: 64 << 20,
             lane_spin: Duration::ZERO,
             drain_timeout: Duration::from_secs(30),
+            memory_budget: 1 << 30,
         }
     }
 }
@@ -60,6 +64,7 @@ struct Inner {
     loader: Arc<dyn FunctionLoader>,
     settings: RuntimeSettings,
     metrics: Metrics,
+    budget: MemoryBudget,
     /// The loaded functions; held only for a look-up or an update, never across a load, so that callers
     /// looking a function up never wait for another one to load.
     functions: parking_lot::Mutex<BTreeMap<Arc<str>, Entry>>,
@@ -86,10 +91,12 @@ impl Runtime {
     /// A runtime loading functions with `loader`.
     pub fn new(loader: Arc<dyn FunctionLoader>, settings: RuntimeSettings) -> Runtime {
         let (device_lost, reports) = mpsc::unbounded_channel();
+        let budget = MemoryBudget::new(settings.memory_budget);
         let inner = Arc::new(Inner {
             loader,
             settings,
             metrics: Metrics::default(),
+            budget,
             functions: parking_lot::Mutex::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
             failures: parking_lot::Mutex::new(BTreeMap::new()),
@@ -110,6 +117,13 @@ impl Runtime {
     /// Registers the runtime's metrics (under the `vknf` prefix).
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.inner.metrics.register(registry);
+        self.inner.budget.register(registry);
+    }
+
+    /// The process's memory budget: queued calls are charged to it, and front ends charge what they
+    /// receive and what waits to be sent.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.inner.budget
     }
 
     /// The loader's name ("cpu", "gpu").
@@ -247,6 +261,7 @@ impl Runtime {
             max_wait: max_wait.unwrap_or(self.inner.settings.default_max_wait),
             max_queued_bytes: self.inner.settings.max_queued_bytes,
             lane_spin: self.inner.settings.lane_spin,
+            budget: self.inner.budget.clone(),
         };
         Engine::start(
             name.clone(),
