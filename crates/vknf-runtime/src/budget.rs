@@ -142,9 +142,18 @@ struct Shared {
     by_category: [Gauge; 3],
     categories: Family<CategoryLabels, Gauge>,
     refusals: Family<RefusalLabels, Counter>,
-    /// `refusal_counters[category][reason]`, looked up once.
-    refusal_counters: [[Counter; 3]; 3],
+    /// `refusal_counters[category][reason]`, looked up once for the pairs that occur (frames being
+    /// received can meet every reason, admission and `Queued` holds no `receiving_full`, answers are
+    /// charged unconditionally), so that `/metrics` lists no series that cannot move.
+    refusal_counters: [[Option<Counter>; 3]; 3],
     waits: Counter,
+}
+
+fn refusal_labels(category: Category, reason: &str) -> RefusalLabels {
+    RefusalLabels {
+        category: category.label().to_owned(),
+        reason: reason.to_owned(),
+    }
 }
 
 fn bytes_i64(bytes: usize) -> i64 {
@@ -158,7 +167,13 @@ fn load(gauge: &Gauge) -> usize {
 impl Shared {
     fn count_refusal(&self, category: Category, refusal: &Refusal) {
         let reason = REASONS.iter().position(|r| *r == refusal.label()).unwrap_or(0);
-        self.refusal_counters[category.index()][reason].inc();
+        match &self.refusal_counters[category.index()][reason] {
+            Some(counter) => counter.inc(),
+            None => self
+                .refusals
+                .get_or_create(&refusal_labels(category, refusal.label()))
+                .inc(),
+        };
     }
 
     /// Adds `bytes` to `gauge` if the result stays within `limit`.
@@ -266,12 +281,12 @@ impl MemoryBudget {
         let refusals: Family<RefusalLabels, Counter> = Family::default();
         let refusal_counters = Category::ALL.map(|category| {
             REASONS.map(|reason| {
-                refusals
-                    .get_or_create(&RefusalLabels {
-                        category: category.label().to_owned(),
-                        reason: reason.to_owned(),
-                    })
-                    .clone()
+                let occurs = match category {
+                    Category::Receiving => true,
+                    Category::Queued => reason != "receiving_full",
+                    Category::Unsent => false,
+                };
+                occurs.then(|| refusals.get_or_create(&refusal_labels(category, reason)).clone())
             })
         });
         let shared = Shared {
@@ -327,10 +342,17 @@ impl MemoryBudget {
 
     /// Charges refused for `category` because of `reason` (a [`Refusal::label`]).
     pub fn refusals(&self, category: Category, reason: &str) -> u64 {
-        REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |index| self.shared.refusal_counters[category.index()][index].get())
+        match REASONS.iter().position(|r| *r == reason) {
+            Some(index) => match &self.shared.refusal_counters[category.index()][index] {
+                Some(counter) => counter.get(),
+                None => self
+                    .shared
+                    .refusals
+                    .get_or_create(&refusal_labels(category, reason))
+                    .get(),
+            },
+            None => 0,
+        }
     }
 
     /// Times a client had to wait for its share to have room (each a pause in reading from it).
