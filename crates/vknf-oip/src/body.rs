@@ -1,6 +1,8 @@
 //! HTTP bodies of the front end: a gRPC request body that must arrive by a deadline (a slow client
 //! cannot hold a request open) and whose bytes are charged to the server's budget, and a response body
-//! of several buffers sent as they are. The gRPC bodies fail with a `tonic::Status`, which tonic finds
+//! of several buffers sent as they are. Request bytes count against the port's own bound and the
+//! process's memory budget (as requests being received); a response's buffers count as unsent answers
+//! until hyper has sent them. The gRPC bodies fail with a `tonic::Status`, which tonic finds
 //! in the error and answers as it is.
 
 use std::collections::VecDeque;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+use vknf_runtime::{Category, Charge, MemoryBudget};
 
 /// A request body that fails (`DEADLINE_EXCEEDED`) once `timeout` has passed since the request arrived.
 pub struct Deadline<B> {
@@ -61,13 +64,23 @@ where
     }
 }
 
-/// A response body of whole buffers: the JSON header and the binary tensors the runtime wrote.
-pub struct Chunks(VecDeque<Bytes>);
+/// A response body of whole buffers: the JSON header and the binary tensors the runtime wrote, charged
+/// to the process's memory budget as an unsent answer until the body is dropped (sent, or the client
+/// gone).
+pub struct Chunks {
+    chunks: VecDeque<Bytes>,
+    _charge: Charge,
+}
 
 impl Chunks {
-    /// The buffers, sent in order.
-    pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> Chunks {
-        Chunks(chunks.into_iter().filter(|c| !c.is_empty()).collect())
+    /// The buffers, sent in order; `budget` is charged for them (unconditionally: they exist already).
+    pub fn new(chunks: impl IntoIterator<Item = Bytes>, budget: &MemoryBudget) -> Chunks {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let bytes = chunks.iter().map(Bytes::len).sum();
+        Chunks {
+            _charge: budget.charge(Category::Unsent, bytes),
+            chunks,
+        }
     }
 }
 
@@ -76,48 +89,64 @@ impl Body for Chunks {
     type Error = std::convert::Infallible;
 
     fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        Poll::Ready(self.get_mut().chunks.pop_front().map(|chunk| Ok(Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
+        self.chunks.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.iter().map(|c| c.len() as u64).sum())
+        SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
     }
 }
 
-/// The error of a body refused because the server already buffers as many request bytes as it may.
+/// The error of a body refused because the port already buffers as many request bytes as it may, or
+/// the process's memory budget has no room.
 #[derive(Debug, thiserror::Error)]
-#[error("the server is buffering {0} bytes of requests already; retry later")]
-pub struct OverBudget(pub usize);
+#[error("{0}")]
+pub struct OverBudget(String);
 
 /// Request bytes buffered across every connection, bounded: with many connections and many streams
-/// each, the per-body limit alone would not bound memory.
+/// each, the per-body limit alone would not bound memory. The bytes are charged to the process's
+/// memory budget too, which the binary ports and the runtime's queues share.
 #[derive(Clone)]
 pub struct Budget {
     semaphore: std::sync::Arc<tokio::sync::Semaphore>,
     bytes: usize,
+    process: MemoryBudget,
 }
 
 impl Budget {
-    /// A budget of `bytes` (at most what a semaphore counts).
-    pub fn new(bytes: usize) -> Budget {
+    /// A bound of `bytes` (at most what a semaphore counts) inside the process's `process` budget.
+    pub fn new(bytes: usize, process: MemoryBudget) -> Budget {
         let bytes = bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
         Budget {
             semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(bytes)),
             bytes,
+            process,
         }
     }
 
     /// Takes `n` bytes of the budget until the returned holder is dropped, or fails at once.
     pub fn take(&self, n: usize) -> Result<Held, OverBudget> {
-        let n = u32::try_from(n).map_err(|_| OverBudget(self.bytes))?;
-        match self.semaphore.clone().try_acquire_many_owned(n) {
-            Ok(permit) => Ok(Held(Some(permit))),
-            Err(_) => Err(OverBudget(self.bytes)),
-        }
+        let full = || {
+            OverBudget(format!(
+                "the server is buffering {} bytes of requests already; retry later",
+                self.bytes
+            ))
+        };
+        let count = u32::try_from(n).map_err(|_| full())?;
+        let permit = self
+            .semaphore
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| full())?;
+        let charge = self
+            .process
+            .try_charge(Category::Receiving, n)
+            .map_err(|refusal| OverBudget(refusal.to_string()))?;
+        Ok(Held(Some(permit), charge))
     }
 
     /// Bytes of the budget in use.
@@ -127,8 +156,13 @@ impl Budget {
 }
 
 /// Bytes taken from a [`Budget`], given back on drop.
-#[derive(Default)]
-pub struct Held(Option<tokio::sync::OwnedSemaphorePermit>);
+pub struct Held(Option<tokio::sync::OwnedSemaphorePermit>, Charge);
+
+impl Default for Held {
+    fn default() -> Held {
+        Held(None, Charge::none())
+    }
+}
 
 impl Held {
     /// Adds `other`'s bytes to these.
@@ -138,6 +172,7 @@ impl Held {
             (mine @ None, theirs) => *mine = theirs,
             (_, None) => {}
         }
+        self.1.absorb(other.1);
     }
 }
 

@@ -180,7 +180,10 @@ where
     let encoded = encode_response(&name, &model.info, &decoded, outputs);
     let json_length = encoded.json.len();
     let binary = !encoded.binary.is_empty();
-    let body = Chunks::new(std::iter::once(Bytes::from(encoded.json)).chain(encoded.binary));
+    let body = Chunks::new(
+        std::iter::once(Bytes::from(encoded.json)).chain(encoded.binary),
+        inference.budget(),
+    );
     let mut response = Response::new(ResponseBody::new(body));
     let headers = response.headers_mut();
     if binary {
@@ -241,11 +244,16 @@ where
                 limit: limit as u64,
             });
         }
-        held.merge(
-            budget
-                .take(data.len())
-                .map_err(|e| OipError::Overloaded(e.to_string()))?,
-        );
+        match budget.take(data.len()) {
+            Ok(taken) => held.merge(taken),
+            Err(over) => {
+                // As for a body over the limit: the client may still be sending it.
+                if http1 {
+                    discard_rest(body, config.body_timeout);
+                }
+                return Err(OipError::Overloaded(over.to_string()));
+            }
+        }
         buffer.extend_from_slice(&data);
     }
     Ok((buffer.freeze(), held))

@@ -50,8 +50,8 @@ impl OipServer {
     ) -> std::io::Result<OipServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let budget = Budget::new(config.max_buffered_bytes, runtime.budget().clone());
         let inference = Arc::new(Inference::new(runtime, readiness));
-        let budget = Budget::new(config.max_buffered_bytes);
         let shared = Arc::new(Shared {
             grpc: service(inference.clone(), config.max_body_bytes),
             inference: inference.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use vknf_runtime::{Call, FunctionHandle, FunctionInfo, Rows, Runtime};
+use vknf_runtime::{Call, FunctionHandle, FunctionInfo, MemoryBudget, Rows, Runtime};
 
 use crate::error::OipError;
 use crate::names::{function_names, model_name};
@@ -104,6 +104,11 @@ impl Inference {
             readiness,
             known: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The process's memory budget, which responses being sent are charged to.
+    pub fn budget(&self) -> &MemoryBudget {
+        self.runtime.budget()
     }
 
     /// The server answers.

@@ -490,3 +490,44 @@ async fn many_streams_on_one_http2_connection_are_all_answered_within_the_stream
     let served = fixture.runtime.metrics().front_end_requests("rest", FUNCTION).get();
     assert_eq!(served, STREAMS as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_and_responses_are_charged_to_the_process_memory_budget() {
+    // 64 KiB in all: requests being received may hold 32 KiB of it.
+    let settings = RuntimeSettings {
+        memory_budget: 64 << 10,
+        ..RuntimeSettings::default()
+    };
+    let fixture = start(settings, OipConfig::default()).await;
+    let budget = fixture.runtime.budget().clone();
+    let addr = fixture.addr();
+
+    // The port's own bound (256 MiB) would take this body; the process's budget does not.
+    let big = infer_body(&rows(4000, 3), 4000);
+    assert!(big.len() > 64 << 10, "{} bytes", big.len());
+    let (status, answer) = post(addr, "/v2/models/forest/infer", &big).await;
+    assert_eq!(status, 503, "{answer}");
+    let message = answer["error"].as_str().unwrap();
+    assert!(message.contains("retry later"), "{message}");
+    assert_eq!(
+        budget.refusals(vknf_runtime::Category::Receiving, "receiving_full")
+            + budget.refusals(vknf_runtime::Category::Receiving, "budget_full"),
+        1
+    );
+
+    // A request that fits is answered as usual; its body, queued rows and response were charged and
+    // are all given back.
+    let data = rows(3, 4);
+    let (status, answer) = post(addr, "/v2/models/forest/infer", &infer_body(&data, 3)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(outputs(&answer), in_process(&fixture.runtime, data).await);
+    assert!(budget.peak() > 0);
+    for _ in 0..1000 {
+        if budget.used() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(budget.used(), 0, "every charge is given back");
+    assert_eq!(fixture.server.buffered_bytes(), 0);
+}

@@ -174,6 +174,42 @@ fn oversized_frames_are_reported_and_skipped_without_buffering() {
 }
 
 #[test]
+fn a_frame_refused_on_its_header_is_skipped_as_it_arrives_and_the_next_one_decodes() {
+    let mut bytes = BytesMut::new();
+    let rows: Vec<f32> = (0..2000).map(|i| i as f32).collect();
+    encode_request(&mut bytes, 7, 4, 0, &rows).unwrap();
+    let refused_len = bytes.len();
+    encode_request(&mut bytes, 8, 2, 0, &[1.0, 2.0]).unwrap();
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut buf = BytesMut::new();
+    let mut skipped = Vec::new();
+    let mut frames = Vec::new();
+    for piece in bytes.chunks(1000) {
+        buf.extend_from_slice(piece);
+        loop {
+            if let Some(header) = decoder.incomplete_frame(&buf) {
+                // Refused: nothing of its payload is kept.
+                assert_eq!(decoder.skip_frame(&mut buf), Some(header));
+                skipped.push(header.request_id);
+            }
+            match decoder.decode(&mut buf).unwrap() {
+                Some(decoded) => frames.push(decoded),
+                None => break,
+            }
+            assert!(buf.len() < 1000);
+        }
+        assert!(buf.capacity() < refused_len, "the refused payload was never reserved");
+    }
+    assert_eq!(skipped, vec![7]);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frame(&frames[0]).header.request_id, 8);
+    // A whole frame in the buffer is not "incomplete": it decodes at once.
+    let mut whole = BytesMut::new();
+    encode_request(&mut whole, 9, 2, 0, &[1.0, 2.0]).unwrap();
+    assert_eq!(FrameDecoder::new(1024).incomplete_frame(&whole), None);
+}
+
+#[test]
 fn bad_magic_is_rejected_before_a_whole_header_arrives() {
     let mut decoder = FrameDecoder::new(1024);
     let mut buf = BytesMut::from(&b"GET "[..]);

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use tokio::sync::{mpsc, watch};
 use vknf_functions::{ExecError, Function, FunctionInfo, Lane};
 
+use crate::budget::MemoryBudget;
 use crate::call::{Call, CallError, Reply};
 use crate::job::{Admission, Job, JobOwner, QueueCounters, Segment};
 use crate::lane_worker::{BatchRunner, LaneWorker, WorkerEvent};
@@ -93,6 +94,8 @@ pub(crate) struct EngineSettings {
     pub(crate) max_queued_bytes: usize,
     /// How long an idle lane thread polls for its next batch before it sleeps.
     pub(crate) lane_spin: Duration,
+    /// The process's memory budget, charged for what the queue admits.
+    pub(crate) budget: MemoryBudget,
 }
 
 /// A call handed back because the engine closed meanwhile, so the caller can retry on its successor.
@@ -167,6 +170,7 @@ impl Engine {
                 bytes: AtomicUsize::new(0),
                 requests: AtomicUsize::new(0),
                 limit: settings.max_queued_bytes,
+                budget: settings.budget.clone(),
                 metrics: function_metrics.clone(),
             }),
             owner: Arc::new(JobOwner {
@@ -254,13 +258,9 @@ impl Engine {
             ));
             return fail(reply, error);
         }
-        let Some(admission) = Admission::try_admit(&self.counters, bytes) else {
-            let error = CallError::Busy(format!(
-                "queue of {} is full ({} bytes queued); retry later",
-                self.label,
-                self.queued_bytes()
-            ));
-            return fail(reply, error);
+        let admission = match Admission::try_admit(&self.counters, bytes) {
+            Ok(admission) => admission,
+            Err(error) => return fail(reply, error),
         };
         let queue = self.queue.lock();
         let Some(queue_tx) = queue.as_ref() else {

@@ -8,13 +8,16 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use vknf_functions::{ExecError, FunctionInfo, Lane};
 
+use crate::budget::{Category, Charge, MemoryBudget};
 use crate::call::{AnswerLayout, CallError, Reply, Rows};
 use crate::metrics::{FunctionMetrics, Metrics};
 
-/// Input bytes counted against a function's queue limit until the call is answered.
+/// Input bytes counted against a function's queue limit and the process's memory budget until the
+/// call is answered.
 pub(crate) struct Admission {
     bytes: usize,
     queue: Arc<QueueCounters>,
+    _charge: Charge,
 }
 
 /// What a function's queue holds, and the gauges that publish it.
@@ -22,6 +25,7 @@ pub(crate) struct QueueCounters {
     pub(crate) bytes: AtomicUsize,
     pub(crate) requests: AtomicUsize,
     pub(crate) limit: usize,
+    pub(crate) budget: MemoryBudget,
     pub(crate) metrics: FunctionMetrics,
 }
 
@@ -35,19 +39,33 @@ impl QueueCounters {
 }
 
 impl Admission {
-    /// Admits `bytes` if the queue stays within its limit.
-    pub(crate) fn try_admit(queue: &Arc<QueueCounters>, bytes: usize) -> Option<Admission> {
+    /// Admits `bytes` if the queue stays within its limit and the process's memory budget has room;
+    /// otherwise the `BUSY` to answer.
+    pub(crate) fn try_admit(queue: &Arc<QueueCounters>, bytes: usize) -> Result<Admission, CallError> {
         queue
             .bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
                 queued.checked_add(bytes).filter(|total| *total <= queue.limit)
             })
-            .ok()?;
+            .map_err(|queued| {
+                CallError::Busy(format!(
+                    "the function's queue is full ({queued} of {} bytes queued); retry later",
+                    queue.limit
+                ))
+            })?;
+        let charge = match queue.budget.try_charge(Category::Queued, bytes) {
+            Ok(charge) => charge,
+            Err(refusal) => {
+                queue.bytes.fetch_sub(bytes, Ordering::AcqRel);
+                return Err(CallError::Busy(refusal.to_string()));
+            }
+        };
         queue.requests.fetch_add(1, Ordering::AcqRel);
         queue.publish();
-        Some(Admission {
+        Ok(Admission {
             bytes,
             queue: queue.clone(),
+            _charge: charge,
         })
     }
 }

@@ -16,8 +16,11 @@
 //!   which front ends use to write answers straight into their frames).
 //! - [`Call`], [`Rows`], [`CallError`]: typed rows in (f32, u32, i32), typed errors out.
 //! - [`Metrics`]: Prometheus metrics of every call.
+//! - [`MemoryBudget`]: the process's one memory budget (requests being received, queued calls, unsent
+//!   answers), with a share per client; every front end charges it.
 
 mod answer;
+mod budget;
 mod call;
 mod engine;
 mod handle;
@@ -27,6 +30,7 @@ mod metrics;
 mod runtime;
 
 pub use answer::{Answer, Tensor};
+pub use budget::{Account, Category, Charge, ClientBudget, MemoryBudget, Refusal};
 pub use call::{AnswerLayout, Call, CallError, Reply, Rows};
 pub use handle::FunctionHandle;
 pub use metrics::{

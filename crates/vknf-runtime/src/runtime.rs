@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vknf_functions::{DeviceInfo, ExecError, Function, FunctionInfo, FunctionLoader, FunctionSpec, Lane, LoadError};
 
+use crate::budget::MemoryBudget;
 use crate::engine::{DeviceLanes, DeviceLoss, Engine, EngineSettings, create_lanes};
 use crate::handle::FunctionHandle;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct RuntimeSettings {
     /// How long a function whose kernel missed its deadline is quarantined the first time; each
     /// further miss doubles it, up to [`MAX_QUARANTINE`].
     pub quarantine_backoff: Duration,
+    /// Bytes of the process's memory budget ([`MemoryBudget`]), shared by every front end.
+    pub memory_budget: usize,
 }
 
 impl Default for RuntimeSettings {
@@ -44,6 +47,7 @@ impl Default for RuntimeSettings {
             lane_spin: Duration::ZERO,
             drain_timeout: Duration::from_secs(30),
             quarantine_backoff: Duration::from_secs(30),
+            memory_budget: 1 << 30,
         }
     }
 }
@@ -108,6 +112,7 @@ struct Inner {
     loader: Arc<dyn FunctionLoader>,
     settings: RuntimeSettings,
     metrics: Metrics,
+    budget: MemoryBudget,
     /// The loaded functions; held only for a look-up or an update, never across a load, so that callers
     /// looking a function up never wait for another one to load.
     functions: parking_lot::Mutex<BTreeMap<Arc<str>, Entry>>,
@@ -163,10 +168,12 @@ impl Runtime {
                 }
             })
             .collect();
+        let budget = MemoryBudget::new(settings.memory_budget);
         let inner = Arc::new(Inner {
             loader,
             settings,
             metrics,
+            budget,
             functions: parking_lot::Mutex::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
             failures: parking_lot::Mutex::new(BTreeMap::new()),
@@ -189,6 +196,13 @@ impl Runtime {
     /// Registers the runtime's metrics (under the `vknf` prefix).
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.inner.metrics.register(registry);
+        self.inner.budget.register(registry);
+    }
+
+    /// The process's memory budget: queued calls are charged to it, and front ends charge what they
+    /// receive and what waits to be sent.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.inner.budget
     }
 
     /// The loader's name ("cpu", "gpu").
@@ -401,6 +415,7 @@ impl Runtime {
             max_wait: max_wait.unwrap_or(self.inner.settings.default_max_wait),
             max_queued_bytes: self.inner.settings.max_queued_bytes,
             lane_spin: self.inner.settings.lane_spin,
+            budget: self.inner.budget.clone(),
         };
         Engine::start(
             name.clone(),

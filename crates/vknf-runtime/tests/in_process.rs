@@ -419,3 +419,65 @@ async fn an_unknown_family_is_a_clear_error_and_a_failed_reload_keeps_the_old_ve
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_calls_are_charged_to_the_memory_budget_and_refused_busy_past_it() {
+    bounded(async {
+        let model = forest(12);
+        let gate = Gate::new();
+        let call_bytes = 8 * FEATURES * 4;
+        let settings = RuntimeSettings {
+            lanes_per_function: 1,
+            // The function's queue (64 MiB) would take many more: only the budget refuses here.
+            memory_budget: 3 * call_bytes,
+            ..settings()
+        };
+        let runtime = Runtime::new(Arc::new(GatedLoader::cpu(gate.clone())), settings);
+        let budget = runtime.budget().clone();
+        let function = runtime
+            .load(forest_spec("f", 8), Some(model.to_vkf_bytes().into()), None)
+            .await
+            .unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        gate.close();
+        let mut admitted = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let (function, rows) = (function.clone(), random_rows(8, &mut rng));
+            admitted.spawn(async move {
+                let answer = function
+                    .call(Call::new(Rows::f32(rows.clone(), FEATURES).unwrap(), 0))
+                    .await;
+                (rows, answer)
+            });
+        }
+        wait_for(
+            || budget.used_by(vknf_runtime::Category::Queued) == 3 * call_bytes,
+            "three calls charged",
+        )
+        .await;
+        let refused = function
+            .call(Call::new(Rows::f32(random_rows(8, &mut rng), FEATURES).unwrap(), 0))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, CallError::Busy(m) if m.contains("memory budget")),
+            "{refused}"
+        );
+        assert_eq!(budget.refusals(vknf_runtime::Category::Queued, "budget_full"), 1);
+        assert_eq!(function.queued_requests(), 3);
+
+        gate.open();
+        while let Some(joined) = admitted.join_next().await {
+            let (rows, answer) = joined.unwrap();
+            let expected = model.predict_cpu(&rows, 8).unwrap();
+            assert_eq!(answer.unwrap().output(0).unwrap().as_u32(), expected.labels.as_slice());
+        }
+        assert_eq!(budget.used(), 0);
+        assert_eq!(budget.peak(), 3 * call_bytes);
+        function
+            .call(Call::new(Rows::f32(random_rows(8, &mut rng), FEATURES).unwrap(), 0))
+            .await
+            .expect("room again once the calls are answered");
+    })
+    .await;
+}

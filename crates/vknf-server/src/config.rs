@@ -19,6 +19,10 @@ pub struct ServerConfig {
     pub max_in_flight_per_connection: usize,
     /// Input bytes a function may have admitted and unanswered; past it requests get `BUSY`.
     pub max_queued_bytes: usize,
+    /// Bytes of the process's memory budget: requests being received, queued calls and unsent
+    /// answers, across every function and front end. One connection may hold an eighth of it, requests
+    /// being received half; past it requests get `BUSY` (docs/protocol.md).
+    pub memory_budget: usize,
     /// Lanes (batches in flight) per function.
     pub lanes_per_function: usize,
     /// Longest a batch waits to fill up, unless the manifest says otherwise.
@@ -48,6 +52,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             max_in_flight_per_connection: 256,
             max_queued_bytes: 64 << 20,
+            memory_budget: 1 << 30,
             lanes_per_function: 3,
             default_max_wait: Duration::from_micros(200),
             lane_spin: Duration::ZERO,
@@ -70,6 +75,7 @@ impl ServerConfig {
             lane_spin: self.lane_spin,
             drain_timeout: self.drain_timeout,
             quarantine_backoff: self.quarantine_backoff,
+            memory_budget: self.memory_budget,
         }
     }
 }

@@ -48,6 +48,34 @@ impl FrameDecoder {
         self.discarding > 0 || !buf.is_empty()
     }
 
+    /// The header of the frame at the front of `buf` when its header is all there and its payload is
+    /// not: the frame that [`FrameDecoder::decode`] would start buffering, reserving room for its
+    /// whole payload. `None` for anything else (no whole header yet, a whole frame, an oversized
+    /// payload, bytes being skipped, bytes that are no header: `decode` deals with those).
+    ///
+    /// A server looks here before calling `decode` to decide whether it has room for the frame; if it
+    /// has not, [`FrameDecoder::skip_frame`] throws the frame away as it arrives.
+    pub fn incomplete_frame(&self, buf: &BytesMut) -> Option<Header> {
+        if self.discarding > 0 || buf.len() < HEADER_LEN {
+            return None;
+        }
+        let header = Header::parse(&buf[..HEADER_LEN]).ok()?;
+        let incomplete = header.payload_len <= self.max_payload && buf.len() < HEADER_LEN + header.payload_len as usize;
+        incomplete.then_some(header)
+    }
+
+    /// Skips the frame whose header is at the front of `buf` (one that [`FrameDecoder::incomplete_frame`]
+    /// returned): its payload is thrown away as it arrives, like an oversized one's, so the frame costs
+    /// no memory and the connection stays usable. Returns the skipped header.
+    pub fn skip_frame(&mut self, buf: &mut BytesMut) -> Option<Header> {
+        let header = self.incomplete_frame(buf)?;
+        buf.advance(HEADER_LEN);
+        let skip = (header.payload_len as usize).min(buf.len());
+        buf.advance(skip);
+        self.discarding = u64::from(header.payload_len) - skip as u64;
+        Some(header)
+    }
+
     /// Takes the next frame out of `buf`, or returns `Ok(None)` when more bytes are needed.
     ///
     /// An error means the stream is not a vknf stream (bad magic or version): the connection

@@ -4,6 +4,13 @@
 //! only after it has reserved its answer's slot in that channel, which bounds the answers a
 //! connection can hold; when all slots are taken the reader stops reading, so a client that
 //! pipelines too deeply is slowed by TCP rather than buffered without limit.
+//!
+//! Memory: each connection has an account in the process's memory budget. A frame that must be
+//! buffered is charged from its header (the decoder reserves its whole payload then); the bytes of a
+//! request count against the connection's share until its answer is written, and an answer waiting
+//! for the client counts as unsent until then. A connection that holds its whole share stops reading
+//! until its calls are answered and its client reads; a frame for which the process's budget has no
+//! room is answered `BUSY` from its header and its payload skipped, never buffered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,9 +23,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use vknf_protocol::{
-    Decoded, ErrorCode, Frame, FrameDecoder, FrameType, InferRequest, encode_description, encode_error,
+    Decoded, ErrorCode, Frame, FrameDecoder, FrameType, Header, InferRequest, encode_description, encode_error,
 };
-use vknf_runtime::{Call, FunctionHandle, Metrics, Rows};
+use vknf_runtime::{Call, Category, Charge, ClientBudget, FunctionHandle, Metrics, Rows};
 
 use super::outbox::{Outbox, write_loop};
 use super::reply::{ErrorCounter, FrameReply, PROTOCOL};
@@ -42,16 +49,27 @@ enum Ending {
     Abort,
 }
 
+/// What became of a frame's header when the connection asked the memory budget for its payload.
+enum FrameRoom {
+    /// Charged: the payload may be buffered.
+    Charged(Charge),
+    /// Refused: answer this and skip the payload.
+    Refused(ErrorCode, String),
+    /// The writer is gone while the connection waited for room.
+    WriterGone,
+}
+
 /// Serves one accepted connection until it ends.
 pub(crate) async fn serve_connection(
     stream: TcpStream,
     function: FunctionHandle,
     config: Arc<ServerConfig>,
     metrics: Metrics,
+    client: ClientBudget,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
-    let outbox = Outbox::new(writer);
+    let outbox = Outbox::new(writer, client.account(Category::Unsent));
     let (tx, rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection.max(1) + 1);
     let writer_task = tokio::spawn(write_loop(outbox.clone(), rx, config.write_timeout));
     let requests = metrics.front_end_requests(PROTOCOL, function.name());
@@ -67,6 +85,7 @@ pub(crate) async fn serve_connection(
         errors,
         closed: Arc::new(AtomicBool::new(false)),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        client,
     };
     let ending = connection.read_loop(&mut reader, &config).await;
     if ending == Ending::Abort {
@@ -117,6 +136,8 @@ struct Connection {
     /// Set when the client is gone, so queued work for it is skipped.
     closed: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
+    /// This connection's account in the process's memory budget.
+    client: ClientBudget,
 }
 
 impl Connection {
@@ -127,14 +148,37 @@ impl Connection {
         // When the frame being received must be complete: set by its first bytes, so that a sender
         // trickling bytes cannot stretch one frame past the read timeout.
         let mut frame_deadline: Option<tokio::time::Instant> = None;
+        // The memory budget's charge for the frame being buffered, from its header to its hand-over.
+        let mut frame_charge: Option<Charge> = None;
         loop {
             loop {
+                // Before the decoder reserves room for a frame's payload, the budget must have it.
+                if frame_charge.is_none()
+                    && let Some(header) = decoder.incomplete_frame(&buf)
+                {
+                    let is_closing = *closing.borrow();
+                    match self.room_for_frame(&header, is_closing).await {
+                        FrameRoom::Charged(charge) => frame_charge = Some(charge),
+                        FrameRoom::Refused(code, message) => {
+                            decoder.skip_frame(&mut buf);
+                            self.requests.inc();
+                            if !self.send_error(header.request_id, code, &message).await {
+                                return Ending::Abort;
+                            }
+                        }
+                        FrameRoom::WriterGone => return Ending::Abort,
+                    }
+                    // Waiting for room is not the client's delay: its frame's clock starts again.
+                    frame_deadline = None;
+                    continue;
+                }
                 match decoder.decode(&mut buf) {
                     Ok(Some(decoded)) => {
                         frame_deadline = None;
+                        let charge = frame_charge.take();
                         if *closing.borrow() {
                             self.refuse_closing(decoded).await;
-                        } else if !self.handle(decoded).await {
+                        } else if !self.handle(decoded, charge).await {
                             return Ending::Abort;
                         }
                     }
@@ -194,8 +238,30 @@ impl Connection {
         }
     }
 
-    /// Handles one decoded frame; false when the connection cannot go on.
-    async fn handle(&mut self, decoded: Decoded) -> bool {
+    /// Asks the memory budget for room for the payload of the frame whose header has arrived: waits
+    /// while this connection holds its whole share (its own calls and unsent answers: they go as it is
+    /// answered and its client reads), then charges the process's budget, or says why not.
+    async fn room_for_frame(&self, header: &Header, closing: bool) -> FrameRoom {
+        if closing {
+            return FrameRoom::Refused(ErrorCode::ShuttingDown, "the function is shutting down".into());
+        }
+        let bytes = header.payload_len as usize;
+        if let Err(refusal) = self.client.check_share(Category::Receiving, bytes) {
+            return FrameRoom::Refused(ErrorCode::TooLarge, refusal.to_string());
+        }
+        tokio::select! {
+            () = self.client.room_for(bytes) => {}
+            () = self.tx.closed() => return FrameRoom::WriterGone,
+        }
+        match self.client.try_charge(Category::Receiving, bytes) {
+            Ok(charge) => FrameRoom::Charged(charge),
+            Err(refusal) => FrameRoom::Refused(ErrorCode::Busy, refusal.to_string()),
+        }
+    }
+
+    /// Handles one decoded frame (`charge`: what the budget charged for buffering it); false when the
+    /// connection cannot go on.
+    async fn handle(&mut self, decoded: Decoded, charge: Option<Charge>) -> bool {
         self.requests.inc();
         match decoded {
             Decoded::Oversized(header) => {
@@ -203,7 +269,7 @@ impl Connection {
                 self.send_error(header.request_id, ErrorCode::TooLarge, &message).await
             }
             Decoded::Frame(frame) => match frame.header.frame_type {
-                FrameType::Request => self.handle_request(frame).await,
+                FrameType::Request => self.handle_request(frame, charge).await,
                 FrameType::Describe => self.handle_describe(frame.header.request_id).await,
                 other => {
                     let message = format!("frame type {} is not accepted by the server", other.code());
@@ -247,7 +313,7 @@ impl Connection {
         false
     }
 
-    async fn handle_request(&mut self, frame: Frame) -> bool {
+    async fn handle_request(&mut self, frame: Frame, charge: Option<Charge>) -> bool {
         let id = frame.header.request_id;
         let mut request = match InferRequest::parse(frame.payload) {
             Ok(request) => request,
@@ -258,12 +324,31 @@ impl Connection {
                 .send_error(id, ErrorCode::ShuttingDown, "the function is shutting down")
                 .await;
         }
+        // The request's bytes count against this connection's share until it is answered; the runtime
+        // charges the process's budget for them when it admits the call.
+        let input = match charge {
+            Some(charge) => charge.into_client_hold(),
+            None => {
+                let bytes = request.rows.len();
+                if let Err(refusal) = self.client.check_share(Category::Queued, bytes) {
+                    return self.send_error(id, ErrorCode::TooLarge, &refusal.to_string()).await;
+                }
+                // A connection holding its whole share (answers its client has not read, calls not
+                // yet answered) stops here, and so stops reading, until it has room again.
+                tokio::select! {
+                    () = self.client.room_for(bytes) => {}
+                    () = self.tx.closed() => return false,
+                }
+                self.client.hold(bytes)
+            }
+        };
         // Waits while this connection is at its in-flight limit.
         let Ok(permit) = self.tx.clone().reserve_owned().await else {
             return false;
         };
         let reply = FrameReply::new(
             permit,
+            input,
             self.outbox.clone(),
             id,
             self.in_flight.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use vknf_runtime::{FunctionHandle, Metrics};
+use vknf_runtime::{FunctionHandle, MemoryBudget, Metrics};
 
 use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
@@ -41,6 +41,8 @@ pub(crate) struct Listener {
     pub(crate) metrics: Metrics,
     pub(crate) server_metrics: ServerMetrics,
     pub(crate) connections: Arc<Semaphore>,
+    /// The process's memory budget; each connection gets its own account in it.
+    pub(crate) budget: MemoryBudget,
 }
 
 /// Accepts connections for one function until it closes, then waits for its connections to finish.
@@ -51,6 +53,7 @@ pub(crate) async fn accept_loop(socket: TcpListener, listener: Listener) {
         metrics,
         server_metrics,
         connections,
+        budget,
     } = listener;
     let mut closing = function.closing();
     let mut tasks = JoinSet::new();
@@ -62,8 +65,9 @@ pub(crate) async fn accept_loop(socket: TcpListener, listener: Listener) {
                         server_metrics.connections.inc();
                         let guard = ConnectionGuard { _permit: permit, metrics: server_metrics.clone() };
                         let (function, config, metrics) = (function.clone(), config.clone(), metrics.clone());
+                        let client = budget.client();
                         tasks.spawn(async move {
-                            connection::serve_connection(stream, function, config, metrics).await;
+                            connection::serve_connection(stream, function, config, metrics, client).await;
                             drop(guard);
                         });
                     }

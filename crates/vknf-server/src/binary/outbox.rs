@@ -7,6 +7,9 @@
 //! Ordering: a thread writes directly only while no frame is queued and it holds the lock; the
 //! writer task writes only while holding the same lock; a direct write that the socket takes only
 //! in part leaves its tail under the lock, and the writer sends that tail before anything else.
+//!
+//! Every byte that does not go out at once (queued frames, a direct write's tail) is charged to the
+//! connection's account in the process's memory budget as an unsent answer until it is written.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -18,6 +21,7 @@ use bytes::{Buf, Bytes};
 use parking_lot::Mutex;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use vknf_runtime::Account;
 
 /// Frames the writer task writes with one call, at most.
 const MAX_GATHER: usize = 64;
@@ -29,15 +33,24 @@ pub(crate) struct Outbox {
     leftover: Mutex<Option<Bytes>>,
     /// Frames handed to the writer task and not yet written.
     queued: AtomicUsize,
+    /// Bytes waiting to be written, charged to the memory budget (category `unsent`).
+    unsent: Account,
 }
 
 impl Outbox {
-    pub(crate) fn new(half: OwnedWriteHalf) -> Arc<Outbox> {
+    pub(crate) fn new(half: OwnedWriteHalf, unsent: Account) -> Arc<Outbox> {
         Arc::new(Outbox {
             half,
             leftover: Mutex::new(None),
             queued: AtomicUsize::new(0),
+            unsent,
         })
+    }
+
+    /// Bytes waiting to be written.
+    #[cfg(test)]
+    pub(crate) fn unsent_bytes(&self) -> usize {
+        self.unsent.bytes()
     }
 
     /// Writes `frame` from the calling thread if it can go out at once. Otherwise returns what must
@@ -52,6 +65,7 @@ impl Outbox {
             match self.half.try_write(&frame) {
                 Ok(written) if written == frame.len() => return None,
                 Ok(written) => {
+                    self.unsent.add(frame.len() - written);
                     *leftover = Some(frame.slice(written..));
                     // Counted before the lock is released, so no other thread writes directly
                     // until the writer task has sent the tail.
@@ -62,6 +76,7 @@ impl Outbox {
                 Err(_) => {}
             }
         }
+        self.unsent.add(frame.len());
         self.queued.fetch_add(1, Ordering::AcqRel);
         Some(frame)
     }
@@ -79,6 +94,7 @@ impl Outbox {
         }
         let slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
         let mut written = self.half.try_write_vectored(&slices)?;
+        self.unsent.sub(written);
         while written > 0 {
             let Some(front) = frames.front_mut() else { break };
             if written >= front.len() {
@@ -143,7 +159,8 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_read, write) = server.into_split();
-        let outbox = Outbox::new(write);
+        let budget = vknf_runtime::MemoryBudget::new(1 << 30);
+        let outbox = Outbox::new(write, budget.client().account(vknf_runtime::Category::Unsent));
         let (tx, rx) = mpsc::channel::<Bytes>(1024);
         let writer = tokio::spawn(write_loop(outbox.clone(), rx, Duration::from_secs(20)));
 
@@ -179,8 +196,11 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        drop(outbox);
         writer.await.unwrap();
+        assert_eq!(outbox.unsent_bytes(), 0, "every byte written is given back");
+        drop(outbox);
+        assert_eq!(budget.used(), 0);
+        assert!(budget.peak() > 0, "frames waited, charged, for the late reader");
         // Every sender gone and every frame written: the socket is shut for writing.
         assert_eq!(client.read(&mut head).await.unwrap(), 0);
     }

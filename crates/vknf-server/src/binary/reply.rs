@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::OwnedPermit;
 use vknf_protocol::{ErrorCode, ResponseLayout, encode_error};
-use vknf_runtime::{AnswerLayout, CallError, Metrics, Reply};
+use vknf_runtime::{AnswerLayout, CallError, Charge, Metrics, Reply};
 
 use super::outbox::Outbox;
 
@@ -32,8 +32,12 @@ pub(crate) fn error_code(error: &CallError) -> ErrorCode {
 /// Reserving the slot before admitting the request means an answer can always be queued without
 /// waiting, and a connection never holds more answers than its in-flight limit. A reply dropped
 /// unanswered answers `INTERNAL`, so no request is ever left unanswered.
+///
+/// The request's bytes count against the connection's share of the memory budget until its answer
+/// is written or queued (where the outbox charges it as unsent).
 pub(crate) struct FrameReply {
     permit: Option<OwnedPermit<Bytes>>,
+    input: Charge,
     outbox: Arc<Outbox>,
     request_id: u64,
     in_flight: Arc<AtomicUsize>,
@@ -46,6 +50,7 @@ pub(crate) struct FrameReply {
 impl FrameReply {
     pub(crate) fn new(
         permit: OwnedPermit<Bytes>,
+        input: Charge,
         outbox: Arc<Outbox>,
         request_id: u64,
         in_flight: Arc<AtomicUsize>,
@@ -55,6 +60,7 @@ impl FrameReply {
         in_flight.fetch_add(1, Ordering::AcqRel);
         FrameReply {
             permit: Some(permit),
+            input,
             outbox,
             request_id,
             in_flight,
@@ -81,6 +87,8 @@ impl FrameReply {
         {
             permit.send(queued);
         }
+        // The answer is out, or charged as unsent by the outbox: the request holds nothing more.
+        self.input = Charge::none();
     }
 
     fn send_error(&mut self, code: ErrorCode, message: &str) {

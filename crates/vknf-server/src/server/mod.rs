@@ -339,6 +339,7 @@ impl Server {
             metrics: self.metrics().clone(),
             server_metrics: self.inner.server_metrics.clone(),
             connections: self.inner.connections.clone(),
+            budget: self.inner.runtime.budget().clone(),
         };
         let acceptor = tokio::spawn(accept_loop(socket, listener));
         tracing::info!(function = %key, %addr, loader = self.inner.runtime.loader_name(), "serving");

@@ -54,6 +54,11 @@ pub struct DataPlaneArgs {
     /// Largest frame payload in MiB.
     #[arg(long, default_value_t = 16)]
     pub max_frame_mib: u32,
+    /// MiB of the process's memory budget: requests being received, queued calls and answers not yet
+    /// read, across every function and both front ends. One connection may hold an eighth of it;
+    /// past it requests are answered BUSY (or 503 / RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 1024)]
+    pub memory_budget_mib: usize,
     /// Largest model in MiB.
     #[arg(long, default_value_t = 256)]
     pub max_model_mib: usize,
@@ -79,12 +84,21 @@ impl DataPlaneArgs {
             (1..=1024).contains(&self.max_frame_mib),
             "--max-frame-mib must be 1..=1024"
         );
+        anyhow::ensure!(
+            self.memory_budget_mib / vknf_runtime::MemoryBudget::CLIENT_SHARE_DIVISOR >= self.max_frame_mib as usize,
+            "--memory-budget-mib ({}) must be at least {} x --max-frame-mib ({}): one connection may hold \
+             an eighth of the budget and must be able to send the largest frame",
+            self.memory_budget_mib,
+            vknf_runtime::MemoryBudget::CLIENT_SHARE_DIVISOR,
+            self.max_frame_mib
+        );
         Ok(ServerConfig {
             bind_ip: self.bind,
             max_payload: self.max_frame_mib << 20,
             max_connections: self.max_connections.max(1),
             max_in_flight_per_connection: self.max_in_flight.max(1),
             max_queued_bytes: self.max_queued_mib << 20,
+            memory_budget: self.memory_budget_mib << 20,
             lanes_per_function: self.lanes.max(1),
             default_max_wait: Duration::from_micros(self.max_wait_us),
             lane_spin: Duration::from_micros(self.lane_spin_us),
