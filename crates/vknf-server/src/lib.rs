@@ -15,5 +15,5 @@ pub mod metrics;
 pub mod ops;
 pub mod server;
 
-pub use config::ServerConfig;
+pub use config::{BindAddress, ServerConfig, plaintext_allowed};
 pub use server::{DirectorySource, FunctionStatus, HostStatus, Server};

@@ -77,6 +77,8 @@ impl AgentArgs {
             .state_dir
             .clone()
             .or_else(|| std::env::var_os("RUNTIME_DIRECTORY").map(|dir| PathBuf::from(dir).join("manifests")));
+        // Function ports bind the host's address among their endpoints, else the advertised one.
+        let (addresses, advertise) = (host.addresses.clone(), host.advertise);
         let mut config = AgentConfig::new(host);
         config.namespace = self.namespace.clone();
         config.lease_namespace = self.lease_namespace.clone();
@@ -85,7 +87,7 @@ impl AgentArgs {
         config.drain_delay = Duration::from_secs(self.drain_delay_s);
         config.state_dir = state_dir;
         config.parse_options = self.data_plane.parse_options();
-        config.server = self.data_plane.server_config()?;
+        config.server = self.data_plane.server_config(addresses, Some(advertise))?;
         if let Some(addr) = self.data_plane.oip_addr {
             // The port goes into every EndpointSlice: it must be the one the host listens on.
             anyhow::ensure!(
@@ -138,6 +140,7 @@ pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) ->
     };
     Ok(run_blocking(DaemonOptions {
         kubeconfig: args.kubeconfig.clone(),
+        ops_tls: args.data_plane.tls()?,
         metrics_addr: args.data_plane.metrics_addr,
         oip_addr: if args.watchdog { None } else { args.data_plane.oip_addr },
         role,
