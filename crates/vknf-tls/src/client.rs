@@ -38,9 +38,9 @@ impl ClientTls {
         let roots = roots(&files.ca, "CA certificates")?;
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|source| TlsError::Rejected {
+            .map_err(|error| TlsError::Rejected {
                 what: "TLS protocol versions".into(),
-                source,
+                error,
             })?
             .with_root_certificates(roots);
         let config = match (&files.cert, &files.key) {
@@ -49,9 +49,9 @@ impl ClientTls {
                 let private = private_key(key)?;
                 builder
                     .with_client_auth_cert(chain, private)
-                    .map_err(|source| TlsError::Rejected {
+                    .map_err(|error| TlsError::Rejected {
                         what: format!("client certificate {} with key {}", cert.display(), key.display()),
-                        source,
+                        error,
                     })?
             }
             (None, None) => builder.with_no_client_auth(),

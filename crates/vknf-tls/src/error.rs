@@ -6,14 +6,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read.
-    #[error("cannot read {what} {path}: {source}")]
+    #[error("cannot read {what} {path}: {error}")]
     Read {
         /// What the file should hold (certificate chain, private key, CA certificates).
         what: &'static str,
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a separate cause, so that it is said once).
+        error: std::io::Error,
     },
     /// The file is not PEM, or a PEM section in it is broken.
     #[error("{what} {path} is not valid PEM: {reason}")]
@@ -37,12 +37,12 @@ pub enum TlsError {
     },
     /// rustls refused the material: a key that does not match the certificate, a CA certificate it
     /// cannot parse, a key type it does not support.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", explain(error))]
     Rejected {
         /// What was being set up, with the files involved.
         what: String,
-        /// rustls' reason.
-        source: rustls::Error,
+        /// rustls' reason (in the message, not a separate cause, so that it is said once).
+        error: rustls::Error,
     },
     /// The client CA file's certificates do not make a usable verifier.
     #[error("client CA {path}: {reason}")]
@@ -58,4 +58,14 @@ pub enum TlsError {
     /// The name the server's certificate is checked against is not a DNS name or an IP address.
     #[error("{0:?} is not a valid TLS server name (a DNS name or an IP address)")]
     ServerName(String),
+}
+
+/// rustls' reason, in words where its own are terse.
+fn explain(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "the private key does not belong to the certificate".to_owned()
+        }
+        other => other.to_string(),
+    }
 }

@@ -8,10 +8,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::TlsError;
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -57,9 +57,9 @@ pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsErro
 pub(crate) fn roots(path: &Path, what: &'static str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in certificates(path, what)? {
-        roots.add(certificate).map_err(|source| TlsError::Rejected {
+        roots.add(certificate).map_err(|error| TlsError::Rejected {
             what: format!("{what} {}", path.display()),
-            source,
+            error,
         })?;
     }
     Ok(roots)

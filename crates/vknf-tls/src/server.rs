@@ -53,9 +53,9 @@ impl ServerTls {
         let key = private_key(&files.key)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|source| TlsError::Rejected {
+            .map_err(|error| TlsError::Rejected {
                 what: "TLS protocol versions".into(),
-                source,
+                error,
             })?;
         let builder = match &files.client_ca {
             Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
@@ -63,9 +63,9 @@ impl ServerTls {
         };
         let mut config = builder
             .with_single_cert(chain, key)
-            .map_err(|source| TlsError::Rejected {
+            .map_err(|error| TlsError::Rejected {
                 what: format!("certificate {} with key {}", files.cert.display(), files.key.display()),
-                source,
+                error,
             })?;
         // Session tickets and resumption stay rustls' defaults; nothing is written to disk.
         config.alpn_protocols.clear();

@@ -129,18 +129,26 @@ fn hostname_lossy() -> anyhow::Result<String> {
 /// Runs `vknf agent`: the watchdog with `--watchdog`, else the node agent with the CPU loader
 /// (`--cpu`) or `gpu`.
 pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) -> anyhow::Result<()> {
-    let role = if args.watchdog {
-        Role::Watchdog(args.watchdog_config()?)
+    // The operations endpoint shares the agent's TLS set-up (and so its handshake metrics).
+    let (role, ops_tls) = if args.watchdog {
+        let tls = args.data_plane.tls()?;
+        args.data_plane.check_metrics_addr(tls.is_some())?;
+        (Role::Watchdog(args.watchdog_config()?), tls)
     } else {
         let loader = args.data_plane.loader(gpu)?;
-        Role::Agent {
-            config: Box::new(args.agent_config()?),
-            loader,
-        }
+        let config = args.agent_config()?;
+        let tls = config.server.tls.clone();
+        (
+            Role::Agent {
+                config: Box::new(config),
+                loader,
+            },
+            tls,
+        )
     };
     Ok(run_blocking(DaemonOptions {
         kubeconfig: args.kubeconfig.clone(),
-        ops_tls: args.data_plane.tls()?,
+        ops_tls,
         metrics_addr: args.data_plane.metrics_addr,
         oip_addr: if args.watchdog { None } else { args.data_plane.oip_addr },
         role,

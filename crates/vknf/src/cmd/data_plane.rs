@@ -114,10 +114,7 @@ impl DataPlaneArgs {
             },
         };
         let tls = self.tls()?;
-        if let Some(addr) = self.metrics_addr {
-            vknf_server::plaintext_allowed(addr.ip(), tls.is_some(), self.allow_plaintext)
-                .map_err(|reason| anyhow::anyhow!("--metrics-addr {addr}: {reason}"))?;
-        }
+        self.check_metrics_addr(tls.is_some())?;
         Ok(ServerConfig {
             bind,
             tls,
@@ -134,6 +131,15 @@ impl DataPlaneArgs {
             write_timeout: Duration::from_secs(self.write_timeout_s.max(1)),
             drain_timeout: Duration::from_secs(self.drain_timeout_s),
         })
+    }
+
+    /// Refuses a plaintext `--metrics-addr` beyond loopback unless `--allow-plaintext`.
+    pub fn check_metrics_addr(&self, tls: bool) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_addr {
+            vknf_server::plaintext_allowed(addr.ip(), tls, self.allow_plaintext)
+                .map_err(|reason| anyhow::anyhow!("--metrics-addr {addr}: {reason}"))?;
+        }
+        Ok(())
     }
 
     /// The TLS set-up of `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
