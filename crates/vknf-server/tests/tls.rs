@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use vknf_forest::GpuForest;
 use vknf_protocol::blocking_client::BlockingClient;
 use vknf_protocol::client::{Client, ClientConfig};
-use vknf_server::{Server, ServerConfig};
+use vknf_server::{BindAddress, FunctionStatus, Server, ServerConfig};
 use vknf_testkit::pki::TestPki;
 use vknf_tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
@@ -407,5 +407,73 @@ async fn curl_body() {
 
     let _ = stop.send(());
     ops_task.await.unwrap();
+    server.shutdown().await;
+}
+
+/// A server without TLS whose function (endpoint 127.0.0.1) binds as `bind` says.
+async fn status_with(bind: BindAddress, allow_plaintext: bool) -> (Server, FunctionStatus) {
+    let dir = tempfile::tempdir().unwrap();
+    write_forest_manifest(dir.path(), "iris", &random_forest(FEATURES, CLASSES, 4, 4, 9), 64, 200);
+    let config = ServerConfig {
+        bind,
+        allow_plaintext,
+        ..common::test_config()
+    };
+    let server = common::start_server(dir.path(), config).await;
+    let status = server.status().functions[&common::key("iris")].clone();
+    (server, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_ports_bind_their_endpoint_address_and_plaintext_stays_on_loopback() {
+    common::bounded(bind_body()).await;
+}
+
+async fn bind_body() {
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    // The host's address among the endpoints: 127.0.0.1, not every address.
+    let (server, status) = status_with(
+        BindAddress::Endpoints {
+            host: vec!["10.9.9.9".parse().unwrap(), loopback],
+            otherwise: None,
+        },
+        false,
+    )
+    .await;
+    let FunctionStatus::Serving { addr } = status else {
+        panic!("{status:?}")
+    };
+    assert_eq!(addr.ip(), loopback);
+    server.shutdown().await;
+
+    // Endpoints that name another host only: not served, and readiness says why.
+    let (server, status) = status_with(
+        BindAddress::Endpoints {
+            host: vec!["10.9.9.9".parse().unwrap()],
+            otherwise: None,
+        },
+        false,
+    )
+    .await;
+    assert!(
+        matches!(&status, FunctionStatus::Failed { reason, .. } if reason.contains("endpoint addresses")),
+        "{status:?}"
+    );
+    assert!(!server.status().is_ready());
+    server.shutdown().await;
+
+    // Every address without TLS: refused unless plaintext is allowed.
+    let all = BindAddress::Fixed("0.0.0.0".parse().unwrap());
+    let (server, status) = status_with(all.clone(), false).await;
+    assert!(
+        matches!(&status, FunctionStatus::Failed { reason, .. } if reason.contains("--allow-plaintext")),
+        "{status:?}"
+    );
+    server.shutdown().await;
+    let (server, status) = status_with(all, true).await;
+    let FunctionStatus::Serving { addr } = status else {
+        panic!("{status:?}")
+    };
+    assert!(addr.ip().is_unspecified());
     server.shutdown().await;
 }
