@@ -477,3 +477,66 @@ async fn bind_body() {
     assert!(addr.ip().is_unspecified());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_held_back_by_a_full_socket_all_arrive_over_tls() {
+    common::bounded(full_socket_body()).await;
+}
+
+/// A client that pipelines requests whose answers overflow the socket buffers before it reads any:
+/// the server's TLS session holds encrypted records it could not write, and they must still go out
+/// when the client reads (nothing else will come to push them).
+async fn full_socket_body() {
+    use bytes::BytesMut;
+    use tokio::io::AsyncWriteExt as _;
+    use vknf_protocol::{Decoded, FrameDecoder, ResponseBody, encode_request};
+
+    const REQUESTS: u64 = 32;
+    const ROWS: usize = 12_000;
+    let pki = TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, model) = tls_server(dir.path(), &pki, true, 4096).await;
+    let target = addr(&server, "iris");
+    // A small receive window, so that the server's socket fills long before the client reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    let tcp = socket.connect(target).await.unwrap();
+    let mut stream = client_tls(&pki, Some("client")).connect(tcp).await.expect("handshake");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(6);
+    let mut sent = Vec::new();
+    for id in 1..=REQUESTS {
+        let rows = random_rows(ROWS, FEATURES, &mut rng);
+        let mut frame = BytesMut::new();
+        encode_request(&mut frame, id, FEATURES as u32, SCORES, &rows).unwrap();
+        stream.write_all(&frame).await.unwrap();
+        sent.push(rows);
+    }
+    stream.flush().await.unwrap();
+    // About 7.7 MB of answers, more than the socket buffers hold, wait while the client reads nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut decoder = FrameDecoder::new(64 << 20);
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    let mut answered = std::collections::BTreeSet::new();
+    let reading = async {
+        while answered.len() < REQUESTS as usize {
+            while let Some(Decoded::Frame(frame)) = decoder.decode(&mut buf).unwrap() {
+                let id = frame.header.request_id;
+                let answer = ResponseBody::parse(frame.payload).expect("a response");
+                let expected = model.predict_cpu(&sent[id as usize - 1], ROWS).unwrap();
+                assert_eq!(answer.output(0).unwrap().to_u32(), expected.labels, "answer {id}");
+                assert!(answered.insert(id), "answer {id} twice");
+            }
+            if answered.len() < REQUESTS as usize {
+                assert_ne!(stream.read_buf(&mut buf).await.unwrap(), 0, "closed early");
+            }
+        }
+    };
+    let complete = tokio::time::timeout(Duration::from_secs(20), reading).await;
+    assert!(
+        complete.is_ok(),
+        "only {} of {REQUESTS} answers arrived",
+        answered.len()
+    );
+    drop(stream);
+    server.shutdown().await;
+}
