@@ -11,8 +11,10 @@ use tokio::sync::watch;
 use vknf_functions::FunctionLoader;
 
 use crate::agent::{Agent, AgentConfig, AgentError};
-use crate::ops::{OpsSource, serve_ops_source};
+use crate::ops::OpsSource;
 use crate::watchdog::{Watchdog, WatchdogConfig};
+use vknf_server::ops::{OpsLimits, serve_ops_tls};
+use vknf_tls::ServerTls;
 
 /// What the process runs.
 pub enum Role {
@@ -33,6 +35,8 @@ pub struct DaemonOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Address of `/metrics`, `/livez` and `/readyz`, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the operations endpoint, if set.
+    pub ops_tls: Option<ServerTls>,
     /// Address of the host's Open Inference Protocol port (the agent only), if any.
     pub oip_addr: Option<SocketAddr>,
     /// Agent or watchdog.
@@ -119,9 +123,16 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
             tracing::info!(%addr, "operations endpoint: /metrics /livez /readyz");
         }
         let mut stopped = ops_stopped.clone();
-        Some(tokio::spawn(serve_ops_source(listener, source, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })))
+        let tls = options.ops_tls.clone();
+        Some(tokio::spawn(serve_ops_tls(
+            listener,
+            source,
+            OpsLimits::default(),
+            tls,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )))
     };
     let ops = match options.role {
         Role::Agent { config, loader } => {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use vknf_tls::ServerTls;
+
 /// Limits and timeouts of the Open Inference Protocol port.
 #[derive(Debug, Clone)]
 pub struct OipConfig {
@@ -20,6 +22,9 @@ pub struct OipConfig {
     pub header_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// TLS on the port (every connection handshakes first, within its timeout and holding its
+    /// connection slot); plaintext h1/h2c when `None`. Offer ALPN `h2` and `http/1.1` in it.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for OipConfig {
@@ -32,6 +37,7 @@ impl Default for OipConfig {
             max_concurrent_streams: 128,
             header_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

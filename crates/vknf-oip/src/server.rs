@@ -1,6 +1,6 @@
-//! The port: one listener for every function of the host, HTTP/1.1 and HTTP/2 (h2c) on the same
-//! socket, gRPC told from REST by its content type (`application/grpc`), as gRPC servers that share a
-//! port with REST do.
+//! The port: one listener for every function of the host, HTTP/1.1 and HTTP/2 (h2c, or h2 over TLS)
+//! on the same socket, gRPC told from REST by its content type (`application/grpc`), as gRPC servers
+//! that share a port with REST do.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -121,7 +121,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
                     let _ = stream.set_nodelay(true);
                     let (shared, builder, stopped) = (shared.clone(), builder.clone(), stopped.clone());
                     tasks.spawn(async move {
-                        serve_connection(stream, shared, builder, stopped).await;
+                        serve_accepted(stream, shared, builder, stopped).await;
                         drop(permit);
                     });
                 }
@@ -142,8 +142,33 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
     }
 }
 
-async fn serve_connection(
+/// The `port` label of this port's TLS handshakes.
+const TLS_PORT: &str = "oip";
+
+/// Serves one accepted connection, after a TLS handshake when the port has TLS (bounded in time;
+/// the connection holds its slot meanwhile).
+async fn serve_accepted(
     stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let Some(tls) = shared.config.tls.clone() else {
+        return serve_connection(stream, shared, builder, stopped).await;
+    };
+    tokio::select! {
+        accepted = tls.accept(TLS_PORT, stream) => {
+            // A failed handshake is counted in the TLS metrics; the client saw the alert.
+            if let Ok(stream) = accepted {
+                serve_connection(stream, shared, builder, stopped).await;
+            }
+        }
+        () = until_stopped(&mut stopped) => {}
+    }
+}
+
+async fn serve_connection(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     shared: Arc<Shared>,
     builder: auto::Builder<TokioExecutor>,
     mut stopped: watch::Receiver<bool>,

@@ -7,16 +7,48 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use vknf_tls::ClientTls;
 
 use crate::client::{Answer, ClientError, parse_answer};
 use crate::codec::{Decoded, Description, FrameDecoder, FrameError, ResponseBody, encode_describe, encode_request};
 
 /// A connection to one function, used by one thread.
 pub struct BlockingClient {
-    stream: TcpStream,
+    stream: Transport,
     answers: AnswerReader,
     write_buf: BytesMut,
     next_id: u64,
+}
+
+/// A blocking connection: TCP, or TLS over TCP.
+enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Tcp(stream) => stream.read(buf),
+            Transport::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Tcp(stream) => stream.write(buf),
+            Transport::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Tcp(stream) => stream.flush(),
+            Transport::Tls(stream) => stream.flush(),
+        }
+    }
 }
 
 /// Reads answer frames from a blocking socket.
@@ -37,7 +69,7 @@ impl AnswerReader {
 
     /// The next answer and the request id it names, reading from `stream` as needed. Fails when the
     /// connection closes or breaks, or the server sends something that is not an answer frame.
-    pub(crate) fn next(&mut self, mut stream: &TcpStream) -> Result<(u64, Result<Answer, ClientError>), ClientError> {
+    pub(crate) fn next(&mut self, mut stream: impl Read) -> Result<(u64, Result<Answer, ClientError>), ClientError> {
         loop {
             if let Some(decoded) = self.decoder.decode(&mut self.buf)? {
                 let Decoded::Frame(frame) = decoded else {
@@ -57,6 +89,16 @@ impl AnswerReader {
 impl BlockingClient {
     /// Connects; `timeout` bounds the connect and every later read or write.
     pub fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<BlockingClient, ClientError> {
+        BlockingClient::connect_with(addr, timeout, None)
+    }
+
+    /// Connects, over TLS when `tls` is set (the handshake is done before this returns);
+    /// `timeout` bounds the connect, the handshake's reads and writes and every later one.
+    pub fn connect_with(
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<BlockingClient, ClientError> {
         let io = |e: std::io::Error| ClientError::Io(e.to_string());
         let mut last = ClientError::Io("the address resolved to nothing".into());
         for addr in addr.to_socket_addrs().map_err(io)? {
@@ -65,6 +107,13 @@ impl BlockingClient {
                     stream.set_nodelay(true).map_err(io)?;
                     stream.set_read_timeout(Some(timeout)).map_err(io)?;
                     stream.set_write_timeout(Some(timeout)).map_err(io)?;
+                    let stream = match tls {
+                        None => Transport::Tcp(stream),
+                        Some(tls) => Transport::Tls(Box::new(
+                            tls.connect_blocking(stream)
+                                .map_err(|e| ClientError::Io(format!("TLS handshake: {e}")))?,
+                        )),
+                    };
                     return Ok(BlockingClient {
                         stream,
                         answers: AnswerReader::new(),
@@ -112,9 +161,10 @@ impl BlockingClient {
     fn call(&mut self, id: u64) -> Result<Answer, ClientError> {
         self.stream
             .write_all(&self.write_buf)
+            .and_then(|()| self.stream.flush())
             .map_err(|e| ClientError::Io(e.to_string()))?;
         loop {
-            let (answer_id, answer) = self.answers.next(&self.stream)?;
+            let (answer_id, answer) = self.answers.next(&mut self.stream)?;
             if answer_id == id {
                 return answer;
             }

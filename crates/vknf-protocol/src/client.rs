@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use vknf_tls::ClientTls;
 
 use crate::codec::{
     Decoded, Description, ErrorBody, ErrorCode, FrameDecoder, FrameError, FrameType, ResponseBody, encode_describe,
@@ -77,6 +78,9 @@ pub struct ClientConfig {
     pub max_payload: u32,
     /// Frames queued for writing before callers wait.
     pub write_queue: usize,
+    /// TLS to the server, when set; the server's certificate is checked for the set-up's server name,
+    /// else for the IP address connected to ([`ClientTls::with_default_server_name`]).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -84,6 +88,7 @@ impl Default for ClientConfig {
         ClientConfig {
             max_payload: 256 << 20,
             write_queue: 1024,
+            tls: None,
         }
     }
 }
@@ -116,7 +121,27 @@ impl Client {
             .await
             .map_err(|e| ClientError::Io(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+        match &config.tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                Ok(Client::start(reader, writer, &config))
+            }
+            Some(tls) => {
+                let stream = tls
+                    .connect(stream)
+                    .await
+                    .map_err(|e| ClientError::Io(format!("TLS handshake: {e}")))?;
+                let (reader, writer) = tokio::io::split(stream);
+                Ok(Client::start(reader, writer, &config))
+            }
+        }
+    }
+
+    fn start(
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        writer: impl AsyncWrite + Unpin + Send + 'static,
+        config: &ClientConfig,
+    ) -> Client {
         let pending: Pending = Arc::default();
         let (outgoing, rx) = mpsc::channel(config.write_queue.max(1));
         let write_task = tokio::spawn(write_loop(writer, rx, pending.clone()));
@@ -125,12 +150,12 @@ impl Client {
             FrameDecoder::new(config.max_payload),
             pending.clone(),
         ));
-        Ok(Client {
+        Client {
             outgoing,
             pending,
             next_id: AtomicU64::new(1),
             tasks: [write_task, read_task],
-        })
+        }
     }
 
     /// Runs `rows` (row-major, `n_features` per row) through the function. `output_mask` asks
@@ -206,11 +231,15 @@ fn finish(pending: &Pending, error: ClientError) {
     }
 }
 
-async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, pending: Pending) {
+async fn write_loop(mut writer: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Bytes>, pending: Pending) {
     while let Some(frame) = rx.recv().await {
         let mut result = writer.write_all(&frame).await;
         while let (Ok(()), Ok(frame)) = (&result, rx.try_recv()) {
             result = writer.write_all(&frame).await;
+        }
+        if result.is_ok() {
+            // TLS may hold the last records back; TCP holds nothing.
+            result = writer.flush().await;
         }
         if let Err(error) = result {
             finish(&pending, ClientError::Io(error.to_string()));
@@ -219,7 +248,7 @@ async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::R
     }
 }
 
-async fn read_loop(mut reader: tokio::net::tcp::OwnedReadHalf, mut decoder: FrameDecoder, pending: Pending) {
+async fn read_loop(mut reader: impl AsyncRead + Unpin, mut decoder: FrameDecoder, pending: Pending) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // A connection-level error (request id 0) explains why the server hung up.
     let mut last_word: Option<String> = None;

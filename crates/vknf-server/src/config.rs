@@ -5,12 +5,59 @@ use std::time::Duration;
 
 use vknf_protocol::DEFAULT_MAX_PAYLOAD;
 use vknf_runtime::RuntimeSettings;
+use vknf_tls::ServerTls;
+
+/// Where a function's port listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindAddress {
+    /// Every function port on this address; the unspecified address (`0.0.0.0`, `::`) is every
+    /// address of the host.
+    Fixed(IpAddr),
+    /// Each function port on the host's own address among the function's endpoints (its
+    /// EndpointSlices or Endpoints name the hosts that serve it): the first endpoint address that is
+    /// in `host` (or, when `host` is empty, that the host can bind). A function whose endpoints name
+    /// none binds `otherwise`, or is not served when that is `None`.
+    Endpoints {
+        /// This host's addresses.
+        host: Vec<IpAddr>,
+        /// The address for functions whose endpoints name none of the host's (the agent's own
+        /// published address, for functions it places itself before their endpoints exist).
+        otherwise: Option<IpAddr>,
+    },
+}
+
+impl BindAddress {
+    /// The addresses to try for a function with these endpoints, in order.
+    pub fn candidates(&self, endpoints: &[IpAddr]) -> Vec<IpAddr> {
+        match self {
+            BindAddress::Fixed(ip) => vec![*ip],
+            BindAddress::Endpoints { host, otherwise } => {
+                let mut candidates: Vec<IpAddr> = endpoints
+                    .iter()
+                    .filter(|ip| host.is_empty() || host.contains(ip))
+                    .copied()
+                    .collect();
+                if let Some(ip) = otherwise
+                    && !candidates.contains(ip)
+                {
+                    candidates.push(*ip);
+                }
+                candidates
+            }
+        }
+    }
+}
 
 /// Limits and timeouts of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address the function ports are bound on.
-    pub bind_ip: IpAddr,
+    /// Where the function ports listen.
+    pub bind: BindAddress,
+    /// TLS on every port of the server (function ports and the Open Inference Protocol port), if set.
+    pub tls: Option<ServerTls>,
+    /// Serve without TLS on addresses other than loopback ones. Off by default: a port reachable from
+    /// the network without TLS is an explicit choice.
+    pub allow_plaintext: bool,
     /// Largest frame payload accepted; larger frames are answered `TOO_LARGE`.
     pub max_payload: u32,
     /// Open connections across all functions; more are answered `BUSY` and closed.
@@ -47,7 +94,9 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind: BindAddress::Fixed(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            tls: None,
+            allow_plaintext: false,
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_connections: 4096,
             max_in_flight_per_connection: 256,
@@ -66,6 +115,12 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Refuses a plaintext port on `ip` unless it is a loopback address, TLS is set or plaintext was
+    /// allowed; the error says what to do.
+    pub fn check_plaintext(&self, ip: IpAddr) -> Result<(), String> {
+        plaintext_allowed(ip, self.tls.is_some(), self.allow_plaintext)
+    }
+
     /// The function runtime's share of the configuration.
     pub fn runtime_settings(&self) -> RuntimeSettings {
         RuntimeSettings {
@@ -77,5 +132,69 @@ impl ServerConfig {
             quarantine_backoff: self.quarantine_backoff,
             memory_budget: self.memory_budget,
         }
+    }
+}
+
+/// Whether a port on `ip` may listen: always with TLS, else on loopback or with `allow_plaintext`.
+pub fn plaintext_allowed(ip: IpAddr, tls: bool, allow_plaintext: bool) -> Result<(), String> {
+    if tls || allow_plaintext || ip.is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing plaintext on a non-loopback address (give --tls-cert and --tls-key, or --allow-plaintext): {ip}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_function_binds_the_host_address_its_endpoints_name() {
+        let policy = BindAddress::Endpoints {
+            host: vec![ip("127.0.0.1"), ip("10.0.0.7")],
+            otherwise: None,
+        };
+        assert_eq!(
+            policy.candidates(&[ip("10.0.0.5"), ip("10.0.0.7")]),
+            vec![ip("10.0.0.7")]
+        );
+        assert!(
+            policy.candidates(&[ip("10.0.0.5")]).is_empty(),
+            "not this host's: not served"
+        );
+        let agent = BindAddress::Endpoints {
+            host: vec![ip("10.0.0.7")],
+            otherwise: Some(ip("10.0.0.7")),
+        };
+        assert_eq!(agent.candidates(&[]), vec![ip("10.0.0.7")]);
+        assert_eq!(agent.candidates(&[ip("10.0.0.7")]), vec![ip("10.0.0.7")]);
+        let unknown_host = BindAddress::Endpoints {
+            host: vec![],
+            otherwise: None,
+        };
+        assert_eq!(
+            unknown_host.candidates(&[ip("10.0.0.5"), ip("::1")]),
+            vec![ip("10.0.0.5"), ip("::1")]
+        );
+        assert_eq!(
+            BindAddress::Fixed(ip("0.0.0.0")).candidates(&[ip("10.0.0.7")]),
+            vec![ip("0.0.0.0")]
+        );
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_is_an_explicit_choice() {
+        assert!(plaintext_allowed(ip("127.0.0.1"), false, false).is_ok());
+        assert!(plaintext_allowed(ip("::1"), false, false).is_ok());
+        let refused = plaintext_allowed(ip("0.0.0.0"), false, false).unwrap_err();
+        assert!(refused.contains("--allow-plaintext"), "{refused}");
+        assert!(plaintext_allowed(ip("10.0.0.7"), false, false).is_err());
+        assert!(plaintext_allowed(ip("10.0.0.7"), true, false).is_ok());
+        assert!(plaintext_allowed(ip("10.0.0.7"), false, true).is_ok());
     }
 }

@@ -15,6 +15,6 @@ pub mod metrics;
 pub mod ops;
 pub mod server;
 
-pub use config::ServerConfig;
+pub use config::{BindAddress, ServerConfig, plaintext_allowed};
 pub use server::{DirectorySource, FunctionStatus, HostStatus, Server};
 pub use vknf_runtime::{DeviceHealth, DeviceStatus};

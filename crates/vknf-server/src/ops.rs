@@ -20,8 +20,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use vknf_tls::ServerTls;
 
 use crate::server::Server;
+
+/// The `port` label of this endpoint's TLS handshakes.
+const TLS_PORT: &str = "ops";
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -89,9 +93,18 @@ fn without_values(reason: &str) -> &str {
     reason.split(':').next().unwrap_or(reason).trim()
 }
 
-/// Serves the operations endpoint for `server` on `listener` until `shutdown` resolves.
+/// Serves the operations endpoint for `server` on `listener` until `shutdown` resolves, over TLS when
+/// the server has a TLS set-up.
 pub async fn serve_ops(listener: TcpListener, server: Server, shutdown: impl Future<Output = ()>) {
-    serve_ops_source(listener, OpsSource::for_server(server), shutdown).await;
+    let tls = server.tls().cloned();
+    serve_ops_tls(
+        listener,
+        OpsSource::for_server(server),
+        OpsLimits::default(),
+        tls,
+        shutdown,
+    )
+    .await;
 }
 
 /// Bounds of the operations endpoint: it is reachable by more than the scraper, so neither many nor
@@ -130,6 +143,20 @@ pub async fn serve_ops_with_limits(
     limits: OpsLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_ops_tls(listener, source, limits, None, shutdown).await;
+}
+
+/// Serves the operations endpoint reporting `source` on `listener` within `limits`, over TLS when
+/// `tls` is set (ALPN `http/1.1`; a handshake is bounded by the TLS set-up's timeout and holds a
+/// connection slot meanwhile), until `shutdown` resolves.
+pub async fn serve_ops_tls(
+    listener: TcpListener,
+    source: OpsSource,
+    limits: OpsLimits,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let tls = tls.map(|tls| tls.with_alpn(&[vknf_tls::alpn::HTTP_1_1]));
     let mut connections = JoinSet::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -147,14 +174,20 @@ pub async fn serve_ops_with_limits(
                 };
                 // At the cap the connection is closed at once: its descriptor is not kept.
                 let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
-                let (source, limits) = (source.clone(), limits.clone());
+                let (source, limits, tls) = (source.clone(), limits.clone(), tls.clone());
                 connections.spawn(async move {
-                    let service = service_fn(move |request| respond(request, source.clone()));
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(limits.header_timeout)
-                        .serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(limits.max_connection_lifetime, connection).await;
+                    // The lifetime bound covers the handshake too.
+                    let _ = tokio::time::timeout(limits.max_connection_lifetime, async {
+                        match tls {
+                            None => serve_http(stream, source, &limits).await,
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(TLS_PORT, stream).await {
+                                    serve_http(stream, source, &limits).await;
+                                }
+                            }
+                        }
+                    })
+                    .await;
                     drop(slot);
                 });
             }
@@ -163,6 +196,20 @@ pub async fn serve_ops_with_limits(
         }
     }
     connections.abort_all();
+}
+
+/// Serves HTTP/1.1 requests on one connection until it closes or its headers are late.
+async fn serve_http(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    source: OpsSource,
+    limits: &OpsLimits,
+) {
+    let service = service_fn(move |request| respond(request, source.clone()));
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Binds the operations endpoint.

@@ -230,6 +230,7 @@ async fn load_body() {
         output_mask: 0b10,
         seed: 1,
         value_range: (-1.0, 1.0),
+        tls: None,
     };
     let report = run_load(&closed).await.unwrap();
     assert_eq!(

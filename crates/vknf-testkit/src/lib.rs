@@ -2,13 +2,15 @@
 //!
 //! Test support shared by vknf's crates, kept out of the production libraries: forests of a known shape
 //! ([`synthetic`]), scikit-learn parity cases generated and checked through the project's Python
-//! ([`parity`]), and where the paper's tree lies ([`paper_tree_dir`]). Only dev-dependencies, examples
+//! ([`parity`]), certificates for TLS tests made by `openssl` ([`pki`]), and where the paper's tree lies
+//! ([`paper_tree_dir`]). Only dev-dependencies, examples
 //! and benchmarks link it.
 
 use std::path::{Path, PathBuf};
 
 pub mod gate;
 pub mod parity;
+pub mod pki;
 pub mod synthetic;
 
 /// Environment variable naming the directory of the paper's tree.

@@ -21,7 +21,7 @@ use vknf_k8s::{Agent, AgentConfig, FunctionPhase, HostFunctionStatus, HostIdenti
 use vknf_k8s_fake::{FakeApiServer, ResourceType, UserInfo};
 use vknf_manifest::{ManifestRequest, build_objects};
 use vknf_protocol::client::Client;
-use vknf_server::ServerConfig;
+use vknf_server::{BindAddress, ServerConfig};
 
 pub const NAMESPACE: &str = "default";
 pub const LEASE_NAMESPACE: &str = "vknf-system";
@@ -243,7 +243,7 @@ pub fn agent_config(host: &Host) -> AgentConfig {
     config.resync_interval = Duration::from_millis(500);
     config.drain_delay = Duration::from_millis(300);
     config.server = ServerConfig {
-        bind_ip: host.ip,
+        bind: BindAddress::Fixed(host.ip),
         lanes_per_function: 2,
         drain_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(5),

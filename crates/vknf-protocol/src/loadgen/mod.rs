@@ -22,7 +22,8 @@ use rand::{Rng as _, SeedableRng as _};
 mod open_loop;
 
 use crate::blocking_client::BlockingClient;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientConfig, ClientError};
+use vknf_tls::ClientTls;
 
 /// Connect, read and write timeout of the blocking clients.
 const BLOCKING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,6 +75,8 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Input values are drawn uniformly from this range.
     pub value_range: (f32, f32),
+    /// TLS to the function (closed loop only), its server name defaulting to the host of `addr`.
+    pub tls: Option<ClientTls>,
 }
 
 /// Why a run could not be made.
@@ -246,7 +249,26 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
             "value range {low}..{high} is empty or not finite"
         )));
     }
-    let first = Client::connect(config.addr.as_str()).await?;
+    let tls = match &config.tls {
+        Some(_) if matches!(config.mode, LoadMode::Open { .. }) => {
+            // The open loop writes from a pacer thread and reads from another on one socket, which
+            // a TLS session does not allow.
+            return Err(LoadError::Config(
+                "the open loop (a rate) runs over plain TCP only".into(),
+            ));
+        }
+        Some(tls) => Some(
+            tls.clone()
+                .with_default_server_name(ClientTls::host_of(&config.addr))
+                .map_err(|e| LoadError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let client_config = ClientConfig {
+        tls: tls.clone(),
+        ..ClientConfig::default()
+    };
+    let first = Client::connect_with(config.addr.as_str(), client_config.clone()).await?;
     let description = first.describe().await?;
     let width = description.info.input.width;
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
@@ -271,7 +293,9 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
         LoadMode::Closed { connections, depth } if depth > 1 => {
             let mut clients = vec![Arc::new(first)];
             for _ in 1..connections {
-                clients.push(Arc::new(Client::connect(addr.as_str()).await?));
+                clients.push(Arc::new(
+                    Client::connect_with(addr.as_str(), client_config.clone()).await?,
+                ));
             }
             Prepared::Pipelined { clients, depth }
         }
@@ -279,7 +303,10 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, LoadError> {
             drop(first);
             blocking(move || {
                 (0..connections)
-                    .map(|_| BlockingClient::connect(addr.as_str(), BLOCKING_TIMEOUT).map_err(LoadError::from))
+                    .map(|_| {
+                        BlockingClient::connect_with(addr.as_str(), BLOCKING_TIMEOUT, tls.as_ref())
+                            .map_err(LoadError::from)
+                    })
                     .collect()
             })
             .await?

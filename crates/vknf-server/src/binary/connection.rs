@@ -29,6 +29,7 @@ use vknf_runtime::{Call, Category, Charge, ClientBudget, FunctionHandle, Metrics
 
 use super::outbox::{Outbox, write_loop};
 use super::reply::{ErrorCounter, FrameReply, PROTOCOL};
+use super::transport::{Sink, Source};
 use crate::config::ServerConfig;
 
 /// Longest a finished connection waits for its client to close before closing itself.
@@ -61,14 +62,13 @@ enum FrameRoom {
 
 /// Serves one accepted connection until it ends.
 pub(crate) async fn serve_connection(
-    stream: TcpStream,
+    mut reader: impl Source,
+    writer: Sink,
     function: FunctionHandle,
     config: Arc<ServerConfig>,
     metrics: Metrics,
     client: ClientBudget,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
     let outbox = Outbox::new(writer, client.account(Category::Unsent));
     let (tx, rx) = mpsc::channel::<Bytes>(config.max_in_flight_per_connection.max(1) + 1);
     let writer_task = tokio::spawn(write_loop(outbox.clone(), rx, config.write_timeout));
@@ -114,7 +114,7 @@ pub(crate) async fn serve_connection(
 }
 
 /// Reads and drops what the client still sends, until it closes its side or `limit` passes.
-async fn linger(reader: &mut tokio::net::tcp::OwnedReadHalf, limit: Duration) {
+async fn linger(reader: &mut impl Source, limit: Duration) {
     let mut scratch = vec![0u8; 16 * 1024];
     let _ = tokio::time::timeout(limit, async {
         while let Ok(read) = reader.read(&mut scratch).await {
@@ -141,7 +141,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn read_loop(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf, config: &ServerConfig) -> Ending {
+    async fn read_loop(&mut self, reader: &mut impl Source, config: &ServerConfig) -> Ending {
         let mut decoder = FrameDecoder::new(config.max_payload);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut closing = self.function.closing();

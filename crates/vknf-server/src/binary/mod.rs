@@ -5,17 +5,21 @@
 mod connection;
 mod outbox;
 mod reply;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use vknf_runtime::{FunctionHandle, MemoryBudget, Metrics};
+use vknf_runtime::{ClientBudget, FunctionHandle, MemoryBudget, Metrics};
 
 use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
+
+/// The `port` label of the binary protocol's TLS handshakes.
+const TLS_PORT: &str = "binary";
 
 /// Decrements the connection gauge however the connection task ends.
 struct ConnectionGuard {
@@ -67,13 +71,17 @@ pub(crate) async fn accept_loop(socket: TcpListener, listener: Listener) {
                         let (function, config, metrics) = (function.clone(), config.clone(), metrics.clone());
                         let client = budget.client();
                         tasks.spawn(async move {
-                            connection::serve_connection(stream, function, config, metrics, client).await;
+                            serve(stream, function, config, metrics, client).await;
                             drop(guard);
                         });
                     }
                     Err(_) => {
                         server_metrics.refused_connections.inc();
-                        tasks.spawn(connection::refuse_connection(stream, config.write_timeout));
+                        // On TLS the BUSY frame would need a handshake first, which is what the
+                        // limit is there to spare: the connection is just closed.
+                        if config.tls.is_none() {
+                            tasks.spawn(connection::refuse_connection(stream, config.write_timeout));
+                        }
                     }
                 },
                 Err(error) => {
@@ -88,4 +96,32 @@ pub(crate) async fn accept_loop(socket: TcpListener, listener: Listener) {
     }
     drop(socket);
     while tasks.join_next().await.is_some() {}
+}
+
+/// Serves one accepted connection, in plain TCP or, when the server has a TLS set-up, after a
+/// handshake bounded in time (the connection holds its slot meanwhile, so handshakes count against
+/// the connection limit).
+async fn serve(
+    stream: TcpStream,
+    function: FunctionHandle,
+    config: Arc<ServerConfig>,
+    metrics: Metrics,
+    client: ClientBudget,
+) {
+    let Some(tls) = config.tls.clone() else {
+        let (reader, writer) = transport::split_tcp(stream);
+        connection::serve_connection(reader, writer, function, config, metrics, client).await;
+        return;
+    };
+    let mut closing = function.closing();
+    let stream = tokio::select! {
+        accepted = tls.accept(TLS_PORT, stream) => match accepted {
+            Ok(stream) => stream,
+            // Counted in the TLS metrics; the client sees the alert or the closed socket.
+            Err(_) => return,
+        },
+        () = until_closing(&mut closing) => return,
+    };
+    let (reader, writer) = transport::split_tls(stream);
+    connection::serve_connection(reader, writer, function, config, metrics, client).await;
 }

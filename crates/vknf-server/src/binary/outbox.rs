@@ -19,16 +19,17 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use parking_lot::Mutex;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use vknf_runtime::Account;
+
+use super::transport::Sink;
 
 /// Frames the writer task writes with one call, at most.
 const MAX_GATHER: usize = 64;
 
 /// The write half of a connection, shared by its writer task and every answer in flight.
 pub(crate) struct Outbox {
-    half: OwnedWriteHalf,
+    half: Sink,
     /// The unwritten tail of a frame that a direct write started.
     leftover: Mutex<Option<Bytes>>,
     /// Frames handed to the writer task and not yet written.
@@ -38,9 +39,9 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(half: OwnedWriteHalf, unsent: Account) -> Arc<Outbox> {
+    pub(crate) fn new(half: impl Into<Sink>, unsent: Account) -> Arc<Outbox> {
         Arc::new(Outbox {
-            half,
+            half: half.into(),
             leftover: Mutex::new(None),
             queued: AtomicUsize::new(0),
             unsent,
@@ -132,6 +133,10 @@ pub(crate) async fn write_loop(outbox: Arc<Outbox>, mut rx: mpsc::Receiver<Bytes
             if !matches!(tokio::time::timeout(timeout, outbox.half.writable()).await, Ok(Ok(()))) {
                 return;
             }
+        }
+        // TLS may hold the last records until flushed; TCP holds nothing.
+        if !outbox.half.flush_within(timeout).await {
+            return;
         }
         frames.clear();
         outbox.queued.fetch_sub(received, Ordering::AcqRel);

@@ -151,6 +151,9 @@ impl Server {
         let mut registry = Registry::default();
         runtime.register_metrics(&mut registry);
         server_metrics.register(&mut registry);
+        if let Some(tls) = &config.tls {
+            tls.metrics().register(&mut registry);
+        }
         let inner = Arc::new(Inner {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config: Arc::new(config),
@@ -165,6 +168,16 @@ impl Server {
             oip_addr: parking_lot::Mutex::new(None),
         });
         Server { inner }
+    }
+
+    /// The server's configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The TLS set-up every port of the server uses, if any.
+    pub fn tls(&self) -> Option<&vknf_tls::ServerTls> {
+        self.inner.config.tls.as_ref()
     }
 
     /// The function runtime behind the server: its functions can be called in process too.
@@ -321,9 +334,9 @@ impl Server {
                 serving_previous: None,
             }
         };
-        let socket = match TcpListener::bind((self.inner.config.bind_ip, function.spec.port)).await {
+        let socket = match self.bind(&function).await {
             Ok(socket) => socket,
-            Err(e) => return failed(format!("cannot listen on port {}: {e}", function.spec.port)),
+            Err(reason) => return failed(reason),
         };
         let addr = match socket.local_addr() {
             Ok(addr) => addr,
@@ -353,6 +366,32 @@ impl Server {
             },
         );
         FunctionStatus::Serving { addr }
+    }
+
+    /// Opens a function's port on the address the bind policy names for it, refusing plaintext beyond
+    /// loopback unless allowed. Of several candidate addresses, the first the host can bind wins.
+    async fn bind(&self, function: &ManifestFunction) -> Result<TcpListener, String> {
+        let config = &self.inner.config;
+        let port = function.spec.port;
+        let candidates = config.bind.candidates(&function.spec.endpoints);
+        if candidates.is_empty() {
+            return Err(format!(
+                "none of the function's endpoint addresses is this host's (give --bind or --bind-all): {:?}",
+                function.spec.endpoints
+            ));
+        }
+        let mut last_error = None;
+        for ip in candidates {
+            config.check_plaintext(ip)?;
+            match TcpListener::bind((ip, port)).await {
+                Ok(socket) => return Ok(socket),
+                // Another host's address (the host list was not given): try the next endpoint.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => last_error = Some((ip, e)),
+                Err(e) => return Err(format!("cannot listen on port {port}: {ip}: {e}")),
+            }
+        }
+        let (ip, e) = last_error.expect("a candidate was tried");
+        Err(format!("cannot listen on port {port}: {ip}: {e}"))
     }
 
     /// Loads a new version and swaps it in; the old one finishes what it admitted.
@@ -401,7 +440,9 @@ impl Server {
     /// Opens the host's Open Inference Protocol port (REST and gRPC) on `addr`, serving every function
     /// of the server by name beside their binary ports; returns the bound address. Bodies are limited
     /// like binary frames (`max_payload`), connections like binary ones, and `/v2/health/ready` is
-    /// [`HostStatus::is_ready`]. A second call replaces the first port.
+    /// [`HostStatus::is_ready`]. With the server's TLS set-up the port speaks TLS only (ALPN `h2`,
+    /// `http/1.1`); without it, a non-loopback `addr` is refused unless plaintext is allowed. A second
+    /// call replaces the first port.
     pub async fn serve_oip(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let config = &self.inner.config;
         let oip_config = OipConfig {
@@ -410,8 +451,15 @@ impl Server {
             body_timeout: config.read_timeout,
             header_timeout: config.read_timeout,
             drain_timeout: config.drain_timeout,
+            tls: config
+                .tls
+                .as_ref()
+                .map(|tls| tls.with_alpn(&[vknf_tls::alpn::H2, vknf_tls::alpn::HTTP_1_1])),
             ..OipConfig::default()
         };
+        config
+            .check_plaintext(addr.ip())
+            .map_err(|reason| std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))?;
         // A weak reference: the port lives inside the server and must not keep it alive.
         let weak = Arc::downgrade(&self.inner);
         let readiness = Arc::new(move || {

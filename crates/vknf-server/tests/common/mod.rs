@@ -9,7 +9,7 @@ use std::time::Duration;
 use vknf_forest::GpuForest;
 use vknf_functions::CpuLoader;
 use vknf_manifest::{DEFAULT_PART_BYTES, FunctionKey, ManifestRequest, ParseOptions, Placement, build_objects};
-use vknf_server::{DirectorySource, Server, ServerConfig};
+use vknf_server::{BindAddress, DirectorySource, Server, ServerConfig};
 
 pub use vknf_testkit::synthetic::random_classifier as random_forest;
 
@@ -63,7 +63,7 @@ pub fn key(name: &str) -> FunctionKey {
 /// Small limits so tests exercise them quickly.
 pub fn test_config() -> ServerConfig {
     ServerConfig {
-        bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        bind: BindAddress::Fixed(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         max_in_flight_per_connection: 64,
         lanes_per_function: 2,
         default_max_wait: Duration::from_micros(200),

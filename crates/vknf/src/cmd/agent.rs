@@ -78,6 +78,8 @@ impl AgentArgs {
             .state_dir
             .clone()
             .or_else(|| std::env::var_os("RUNTIME_DIRECTORY").map(|dir| PathBuf::from(dir).join("manifests")));
+        // Function ports bind the host's address among their endpoints, else the advertised one.
+        let (addresses, advertise) = (host.addresses.clone(), host.advertise);
         let mut config = AgentConfig::new(host);
         config.namespaces = self.namespaces.clone();
         config.lease_namespace = self.lease_namespace.clone();
@@ -86,7 +88,7 @@ impl AgentArgs {
         config.drain_delay = Duration::from_secs(self.drain_delay_s);
         config.state_dir = state_dir;
         config.parse_options = self.data_plane.parse_options();
-        config.server = self.data_plane.server_config()?;
+        config.server = self.data_plane.server_config(addresses, Some(advertise))?;
         if let Some(addr) = self.data_plane.oip_addr {
             // The port goes into every EndpointSlice: it must be the one the host listens on.
             anyhow::ensure!(
@@ -128,17 +130,26 @@ fn hostname_lossy() -> anyhow::Result<String> {
 /// Runs `vknf agent`: the watchdog with `--watchdog`, else the node agent with the CPU loader
 /// (`--cpu`) or `gpu`.
 pub fn run_with_loader(args: AgentArgs, gpu: Option<Arc<dyn FunctionLoader>>) -> anyhow::Result<()> {
-    let role = if args.watchdog {
-        Role::Watchdog(args.watchdog_config()?)
+    // The operations endpoint shares the agent's TLS set-up (and so its handshake metrics).
+    let (role, ops_tls) = if args.watchdog {
+        let tls = args.data_plane.tls()?;
+        args.data_plane.check_metrics_addr(tls.is_some())?;
+        (Role::Watchdog(args.watchdog_config()?), tls)
     } else {
         let loader = args.data_plane.loader(gpu)?;
-        Role::Agent {
-            config: Box::new(args.agent_config()?),
-            loader,
-        }
+        let config = args.agent_config()?;
+        let tls = config.server.tls.clone();
+        (
+            Role::Agent {
+                config: Box::new(config),
+                loader,
+            },
+            tls,
+        )
     };
     Ok(run_blocking(DaemonOptions {
         kubeconfig: args.kubeconfig.clone(),
+        ops_tls,
         metrics_addr: args.data_plane.metrics_addr,
         oip_addr: if args.watchdog { None } else { args.data_plane.oip_addr },
         role,

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use vknf_protocol::loadgen::{LoadConfig, LoadLimit, LoadMode, run_load_blocking};
+use vknf_tls::{ClientTls, ClientTlsFiles};
 
 /// Arguments of `vknf load`.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +53,31 @@ pub struct LoadArgs {
     /// TrueType font for the chart's text (default: DejaVu Sans from the system).
     #[arg(long)]
     pub chart_font: Option<PathBuf>,
+    /// Connect over TLS, checking the server's certificate against these CA certificates (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), for servers that require one.
+    #[arg(long, value_name = "PEM", requires = "tls_ca", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the server's certificate must hold (default: the host of --addr).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl LoadArgs {
+    fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.tls_ca else { return Ok(None) };
+        let files = ClientTlsFiles {
+            ca: ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        Ok(Some(ClientTls::load(&files).context("cannot set up TLS")?))
+    }
 }
 
 /// Runs `vknf load`.
@@ -82,6 +109,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         output_mask: if args.scores { 1 << 1 } else { 0 },
         seed: args.seed,
         value_range: (args.min_value, args.max_value),
+        tls: args.tls()?,
     };
     let chart = args.chart.as_deref().map(|path| (path, args.chart_font.clone()));
     let report = run_load_blocking(&config, chart)?;

@@ -43,6 +43,12 @@ impl ServeArgs {
         } else {
             Placement::Addresses(self.host_address.clone())
         };
+        // With --all the host's addresses are not listed: each function binds the first of its
+        // endpoint addresses the host has.
+        let host_addresses = match &placement {
+            Placement::Addresses(addresses) => addresses.clone(),
+            Placement::All => Vec::new(),
+        };
         Ok(ServeOptions {
             source: DirectorySource {
                 dir: self.manifests.clone(),
@@ -50,7 +56,7 @@ impl ServeArgs {
                 options: self.data_plane.parse_options(),
                 poll_interval: Duration::from_millis(self.poll_ms.max(10)),
             },
-            config: self.data_plane.server_config()?,
+            config: self.data_plane.server_config(host_addresses, None)?,
             metrics_addr: self.data_plane.metrics_addr,
             oip_addr: self.data_plane.oip_addr,
         })
