@@ -344,17 +344,17 @@ mod tests {
         ];
         (
             link,
-            0usize..3,                                  // VLAN tags
-            any::<bool>(),                              // IPv6
-            5u8..8,                                     // IHL
+            0usize..3,                                                              // VLAN tags
+            any::<bool>(),                                                          // IPv6
+            5u8..8,                                                                 // IHL
             prop_oneof![Just(6u8), Just(17u8), Just(0u8), Just(44u8), any::<u8>()], // protocol / next header
-            prop_oneof![Just(0u16), Just(0x4000u16), any::<u16>()], // flags and fragment offset
-            prop_oneof![Just(5u8), 0u8..16],            // TCP data offset
-            any::<[u8; 20]>(),                          // TCP fixed header
-            prop::collection::vec(any::<u8>(), 0..64),  // payload
-            -8i32..8,                                   // error of the IP length field
-            prop::option::of(0usize..120),              // snaplen cut
-            prop::collection::vec((0usize..120, any::<u8>()), 0..3), // byte overwrites
+            prop_oneof![Just(0u16), Just(0x4000u16), any::<u16>()],                 // flags and fragment offset
+            prop_oneof![Just(5u8), 0u8..16],                                        // TCP data offset
+            any::<[u8; 20]>(),                                                      // TCP fixed header
+            prop::collection::vec(any::<u8>(), 0..64),                              // payload
+            -8i32..8,                                                               // error of the IP length field
+            prop::option::of(0usize..120),                                          // snaplen cut
+            prop::collection::vec((0usize..120, any::<u8>()), 0..3),                // byte overwrites
         )
             .prop_map(
                 |(link, tags, v6, ihl, proto, frag, doff, tcp_fixed, payload, len_error, cut, overwrites)| {
@@ -432,8 +432,12 @@ mod tests {
     fn the_fast_path_takes_common_frames() {
         // A 54-byte IPv4 TCP ACK padded to 60 bytes by Ethernet, and an IPv6 one.
         let mut v4 = vec![0u8; 12];
-        v4.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
-        v4.extend_from_slice(&[0x01, 0xbb, 0x9c, 0x40, 0, 0, 0, 9, 0, 0, 0, 0, 0x50, 0x10, 0, 0, 0, 0, 0, 0]);
+        v4.extend_from_slice(&[
+            0x08, 0x00, 0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        v4.extend_from_slice(&[
+            0x01, 0xbb, 0x9c, 0x40, 0, 0, 0, 9, 0, 0, 0, 0, 0x50, 0x10, 0, 0, 0, 0, 0, 0,
+        ]);
         v4.resize(60, 0);
         let segment = fast_path(LinkType::Ethernet, &v4).expect("fast path");
         assert_eq!((segment.src_port, segment.dst_port, segment.seq), (443, 40000, 9));
@@ -441,10 +445,15 @@ mod tests {
         assert!(segment.ack && !segment.syn);
         let mut v6 = vec![0x60, 0, 0, 0, 0, 23, 6, 64];
         v6.extend((0..32).map(|i| i as u8));
-        v6.extend_from_slice(&[0x01, 0xbb, 0x9c, 0x40, 0, 0, 0, 9, 0, 0, 0, 0, 0x50, 0x18, 0, 0, 0, 0, 0, 0]);
+        v6.extend_from_slice(&[
+            0x01, 0xbb, 0x9c, 0x40, 0, 0, 0, 9, 0, 0, 0, 0, 0x50, 0x18, 0, 0, 0, 0, 0, 0,
+        ]);
         v6.extend_from_slice(&[0x17, 3, 3]);
         let segment = fast_path(LinkType::Raw, &v6).expect("fast path");
-        assert_eq!((segment.payload_len, segment.payload, segment.ip_len), (3, &[0x17u8, 3, 3][..], 63));
+        assert_eq!(
+            (segment.payload_len, segment.payload, segment.ip_len),
+            (3, &[0x17u8, 3, 3][..], 63)
+        );
         assert_eq!(decode_with_etherparse(LinkType::Raw, &v6), Ok(segment));
     }
 }

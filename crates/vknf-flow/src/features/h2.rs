@@ -158,7 +158,11 @@ fn five_stats(values: &mut [f64]) -> [f64; 5] {
 /// padded to [`RARE_SIZES`].
 fn rarest_into(sorted: &[u32], vocabulary: &SizeCounts, sizes: &mut Vec<(u64, u32)>, out: &mut Vec<f64>) {
     sizes.clear();
-    sizes.extend(sorted.chunk_by(|a, b| a == b).map(|run| (vocabulary.count(run[0]), run[0])));
+    sizes.extend(
+        sorted
+            .chunk_by(|a, b| a == b)
+            .map(|run| (vocabulary.count(run[0]), run[0])),
+    );
     sizes.sort_unstable();
     let kept = sizes.len().min(RARE_SIZES);
     out.extend(sizes[..kept].iter().map(|&(_, s)| f64::from(s)));
@@ -238,7 +242,11 @@ fn base_features_reference(records: &[i32], server: &SizeCounts, client: &SizeCo
         for &s in sizes.iter() {
             *counts.entry(s).or_default() += 1;
         }
-        out.extend(vocabulary.iter().map(|(size, _)| counts.get(&size).copied().unwrap_or(0) as f64));
+        out.extend(
+            vocabulary
+                .iter()
+                .map(|(size, _)| counts.get(&size).copied().unwrap_or(0) as f64),
+        );
     }
     out
 }

@@ -291,7 +291,10 @@ impl FlowTable {
             .collect();
         order.sort_unstable();
         for (_, _, slot) in order {
-            let reason = self.flow(slot).and_then(|flow| flow.closed).unwrap_or(EndReason::EndOfInput);
+            let reason = self
+                .flow(slot)
+                .and_then(|flow| flow.closed)
+                .unwrap_or(EndReason::EndOfInput);
             self.end(slot, reason, out);
         }
         self.expiry.clear();
@@ -544,7 +547,8 @@ impl FlowTable {
             sni: None,
             alpn: Vec::new(),
             tls_version: None,
-            records: Vec::new(),
+            // A TLS connection has a dozen records or more: skip the first doublings.
+            records: Vec::with_capacity(16),
             records_capped: false,
             early_sent: false,
             deadline,

@@ -31,6 +31,9 @@ pub struct LiveOptions {
     /// libpcap's read timeout (how long the kernel may hold packets to batch them); reads are
     /// nonblocking, and an empty read sleeps at most 2 ms before the stop flag is checked again.
     pub read_timeout: Duration,
+    /// The kernel ring's size in bytes (libpcap's buffer size); `None` keeps libpcap's default
+    /// (2 MiB). A larger ring absorbs longer bursts before the kernel drops.
+    pub buffer_bytes: Option<usize>,
 }
 
 impl Default for LiveOptions {
@@ -40,6 +43,7 @@ impl Default for LiveOptions {
             promisc: false,
             filter: None,
             read_timeout: Duration::from_millis(100),
+            buffer_bytes: None,
         }
     }
 }
@@ -73,8 +77,11 @@ impl LiveCapture {
         let timeout_ms = i32::try_from(options.read_timeout.as_millis())
             .unwrap_or(i32::MAX)
             .max(1);
-        let mut capture = pcap::Capture::from_device(interface)
-            .map_err(error)?
+        let mut inactive = pcap::Capture::from_device(interface).map_err(error)?;
+        if let Some(bytes) = options.buffer_bytes {
+            inactive = inactive.buffer_size(i32::try_from(bytes).unwrap_or(i32::MAX));
+        }
+        let mut capture = inactive
             .snaplen(options.snaplen)
             .promisc(options.promisc)
             .timeout(timeout_ms)
