@@ -6,6 +6,7 @@
 # frames vknf read, frames the kernel dropped (libpcap's counter), the veth's own rx drops, and the
 # loss (sent - read). Bounded: PACKETS per rate (default 300,000); the capture stops a second
 # after the generators finish, or after ~24 s plus 30 s at the latest.
+# BUFFER_MB sets the capture ring (default 64 MiB; libpcap's own default is 2).
 # GENERATORS=N runs N tcpreplay processes at once, each at the rate (the total is N x rate), for
 # rates one tcpreplay cannot reach; every generator sends the same packets (their flows repeat).
 # Needs root (ip netns), tcpreplay (installed here if missing), editcap.
@@ -47,7 +48,7 @@ for rate in ${rates//,/ }; do
     rx_drop_before=$(ip netns exec "$ns" cat /sys/class/net/vcap/statistics/rx_dropped)
     seconds=$(( seconds * generators + 30 ))
     rm -f "$out/stop"
-    ip netns exec "$ns" "$live" --interface vcap --filter tcp --shards "$shards" --duration "$seconds" --buffer-mb 64 \
+    ip netns exec "$ns" "$live" --interface vcap --filter tcp --shards "$shards" --duration "$seconds" --buffer-mb "${BUFFER_MB:-64}" \
         --stop-file "$out/stop" \
         > "$out/live-$rate.json" 2> "$out/live-$rate.log" &
     pid=$!
@@ -72,5 +73,5 @@ for rate in ${rates//,/ }; do
     lost=$(( sent - frames ))
     pct=$(awk -v l="$lost" -v s="$sent" 'BEGIN { printf "%.3f", s ? 100 * l / s : 0 }')
     printf '%-10s %10s %10s %10s %10s %10s %8s   (tcpreplay achieved %s pps)\n' "$rate" "$sent" "$frames" "$kdrop" "$rx_drop" "$lost" "$pct" "$actual"
-    echo "{\"rate\": \"$rate\", \"generators\": $generators, \"achieved_pps\": ${actual:-0}, \"sent\": $sent, \"read\": $frames, \"kernel_dropped\": $kdrop, \"veth_rx_dropped\": $rx_drop, \"lost\": $lost, \"shards\": $shards, \"live\": $(cat "$out/live-$rate.json")}" >> "$results"
+    echo "{\"rate\": \"$rate\", \"generators\": $generators, \"achieved_pps\": ${actual:-0}, \"sent\": $sent, \"read\": $frames, \"kernel_dropped\": $kdrop, \"veth_rx_dropped\": $rx_drop, \"lost\": $lost, \"shards\": $shards, \"ring_mb\": ${BUFFER_MB:-64}, \"live\": $(cat "$out/live-$rate.json")}" >> "$results"
 done

@@ -1,8 +1,9 @@
 //! Live capture on an interface (libpcap through the `pcap` crate), and the sharded pipeline
 //! that spreads flows over threads by flow hash.
 //!
-//! The capture thread decodes each frame only far enough to find its flow key, and copies the
-//! frame into the batch of the shard that owns that key; each shard owns a [`FlowTable`], so no
+//! With several shards, the capture thread decodes each frame only far enough to find its flow
+//! key, and copies the frame into the batch of the shard that owns that key (with one, it only
+//! copies); each shard owns a [`FlowTable`], so no
 //! lock is taken per packet and both directions of a flow meet in the same shard. Batches (up to
 //! 256 frames in one buffer) go to their shard when full or when the kernel ring is empty, and
 //! come back emptied to be refilled, so the steady state allocates nothing per packet. Flow time is the capture's
@@ -34,7 +35,9 @@ pub struct LiveOptions {
     /// nonblocking, and an empty read sleeps at most 2 ms before the stop flag is checked again.
     pub read_timeout: Duration,
     /// The kernel ring's size in bytes (libpcap's buffer size); `None` keeps libpcap's default
-    /// (2 MiB). A larger ring absorbs longer bursts before the kernel drops.
+    /// (2 MiB). The default here is 64 MiB: with libpcap's 2 MiB, replayed TLS traffic lost 5-10%
+    /// of its packets (all counted by the kernel) from about 180,000 packets/s on the 2-core
+    /// development machine, and none up to 690,000 with 64 MiB (`bench/RESULTS.md`).
     pub buffer_bytes: Option<usize>,
 }
 
@@ -45,7 +48,7 @@ impl Default for LiveOptions {
             promisc: false,
             filter: None,
             read_timeout: Duration::from_millis(100),
-            buffer_bytes: None,
+            buffer_bytes: Some(64 << 20),
         }
     }
 }
@@ -298,6 +301,14 @@ impl ShardedCapture {
                 };
                 // Time goes on by the packets' own timestamps; the clock is read only when idle.
                 let now = match item {
+                    LiveItem::Packet(packet) if shards == 1 => {
+                        // One shard owns every flow: it decodes (and counts what it drops) itself.
+                        stats.frames += 1;
+                        if !dispatch.push(0, packet.ts_ns, packet.data) {
+                            break;
+                        }
+                        packet.ts_ns
+                    }
                     LiveItem::Packet(packet) => {
                         stats.frames += 1;
                         let decoded = match packet.link {
@@ -371,7 +382,8 @@ impl ShardedCapture {
         };
         for worker in self.workers.drain(..) {
             if let Ok(stats) = worker.join() {
-                // Frames were counted by the capture thread; segments and flows by the shards.
+                // Frames were counted by the capture thread; segments, flows (and, with one
+                // shard, undecodable frames) by the shards.
                 total.add(&Stats { frames: 0, ..stats });
             }
         }
@@ -392,8 +404,12 @@ fn shard(
         match message {
             ShardMessage::Frames(mut batch) => {
                 for (ts_ns, range) in batch.frames.drain(..) {
-                    if let Some(Ok(segment)) = link.map(|link| decode(link, &batch.bytes[range])) {
-                        table.process(ts_ns, &segment, &mut out);
+                    // Frames the capture thread could not decode never come here when it
+                    // decodes; with one shard it does not, and the drops are counted here.
+                    match link.map(|link| decode(link, &batch.bytes[range])) {
+                        Some(Ok(segment)) => table.process(ts_ns, &segment, &mut out),
+                        Some(Err(reason)) => table.stats_mut().count_drop(reason),
+                        None => table.stats_mut().count_drop(DropReason::UnsupportedLink),
                     }
                     for event in out.drain(..) {
                         let _ = events.send(event);
