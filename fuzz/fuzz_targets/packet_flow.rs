@@ -1,12 +1,14 @@
 //! Feeds arbitrary bytes to vknf-flow's packet path: as a capture file (pcap/pcapng reader), and
 //! as a series of frames of an arbitrary link type through the decoder, the flow table, TCP
 //! reassembly and TLS record framing. Nothing may panic, the table holds at most its flow limit
-//! and its reassembly budget (plus one segment), and every flow created is finished.
+//! and its reassembly budget (plus one segment), and every flow created is finished. The
+//! decoder's fast path answers what etherparse's path answers, frame for frame.
 #![no_main]
 
 use std::io::Cursor;
 
 use libfuzzer_sys::fuzz_target;
+use vknf_flow::decode::decode_with_etherparse;
 use vknf_flow::{FeatureSchema, FlowConfig, FlowReader, FlowTable, LinkType, PcapFile, decode};
 
 const MAX_FLOWS: usize = 8;
@@ -64,7 +66,9 @@ fuzz_target!(|data: &[u8]| {
         let frame = &input[2..2 + len];
         input = &input[2 + len..];
         ts += 1_000_000;
-        if let Ok(segment) = decode(link, frame) {
+        let decoded = decode(link, frame);
+        assert_eq!(decoded, decode_with_etherparse(link, frame));
+        if let Ok(segment) = decoded {
             assert!(segment.payload.len() <= frame.len());
             assert!(segment.payload.len() <= segment.payload_len as usize);
             table.process(ts, &segment, &mut events);

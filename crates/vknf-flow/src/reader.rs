@@ -72,7 +72,9 @@ impl<S: PacketSource> Iterator for FlowReader<S> {
                         Ok(segment) => self.table.process(packet.ts_ns, &segment, &mut self.scratch),
                         Err(reason) => stats.count_drop(reason),
                     }
-                    self.pending.extend(self.scratch.drain(..));
+                    if !self.scratch.is_empty() {
+                        self.pending.extend(self.scratch.drain(..));
+                    }
                 }
                 Ok(None) => self.end_of_input(),
                 Err(error) => {

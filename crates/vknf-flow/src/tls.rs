@@ -182,7 +182,102 @@ pub struct ClientHelloInfo {
 }
 
 /// Parses a ClientHello from a handshake record body; `None` when it is not one.
+///
+/// A well-formed hello is read by a short reader that walks the extensions by their lengths and
+/// looks only into SNI and ALPN (as Wireshark does, an extension it does not read cannot hide
+/// the others); anything it does not find well-formed goes to `tls-parser`.
 pub fn parse_client_hello(body: &[u8]) -> Option<ClientHelloInfo> {
+    if body.first() != Some(&1) {
+        return None;
+    }
+    client_hello_lean(body).or_else(|| parse_client_hello_with_tls_parser(body))
+}
+
+/// Big-endian fields of a TLS structure, each read only when it is all there.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.take(2)?;
+        Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(usize::from(n))
+    }
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn client_hello_lean(body: &[u8]) -> Option<ClientHelloInfo> {
+    let mut message = Fields(body);
+    message.u8()?;
+    let len = message.take(3)?;
+    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
+    let mut hello = Fields(message.take(len)?);
+    hello.take(2 + 32)?; // version, random
+    hello.vec8()?; // session id
+    hello.vec16()?; // cipher suites
+    hello.vec8()?; // compression methods
+    let mut info = ClientHelloInfo::default();
+    if hello.is_empty() {
+        return Some(info);
+    }
+    let mut extensions = Fields(hello.vec16()?);
+    if !hello.is_empty() {
+        return None;
+    }
+    while !extensions.is_empty() {
+        let kind = extensions.u16()?;
+        let mut data = Fields(extensions.vec16()?);
+        match kind {
+            0 => {
+                // server_name: a list of (name type, name); the first host name is the SNI.
+                let mut names = Fields(data.vec16()?);
+                info.sni = None;
+                while !names.is_empty() {
+                    let kind = names.u8()?;
+                    let name = names.vec16()?;
+                    if kind == 0 && info.sni.is_none() {
+                        info.sni = Some(String::from_utf8_lossy(name).into_owned());
+                    }
+                }
+            }
+            16 => {
+                // application_layer_protocol_negotiation: a list of protocol names.
+                let mut protocols = Fields(data.vec16()?);
+                info.alpn.clear();
+                while !protocols.is_empty() {
+                    info.alpn.push(String::from_utf8_lossy(protocols.vec8()?).into_owned());
+                }
+            }
+            _ => continue,
+        }
+        if !data.is_empty() {
+            return None;
+        }
+    }
+    Some(info)
+}
+
+/// [`parse_client_hello`] by `tls-parser` alone.
+pub fn parse_client_hello_with_tls_parser(body: &[u8]) -> Option<ClientHelloInfo> {
     let (_, message) = parse_tls_message_handshake(body).ok()?;
     let TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)) = message else {
         return None;
@@ -237,4 +332,87 @@ pub fn parse_server_hello_version(body: &[u8]) -> Option<String> {
         0x0301..=0x0304 => format!("1.{}", (version & 0xff) - 1),
         other => format!("0x{other:04x}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A ClientHello handshake message with these extensions (type, data).
+    fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut hello = vec![3, 3];
+        hello.extend([7u8; 32]);
+        hello.extend([0]); // session id
+        hello.extend([0, 4, 0x13, 0x01, 0xc0, 0x2f]); // two cipher suites
+        hello.extend([1, 0]); // null compression
+        let mut block = Vec::new();
+        for (kind, data) in extensions {
+            block.extend(kind.to_be_bytes());
+            block.extend((data.len() as u16).to_be_bytes());
+            block.extend(data);
+        }
+        hello.extend((block.len() as u16).to_be_bytes());
+        hello.extend(block);
+        let mut message = vec![1];
+        message.extend(&(hello.len() as u32).to_be_bytes()[1..]);
+        message.extend(hello);
+        message
+    }
+
+    fn sni(names: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for (kind, name) in names {
+            list.push(*kind);
+            list.extend((name.len() as u16).to_be_bytes());
+            list.extend(name);
+        }
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend(list);
+        data
+    }
+
+    fn alpn(protocols: &[Vec<u8>]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for p in protocols {
+            list.push(p.len() as u8);
+            list.extend(p);
+        }
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend(list);
+        data
+    }
+
+    proptest! {
+        /// On well-formed hellos the short reader answers what tls-parser answers.
+        #[test]
+        fn lean_client_hello_equals_tls_parser(
+            names in prop::collection::vec((prop_oneof![Just(0u8), Just(1u8)], prop::collection::vec(b'a'..=b'z', 1..30)), 1..3),
+            protocols in prop::collection::vec(prop::collection::vec(b'0'..=b'z', 1..12), 1..4),
+            opaque in prop::collection::vec((prop_oneof![Just(0x7a7au16), Just(0xfe0du16), Just(0x4469u16)], prop::collection::vec(any::<u8>(), 0..40)), 0..4),
+            with_sni in any::<bool>(),
+            with_alpn in any::<bool>(),
+            cut in prop::option::of(0usize..400),
+        ) {
+            let mut extensions = opaque.clone();
+            if with_sni {
+                extensions.insert(extensions.len() / 2, (0, sni(&names)));
+            }
+            if with_alpn {
+                extensions.push((16, alpn(&protocols)));
+            }
+            let mut body = client_hello(&extensions);
+            let whole = cut.is_none_or(|cut| cut >= body.len());
+            if let Some(cut) = cut {
+                body.truncate(cut);
+            }
+            let lean = client_hello_lean(&body);
+            prop_assert_eq!(lean.is_some(), whole);
+            if let Some(lean) = lean {
+                prop_assert_eq!(Some(lean), parse_client_hello_with_tls_parser(&body));
+            }
+            prop_assert_eq!(parse_client_hello(&body), parse_client_hello_with_tls_parser(&body));
+        }
+    }
 }

@@ -17,8 +17,6 @@
 //!   training set (absent = 0); ties, left to Python's set order in the original, are broken
 //!   here by the smaller size so that the result is reproducible.
 
-use std::collections::{BTreeSet, HashMap};
-
 use super::schema::SizeCounts;
 
 /// Records per chunk window.
@@ -43,8 +41,152 @@ pub fn base_feature_names(server: &SizeCounts, client: &SizeCounts) -> Vec<Strin
     names
 }
 
+/// Buffers reused from one row to the next, so that computing a row allocates nothing once they
+/// have grown to the longest sequence seen.
+#[derive(Clone, Debug, Default)]
+pub struct RowScratch {
+    server: Vec<u32>,
+    client: Vec<u32>,
+    bursts: Vec<f64>,
+    chunks: Vec<f64>,
+    rare: Vec<(u64, u32)>,
+    /// Run-length view of a sorted size list: (size, records of that size).
+    runs: Vec<(u32, u64)>,
+    pub(super) base: Vec<f64>,
+}
+
 /// The base feature vector (all features, before selection) of a signed record sequence.
 pub fn base_features(records: &[i32], server: &SizeCounts, client: &SizeCounts) -> Vec<f64> {
+    let mut scratch = RowScratch::default();
+    let mut out = Vec::new();
+    base_features_into(records, server, client, &mut scratch, &mut out);
+    out
+}
+
+/// [`base_features`] into `out` (cleared first), with `scratch`'s buffers.
+pub fn base_features_into(
+    records: &[i32],
+    server: &SizeCounts,
+    client: &SizeCounts,
+    scratch: &mut RowScratch,
+    out: &mut Vec<f64>,
+) {
+    let RowScratch {
+        server: rec_serv,
+        client: rec_cli,
+        bursts,
+        chunks,
+        rare,
+        runs,
+        base: _,
+    } = scratch;
+    rec_serv.clear();
+    rec_cli.clear();
+    bursts.clear();
+    chunks.clear();
+    let mut total_bytes = 0u64;
+    // Server records of the current window; `None` before the first record.
+    let mut chunk: Option<u64> = None;
+    // The burst being summed (bytes, whether it has a record); `None` before the first client record.
+    let mut burst: Option<(u64, bool)> = None;
+    for (index, &el) in records.iter().enumerate() {
+        if index % WINDOW == 0 {
+            if let Some(done) = chunk {
+                chunks.push(done as f64);
+            }
+            chunk = Some(0);
+        }
+        let size = el.unsigned_abs();
+        total_bytes += u64::from(size);
+        if el >= 0 {
+            rec_serv.push(size);
+            if let Some(c) = chunk.as_mut() {
+                *c += 1;
+            }
+            if let Some((sum, any)) = burst.as_mut() {
+                *sum += u64::from(size);
+                *any = true;
+            }
+        } else {
+            rec_cli.push(size);
+            if let Some((sum, true)) = burst {
+                bursts.push(sum as f64);
+            }
+            burst = Some((0, false));
+        }
+    }
+    out.clear();
+    out.reserve(15 + 2 * RARE_SIZES + server.len() + client.len());
+    out.push(records.len() as f64);
+    out.push(rec_cli.len() as f64);
+    out.push(total_bytes as f64);
+    out.extend(five_stats(bursts));
+    out.extend(five_stats(chunks));
+    // Distinct sizes: each list sorted, then read as runs of equal sizes.
+    rec_serv.sort_unstable();
+    rec_cli.sort_unstable();
+    let distinct = |v: &[u32]| v.chunk_by(|a, b| a == b).count() as f64;
+    out.push(distinct(rec_serv));
+    out.push(distinct(rec_cli));
+    rarest_into(rec_serv, server, rare, out);
+    rarest_into(rec_cli, client, rare, out);
+    histogram_into(rec_serv, server, runs, out);
+    histogram_into(rec_cli, client, runs, out);
+}
+
+/// mean, max, min, population std, median; zeros for an empty list. Sorts `values`.
+fn five_stats(values: &mut [f64]) -> [f64; 5] {
+    if values.is_empty() {
+        return [0.0; 5];
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    let median = if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    };
+    [mean, max, min, var.sqrt(), median]
+}
+
+/// The trace's distinct sizes (`sorted`), rarest in training first (ties: smaller size first),
+/// padded to [`RARE_SIZES`].
+fn rarest_into(sorted: &[u32], vocabulary: &SizeCounts, sizes: &mut Vec<(u64, u32)>, out: &mut Vec<f64>) {
+    sizes.clear();
+    sizes.extend(
+        sorted
+            .chunk_by(|a, b| a == b)
+            .map(|run| (vocabulary.count(run[0]), run[0])),
+    );
+    sizes.sort_unstable();
+    let kept = sizes.len().min(RARE_SIZES);
+    out.extend(sizes[..kept].iter().map(|&(_, s)| f64::from(s)));
+    out.extend(std::iter::repeat_n(0.0, RARE_SIZES - kept));
+}
+
+/// How many records of each vocabulary size the trace (`sorted`) has; sizes outside the
+/// vocabulary are not counted.
+fn histogram_into(sorted: &[u32], vocabulary: &SizeCounts, runs: &mut Vec<(u32, u64)>, out: &mut Vec<f64>) {
+    let start = out.len();
+    out.resize(start + vocabulary.len(), 0.0);
+    runs.clear();
+    runs.extend(sorted.chunk_by(|a, b| a == b).map(|run| (run[0], run.len() as u64)));
+    for &(size, count) in runs.iter() {
+        if let Some(index) = vocabulary.index(size) {
+            out[start + index] = count as f64;
+        }
+    }
+}
+
+/// The original computation, kept to check the fast one against (it follows the Python line by line).
+#[cfg(test)]
+fn base_features_reference(records: &[i32], server: &SizeCounts, client: &SizeCounts) -> Vec<f64> {
+    use std::collections::{BTreeSet, HashMap};
     let mut rec_serv: Vec<u32> = Vec::new();
     let mut rec_cli: Vec<u32> = Vec::new();
     let mut chunks: Vec<f64> = Vec::new();
@@ -78,68 +220,42 @@ pub fn base_features(records: &[i32], server: &SizeCounts, client: &SizeCounts) 
         }
     }
     let sum = |v: &[u32]| v.iter().map(|&x| u64::from(x)).sum::<u64>();
-    let mut out = Vec::with_capacity(55 + server.len() + client.len());
+    let mut out = Vec::new();
     out.push(records.len() as f64);
     out.push(rec_cli.len() as f64);
     out.push((sum(&rec_cli) + sum(&rec_serv)) as f64);
-    out.extend(five_stats(&bursts));
-    out.extend(five_stats(&chunks));
+    out.extend(five_stats(&mut bursts.clone()));
+    out.extend(five_stats(&mut chunks.clone()));
     let set_serv: BTreeSet<u32> = rec_serv.iter().copied().collect();
     let set_cli: BTreeSet<u32> = rec_cli.iter().copied().collect();
     out.push(set_serv.len() as f64);
     out.push(set_cli.len() as f64);
-    out.extend(rarest(&set_serv, server));
-    out.extend(rarest(&set_cli, client));
-    out.extend(histogram(&rec_serv, server));
-    out.extend(histogram(&rec_cli, client));
-    out
-}
-
-/// mean, max, min, population std, median; zeros for an empty list.
-fn five_stats(values: &[f64]) -> [f64; 5] {
-    if values.is_empty() {
-        return [0.0; 5];
+    for (set, vocabulary) in [(&set_serv, server), (&set_cli, client)] {
+        let mut sizes: Vec<(u64, u32)> = set.iter().map(|&s| (vocabulary.count(s), s)).collect();
+        sizes.sort_unstable();
+        let mut rare: Vec<f64> = sizes.iter().take(RARE_SIZES).map(|&(_, s)| f64::from(s)).collect();
+        rare.resize(RARE_SIZES, 0.0);
+        out.extend(rare);
     }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    let median = if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    };
-    [mean, max, min, var.sqrt(), median]
-}
-
-/// The trace's distinct sizes, rarest in training first (ties: smaller size first), padded.
-fn rarest(present: &BTreeSet<u32>, vocabulary: &SizeCounts) -> Vec<f64> {
-    let mut sizes: Vec<(u64, u32)> = present.iter().map(|&s| (vocabulary.count(s), s)).collect();
-    sizes.sort_unstable();
-    let mut out: Vec<f64> = sizes.iter().take(RARE_SIZES).map(|&(_, s)| f64::from(s)).collect();
-    out.resize(RARE_SIZES, 0.0);
-    out
-}
-
-/// How many records of each vocabulary size the trace has (sizes outside it are not counted).
-fn histogram(sizes: &[u32], vocabulary: &SizeCounts) -> Vec<f64> {
-    let mut counts: HashMap<u32, u64> = HashMap::new();
-    for &s in sizes {
-        *counts.entry(s).or_default() += 1;
+    for (sizes, vocabulary) in [(&rec_serv, server), (&rec_cli, client)] {
+        let mut counts: HashMap<u32, u64> = HashMap::new();
+        for &s in sizes.iter() {
+            *counts.entry(s).or_default() += 1;
+        }
+        out.extend(
+            vocabulary
+                .iter()
+                .map(|(size, _)| counts.get(&size).copied().unwrap_or(0) as f64),
+        );
     }
-    vocabulary
-        .iter()
-        .map(|(size, _)| counts.get(&size).copied().unwrap_or(0) as f64)
-        .collect()
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    use std::collections::BTreeSet;
 
     use super::*;
     use crate::features::FeatureSchema;
@@ -184,6 +300,25 @@ mod tests {
             prop_assert_eq!(hist_serv, known as f64);
             let hist_cli: f64 = f[55 + schema.server_sizes.len()..].iter().sum();
             prop_assert_eq!(hist_cli, cli.iter().filter(|&&s| schema.client_sizes.count(s) > 0).count() as f64);
+        }
+    }
+
+    proptest! {
+        /// The allocation-free computation gives the original's vector, value for value, also
+        /// with one scratch reused across rows of different lengths.
+        #[test]
+        fn fast_features_equal_the_reference(
+            sequences in prop::collection::vec(prop::collection::vec(-600i32..600, 0..90), 1..5),
+            training in prop::collection::vec(prop::collection::vec(-600i32..600, 0..60), 0..6),
+        ) {
+            let schema = FeatureSchema::from_training(training.iter().map(Vec::as_slice), Vec::new());
+            let mut scratch = RowScratch::default();
+            let mut out = Vec::new();
+            for records in &sequences {
+                base_features_into(records, &schema.server_sizes, &schema.client_sizes, &mut scratch, &mut out);
+                let reference = base_features_reference(records, &schema.server_sizes, &schema.client_sizes);
+                prop_assert_eq!(&out, &reference);
+            }
         }
     }
 

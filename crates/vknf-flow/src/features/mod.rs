@@ -4,5 +4,5 @@
 mod h2;
 mod schema;
 
-pub use h2::{RARE_SIZES, WINDOW, base_feature_names, base_features};
+pub use h2::{RARE_SIZES, RowScratch, WINDOW, base_feature_names, base_features, base_features_into};
 pub use schema::{FeatureSchema, SCHEMA_FORMAT, SCHEMA_VERSION, SchemaError, SizeCounts};

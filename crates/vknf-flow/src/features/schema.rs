@@ -33,7 +33,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::h2::{RARE_SIZES, WINDOW, base_feature_names, base_features};
+use super::h2::{RARE_SIZES, RowScratch, WINDOW, base_feature_names, base_features, base_features_into};
 
 /// The schema file's `format` value.
 pub const SCHEMA_FORMAT: &str = "vknf-h2-schema";
@@ -53,6 +53,11 @@ impl SizeCounts {
             *map.entry(size).or_default() += count;
         }
         Self(map.into_iter().collect())
+    }
+
+    /// The position of `size` among the sizes (its histogram bin), `None` when never seen.
+    pub fn index(&self, size: u32) -> Option<usize> {
+        self.0.binary_search_by_key(&size, |&(s, _)| s).ok()
     }
 
     /// How often `size` was seen in training (0 when never).
@@ -248,8 +253,19 @@ impl FeatureSchema {
 
     /// The model's input row for a signed record sequence.
     pub fn row(&self, records: &[i32]) -> Vec<f32> {
-        let base = self.base_row(records);
-        self.selected.iter().map(|&i| base[i] as f32).collect()
+        let mut out = Vec::with_capacity(self.selected.len());
+        self.row_into(records, &mut RowScratch::default(), &mut out);
+        out
+    }
+
+    /// [`Self::row`] into `out` (cleared first), reusing `scratch`: no allocation per flow once
+    /// the buffers have grown.
+    pub fn row_into(&self, records: &[i32], scratch: &mut RowScratch, out: &mut Vec<f32>) {
+        let mut base = std::mem::take(&mut scratch.base);
+        base_features_into(records, &self.server_sizes, &self.client_sizes, scratch, &mut base);
+        out.clear();
+        out.extend(self.selected.iter().map(|&i| base[i] as f32));
+        scratch.base = base;
     }
 
     /// The canonical text's SHA-256, lowercase hex.

@@ -1,13 +1,20 @@
 //! The flow table: segments in, flow events out, in bounded memory.
 //!
-//! Flows are kept in a hash map and, for expiry, in an ordered index by deadline (last packet
-//! plus the idle timeout, or plus a short linger once both FINs are seen). The flow closest to
-//! its deadline is the one evicted when the table is full, so eviction costs a log, not a scan.
+//! Flows live in a slab (a vector of slots, reused); a hash map from the packet's canonical
+//! 5-tuple ([`WireKey`], built straight from the decoded segment, hashed once per packet with a
+//! per-table seeded foldhash) gives a packet its slot. For expiry, a min-heap orders flows by
+//! deadline (last packet plus the idle timeout, or plus a short linger once the connection
+//! closed) and flow id. The heap is lazy: a packet that only pushes a flow's deadline later
+//! leaves its heap entry where it was, and the entry is moved when it reaches the top, so the
+//! common packet costs no heap work. Expiry and eviction still take flows in exact (deadline, id)
+//! order, and the flow closest to its deadline is the one evicted when the table is full.
 //! Time is the capture's: a file is replayed by its timestamps, never by the wall clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
 
-use super::{Counters, EndReason, Endpoint, FlowEvent, FlowFlags, FlowKey, FlowRecord, ServerBy};
+use super::{Counters, EndReason, Endpoint, FlowEvent, FlowFlags, FlowRecord, ServerBy};
 use crate::decode::TcpSegment;
 use crate::reassembly::{ReassemblyLimits, Stream};
 use crate::stats::Stats;
@@ -61,8 +68,62 @@ impl Default for FlowConfig {
     }
 }
 
+/// A TCP connection's 5-tuple in the table's form: both addresses as 128-bit numbers (IPv4 in
+/// the low 32 bits, with the family kept apart), the lower (address, port) first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct WireKey {
+    lo_addr: u128,
+    hi_addr: u128,
+    /// Low port in the high half, high port in the low half.
+    ports: u32,
+    v6: bool,
+}
+
+impl WireKey {
+    /// The key of a segment, and whether its source is the key's lower end.
+    #[inline]
+    fn of(seg: &TcpSegment<'_>) -> (Self, bool) {
+        let (src, dst, v6) = match (seg.src, seg.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (u128::from(u32::from(s)), u128::from(u32::from(d)), false),
+            (s, d) => (wide(s), wide(d), true),
+        };
+        let src_is_lo = (src, seg.src_port) <= (dst, seg.dst_port);
+        let ((lo_addr, lo_port), (hi_addr, hi_port)) = if src_is_lo {
+            ((src, seg.src_port), (dst, seg.dst_port))
+        } else {
+            ((dst, seg.dst_port), (src, seg.src_port))
+        };
+        let ports = (u32::from(lo_port) << 16) | u32::from(hi_port);
+        (
+            Self {
+                lo_addr,
+                hi_addr,
+                ports,
+                v6,
+            },
+            src_is_lo,
+        )
+    }
+}
+
+fn wide(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The map from 5-tuples to slots.
+type FlowIndex = HashMap<WireKey, u32, foldhash::fast::RandomState>;
+
+/// A heap entry: (deadline, flow id, slot), smallest first.
+type Expiry = Reverse<(u64, u64, u32)>;
+
 struct Flow {
     id: u64,
+    key: WireKey,
+    /// The client is the key's lower end.
+    client_is_lo: bool,
     client: Endpoint,
     server: Endpoint,
     server_by: ServerBy,
@@ -82,6 +143,8 @@ struct Flow {
     records_capped: bool,
     early_sent: bool,
     deadline: u64,
+    /// The deadline of the flow's live heap entry: never later than `deadline`.
+    queued: u64,
     /// Set once the connection closed (both FINs, or a RST): the flow lingers, then ends so.
     closed: Option<EndReason>,
 }
@@ -104,6 +167,26 @@ impl Flow {
             }
         }
         flags
+    }
+
+    /// The record of a flow that ended: its buffers move into the record instead of being copied.
+    fn into_record(self, end: EndReason) -> FlowRecord {
+        let flags = self.flags();
+        FlowRecord {
+            id: self.id,
+            client: self.client,
+            server: self.server,
+            server_by: self.server_by,
+            first_ns: self.first_ns,
+            last_ns: self.last_ns,
+            counters: self.counters,
+            sni: self.sni,
+            alpn: self.alpn,
+            tls_version: self.tls_version,
+            flags,
+            end: Some(end),
+            records: self.records,
+        }
     }
 
     fn snapshot(&self, end: Option<EndReason>) -> FlowRecord {
@@ -129,9 +212,13 @@ impl Flow {
 /// sharded live pipeline.
 pub struct FlowTable {
     config: FlowConfig,
-    flows: HashMap<FlowKey, Flow>,
-    /// (deadline, id) -> key: expiry and eviction order.
-    deadlines: BTreeMap<(u64, u64), FlowKey>,
+    index: FlowIndex,
+    /// The flows; `None` slots are free and listed in `free`.
+    slots: Vec<Option<Flow>>,
+    free: Vec<u32>,
+    /// Expiry and eviction order; entries whose flow ended or whose `queued` moved are stale and
+    /// skipped when they reach the top.
+    expiry: BinaryHeap<Expiry>,
     next_id: u64,
     buffered: usize,
     now: u64,
@@ -143,8 +230,10 @@ impl FlowTable {
     pub fn new(config: FlowConfig) -> Self {
         Self {
             config,
-            flows: HashMap::new(),
-            deadlines: BTreeMap::new(),
+            index: FlowIndex::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            expiry: BinaryHeap::new(),
             next_id: 0,
             buffered: 0,
             now: 0,
@@ -169,12 +258,12 @@ impl FlowTable {
 
     /// Flows held now.
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.index.len()
     }
 
     /// True when no flow is held.
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.index.is_empty()
     }
 
     /// Bytes of out-of-order data held now, all flows together.
@@ -183,32 +272,32 @@ impl FlowTable {
     }
 
     /// Ends the flows whose deadline is before `now_ns` (capture time).
+    #[inline]
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<FlowEvent>) {
         self.now = self.now.max(now_ns);
-        while let Some((&(deadline, _), &key)) = self.deadlines.first_key_value() {
-            if deadline >= self.now {
-                break;
-            }
-            let reason = self
-                .flows
-                .get(&key)
-                .and_then(|flow| flow.closed)
-                .unwrap_or(EndReason::Idle);
-            self.end(&key, reason, out);
+        while let Some(slot) = self.pop_earliest(Some(self.now)) {
+            let reason = self.flow(slot).and_then(|flow| flow.closed).unwrap_or(EndReason::Idle);
+            self.end(slot, reason, out);
         }
     }
 
-    /// Ends every flow (end of input).
+    /// Ends every flow (end of input), in order of deadline.
     pub fn finish(&mut self, out: &mut Vec<FlowEvent>) {
-        let keys: Vec<FlowKey> = self.deadlines.values().copied().collect();
-        for key in keys {
+        let mut order: Vec<(u64, u64, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, flow)| flow.as_ref().map(|f| (f.deadline, f.id, slot as u32)))
+            .collect();
+        order.sort_unstable();
+        for (_, _, slot) in order {
             let reason = self
-                .flows
-                .get(&key)
+                .flow(slot)
                 .and_then(|flow| flow.closed)
                 .unwrap_or(EndReason::EndOfInput);
-            self.end(&key, reason, out);
+            self.end(slot, reason, out);
         }
+        self.expiry.clear();
     }
 
     /// Handles one segment captured at `ts_ns`.
@@ -218,40 +307,41 @@ impl FlowTable {
             self.stats.cut_segments += 1;
         }
         self.advance(ts_ns, out);
-        let src = Endpoint {
-            addr: seg.src,
-            port: seg.src_port,
-        };
-        let dst = Endpoint {
-            addr: seg.dst,
-            port: seg.dst_port,
-        };
-        let key = FlowKey::new(src, dst);
-        if let Some(flow) = self.flows.get(&key) {
+        let (key, src_is_lo) = WireKey::of(seg);
+        let mut found = self.index.get(&key).copied();
+        if let Some(slot) = found
+            && let Some(flow) = self.flow(slot)
+        {
             if let Some(reason) = flow.closed
                 && seg.syn
                 && !seg.ack
             {
                 // The port pair is reused by a new connection.
-                self.end(&key, reason, out);
+                self.end(slot, reason, out);
+                found = None;
             } else if ts_ns.saturating_sub(flow.first_ns) >= self.config.active_timeout_ns {
-                self.end(&key, EndReason::Active, out);
+                self.end(slot, EndReason::Active, out);
+                found = None;
             }
         }
-        if !self.flows.contains_key(&key) {
-            if self.flows.len() >= self.config.max_flows.max(1) {
-                if let Some((_, &victim)) = self.deadlines.first_key_value() {
+        let slot = match found {
+            Some(slot) => slot,
+            None => {
+                if self.index.len() >= self.config.max_flows.max(1)
+                    && let Some(victim) = self.pop_earliest(None)
+                {
                     self.stats.flows_evicted += 1;
-                    self.end(&victim, EndReason::Evicted, out);
+                    self.end(victim, EndReason::Evicted, out);
                 }
+                let flow = self.new_flow(ts_ns, seg, key, src_is_lo);
+                self.stats.flows_created += 1;
+                self.insert(flow)
             }
-            let flow = self.new_flow(ts_ns, seg, src, dst);
-            self.deadlines.insert((flow.deadline, flow.id), key);
-            self.flows.insert(key, flow);
-            self.stats.flows_created += 1;
-        }
-        let Some(flow) = self.flows.get_mut(&key) else { return };
-        let from_client = src == flow.client;
+        };
+        let Some(Some(flow)) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let from_client = src_is_lo == flow.client_is_lo;
         flow.first_ns = flow.first_ns.min(ts_ns);
         flow.last_ns = flow.last_ns.max(ts_ns);
         if from_client {
@@ -288,12 +378,14 @@ impl FlowTable {
             &mut on_record,
         );
         let after = stream.pending_bytes();
-        self.buffered = self.buffered.saturating_sub(before) + after;
-        if self.buffered > self.config.max_buffered_bytes && after > 0 {
-            // The table's budget is spent: the newest hole is given up, not older flows' data.
-            stream.give_up(&mut on_record);
-            self.buffered -= after.min(self.buffered);
-            self.stats.budget_gaps += 1;
+        if before != 0 || after != 0 {
+            self.buffered = self.buffered.saturating_sub(before) + after;
+            if self.buffered > self.config.max_buffered_bytes && after > 0 {
+                // The table's budget is spent: the newest hole is given up, not older flows' data.
+                stream.give_up(&mut on_record);
+                self.buffered -= after.min(self.buffered);
+                self.stats.budget_gaps += 1;
+            }
         }
         if outcome.duplicate {
             flow.counters.retransmissions += 1;
@@ -339,15 +431,84 @@ impl FlowTable {
         } else {
             self.config.idle_timeout_ns
         };
-        let deadline = flow.last_ns.saturating_add(wait);
-        if deadline != flow.deadline {
-            self.deadlines.remove(&(flow.deadline, flow.id));
-            flow.deadline = deadline;
-            self.deadlines.insert((deadline, flow.id), key);
+        flow.deadline = flow.last_ns.saturating_add(wait);
+        if flow.deadline < flow.queued {
+            // Earlier than its entry (the connection closed): a new entry; the old one goes stale.
+            flow.queued = flow.deadline;
+            self.expiry.push(Reverse((flow.deadline, flow.id, slot)));
+            self.compact_expiry();
         }
     }
 
-    fn new_flow(&mut self, ts_ns: u64, seg: &TcpSegment<'_>, src: Endpoint, dst: Endpoint) -> Flow {
+    fn flow(&self, slot: u32) -> Option<&Flow> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    /// Puts a new flow into a free slot and the index, with its heap entry.
+    fn insert(&mut self, mut flow: Flow) -> u32 {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                // Slots never outnumber `max_flows` + 1, far below u32::MAX.
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        flow.queued = flow.deadline;
+        self.expiry.push(Reverse((flow.deadline, flow.id, slot)));
+        self.index.insert(flow.key, slot);
+        self.slots[slot as usize] = Some(flow);
+        self.compact_expiry();
+        slot
+    }
+
+    /// Removes the heap's earliest live entry whose deadline is the flow's and returns its slot:
+    /// the flow with the smallest (deadline, id), if its deadline is before `before`. Entries
+    /// that moved later are pushed again on the way.
+    #[inline]
+    fn pop_earliest(&mut self, before: Option<u64>) -> Option<u32> {
+        while let Some(&Reverse((deadline, id, slot))) = self.expiry.peek() {
+            if before.is_some_and(|before| deadline >= before) {
+                return None;
+            }
+            self.expiry.pop();
+            let Some(Some(flow)) = self.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            if flow.id != id || flow.queued != deadline {
+                continue; // stale: the flow ended, or has a newer entry
+            }
+            if flow.deadline > deadline {
+                flow.queued = flow.deadline;
+                self.expiry.push(Reverse((flow.deadline, id, slot)));
+                continue;
+            }
+            return Some(slot);
+        }
+        None
+    }
+
+    /// Keeps the heap's stale entries bounded: rebuilt from the live flows once they are most of it.
+    fn compact_expiry(&mut self) {
+        if self.expiry.len() > 2 * self.index.len() + 1024 {
+            let live = self.slots.iter_mut().enumerate().filter_map(|(slot, flow)| {
+                let flow = flow.as_mut()?;
+                flow.queued = flow.deadline;
+                Some(Reverse((flow.deadline, flow.id, slot as u32)))
+            });
+            self.expiry = live.collect();
+        }
+    }
+
+    fn new_flow(&mut self, ts_ns: u64, seg: &TcpSegment<'_>, key: WireKey, src_is_lo: bool) -> Flow {
+        let src = Endpoint {
+            addr: seg.src,
+            port: seg.src_port,
+        };
+        let dst = Endpoint {
+            addr: seg.dst,
+            port: seg.dst_port,
+        };
         let (client, server, server_by) = if seg.syn {
             // SYN alone comes from the client, SYN-ACK from the server.
             if seg.ack {
@@ -367,8 +528,11 @@ impl FlowTable {
         };
         let id = self.next_id;
         self.next_id += 1;
+        let deadline = ts_ns.saturating_add(self.config.idle_timeout_ns);
         Flow {
             id,
+            key,
+            client_is_lo: (client == src) == src_is_lo,
             client,
             server,
             server_by,
@@ -383,17 +547,23 @@ impl FlowTable {
             sni: None,
             alpn: Vec::new(),
             tls_version: None,
-            records: Vec::new(),
+            // A TLS connection has a dozen records or more: skip the first doublings.
+            records: Vec::with_capacity(16),
             records_capped: false,
             early_sent: false,
-            deadline: ts_ns.saturating_add(self.config.idle_timeout_ns),
+            deadline,
+            queued: deadline,
             closed: None,
         }
     }
 
-    fn end(&mut self, key: &FlowKey, reason: EndReason, out: &mut Vec<FlowEvent>) {
-        let Some(mut flow) = self.flows.remove(key) else { return };
-        self.deadlines.remove(&(flow.deadline, flow.id));
+    /// Ends the flow in `slot` (its heap entries go stale) and reports it.
+    fn end(&mut self, slot: u32, reason: EndReason, out: &mut Vec<FlowEvent>) {
+        let Some(mut flow) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.index.remove(&flow.key);
+        self.free.push(slot);
         let held = flow.c2s.pending_bytes() + flow.s2c.pending_bytes();
         self.buffered -= held.min(self.buffered);
         // Records are complete by now; a hole still open makes the direction's tail a gap.
@@ -401,6 +571,6 @@ impl FlowTable {
         flow.c2s.finish(&mut ignore);
         flow.s2c.finish(&mut ignore);
         self.stats.flows_finished += 1;
-        out.push(FlowEvent::Finished(flow.snapshot(Some(reason))));
+        out.push(FlowEvent::Finished(flow.into_record(reason)));
     }
 }

@@ -1,7 +1,9 @@
-//! pcap and pcapng files, read block by block with `pcap-parser` in a bounded buffer.
+//! pcap and pcapng files. Classic pcap, the common case and the simplest format, is read here:
+//! large reads into one buffer, each frame handed out as a slice of it (no copy per packet).
+//! pcapng is read block by block with `pcap-parser` in a bounded buffer.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use pcap_parser::pcapng::Block;
@@ -25,10 +27,82 @@ struct Interface {
     offset_s: i64,
 }
 
+/// Bytes read from the file at a time for classic pcap.
+const LEGACY_BUFFER: usize = 1 << 20;
+
+/// A classic pcap file after its 24-byte header.
+struct Legacy {
+    reader: Box<dyn Read + Send>,
+    /// Unread bytes are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    big_endian: bool,
+    nanos: bool,
+    link: Option<LinkType>,
+}
+
+impl Legacy {
+    /// Buffers at least `n` unread bytes; false when the file ends first.
+    #[inline]
+    fn fill(&mut self, n: usize) -> std::io::Result<bool> {
+        if self.end - self.start >= n {
+            return Ok(true);
+        }
+        self.refill(n)
+    }
+
+    #[cold]
+    fn refill(&mut self, n: usize) -> std::io::Result<bool> {
+        while self.end - self.start < n {
+            if self.eof {
+                return Ok(false);
+            }
+            if self.buf.len() - self.start < n || self.end == self.buf.len() {
+                // Move the partial block to the front (less than one block is copied).
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                if self.buf.len() < n {
+                    self.buf.resize(n.next_power_of_two(), 0);
+                }
+            }
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(read) => self.end += read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The record header at `start` (buffered): seconds, fraction, captured and original lengths.
+    #[inline]
+    fn record_header(&self) -> Option<[u32; 4]> {
+        let header: &[u8; 16] = self.buf.get(self.start..self.start + 16)?.try_into().ok()?;
+        let field = |i: usize| {
+            let bytes = [header[i], header[i + 1], header[i + 2], header[i + 3]];
+            if self.big_endian {
+                u32::from_be_bytes(bytes)
+            } else {
+                u32::from_le_bytes(bytes)
+            }
+        };
+        Some([field(0), field(4), field(8), field(12)])
+    }
+}
+
+enum Format {
+    Legacy(Legacy),
+    Parser(Box<dyn PcapReaderIterator + Send>),
+}
+
 /// A pcap or pcapng capture file (the format is recognised by its magic number).
 pub struct PcapFile {
     path: String,
-    reader: Option<Box<dyn PcapReaderIterator + Send>>,
+    reader: Option<Format>,
     capacity: usize,
     /// The current frame's bytes (copied out of the reader's buffer, which moves on).
     frame: Vec<u8>,
@@ -50,31 +124,83 @@ impl PcapFile {
     }
 
     /// Reads a capture from any reader; `name` is used in errors.
-    pub fn from_reader(name: impl Into<String>, reader: impl Read + Send + 'static) -> Result<Self, SourceError> {
+    pub fn from_reader(name: impl Into<String>, mut reader: impl Read + Send + 'static) -> Result<Self, SourceError> {
         let path = name.into();
-        let reader = match create_reader(INITIAL_BUFFER, reader) {
-            Ok(reader) => Some(reader),
-            // An empty file holds no packets: nothing to read, and nothing wrong with that.
-            Err(PcapError::Eof) => None,
-            Err(PcapError::Incomplete(_)) => return Err(SourceError::Truncated { path, offset: 0 }),
-            Err(PcapError::ReadError) => {
-                return Err(SourceError::Io {
-                    path,
-                    source: std::io::Error::other("read failed"),
-                });
-            }
-            Err(_) => return Err(SourceError::NotPcap(path)),
+        let io_error = |path: &str, source| SourceError::Io {
+            path: path.to_string(),
+            source,
         };
-        Ok(Self {
+        let mut magic = [0u8; 4];
+        let have = read_up_to(&mut reader, &mut magic).map_err(|e| io_error(&path, e))?;
+        let legacy = match magic {
+            [0xd4, 0xc3, 0xb2, 0xa1] => Some((false, false)),
+            [0xa1, 0xb2, 0xc3, 0xd4] => Some((true, false)),
+            [0x4d, 0x3c, 0xb2, 0xa1] => Some((false, true)),
+            [0xa1, 0xb2, 0x3c, 0x4d] => Some((true, true)),
+            _ => None,
+        };
+        let mut file = Self {
             path,
-            reader,
+            reader: None,
             capacity: INITIAL_BUFFER,
             frame: Vec::new(),
             legacy_link: None,
             legacy_nanos: false,
             interfaces: Vec::new(),
             offset: 0,
-        })
+        };
+        if let (4, Some((big_endian, nanos))) = (have, legacy) {
+            let mut header = [0u8; 20];
+            let got = read_up_to(&mut reader, &mut header).map_err(|e| io_error(&file.path, e))?;
+            if got < header.len() {
+                return Err(SourceError::Truncated {
+                    path: file.path,
+                    offset: 0,
+                });
+            }
+            let linktype = [header[16], header[17], header[18], header[19]];
+            let linktype = if big_endian {
+                u32::from_be_bytes(linktype)
+            } else {
+                u32::from_le_bytes(linktype)
+            };
+            file.offset = 24;
+            file.reader = Some(Format::Legacy(Legacy {
+                reader: Box::new(reader),
+                buf: vec![0; LEGACY_BUFFER],
+                start: 0,
+                end: 0,
+                eof: false,
+                big_endian,
+                nanos,
+                link: LinkType::from_linktype(linktype as i32),
+            }));
+            return Ok(file);
+        }
+        // pcap-parser recognises the format from its first read: give it a whole first buffer.
+        let mut head = vec![0u8; INITIAL_BUFFER];
+        head[..have].copy_from_slice(&magic[..have]);
+        let more = if have == magic.len() {
+            read_up_to(&mut reader, &mut head[have..]).map_err(|e| io_error(&file.path, e))?
+        } else {
+            0
+        };
+        head.truncate(have + more);
+        let reader = Cursor::new(head).chain(reader);
+        file.reader = match create_reader(INITIAL_BUFFER, reader) {
+            Ok(reader) => Some(Format::Parser(reader)),
+            // An empty file holds no packets: nothing to read, and nothing wrong with that.
+            Err(PcapError::Eof) => None,
+            Err(PcapError::Incomplete(_)) => {
+                return Err(SourceError::Truncated {
+                    path: file.path,
+                    offset: 0,
+                });
+            }
+            Err(PcapError::ReadError) => return Err(io_error(&file.path, std::io::Error::other("read failed"))),
+            Err(_) => return Err(SourceError::NotPcap(file.path)),
+        };
+        Ok(file)
     }
 
     /// Bytes of the file consumed so far.
@@ -88,10 +214,113 @@ impl PcapFile {
     }
 }
 
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut have = 0;
+    while have < buf.len() {
+        match reader.read(&mut buf[have..]) {
+            Ok(0) => break,
+            Ok(read) => have += read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(have)
+}
+
+/// Where the next classic pcap frame lies in the read buffer.
+struct LegacyFrame {
+    ts_ns: u64,
+    link: Option<LinkType>,
+    data: std::ops::Range<usize>,
+    orig_len: u32,
+}
+
+impl PcapFile {
+    /// The next frame of a classic pcap file, a slice of the read buffer.
+    #[inline]
+    fn next_legacy(&mut self) -> Result<Option<PacketRef<'_>>, SourceError> {
+        match self.advance_legacy() {
+            Ok(Some(frame)) => {
+                let Some(Format::Legacy(legacy)) = &self.reader else {
+                    return Ok(None);
+                };
+                Ok(Some(PacketRef {
+                    ts_ns: frame.ts_ns,
+                    link: frame.link,
+                    data: &legacy.buf[frame.data],
+                    orig_len: frame.orig_len,
+                }))
+            }
+            Ok(None) => {
+                self.reader = None;
+                Ok(None)
+            }
+            Err(error) => {
+                self.reader = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Buffers the next classic pcap frame whole and moves past it.
+    #[inline]
+    fn advance_legacy(&mut self) -> Result<Option<LegacyFrame>, SourceError> {
+        let Some(Format::Legacy(legacy)) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let path = &self.path;
+        let io = |source| SourceError::Io {
+            path: path.clone(),
+            source,
+        };
+        if !legacy.fill(16).map_err(io)? {
+            if legacy.end == legacy.start {
+                return Ok(None);
+            }
+            return Err(SourceError::Truncated {
+                path: path.clone(),
+                offset: self.offset,
+            });
+        }
+        let Some([ts_sec, frac, caplen, orig_len]) = legacy.record_header() else {
+            return Ok(None);
+        };
+        let (ts_sec, frac, caplen) = (u64::from(ts_sec), u64::from(frac), caplen as usize);
+        if caplen > MAX_BUFFER {
+            return Err(SourceError::BlockTooLarge {
+                path: path.clone(),
+                offset: self.offset,
+                limit: MAX_BUFFER,
+            });
+        }
+        if !legacy.fill(16 + caplen).map_err(io)? {
+            return Err(SourceError::Truncated {
+                path: path.clone(),
+                offset: self.offset,
+            });
+        }
+        let data_at = legacy.start + 16;
+        legacy.start = data_at + caplen;
+        self.offset += 16 + caplen as u64;
+        let ts_ns = ts_sec * 1_000_000_000 + frac * if legacy.nanos { 1 } else { 1000 };
+        Ok(Some(LegacyFrame {
+            ts_ns,
+            link: legacy.link,
+            data: data_at..data_at + caplen,
+            orig_len,
+        }))
+    }
+}
+
 impl PacketSource for PcapFile {
+    #[inline]
     fn next_packet(&mut self) -> Result<Option<PacketRef<'_>>, SourceError> {
+        if let Some(Format::Legacy(_)) = self.reader {
+            return self.next_legacy();
+        }
         loop {
-            let Some(reader) = self.reader.as_mut() else {
+            let Some(Format::Parser(reader)) = self.reader.as_mut() else {
                 return Ok(None);
             };
             let found = match reader.next() {
