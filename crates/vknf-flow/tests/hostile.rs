@@ -191,3 +191,35 @@ fn not_a_capture_is_a_clear_error() {
     let (flows, errors, _) = read_all(Vec::new(), FlowConfig::default());
     assert_eq!((flows, errors.len()), (0, 0));
 }
+
+/// A pcapng block shorter than its own framing (found by the `packet_flow` fuzz target: pcap-parser
+/// 0.17 underflows on it) is a clear error, after the packets before it.
+#[test]
+fn a_pcapng_block_shorter_than_its_framing_is_a_clear_error() {
+    let Some(file) = real_files().into_iter().find(|f| f.ends_with("test301.pcapng")) else {
+        eprintln!("skipped: gopacket's test301.pcapng is not installed");
+        return;
+    };
+    let bytes = std::fs::read(file).unwrap();
+    let (_, packets) = frames(&bytes);
+    assert!(!packets.is_empty());
+    // The whole file, then a process-information block (type 0x80000001) claiming 8 bytes.
+    let mut damaged = bytes.clone();
+    damaged.extend_from_slice(&0x8000_0001u32.to_le_bytes());
+    damaged.extend_from_slice(&8u32.to_le_bytes());
+    damaged.extend_from_slice(&[0; 8]);
+    let mut source = PcapFile::from_reader("mem", Cursor::new(damaged)).unwrap();
+    let mut read = 0;
+    let error = loop {
+        match source.next_packet() {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("the damaged block went unnoticed"),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(read, packets.len(), "the packets before the damage are read");
+    assert!(
+        matches!(&error, SourceError::Malformed { detail, .. } if detail.contains("shorter than its 12 bytes")),
+        "{error}"
+    );
+}

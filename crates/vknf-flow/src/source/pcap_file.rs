@@ -110,6 +110,8 @@ pub struct PcapFile {
     legacy_nanos: bool,
     interfaces: Vec<Interface>,
     offset: u64,
+    /// The byte order of the current pcapng section, once a section header has been read.
+    ng_section: Option<bool>,
 }
 
 impl PcapFile {
@@ -148,6 +150,7 @@ impl PcapFile {
             legacy_nanos: false,
             interfaces: Vec::new(),
             offset: 0,
+            ng_section: None,
         };
         if let (4, Some((big_endian, nanos))) = (have, legacy) {
             let mut header = [0u8; 20];
@@ -323,6 +326,16 @@ impl PacketSource for PcapFile {
             let Some(Format::Parser(reader)) = self.reader.as_mut() else {
                 return Ok(None);
             };
+            if let Some(big_endian) = self.ng_section
+                && let Some(detail) = short_pcapng_block(reader.data(), big_endian)
+            {
+                let malformed = SourceError::Malformed {
+                    path: self.path.clone(),
+                    offset: self.offset,
+                    detail,
+                };
+                return self.fail(malformed);
+            }
             let found = match reader.next() {
                 Ok((size, block)) => {
                     let found = match block {
@@ -338,8 +351,9 @@ impl PacketSource for PcapFile {
                             self.frame.extend_from_slice(packet.data);
                             Some((ts_ns, self.legacy_link, packet.origlen))
                         }
-                        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                        PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
                             // Interface ids restart with each section.
+                            self.ng_section = Some(shb.big_endian());
                             self.interfaces.clear();
                             None
                         }
@@ -431,4 +445,26 @@ impl PacketSource for PcapFile {
             }
         }
     }
+}
+
+/// A pcapng block (other than a section header) whose length is shorter than its own framing (type,
+/// length, trailing length: 12 bytes) is malformed. pcap-parser 0.17 subtracts the framing from such
+/// a length without checking it for some block types, which overflows: such blocks are refused here,
+/// before they reach it.
+fn short_pcapng_block(data: &[u8], big_endian: bool) -> Option<String> {
+    const SECTION_HEADER: u32 = 0x0A0D_0D0A;
+    let header: [u8; 8] = data.get(..8)?.try_into().ok()?;
+    let block_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    if block_type == SECTION_HEADER {
+        return None;
+    }
+    let length_bytes = [header[4], header[5], header[6], header[7]];
+    let length = if big_endian {
+        u32::from_be_bytes(length_bytes)
+    } else {
+        u32::from_le_bytes(length_bytes)
+    };
+    (length < 12).then(|| {
+        format!("block of type {block_type:#x} says it is {length} bytes long, shorter than its 12 bytes of framing")
+    })
 }
