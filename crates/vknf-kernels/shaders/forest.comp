@@ -271,9 +271,47 @@ void main() {
     }
     barrier();
 
+    const float divisor = AGGREGATE == 1u ? float(max(params.n_trees, 1u)) : 1.0;
+    const uint acc_base = local_row * N_OUTPUTS;
+    // Not `const`: a product of specialization constants would become an OpSpecConstantOp.
+    uint tree_lanes = TREE_LANES;
+    if (N_OUTPUTS >= 2u * tree_lanes) {
+        // Many outputs: a row's tree threads turn its totals into scores together (output o by thread
+        // o % TREE_LANES), each keeps its best (ties to the lowest index) in the slots of two outputs
+        // it owns (o = lane and o = TREE_LANES + lane), and thread 0 picks among them: the same label
+        // as one thread scanning every output in order.
+        const bool owns_row = local_row < rows_here && lane < TREE_LANES;
+        float best = 0.0;
+        uint best_index = 0u;
+        if (owns_row) {
+            for (uint o = lane; o < N_OUTPUTS; o += TREE_LANES) {
+                const float value = aggregated_value(acc_base, o, divisor);
+                if (o == lane || value > best) {
+                    best = value;
+                    best_index = o;
+                }
+                if (params.write_scores != 0u) {
+                    scores[row * N_OUTPUTS + o] = value;
+                }
+            }
+            accumulators[acc_base + lane] = floatBitsToInt(best);
+            accumulators[acc_base + TREE_LANES + lane] = int(best_index);
+        }
+        barrier();
+        if (lane == 0u && local_row < rows_here) {
+            for (uint other = 1u; other < TREE_LANES; ++other) {
+                const float value = intBitsToFloat(accumulators[acc_base + other]);
+                const uint index = uint(accumulators[acc_base + TREE_LANES + other]);
+                if (value > best || (value == best && index < best_index)) {
+                    best = value;
+                    best_index = index;
+                }
+            }
+            labels[row] = row_has_nan[local_row] != 0u ? NAN_ROW : best_index;
+        }
+        return;
+    }
     if (lane == 0u && local_row < rows_here) {
-        const float divisor = AGGREGATE == 1u ? float(max(params.n_trees, 1u)) : 1.0;
-        const uint acc_base = local_row * N_OUTPUTS;
         float best = 0.0;
         uint best_index = 0u;
         for (uint o = 0u; o < N_OUTPUTS; ++o) {
