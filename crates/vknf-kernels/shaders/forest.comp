@@ -273,13 +273,15 @@ void main() {
 
     const float divisor = AGGREGATE == 1u ? float(max(params.n_trees, 1u)) : 1.0;
     const uint acc_base = local_row * N_OUTPUTS;
-    // Not `const`: a product of specialization constants would become an OpSpecConstantOp.
+    // Not `const`: an expression of specialization constants would become an OpSpecConstantOp.
     uint tree_lanes = TREE_LANES;
-    if (N_OUTPUTS >= 2u * tree_lanes) {
+    if (N_OUTPUTS > tree_lanes) {
         // Many outputs: a row's tree threads turn its totals into scores together (output o by thread
-        // o % TREE_LANES), each keeps its best (ties to the lowest index) in the slots of two outputs
-        // it owns (o = lane and o = TREE_LANES + lane), and thread 0 picks among them: the same label
-        // as one thread scanning every output in order.
+        // o % TREE_LANES). Each thread keeps its best (ties to the lowest index) and leaves its best
+        // value in the accumulator of its first output; every thread then finds the row's best value
+        // among them, the threads holding it offer their indices, and the lowest wins (in the
+        // accumulator of output TREE_LANES, which thread 0 has read by then): the same label as one
+        // thread scanning every output in order.
         const bool owns_row = local_row < rows_here && lane < TREE_LANES;
         float best = 0.0;
         uint best_index = 0u;
@@ -295,19 +297,24 @@ void main() {
                 }
             }
             accumulators[acc_base + lane] = floatBitsToInt(best);
-            accumulators[acc_base + TREE_LANES + lane] = int(best_index);
+            if (lane == 0u) {
+                accumulators[acc_base + TREE_LANES] = 0x7fffffff;
+            }
+        }
+        barrier();
+        if (owns_row) {
+            float top = intBitsToFloat(accumulators[acc_base]);
+            for (uint other = 1u; other < TREE_LANES; ++other) {
+                top = max(top, intBitsToFloat(accumulators[acc_base + other]));
+            }
+            if (best == top) {
+                atomicMin(accumulators[acc_base + TREE_LANES], int(best_index));
+            }
         }
         barrier();
         if (lane == 0u && local_row < rows_here) {
-            for (uint other = 1u; other < TREE_LANES; ++other) {
-                const float value = intBitsToFloat(accumulators[acc_base + other]);
-                const uint index = uint(accumulators[acc_base + TREE_LANES + other]);
-                if (value > best || (value == best && index < best_index)) {
-                    best = value;
-                    best_index = index;
-                }
-            }
-            labels[row] = row_has_nan[local_row] != 0u ? NAN_ROW : best_index;
+            const uint winner = uint(accumulators[acc_base + TREE_LANES]);
+            labels[row] = row_has_nan[local_row] != 0u ? NAN_ROW : winner;
         }
         return;
     }
