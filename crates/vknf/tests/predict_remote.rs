@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, free_port, succeed, vknf, workspace};
+use common::{Server, classifier_manifests, free_port, succeed, vknf, workspace};
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -32,45 +32,11 @@ fn http_get(port: u16, path: &str) -> String {
 fn predictions_through_the_served_function_equal_those_made_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let example = workspace().join("examples/traffic-classifier");
-    let model = dir.path().join("model.vkf");
-    let spirv = dir.path().join("forest.spv");
-    std::fs::write(&spirv, vknf_kernels::FOREST).unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
     let port = free_port();
     let ops_port = free_port();
     let device = std::env::var("VKNF_DEVICE").unwrap_or_else(|_| "0".into());
-    succeed(
-        vknf()
-            .args(["compile-model", "--quiet"])
-            .arg(example.join("model.onnx"))
-            .arg("-o")
-            .arg(&model)
-            .output()
-            .unwrap(),
-        "compile-model",
-    );
-    succeed(
-        vknf()
-            .args([
-                "manifest",
-                "--name",
-                "tc",
-                "--kind",
-                "forest",
-                "--node-address",
-                "127.0.0.1",
-            ])
-            .args(["--port", &port.to_string(), "--spirv"])
-            .arg(&spirv)
-            .arg("--model")
-            .arg(&model)
-            .arg("-o")
-            .arg(manifests.join("tc.yaml"))
-            .output()
-            .unwrap(),
-        "manifest",
-    );
+    let manifests = classifier_manifests(dir.path(), port);
+    let model = dir.path().join("model.vkf");
     let _server = Server(
         vknf()
             .args([

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, free_port, succeed, vknf, workspace};
+use common::{Server, classifier_manifests, free_port, succeed, vknf, workspace};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -12,48 +12,6 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use vknf_testkit::pki::TestPki;
-
-/// A manifest directory declaring the shipped classifier on `port` of 127.0.0.1.
-fn manifests(dir: &Path, port: u16) -> std::path::PathBuf {
-    let example = workspace().join("examples/traffic-classifier");
-    let model = dir.join("model.vkf");
-    let spirv = dir.join("forest.spv");
-    std::fs::write(&spirv, vknf_kernels::FOREST).unwrap();
-    let manifests = dir.join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    succeed(
-        vknf()
-            .args(["compile-model", "--quiet"])
-            .arg(example.join("model.onnx"))
-            .arg("-o")
-            .arg(&model)
-            .output()
-            .unwrap(),
-        "compile-model",
-    );
-    succeed(
-        vknf()
-            .args([
-                "manifest",
-                "--name",
-                "tc",
-                "--kind",
-                "forest",
-                "--node-address",
-                "127.0.0.1",
-            ])
-            .args(["--port", &port.to_string(), "--spirv"])
-            .arg(&spirv)
-            .arg("--model")
-            .arg(&model)
-            .arg("-o")
-            .arg(manifests.join("tc.yaml"))
-            .output()
-            .unwrap(),
-        "manifest",
-    );
-    manifests
-}
 
 fn tls_flags(pki: &TestPki) -> Vec<String> {
     [
@@ -79,7 +37,7 @@ fn vknf_load_drives_a_function_served_over_tls_with_client_certificates() {
     let pki = TestPki::generate();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let manifests = manifests(dir.path(), port);
+    let manifests = classifier_manifests(dir.path(), port);
     // No --bind: the port binds the function's endpoint address on this host, 127.0.0.1.
     let log = dir.path().join("serve.log");
     let oip = free_port();

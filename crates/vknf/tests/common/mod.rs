@@ -44,3 +44,46 @@ impl Drop for Server {
         let _ = self.0.wait();
     }
 }
+
+/// A manifest directory declaring the shipped classifier (compiled to `dir/model.vkf`) on `port` of
+/// 127.0.0.1.
+pub fn classifier_manifests(dir: &Path, port: u16) -> PathBuf {
+    let example = workspace().join("examples/traffic-classifier");
+    let model = dir.join("model.vkf");
+    let spirv = dir.join("forest.spv");
+    std::fs::write(&spirv, vknf_kernels::FOREST).unwrap();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    succeed(
+        vknf()
+            .args(["compile-model", "--quiet"])
+            .arg(example.join("model.onnx"))
+            .arg("-o")
+            .arg(&model)
+            .output()
+            .unwrap(),
+        "compile-model",
+    );
+    succeed(
+        vknf()
+            .args([
+                "manifest",
+                "--name",
+                "tc",
+                "--kind",
+                "forest",
+                "--node-address",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port.to_string(), "--spirv"])
+            .arg(&spirv)
+            .arg("--model")
+            .arg(&model)
+            .arg("-o")
+            .arg(manifests.join("tc.yaml"))
+            .output()
+            .unwrap(),
+        "manifest",
+    );
+    manifests
+}
