@@ -186,6 +186,7 @@ impl Engine {
             info,
             lane_rows,
             quarantine,
+            segment_lists: Mutex::new(Vec::new()),
             max_wait: settings.max_wait,
             metrics: metrics.clone(),
             device_lost,
@@ -464,14 +465,23 @@ struct Batcher {
     info: FunctionInfo,
     lane_rows: usize,
     quarantine: Arc<Mutex<Option<String>>>,
+    /// Emptied segment lists of finished batches, for the next ones.
+    segment_lists: Mutex<Vec<Vec<Segment>>>,
     max_wait: Duration,
     metrics: Metrics,
     device_lost: mpsc::UnboundedSender<DeviceLoss>,
 }
 
 impl BatchRunner<CountedLane, Batch> for Batcher {
-    fn run_batch(&self, lane: &mut CountedLane, batch: Batch) -> bool {
-        self.execute(lane, batch)
+    fn run_batch(&self, lane: &mut CountedLane, mut batch: Batch) -> bool {
+        let kept = self.execute(lane, &batch);
+        // The segment list goes back to the batcher for a later batch: no allocation per batch.
+        batch.segments.clear();
+        let mut pool = self.segment_lists.lock();
+        if pool.len() < SEGMENT_LISTS_KEPT {
+            pool.push(std::mem::take(&mut batch.segments));
+        }
+        kept
     }
 }
 
@@ -576,7 +586,7 @@ impl Batcher {
     ) -> Batch {
         let deadline = tokio::time::Instant::now() + wait;
         let mut batch = Batch {
-            segments: Vec::new(),
+            segments: self.segment_lists.lock().pop().unwrap_or_default(),
             rows: 0,
             mask: 0,
         };
@@ -628,7 +638,7 @@ impl Batcher {
     }
 
     /// Runs one batch on its lane's thread and answers its requests; false when the lane is lost.
-    fn execute(&self, lane: &mut CountedLane, batch: Batch) -> bool {
+    fn execute(&self, lane: &mut CountedLane, batch: &Batch) -> bool {
         self.function_metrics.batch_rows.observe(batch.rows as f64);
         lane.device_batches.inc();
         lane.device_rows.inc_by(batch.rows as u64);
@@ -699,6 +709,9 @@ impl Batcher {
 
 /// Batches at least this large are copied into the lane by several threads, in chunks of this size.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
+/// Emptied segment lists kept for reuse (more than the lanes that can hold one at a time is waste).
+const SEGMENT_LISTS_KEPT: usize = 64;
 
 /// Calls at least this large have their values checked for NaN while they are copied into a lane.
 const DEFERRED_CHECK_BYTES: usize = 1 << 20;
