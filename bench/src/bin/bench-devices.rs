@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use serde::Serialize;
 use vknf_forest::GpuForest;
+use vknf_functions::families::forest::INPUT_PATH_PARAM;
 use vknf_functions::{Families, FunctionLoader, FunctionSpec, GpuLoader};
 use vknf_runtime::{
     Answer, Call, CallError, DType, DeviceHealth, FunctionHandle, Metrics, Rows, Runtime, RuntimeSettings,
@@ -45,6 +46,10 @@ struct Args {
     /// Run the loss test on the last selection, declaring this device lost (index in the selection).
     #[arg(long)]
     lose_device: Option<usize>,
+    /// The forest's `vknf.io/input-path` (`direct`, `host-memory`, `staged`); the kernel's choice when
+    /// absent.
+    #[arg(long)]
+    input_path: Option<String>,
     /// Writes the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -62,6 +67,7 @@ struct Shape {
 #[derive(Serialize)]
 struct Throughput {
     shape: String,
+    input_path: Option<String>,
     devices: String,
     device_names: Vec<String>,
     rows_per_call: usize,
@@ -202,6 +208,11 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio.block_on(async { Runtime::new(loader.clone() as Arc<dyn FunctionLoader>, settings) });
             let spec = FunctionSpec {
                 max_batch_rows: Some(shape.rows_per_call),
+                params: args
+                    .input_path
+                    .iter()
+                    .map(|path| (INPUT_PATH_PARAM.to_owned(), path.clone()))
+                    .collect(),
                 ..FunctionSpec::new(&shape.name, "forest", spirv.clone())
             };
             let model: Arc<[u8]> = shape.forest.to_vkf_bytes().into();
@@ -246,6 +257,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 report.throughput.push(Throughput {
                     shape: shape.name.clone(),
+                    input_path: args.input_path.clone(),
                     devices: selection.clone(),
                     device_names: device_names.clone(),
                     rows_per_call: shape.rows_per_call,

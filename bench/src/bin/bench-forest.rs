@@ -303,6 +303,7 @@ fn main() -> anyhow::Result<()> {
             "label_mismatches_vs_cpu_reference": mismatches,
         }));
     }
+    let input_paths = input_path_table(&device, &forest, &rows, &reference.labels, args.runs)?;
     let small_batches = if args.small_batches {
         small_batch_table(&device, &forest, &rows, &reference.labels, args.runs)?
     } else {
@@ -324,6 +325,7 @@ fn main() -> anyhow::Result<()> {
         "cpu_threads": std::thread::available_parallelism()?.get(),
         "predict": headline,
         "gpu": results,
+        "input_paths": input_paths,
         "small_batches": small_batches,
         "finished_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
     });
@@ -400,6 +402,72 @@ fn small_batch_table(
                 "label_mismatches_vs_cpu_reference": wrong,
             }));
         }
+    }
+    Ok(table)
+}
+
+/// End to end (host rows in, labels out) of the whole batch for each way rows reach the GPU, in one
+/// dispatch and split into pipelined chunks, with the chosen workgroup shape; the kernel's GPU time per
+/// path (the host-memory path's kernel pulls the rows over the bus); labels checked every time.
+fn input_path_table(
+    device: &vknf_vulkan::Device,
+    forest: &GpuForest,
+    rows: &Rows,
+    reference: &[u32],
+    runs: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut table = Vec::new();
+    println!("input paths (e2e median us by pipelined chunks; kernel us of one dispatch):");
+    for path in [InputPath::Direct, InputPath::HostMemory, InputPath::Staged] {
+        let options = ForestOptions {
+            input_path: Some(path),
+            small_batch_rows: Some(0),
+            ..ForestOptions::default()
+        };
+        let kernel = ForestKernel::new(device, forest, &options)?;
+        let config = kernel.config();
+        let mut lane = kernel.lane(rows.n_rows)?;
+        let mut kernel_ns = Vec::new();
+        time_runs(2, runs.min(20), || {
+            lane.write_rows(0, &rows.data)?;
+            lane.submit(rows.n_rows, false)?;
+            lane.finish(vknf_functions::forest::BATCH_DEADLINE)?;
+            if let Some(ns) = lane.last_kernel_ns() {
+                kernel_ns.push(ns / 1e3);
+            }
+            Ok(())
+        })?;
+        let kernel_stats = (!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns));
+        let groups = rows.n_rows.div_ceil(config.rows_per_group as usize);
+        let mut line = String::new();
+        for chunks in [1usize, 2, 3, 4, 6, 8, 12, 16] {
+            if chunks > 1 && (chunks > groups || rows.data.len() * 4 < 256 << 10) {
+                continue;
+            }
+            let mut got = Vec::new();
+            let stats = Stats::of(time_runs(3, runs, || {
+                got = lane.run_pipelined(&rows.data, chunks, false)?.labels;
+                Ok(())
+            })?);
+            let wrong = got.iter().zip(reference).filter(|(a, b)| a != b).count();
+            line.push_str(&format!(
+                " {chunks}:{:.0}{}",
+                stats.median_us,
+                if wrong > 0 { "!" } else { "" }
+            ));
+            table.push(json!({
+                "input_path": config.input_path, "requested_input_path": path, "config": config, "chunks": chunks,
+                "end_to_end": stats, "kernel_one_dispatch": kernel_stats,
+                "label_mismatches_vs_cpu_reference": wrong,
+            }));
+        }
+        println!(
+            "  {:?} ({}x{}): kernel {:?} us; e2e us by chunks:{line}",
+            config.input_path,
+            config.rows_per_group,
+            config.tree_lanes,
+            kernel_stats.as_ref().map(|k| k.median_us.round()),
+        );
     }
     Ok(table)
 }

@@ -46,6 +46,11 @@ pub enum InputPath {
     /// The kernel reads rows straight from the upload buffer (device-local host-visible memory when the
     /// driver offers it, else host memory over the bus), with no separate copy.
     Direct,
+    /// Rows are written into pinned, host-cached system memory and the kernel pulls them over the bus
+    /// while it stages each workgroup's rows: the host writes at memory speed instead of the slower
+    /// write-combined stores into the GPU's BAR, and no separate copy runs. Needs rows staged in shared
+    /// memory (else every tree step would cross the bus): without staging the staged path is used.
+    HostMemory,
 }
 
 /// Tuning of the kernel; `None` fields are chosen for the device.
@@ -64,8 +69,8 @@ pub struct ForestOptions {
     /// side instead of a few after one another. `Some(0)` disables it.
     pub small_batch_rows: Option<usize>,
     /// Dispatches a [`ForestLane::predict`] batch is split into, each submitted as soon as its rows are
-    /// written, so that the host's writes overlap the kernel (direct input only). `None` chooses per
-    /// batch ([`ForestKernel::pipeline_chunks`]: one dispatch, the fastest measured on an H200).
+    /// written, so that the host's writes overlap the GPU's work. `None` chooses per batch from its
+    /// input bytes ([`ForestKernel::pipeline_chunks`]).
     pub pipeline_chunks: Option<usize>,
 }
 
@@ -80,6 +85,12 @@ const DEFAULT_GROUP_THREADS: usize = 768;
 const MAX_DEFAULT_ROWS: usize = 128;
 /// Most dispatches one batch is split into.
 const MAX_PIPELINE_CHUNKS: usize = 32;
+/// Input bytes per pipelined dispatch chosen by default: below twice this a batch runs as one dispatch,
+/// because each extra dispatch costs a submission and a hand-off between the copying threads, which the
+/// overlap of a small batch's writes with its kernel does not pay back (bench/RESULTS.md, "Input paths").
+const PIPELINE_CHUNK_BYTES: usize = 4 << 20;
+/// Most dispatches chosen by default.
+const MAX_DEFAULT_PIPELINE_CHUNKS: usize = 8;
 
 /// The configuration a kernel was built with.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -261,7 +272,10 @@ impl ForestKernel {
             stage_input,
             fixed_scale_log2: fixed.as_ref().map(|f| f.scale_log2),
             float_accumulate: fixed.is_none(),
-            input_path: options.input_path.unwrap_or(InputPath::Direct),
+            input_path: match options.input_path.unwrap_or(InputPath::Direct) {
+                InputPath::HostMemory if !stage_input => InputPath::Staged,
+                path => path,
+            },
             small_batch,
             pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
         };
@@ -350,15 +364,21 @@ impl ForestKernel {
     }
 
     /// How many pipelined dispatches [`ForestLane::predict`] splits a batch of `n_rows` rows into: the
-    /// configured count, else one: on the H200 every split of the named shapes' batches (5788 and 100,000
-    /// rows) measured slower end to end than one dispatch (bench/RESULTS.md), so splitting is opt-in.
-    /// Always 1 for the staged input path, whose copy runs after the whole batch is written.
+    /// configured count, else one per 4 MiB of input, at most 8: on the H200 the wide forest's 32 MB
+    /// batches ran end to end much faster in several dispatches than in one (the host's writes of chunk
+    /// i+1 overlap the kernel on chunk i), while W1a's and the deep forest's 6.9 MB batches were fastest
+    /// in one (bench/RESULTS.md, "Input paths and pipelined dispatches").
     pub fn pipeline_chunks(&self, n_rows: usize) -> usize {
         let config = &self.resident.config;
-        if config.input_path != InputPath::Direct || n_rows < 2 {
+        if n_rows < 2 {
             return 1;
         }
-        let chunks = config.pipeline_chunks.unwrap_or(1) as usize;
+        let chunks = match config.pipeline_chunks {
+            Some(chunks) => chunks as usize,
+            None => {
+                (n_rows * self.resident.n_features * 4 / PIPELINE_CHUNK_BYTES).clamp(1, MAX_DEFAULT_PIPELINE_CHUNKS)
+            }
+        };
         chunks.min(n_rows.div_ceil(config.rows_per_group as usize)).max(1)
     }
 
@@ -493,6 +513,10 @@ impl ForestLane {
             ),
             InputPath::Direct => (
                 device.create_buffer("forest input (upload)", input_bytes, MemoryKind::Upload)?,
+                None,
+            ),
+            InputPath::HostMemory => (
+                device.create_buffer("forest input (host memory)", input_bytes, MemoryKind::Readback)?,
                 None,
             ),
         };
@@ -747,7 +771,23 @@ impl ForestLane {
                 Some(small) if r.config.uses_small_batch(end - first) => (small.clone(), (end - first) as u32),
                 _ => (self.bind_group.clone(), (end - first).div_ceil(rows_per_group) as u32),
             };
-            let record = |rec: &mut vknf_vulkan::Recorder<'_>| rec.dispatch(&bind_group, &params, [groups, 1, 1]);
+            // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
+            // to device memory just before its dispatch, on the same queue.
+            let copy = self.device_input.as_ref().map(|device_input| {
+                let start = (first * r.n_features * 4) as u64;
+                let end_padded = end
+                    .next_multiple_of(rows_per_group)
+                    .min(self.max_rows.next_multiple_of(rows_per_group));
+                (device_input, start, (end_padded * r.n_features * 4) as u64 - start)
+            });
+            let input = &self.input;
+            let record = |rec: &mut vknf_vulkan::Recorder<'_>| {
+                if let Some((device_input, offset, bytes)) = copy {
+                    rec.copy(input, offset, device_input, offset, bytes)?;
+                    rec.barrier();
+                }
+                rec.dispatch(&bind_group, &params, [groups, 1, 1])
+            };
             match lists.get_mut(index) {
                 Some(list) => list.rerecord(record)?,
                 None => lists.push(self.compute.record(record)?),
@@ -762,13 +802,13 @@ impl ForestLane {
     }
 
     /// Runs `rows` (at most the lane's size) as `chunks` dispatches, each submitted as soon as its rows
-    /// are written, so that the host's copy of chunk i+1 overlaps the kernel on chunk i (and the
-    /// submission of chunk i overlaps the copy of chunk i+1). Only for the direct input path, where the
-    /// kernel reads the rows where the host writes them; otherwise one write and one dispatch.
+    /// are written, so that the host's copy of chunk i+1 overlaps the GPU's work on chunk i (and the
+    /// submission of chunk i overlaps the copy of chunk i+1). On the staged input path each chunk's
+    /// dispatch is preceded by the DMA of its own rows.
     pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         let nf = self.n_features();
         let n_rows = rows.len() / nf;
-        if self.kernel.config().input_path != InputPath::Direct || chunks <= 1 || n_rows < 2 {
+        if chunks <= 1 || n_rows < 2 {
             self.write_rows(0, rows)?;
             return self.run(n_rows, want_scores);
         }

@@ -79,7 +79,27 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
     let configurations = [
         ForestOptions::default(),
         ForestOptions {
-            input_path: Some(InputPath::Direct),
+            input_path: Some(InputPath::Staged),
+            ..Default::default()
+        },
+        // The kernel pulls rows from host memory, in one dispatch and in pipelined chunks.
+        ForestOptions {
+            input_path: Some(InputPath::HostMemory),
+            ..Default::default()
+        },
+        ForestOptions {
+            input_path: Some(InputPath::HostMemory),
+            rows_per_group: Some(4),
+            pipeline_chunks: Some(4),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        // Staged input in pipelined chunks: each chunk's dispatch after the DMA of its own rows.
+        ForestOptions {
+            input_path: Some(InputPath::Staged),
+            rows_per_group: Some(3),
+            pipeline_chunks: Some(5),
+            small_batch_rows: Some(0),
             ..Default::default()
         },
         ForestOptions {
@@ -114,7 +134,7 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
             ..Default::default()
         },
     ];
-    let small = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &configurations[4]).unwrap();
+    let small = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &configurations[7]).unwrap();
     assert!(
         small.config().small_batch.is_some_and(|s| s.tree_lanes >= 12),
         "the forced configuration must build the small-batch pipeline: {:?}",
@@ -130,11 +150,23 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
 fn pipelined_batches_match_scikit_learn() {
     let gpu = gpu();
     let cases = parity::load_cases(&fixture_dir()).unwrap();
-    for chunks in [2usize, 3, 7] {
+    for (chunks, input_path) in [
+        (2usize, InputPath::Direct),
+        (3, InputPath::Direct),
+        (7, InputPath::Direct),
+        (3, InputPath::HostMemory),
+        (2, InputPath::Staged),
+        (7, InputPath::Staged),
+    ] {
+        let options = ForestOptions {
+            input_path: Some(input_path),
+            ..ForestOptions::default()
+        };
         for case in &cases {
             let forest = case.import().unwrap();
             let mut predict = |forest: &GpuForest, rows: &Rows| -> anyhow::Result<Prediction> {
-                let kernel = ForestKernel::new(&gpu.device, forest, &ForestOptions::default())?;
+                let kernel = ForestKernel::new(&gpu.device, forest, &options)?;
+                assert_eq!(kernel.config().input_path, input_path);
                 let mut lane = kernel.lane(rows.n_rows.max(1))?;
                 let result = lane.run_pipelined(&rows.data, chunks, true)?;
                 let prediction = Prediction {
@@ -147,10 +179,25 @@ fn pipelined_batches_match_scikit_learn() {
                 Ok(prediction)
             };
             case.check(&forest, &mut predict)
-                .unwrap_or_else(|err| panic!("{chunks} chunks: {err}"));
+                .unwrap_or_else(|err| panic!("{chunks} chunks, {input_path:?}: {err}"));
         }
     }
     assert!(gpu.instance.take_validation_errors().is_empty());
+}
+
+#[test]
+fn host_memory_input_without_staging_falls_back_to_the_staged_path() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let forest = cases[0].import().unwrap();
+    let options = ForestOptions {
+        input_path: Some(InputPath::HostMemory),
+        stage_input: Some(false),
+        ..ForestOptions::default()
+    };
+    let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+    assert_eq!(kernel.config().input_path, InputPath::Staged);
+    assert!(!kernel.config().stage_input);
 }
 
 #[test]
@@ -159,4 +206,26 @@ fn random_scikit_learn_forests_match_on_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let cases = parity::generate_cases(dir.path(), 24, 20261127).unwrap();
     check_all(&gpu, &cases, ForestOptions::default(), 500);
+}
+
+#[test]
+fn predict_splits_only_large_batches_into_pipelined_dispatches() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let forest = cases[0].import().unwrap();
+    let row_bytes = forest.n_features as usize * 4;
+    let kernel = ForestKernel::new(&gpu.device, &forest, &ForestOptions::default()).unwrap();
+    let rows_for = |mib: usize| (mib << 20).div_ceil(row_bytes);
+    assert_eq!(kernel.pipeline_chunks(1), 1);
+    assert_eq!(kernel.pipeline_chunks(rows_for(7)), 1, "7 MiB of rows: one dispatch");
+    assert_eq!(kernel.pipeline_chunks(rows_for(8)), 2, "8 MiB: one dispatch per 4 MiB");
+    assert_eq!(kernel.pipeline_chunks(rows_for(32)), 8);
+    assert_eq!(kernel.pipeline_chunks(rows_for(400)), 8, "at most 8 by default");
+    let fixed = ForestOptions {
+        pipeline_chunks: Some(3),
+        ..ForestOptions::default()
+    };
+    let kernel = ForestKernel::new(&gpu.device, &forest, &fixed).unwrap();
+    assert_eq!(kernel.pipeline_chunks(rows_for(1)), 3, "a configured count is kept");
+    assert_eq!(kernel.pipeline_chunks(2), 1, "never more chunks than workgroups");
 }

@@ -1,7 +1,8 @@
 //! The `vknf` binary end to end: the shipped scikit-learn classifier compiled, declared in a
 //! manifest, served by `vknf serve` (GPU loader, validation layer on), and asked through
 //! `vknf predict --addr`, whose answers must equal those computed in process. The server runs the
-//! function on two logical devices (`--devices D,D`), as a host with two GPUs would.
+//! function on two logical devices (`--devices D,D`), as a host with two GPUs would, with its rows
+//! pulled by the kernel from host memory (`vknf.io/input-path: host-memory`).
 
 mod common;
 
@@ -35,7 +36,10 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
     let port = free_port();
     let ops_port = free_port();
     let device = std::env::var("VKNF_DEVICE").unwrap_or_else(|_| "0".into());
-    let manifests = classifier_manifests(dir.path(), port);
+    // The kernel pulls the rows from host memory (the path chosen per shape may be another one).
+    let manifests = classifier_manifests(dir.path(), port, &["--param", "input-path=host-memory"]);
+    let manifest = std::fs::read_to_string(manifests.join("tc.yaml")).unwrap();
+    assert!(manifest.contains("vknf.io/input-path: host-memory"), "{manifest}");
     let model = dir.path().join("model.vkf");
     let _server = Server(
         vknf()
@@ -134,4 +138,47 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
         assert!(line[lanes.len()..].parse::<i64>().unwrap() > 0, "{line}");
     }
     assert!(http_get(ops_port, "/readyz").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn manifest_parameters_are_checked_against_the_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let spirv = dir.path().join("forest.spv");
+    std::fs::write(&spirv, vknf_kernels::FOREST).unwrap();
+    let model = dir.path().join("model.vkf");
+    succeed(
+        vknf()
+            .args(["compile-model", "--quiet"])
+            .arg(workspace().join("examples/traffic-classifier/model.onnx"))
+            .arg("-o")
+            .arg(&model)
+            .output()
+            .unwrap(),
+        "compile-model",
+    );
+    let manifest = |param: &str| {
+        vknf()
+            .args([
+                "manifest", "--name", "tc", "--kind", "forest", "--port", "9000", "--param", param,
+            ])
+            .arg("--spirv")
+            .arg(&spirv)
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .unwrap()
+    };
+    let written = manifest("input-path=staged");
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    assert!(String::from_utf8_lossy(&written.stdout).contains("vknf.io/input-path: staged"));
+    for (param, says) in [
+        ("input-path=fastest", "the input paths are direct, host-memory, staged"),
+        ("deadline-ms=500", "kind forest takes input-path"),
+        ("input-path", "expected NAME=VALUE"),
+    ] {
+        let refused = manifest(param);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{param} was accepted");
+        assert!(stderr.contains(says), "{param}: {stderr}");
+    }
 }

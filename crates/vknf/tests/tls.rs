@@ -37,7 +37,7 @@ fn vknf_load_drives_a_function_served_over_tls_with_client_certificates() {
     let pki = TestPki::generate();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let manifests = classifier_manifests(dir.path(), port);
+    let manifests = classifier_manifests(dir.path(), port, &[]);
     // No --bind: the port binds the function's endpoint address on this host, 127.0.0.1.
     let log = dir.path().join("serve.log");
     let oip = free_port();

@@ -19,6 +19,39 @@ pub const LABELS: &str = "labels";
 /// Output name of the per-output scores (class probabilities, or regression values).
 pub const SCORES: &str = "scores";
 
+/// The parameter choosing how a GPU forest's rows reach the kernel (`vknf.io/input-path`: `direct`,
+/// `host-memory` or `staged`, see [`crate::forest::InputPath`]); chosen for the device when absent.
+pub const INPUT_PATH_PARAM: &str = "input-path";
+
+/// The values of [`INPUT_PATH_PARAM`].
+const INPUT_PATHS: [&str; 3] = ["direct", "host-memory", "staged"];
+
+/// The input path `spec` names, checked (no device needed); `None` leaves the choice to the kernel.
+fn input_path_name(spec: &FunctionSpec) -> Result<Option<&'static str>, ParamError> {
+    let Some(text) = spec.param(INPUT_PATH_PARAM) else {
+        return Ok(None);
+    };
+    let text = text.trim();
+    match INPUT_PATHS.iter().find(|name| **name == text) {
+        Some(name) => Ok(Some(*name)),
+        None => Err(ParamError::new(
+            INPUT_PATH_PARAM,
+            format!("{text:?}: the input paths are {}", INPUT_PATHS.join(", ")),
+        )),
+    }
+}
+
+/// The input path `spec` asks for, checked; `None` when it leaves the choice to the kernel.
+#[cfg(feature = "gpu")]
+pub fn input_path(spec: &FunctionSpec) -> Result<Option<crate::forest::InputPath>, ParamError> {
+    use crate::forest::InputPath;
+    Ok(input_path_name(spec)?.map(|name| match name {
+        "direct" => InputPath::Direct,
+        "host-memory" => InputPath::HostMemory,
+        _ => InputPath::Staged,
+    }))
+}
+
 /// The `forest` family.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ForestFamily;
@@ -28,11 +61,16 @@ impl Family for ForestFamily {
         "forest"
     }
 
+    fn params(&self) -> &'static [&'static str] {
+        &[INPUT_PATH_PARAM]
+    }
+
     fn needs_model(&self) -> bool {
         true
     }
 
-    fn validate(&self, _spec: &FunctionSpec, model_len: Option<usize>) -> Result<(), ParamError> {
+    fn validate(&self, spec: &FunctionSpec, model_len: Option<usize>) -> Result<(), ParamError> {
+        input_path_name(spec)?;
         match model_len {
             Some(_) => Ok(()),
             None => Err(ParamError::missing("model")),
@@ -219,17 +257,20 @@ mod gpu {
         spec: &FunctionSpec,
         forest: GpuForest,
     ) -> Result<Arc<dyn Function>, LoadError> {
-        let kernel = ForestKernel::with_spirv(
-            device,
-            &forest,
-            &ForestOptions::default(),
-            &spec.spirv,
-            &spec.entry_point,
-        )
-        .map_err(|e| LoadError::Exec {
-            function: spec.name.clone(),
-            source: exec_error(e),
-        })?;
+        let options = ForestOptions {
+            input_path: super::input_path(spec).map_err(|e| LoadError::Exec {
+                function: spec.name.clone(),
+                source: ExecError::InvalidInput(e.to_string()),
+            })?,
+            ..ForestOptions::default()
+        };
+        let kernel =
+            ForestKernel::with_spirv(device, &forest, &options, &spec.spirv, &spec.entry_point).map_err(|e| {
+                LoadError::Exec {
+                    function: spec.name.clone(),
+                    source: exec_error(e),
+                }
+            })?;
         let info = forest_info(&forest, spec.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS));
         Ok(Arc::new(GpuForestFunction { kernel, info }))
     }

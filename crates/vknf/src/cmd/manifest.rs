@@ -47,6 +47,10 @@ pub struct ManifestArgs {
     /// JSON file wiring a generic kernel (see docs/functions.md).
     #[arg(long)]
     pub abi: Option<PathBuf>,
+    /// A family parameter, `NAME=VALUE`, written as the annotation `vknf.io/NAME` (repeatable): for
+    /// example `deadline-ms=500` (generic) or `input-path=host-memory` (forest); docs/functions.md.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
     /// Most rows per batch.
     #[arg(long)]
     pub max_batch_rows: Option<usize>,
@@ -67,6 +71,13 @@ pub struct ManifestArgs {
     /// Output file (default: standard output).
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=VALUE"))?;
+    Ok((name.trim().to_owned(), value.to_owned()))
 }
 
 /// Runs `vknf manifest`.
@@ -98,6 +109,33 @@ pub fn run(args: ManifestArgs) -> anyhow::Result<()> {
             serde_json::from_str(&text).with_context(|| format!("parsing the ABI in {}", path.display()))?;
         params.insert(ABI_PARAM.to_owned(), abi.to_json());
     }
+    let family = families.get(&args.kind).context("checked above")?;
+    for (name, value) in &args.params {
+        if !family.params().contains(&name.as_str()) {
+            anyhow::bail!(
+                "--param {name}: kind {} takes {}",
+                args.kind,
+                match family.params() {
+                    [] => "no parameters".to_owned(),
+                    names => names.join(", "),
+                }
+            );
+        }
+        if params.insert(name.clone(), value.clone()).is_some() {
+            anyhow::bail!("--param {name} is given twice (or also by --abi)");
+        }
+    }
+    // Values are checked here as the host will check them, rather than when a host loads the function.
+    let spec = vknf_functions::FunctionSpec {
+        params: params.clone(),
+        ..vknf_functions::FunctionSpec::new(&args.name, &args.kind, spirv.clone())
+    };
+    family
+        .validate(&spec, model.as_ref().map(Vec::len))
+        .map_err(|e| match e.param.as_str() {
+            "model" => anyhow::anyhow!("{} functions need --model", args.kind),
+            param => anyhow::anyhow!("vknf.io/{param}: {}", e.reason),
+        })?;
     let request = ManifestRequest {
         name: args.name.clone(),
         namespace: args.namespace.clone(),

@@ -46,8 +46,8 @@ impl Drop for Server {
 }
 
 /// A manifest directory declaring the shipped classifier (compiled to `dir/model.vkf`) on `port` of
-/// 127.0.0.1.
-pub fn classifier_manifests(dir: &Path, port: u16) -> PathBuf {
+/// 127.0.0.1; `extra` goes to `vknf manifest` as it is (e.g. `--param NAME=VALUE`).
+pub fn classifier_manifests(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
     let example = workspace().join("examples/traffic-classifier");
     let model = dir.join("model.vkf");
     let spirv = dir.join("forest.spv");
@@ -75,7 +75,9 @@ pub fn classifier_manifests(dir: &Path, port: u16) -> PathBuf {
                 "--node-address",
                 "127.0.0.1",
             ])
-            .args(["--port", &port.to_string(), "--spirv"])
+            .args(["--port", &port.to_string()])
+            .args(extra)
+            .arg("--spirv")
             .arg(&spirv)
             .arg("--model")
             .arg(&model)
