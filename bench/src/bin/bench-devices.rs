@@ -46,6 +46,11 @@ struct Args {
     /// Run the loss test on the last selection, declaring this device lost (index in the selection).
     #[arg(long)]
     lose_device: Option<usize>,
+    /// Probe on the last selection, instead of a loss: while callers run, this device (index in the
+    /// selection) is reset over and over (a fresh logical device opened and dropped, as recovery does)
+    /// without any lane losing its device: whether the driver's device creation alone slows the others.
+    #[arg(long, conflicts_with = "lose_device")]
+    churn_device: Option<usize>,
     /// The forest's `vknf.io/input-path` (`direct`, `host-memory`, `staged`); the kernel's choice when
     /// absent.
     #[arg(long)]
@@ -89,10 +94,24 @@ struct Loss {
     rows_per_s_after: f64,
 }
 
+#[derive(Serialize)]
+struct Churn {
+    shape: String,
+    devices: String,
+    churned_device: usize,
+    resets: u64,
+    mean_reset_ms: f64,
+    rows_per_s_before: f64,
+    rows_per_s_during: f64,
+    rows_per_s_after: f64,
+    batches_per_device_during: Vec<u64>,
+}
+
 #[derive(Serialize, Default)]
 struct Report {
     throughput: Vec<Throughput>,
     loss: Vec<Loss>,
+    churn: Vec<Churn>,
 }
 
 fn shape(name: &str, args: &Args) -> anyhow::Result<Shape> {
@@ -273,6 +292,11 @@ fn main() -> anyhow::Result<()> {
                     &tokio, &runtime, &loader, &function, &shape, &args, selection, lost,
                 )?);
             }
+            if let (Some(churned), true) = (args.churn_device, last && device_names.len() > 1) {
+                report.churn.push(churn_one(
+                    &tokio, &runtime, &loader, &function, &shape, &args, selection, churned,
+                )?);
+            }
             tokio.block_on(runtime.shutdown());
         }
         if let Some(path) = &args.json {
@@ -350,5 +374,94 @@ fn lose_one(
             loss.rows_per_s_after / 1e6
         );
         Ok(loss)
+    })
+}
+
+/// Rows per second answered over `window`, counted from `answered`.
+fn rate_over(answered: &AtomicU64, rows_per_call: f64, window: Duration) -> f64 {
+    let (before, started) = (answered.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(window);
+    (answered.load(Ordering::Relaxed) - before) as f64 * rows_per_call / started.elapsed().as_secs_f64()
+}
+
+/// Resets `churned` over and over under load (its serving lanes keep their device) and compares the
+/// rate before, during and after: the recovery of a lost device opens a fresh device the same way.
+#[allow(clippy::too_many_arguments)]
+fn churn_one(
+    tokio: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    loader: &GpuLoader,
+    function: &FunctionHandle,
+    shape: &Shape,
+    args: &Args,
+    selection: &str,
+    churned: usize,
+) -> anyhow::Result<Churn> {
+    let _entered = tokio.enter();
+    let (stop, answered, failed) = (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
+    let churning = AtomicBool::new(true);
+    let rows = shape.rows_per_call as f64;
+    let window = Duration::from_secs_f64(args.seconds / 3.0);
+    let batches = || -> Vec<u64> {
+        (0..runtime.devices().len())
+            .map(|d| {
+                runtime
+                    .metrics()
+                    .device_batches
+                    .get_or_create(&Metrics::device_labels(d))
+                    .get()
+            })
+            .collect()
+    };
+    std::thread::scope(|scope| -> anyhow::Result<Churn> {
+        let run = scope.spawn(|| callers(function, shape, args.callers, &stop, &answered, &failed));
+        std::thread::sleep(Duration::from_secs_f64(0.5));
+        let rows_per_s_before = rate_over(&answered, rows, window);
+        let batches_before = batches();
+        let resets = scope.spawn(|| -> anyhow::Result<(u64, Duration)> {
+            let (mut count, mut spent) = (0u64, Duration::ZERO);
+            // Bounded by count as well as by the window.
+            while churning.load(Ordering::Relaxed) && count < 10_000 {
+                let started = Instant::now();
+                FunctionLoader::reset(loader, churned)?;
+                spent += started.elapsed();
+                count += 1;
+            }
+            Ok((count, spent))
+        });
+        let rows_per_s_during = rate_over(&answered, rows, window);
+        churning.store(false, Ordering::Relaxed);
+        let batches_per_device_during = batches().iter().zip(&batches_before).map(|(a, b)| a - b).collect();
+        let (count, spent) = resets
+            .join()
+            .map_err(|_| anyhow::anyhow!("the resetting thread panicked"))??;
+        let rows_per_s_after = rate_over(&answered, rows, window);
+        stop.store(true, Ordering::Relaxed);
+        run.join().map_err(|_| anyhow::anyhow!("callers panicked"))??;
+        anyhow::ensure!(
+            failed.load(Ordering::Relaxed) == 0,
+            "calls failed while no device was lost"
+        );
+        let churn = Churn {
+            shape: shape.name.clone(),
+            devices: selection.into(),
+            churned_device: churned,
+            resets: count,
+            mean_reset_ms: spent.as_secs_f64() * 1e3 / count.max(1) as f64,
+            rows_per_s_before,
+            rows_per_s_during,
+            rows_per_s_after,
+            batches_per_device_during,
+        };
+        println!(
+            "device {churned} reset {} times under load ({:.1} ms each), no lane lost: {:.2} / {:.2} / {:.2} M rows/s before / during / after, batches per device during {:?}",
+            churn.resets,
+            churn.mean_reset_ms,
+            churn.rows_per_s_before / 1e6,
+            churn.rows_per_s_during / 1e6,
+            churn.rows_per_s_after / 1e6,
+            churn.batches_per_device_during
+        );
+        Ok(churn)
     })
 }

@@ -438,6 +438,18 @@ fn input_path_table(
             Ok(())
         })?;
         let kernel_stats = (!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns));
+        // Where one dispatch's time goes: the host writing the rows, then everything after (copy if
+        // staged, kernel, completion, labels read back) with the rows already in place.
+        let write = Stats::of(time_runs(3, runs, || Ok(lane.write_rows(0, &rows.data)?))?);
+        let in_place = Stats::of(time_runs(3, runs, || {
+            lane.submit(rows.n_rows, false)?;
+            lane.finish(vknf_functions::forest::BATCH_DEADLINE)?;
+            Ok(())
+        })?);
+        table.push(json!({
+            "input_path": config.input_path, "requested_input_path": path, "config": config,
+            "host_write": write, "in_place": in_place,
+        }));
         let groups = rows.n_rows.div_ceil(config.rows_per_group as usize);
         let mut line = String::new();
         for chunks in [1usize, 2, 3, 4, 6, 8, 12, 16] {
@@ -462,11 +474,13 @@ fn input_path_table(
             }));
         }
         println!(
-            "  {:?} ({}x{}): kernel {:?} us; e2e us by chunks:{line}",
+            "  {:?} ({}x{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
             config.input_path,
             config.rows_per_group,
             config.tree_lanes,
             kernel_stats.as_ref().map(|k| k.median_us.round()),
+            write.median_us,
+            in_place.median_us,
         );
     }
     Ok(table)
