@@ -12,7 +12,7 @@ use vknf_forest::{
 };
 use vknf_vulkan::{
     BindGroup, Buffer, CommandList, Device, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream, Ticket,
-    Timestamps,
+    Timestamps, copy_streaming,
 };
 
 /// Errors of the GPU forest.
@@ -468,20 +468,28 @@ const PARALLEL_COPY_BYTES: usize = 1 << 20;
 /// staging memory is across PCIe, and smaller shares cost more in hand-offs than they save.
 const PARALLEL_COPY_SHARE: usize = 256 << 10;
 
-/// Copies `rows` into `buffer` at float `offset`: one core cannot fill staging memory at the bus's rate,
-/// so copies of a MiB or more are split over the thread pool.
+/// Copies `rows` into `buffer` at float `offset`, with streaming stores ([`vknf_vulkan::copy_streaming`]:
+/// the GPU reads these bytes next, from memory rather than out of the writing cores' caches). One core
+/// cannot fill staging memory at the bus's rate, so copies of a MiB or more are split over the pool.
 fn copy_rows(buffer: &Buffer, offset: usize, rows: &[f32]) -> Result<(), ForestError> {
+    let mut staging = buffer.map::<f32>()?;
+    let available = staging.len();
+    let target = staging.get_mut(offset..offset + rows.len()).ok_or_else(|| {
+        ForestError::Input(format!(
+            "{} values at float {offset} do not fit the {available} of {}",
+            rows.len(),
+            buffer.name()
+        ))
+    })?;
     if rows.len() * 4 < PARALLEL_COPY_BYTES {
-        buffer.write((offset * 4) as u64, rows)?;
+        copy_streaming(bytemuck::cast_slice_mut(target), bytemuck::cast_slice(rows));
         return Ok(());
     }
-    let mut staging = buffer.map::<f32>()?;
-    let target = &mut staging[offset..offset + rows.len()];
     let chunk = (rows.len() / rayon::current_num_threads().max(1)).max(PARALLEL_COPY_SHARE / 4);
     target
         .par_chunks_mut(chunk)
         .zip(rows.par_chunks(chunk))
-        .for_each(|(dst, src)| dst.copy_from_slice(src));
+        .for_each(|(dst, src)| copy_streaming(bytemuck::cast_slice_mut(dst), bytemuck::cast_slice(src)));
     Ok(())
 }
 

@@ -40,6 +40,7 @@ mod instance;
 mod memory;
 mod pipeline;
 pub mod reflect;
+mod streaming;
 mod submit;
 pub mod validate;
 
@@ -50,4 +51,5 @@ pub use instance::{Instance, InstanceOptions};
 pub use memory::{Buffer, Mapped, MemoryKind};
 pub use pipeline::{BindGroup, Kernel, Pipeline, Specialization};
 pub use reflect::{Access, BindingInfo, BindingKind, KernelInfo, SpecType, SpecValue};
+pub use streaming::copy_streaming;
 pub use submit::{CommandList, Recorder, Stream, Ticket, Timestamps};
