@@ -30,7 +30,7 @@ pub use loader::CpuLoader;
 #[cfg(feature = "gpu")]
 pub use loader::GpuLoader;
 pub use registry::Families;
-pub use schema::{DType, FunctionInfo, InputInfo, OutputInfo, first_non_finite};
+pub use schema::{DType, FunctionInfo, InputInfo, NON_FINITE_BLOCK, OutputInfo, any_non_finite, first_non_finite};
 pub use spec::{FunctionSpec, SpecConstantKey, SpecConstantValue};
 
 #[cfg(feature = "gpu")]

@@ -140,21 +140,56 @@ pub fn first_non_finite(data: &[u8]) -> Option<usize> {
         .min()
 }
 
+/// Bytes of the blocks that [`any_non_finite`] is meant for: a block is checked without an early exit
+/// (which vectorises), and only a block that fails is searched element by element.
+pub const NON_FINITE_BLOCK: usize = 256;
+
+const EXPONENT: u32 = 0x7f80_0000;
+
+fn is_non_finite(element: &[u8]) -> bool {
+    u32::from_le_bytes([element[0], element[1], element[2], element[3]]) & EXPONENT == EXPONENT
+}
+
+/// Whether any little-endian `f32` element of `block` is a NaN or an infinity. Branch-free over the
+/// block (it vectorises), so callers check data in blocks of [`NON_FINITE_BLOCK`] bytes, for example
+/// each block right after copying it while it is still in cache. Trailing bytes short of an element
+/// are ignored.
+#[inline]
+pub fn any_non_finite(block: &[u8]) -> bool {
+    block
+        .chunks_exact(4)
+        .fold(false, |seen, element| seen | is_non_finite(element))
+}
+
 fn first_non_finite_serial(data: &[u8]) -> Option<usize> {
-    const EXPONENT: u32 = 0x7f80_0000;
-    let non_finite = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXPONENT == EXPONENT;
-    // Blocks are checked without early exit (which vectorises); only a failing block is searched.
-    const BLOCK: usize = 256;
-    let block = data
-        .chunks(BLOCK)
-        .position(|block| block.chunks_exact(4).fold(false, |seen, b| seen | non_finite(b)))?;
-    let within = data[block * BLOCK..].chunks_exact(4).position(non_finite)?;
-    Some(block * BLOCK / 4 + within)
+    let block = data.chunks(NON_FINITE_BLOCK).position(any_non_finite)?;
+    let within = data[block * NON_FINITE_BLOCK..]
+        .chunks_exact(4)
+        .position(is_non_finite)?;
+    Some(block * NON_FINITE_BLOCK / 4 + within)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_with_any_nan_or_infinity_is_flagged_and_only_such_a_block() {
+        let mut block = [1.5f32; NON_FINITE_BLOCK / 4];
+        assert!(!any_non_finite(bytemuck::cast_slice(&block)));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, block.len() / 2, block.len() - 1] {
+                block[at] = bad;
+                assert!(any_non_finite(bytemuck::cast_slice(&block)), "{bad} at {at}");
+                block[at] = 1.5;
+            }
+        }
+        // Large finite values and subnormals are finite; a partial trailing element is ignored.
+        block[0] = f32::MAX;
+        block[1] = f32::MIN_POSITIVE / 2.0;
+        assert!(!any_non_finite(bytemuck::cast_slice(&block)));
+        assert!(!any_non_finite(&[0xff, 0xff, 0x80]));
+    }
 
     #[test]
     fn the_first_non_finite_value_is_found_in_small_and_large_inputs() {

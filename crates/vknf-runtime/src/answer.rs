@@ -1,10 +1,9 @@
-//! Answers for in-process callers: the reply that fills an [`Answer`] and hands it back through a
-//! one-shot channel, to an async task or a blocking thread alike.
+//! Answers for in-process callers: typed outputs whose buffers a caller can hand back for the next
+//! call.
 
-use tokio::sync::oneshot;
 use vknf_functions::DType;
 
-use crate::call::{AnswerLayout, CallError, Reply};
+use crate::call::AnswerLayout;
 
 /// One output of an answer: `n_rows * width` elements of `dtype`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,7 +65,7 @@ impl Answer {
 
     /// Lays the answer out, keeping the buffers it already has (so a caller that hands its last answer
     /// back allocates nothing for the next one of the same size or smaller).
-    fn lay_out(&mut self, layout: &AnswerLayout<'_>) {
+    pub(crate) fn lay_out(&mut self, layout: &AnswerLayout<'_>) {
         self.n_rows = layout.n_rows;
         self.outputs.resize_with(layout.info.outputs.len(), || None);
         for (index, info) in layout.info.outputs.iter().enumerate() {
@@ -82,43 +81,12 @@ impl Answer {
             tensor.words.resize(layout.n_rows * info.width, 0);
         }
     }
-}
 
-/// The reply of an in-process call.
-pub(crate) struct InProcessReply {
-    answer: Answer,
-    sender: oneshot::Sender<Result<Answer, CallError>>,
-}
-
-impl InProcessReply {
-    /// A reply that fills `answer` (reusing its buffers) and sends it on completion.
-    pub(crate) fn new(answer: Answer) -> (Box<InProcessReply>, oneshot::Receiver<Result<Answer, CallError>>) {
-        let (sender, receiver) = oneshot::channel();
-        (Box::new(InProcessReply { answer, sender }), receiver)
-    }
-}
-
-impl Reply for InProcessReply {
-    fn prepare(&mut self, layout: &AnswerLayout<'_>) {
-        self.answer.lay_out(layout);
-    }
-
-    fn output(&mut self, index: usize) -> &mut [u8] {
-        match self.answer.outputs.get_mut(index) {
+    /// The bytes of output `index` (empty when it is not in the answer), for the runtime to fill.
+    pub(crate) fn output_bytes_mut(&mut self, index: usize) -> &mut [u8] {
+        match self.outputs.get_mut(index) {
             Some(Some(tensor)) => bytemuck::cast_slice_mut(&mut tensor.words),
             _ => &mut [],
         }
-    }
-
-    fn complete(self: Box<Self>, _layout: &AnswerLayout<'_>) {
-        let _ = self.sender.send(Ok(self.answer));
-    }
-
-    fn fail(self: Box<Self>, error: CallError) {
-        let _ = self.sender.send(Err(error));
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.sender.is_closed()
     }
 }

@@ -71,6 +71,16 @@ impl Rows {
         })
     }
 
+    /// No rows (what a recycled job holds).
+    pub(crate) fn empty() -> Rows {
+        Rows {
+            data: Bytes::new(),
+            n_rows: 0,
+            width: 0,
+            dtype: DType::F32,
+        }
+    }
+
     /// `f32` rows, row-major, `width` per row (the vector is shared, not copied).
     pub fn f32(values: Vec<f32>, width: usize) -> Result<Rows, CallError> {
         Rows::from_vec(values, width, DType::F32)
@@ -116,16 +126,15 @@ impl Rows {
     /// infinity (as f32), in one pass over the rows: each block is checked while it is still in cache
     /// from being copied.
     pub(crate) fn copy_checked_into(&self, first: usize, count: usize, dst: &mut [u8]) -> bool {
-        const EXPONENT: u32 = 0x7f80_0000;
-        const BLOCK: usize = 256;
         let row_bytes = self.width * self.dtype.size();
         let src = &self.data[first * row_bytes..(first + count) * row_bytes];
         let mut seen = false;
-        for (to, from) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
+        for (to, from) in dst
+            .chunks_mut(vknf_functions::NON_FINITE_BLOCK)
+            .zip(src.chunks(vknf_functions::NON_FINITE_BLOCK))
+        {
             to.copy_from_slice(from);
-            seen |= from.chunks_exact(4).fold(false, |any, b| {
-                any | (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EXPONENT == EXPONENT)
-            });
+            seen |= vknf_functions::any_non_finite(from);
         }
         seen
     }

@@ -15,7 +15,7 @@ use vknf_functions::{ExecError, Function, FunctionInfo, Lane};
 
 use crate::budget::MemoryBudget;
 use crate::call::{Call, CallError, Reply};
-use crate::job::{Admission, Job, JobOwner, QueueCounters, Segment};
+use crate::job::{Admission, Job, JobOwner, JobPool, QueueCounters, Segment};
 use crate::lane_worker::{BatchRunner, LaneWorker, WorkerEvent};
 use crate::metrics::{FunctionMetrics, Metrics};
 
@@ -117,6 +117,8 @@ pub(crate) struct Engine {
     quarantine: Arc<Mutex<Option<String>>>,
     counters: Arc<QueueCounters>,
     owner: Arc<JobOwner>,
+    /// Jobs of answered calls, for the next calls (shared with the batcher, which gives them back).
+    jobs: Arc<JobPool>,
     finished: watch::Receiver<bool>,
 }
 
@@ -159,6 +161,7 @@ impl Engine {
         let (finished_tx, finished_rx) = watch::channel(false);
         let function_metrics = FunctionMetrics::of(metrics, &label);
         let quarantine = Arc::new(Mutex::new(None));
+        let jobs = Arc::new(JobPool::new());
         let engine = Arc::new(Engine {
             label: label.clone(),
             info: info.clone(),
@@ -178,6 +181,7 @@ impl Engine {
                 metrics: metrics.clone(),
                 function_metrics: function_metrics.clone(),
             }),
+            jobs: jobs.clone(),
             finished: finished_rx,
         });
         let batcher = Arc::new(Batcher {
@@ -187,6 +191,7 @@ impl Engine {
             lane_rows,
             quarantine,
             segment_lists: Mutex::new(Vec::new()),
+            jobs,
             max_wait: settings.max_wait,
             metrics: metrics.clone(),
             device_lost,
@@ -279,7 +284,7 @@ impl Engine {
             self.owner.clone(),
         );
         // The receiver lives until the queue closes, and closing happens under this lock.
-        let _ = queue_tx.send(Arc::new(job));
+        let _ = queue_tx.send(self.jobs.share(job));
         Ok(())
     }
 
@@ -467,6 +472,8 @@ struct Batcher {
     quarantine: Arc<Mutex<Option<String>>>,
     /// Emptied segment lists of finished batches, for the next ones.
     segment_lists: Mutex<Vec<Vec<Segment>>>,
+    /// Where answered jobs go back for reuse.
+    jobs: Arc<JobPool>,
     max_wait: Duration,
     metrics: Metrics,
     device_lost: mpsc::UnboundedSender<DeviceLoss>,
@@ -475,8 +482,11 @@ struct Batcher {
 impl BatchRunner<CountedLane, Batch> for Batcher {
     fn run_batch(&self, lane: &mut CountedLane, mut batch: Batch) -> bool {
         let kept = self.execute(lane, &batch);
-        // The segment list goes back to the batcher for a later batch: no allocation per batch.
-        batch.segments.clear();
+        // The segment list goes back to the batcher for a later batch, and jobs whose last rows ran
+        // here go back to the engine for later calls: no allocation per batch or per call.
+        for segment in batch.segments.drain(..) {
+            self.jobs.recycle(segment.job);
+        }
         let mut pool = self.segment_lists.lock();
         if pool.len() < SEGMENT_LISTS_KEPT {
             pool.push(std::mem::take(&mut batch.segments));
@@ -661,7 +671,7 @@ impl Batcher {
         // now; their rows still run with the batch, their outputs are not read.
         for segment in batch.segments.iter().filter(|s| s.non_finite.load(Ordering::Relaxed)) {
             let job = &segment.job;
-            if let Some((row, feature)) = job.rows.first_non_finite_in(segment.job_row, segment.rows) {
+            if let Some((row, feature)) = job.first_non_finite_in(segment.job_row, segment.rows) {
                 job.fail(CallError::NonFinite { row, feature });
             }
         }
@@ -729,12 +739,8 @@ fn copy_rows(segments: &[Segment], dst: &mut [u8], first_row: usize, width: usiz
         let to = (segment.batch_row + segment.rows).min(end_row);
         let (job_row, count) = (segment.job_row + (from - segment.batch_row), to - from);
         let dst = &mut dst[(from - first_row) * width..(to - first_row) * width];
-        if segment.job.check_values {
-            if segment.job.rows.copy_checked_into(job_row, count, dst) {
-                segment.non_finite.store(true, Ordering::Relaxed);
-            }
-        } else {
-            segment.job.rows.copy_into(job_row, count, dst);
+        if segment.job.copy_rows(job_row, count, dst, segment.job.check_values) {
+            segment.non_finite.store(true, Ordering::Relaxed);
         }
     }
 }

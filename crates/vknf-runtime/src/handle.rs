@@ -7,8 +7,9 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 use vknf_functions::FunctionInfo;
 
-use crate::answer::{Answer, InProcessReply};
+use crate::answer::Answer;
 use crate::call::{Call, CallError, Reply};
+use crate::call_slot::{CallSlot, PendingCall};
 use crate::engine::Engine;
 
 pub(crate) struct Slot {
@@ -117,13 +118,34 @@ impl FunctionHandle {
     }
 
     /// Calls the function, writing the answer into the buffers of `answer` (a previous answer handed
-    /// back), so that a caller in a loop allocates no output memory.
+    /// back), so that a caller in a loop allocates no output memory. A call still makes its reply;
+    /// [`FunctionHandle::call_in`] with a [`CallSlot`] kept between calls allocates nothing.
     pub async fn call_reusing(&self, call: Call, answer: Answer) -> Result<Answer, CallError> {
-        let (reply, receiver) = InProcessReply::new(answer);
+        let mut slot = CallSlot::new();
+        let reply = slot.begin(Some(answer));
         self.submit(call, reply);
-        receiver
-            .await
-            .unwrap_or_else(|_| Err(CallError::Internal("the call was dropped".into())))
+        let (slot, result) = PendingCall::new(&mut slot).finish().await;
+        result.map(|()| slot.take_answer())
+    }
+
+    /// Calls the function and waits for the answer, which is written into the buffers of `slot` (those
+    /// of its previous answer) and lent from there until the slot's next call. Nothing is allocated
+    /// per call once the slot's buffers have reached the answers' size. Dropping the future gives the
+    /// call up: it is skipped if still queued, and its answer never reaches a later call of the slot.
+    pub async fn call_in<'s>(&self, slot: &'s mut CallSlot, call: Call) -> Result<&'s Answer, CallError> {
+        let reply = slot.begin(None);
+        self.submit(call, reply);
+        let (slot, result) = PendingCall::new(slot).finish().await;
+        result?;
+        Ok(slot.answer().expect("a completed call leaves its answer in the slot"))
+    }
+
+    /// [`FunctionHandle::call_in`] from a thread that is not an async task.
+    pub fn call_blocking_in<'s>(&self, slot: &'s mut CallSlot, call: Call) -> Result<&'s Answer, CallError> {
+        let reply = slot.begin(None);
+        self.submit(call, reply);
+        slot.wait_blocking()?;
+        Ok(slot.answer().expect("a completed call leaves its answer in the slot"))
     }
 
     /// Calls the function from a thread that is not an async task, and waits for the answer.
@@ -131,13 +153,21 @@ impl FunctionHandle {
         self.call_blocking_reusing(call, Answer::default())
     }
 
-    /// [`FunctionHandle::call_blocking`] with the buffers of a previous answer.
+    /// [`FunctionHandle::call_blocking`] with the buffers of a previous answer. The thread keeps a
+    /// [`CallSlot`] of its own for these calls, so a loop that hands each answer back allocates nothing
+    /// per call.
     pub fn call_blocking_reusing(&self, call: Call, answer: Answer) -> Result<Answer, CallError> {
-        let (reply, receiver) = InProcessReply::new(answer);
+        thread_local! {
+            static SLOT: std::cell::RefCell<Option<CallSlot>> = const { std::cell::RefCell::new(None) };
+        }
+        // Taken out for the call, so that a call made while this one waits (from a reply of the
+        // caller's own, say) gets a fresh slot rather than a borrowed one.
+        let mut slot = SLOT.with(|kept| kept.borrow_mut().take()).unwrap_or_default();
+        let reply = slot.begin(Some(answer));
         self.submit(call, reply);
-        receiver
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(CallError::Internal("the call was dropped".into())))
+        let result = slot.wait_blocking().map(|()| slot.take_answer());
+        SLOT.with(|kept| *kept.borrow_mut() = Some(slot));
+        result
     }
 
     /// Why the function is quarantined, while it is.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use vknf_functions::{ExecError, FunctionInfo, Lane};
 
 use crate::budget::{Category, Charge, MemoryBudget};
@@ -88,7 +88,9 @@ struct JobState {
 
 /// A call admitted into a function's queue.
 pub(crate) struct Job {
-    pub(crate) rows: Rows,
+    /// The call's rows, given back (emptied) as soon as its answer is complete, so that a front end's
+    /// buffer is free again before its client can send the next request.
+    rows: RwLock<Rows>,
     pub(crate) n_rows: usize,
     /// Outputs to compute and return (mandatory ones included).
     pub(crate) mask: u32,
@@ -133,7 +135,7 @@ impl Job {
     ) -> Job {
         let n_rows = rows.n_rows();
         Job {
-            rows,
+            rows: RwLock::new(rows),
             n_rows,
             mask,
             check_values,
@@ -176,6 +178,39 @@ impl Job {
             reply.fail(error);
         }
         state.admission = None;
+        // The rows stay: batches planned before the failure may still copy them.
+    }
+
+    /// Gives the rows back once the answer is complete (no batch is left to copy them), unless a
+    /// lane still holds them (they go with the job then).
+    fn release_rows(&self) {
+        if let Some(mut rows) = self.rows.try_write() {
+            *rows = Rows::empty();
+        }
+    }
+
+    /// Copies rows `first..first + count` of the call into `dst`; with `check`, says whether any of
+    /// them holds a NaN or an infinity (checked while copying).
+    pub(crate) fn copy_rows(&self, first: usize, count: usize, dst: &mut [u8], check: bool) -> bool {
+        let rows = self.rows.read();
+        if first + count > rows.n_rows() {
+            // Given back: the call is answered and nothing reads these rows' outputs.
+            return false;
+        }
+        if check {
+            return rows.copy_checked_into(first, count, dst);
+        }
+        rows.copy_into(first, count, dst);
+        false
+    }
+
+    /// The first non-finite value among rows `first..first + count`: (row, feature).
+    pub(crate) fn first_non_finite_in(&self, first: usize, count: usize) -> Option<(usize, usize)> {
+        let rows = self.rows.read();
+        if first + count > rows.n_rows() {
+            return None;
+        }
+        rows.first_non_finite_in(first, count)
     }
 
     /// Copies one batch's share of the outputs from the lane straight into the answer; completes the
@@ -208,6 +243,8 @@ impl Job {
         let reply = state.reply.take().expect("checked above");
         state.admission = None;
         drop(guard);
+        // Every row is copied (each segment is delivered after its batch's copy): the rows are done.
+        self.release_rows();
         reply.complete(&layout);
         self.owner.function_metrics.requests.inc();
         self.owner.function_metrics.rows.inc_by(self.n_rows as u64);
@@ -226,6 +263,50 @@ impl Drop for Job {
             let error = CallError::Internal("request dropped before it was answered".into());
             self.owner.metrics.error(&self.owner.function, error.code_name());
             reply.fail(error);
+        }
+    }
+}
+
+/// Jobs of answered calls, kept for the next calls so that admitting a call allocates nothing.
+pub(crate) struct JobPool {
+    jobs: Mutex<Vec<Arc<Job>>>,
+}
+
+/// Answered jobs kept for reuse, at most (more than the calls in flight at once is waste).
+const JOBS_KEPT: usize = 256;
+
+impl JobPool {
+    pub(crate) fn new() -> JobPool {
+        JobPool {
+            jobs: Mutex::new(Vec::with_capacity(JOBS_KEPT)),
+        }
+    }
+
+    /// `job`, shared, in the memory of an earlier job when one is free.
+    pub(crate) fn share(&self, job: Job) -> Arc<Job> {
+        let spare = self.jobs.lock().pop();
+        if let Some(mut spare) = spare
+            && let Some(inner) = Arc::get_mut(&mut spare)
+        {
+            *inner = job;
+            return spare;
+        }
+        Arc::new(job)
+    }
+
+    /// Takes a job back for reuse if `job` is its last holder and its call is answered; otherwise lets
+    /// go of it (a job dropped unanswered answers its caller `INTERNAL`).
+    pub(crate) fn recycle(&self, mut job: Arc<Job>) {
+        let Some(inner) = Arc::get_mut(&mut job) else { return };
+        let state = inner.state.get_mut();
+        if state.reply.is_some() {
+            return;
+        }
+        state.admission = None;
+        *inner.rows.get_mut() = Rows::empty();
+        let mut jobs = self.jobs.lock();
+        if jobs.len() < JOBS_KEPT {
+            jobs.push(job);
         }
     }
 }

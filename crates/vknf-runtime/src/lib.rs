@@ -12,8 +12,10 @@
 //! - [`Runtime`]: loads functions through a [`vknf_functions::FunctionLoader`], swaps new versions in
 //!   (hot reload), removes them, recovers from device loss and shuts down without losing admitted calls.
 //! - [`FunctionHandle`]: calls a function: async ([`FunctionHandle::call`]), blocking
-//!   ([`FunctionHandle::call_blocking`]) or with a reply of the caller's ([`FunctionHandle::submit`],
-//!   which front ends use to write answers straight into their frames).
+//!   ([`FunctionHandle::call_blocking`]), into a [`CallSlot`] the caller keeps between calls
+//!   ([`FunctionHandle::call_in`], [`FunctionHandle::call_blocking_in`]: nothing allocated per call)
+//!   or with a reply of the caller's ([`FunctionHandle::submit`], which front ends use to write
+//!   answers straight into their frames).
 //! - [`Call`], [`Rows`], [`CallError`]: typed rows in (f32, u32, i32), typed errors out.
 //! - [`Metrics`]: Prometheus metrics of every call.
 //! - [`MemoryBudget`]: the process's one memory budget (requests being received, queued calls, unsent
@@ -22,6 +24,7 @@
 mod answer;
 mod budget;
 mod call;
+mod call_slot;
 mod engine;
 mod handle;
 mod job;
@@ -32,6 +35,7 @@ mod runtime;
 pub use answer::{Answer, Tensor};
 pub use budget::{Account, Category, Charge, ClientBudget, MemoryBudget, Refusal};
 pub use call::{AnswerLayout, Call, CallError, Reply, Rows};
+pub use call_slot::CallSlot;
 pub use handle::FunctionHandle;
 pub use metrics::{
     DeviceInfoLabels, DeviceLabels, ErrorLabels, FunctionLabels, Metrics, ProtocolErrorLabels, ProtocolLabels,

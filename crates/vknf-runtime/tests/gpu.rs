@@ -7,48 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use vknf_functions::families::generic::{
-    ABI_PARAM, AbiInput, AbiOutput, AbiResident, AbiRowCount, BindingRef, GenericAbi,
-};
-use vknf_functions::{DType, FunctionSpec, GpuLoader, SpecConstantKey, SpecConstantValue};
+use vknf_functions::{DType, GpuLoader};
 use vknf_runtime::{Call, CallError, Rows, Runtime, RuntimeSettings};
 use vknf_vulkan::DeviceSelector;
-
-fn acl_abi(rules: usize) -> GenericAbi {
-    let at = |binding| BindingRef { set: 0, binding };
-    GenericAbi {
-        input: AbiInput {
-            at: at(0),
-            width: 2,
-            dtype: DType::U32,
-        },
-        resident: vec![AbiResident {
-            at: at(1),
-            offset: 0,
-            length: rules as u64 * 16,
-        }],
-        outputs: vec![
-            AbiOutput {
-                at: at(2),
-                name: "rule".into(),
-                dtype: DType::I32,
-                width: 1,
-                on_request: false,
-            },
-            AbiOutput {
-                at: at(3),
-                name: "network".into(),
-                dtype: DType::U32,
-                width: 1,
-                on_request: true,
-            },
-        ],
-        row_count: AbiRowCount {
-            push_constant_offset: 0,
-        },
-        accepts_nan: false,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_cpu() {
@@ -60,19 +21,7 @@ async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_c
     };
     let runtime = Runtime::new(loader.clone(), settings);
     let rules = some_rules();
-    let mut spec = FunctionSpec::new(
-        "default/acl",
-        "generic",
-        vknf_kernels::by_name("acl_match")
-            .expect("the acl_match kernel")
-            .to_vec(),
-    );
-    spec.params.insert(ABI_PARAM.into(), acl_abi(rules.len()).to_json());
-    spec.spec_constants.insert(
-        SpecConstantKey::Name("N_RULES".into()),
-        SpecConstantValue::Int(rules.len() as i128),
-    );
-    spec.max_batch_rows = Some(64);
+    let spec = acl_gpu_spec("default/acl", rules.len());
     let acl = runtime.load(spec, Some(rule_bytes(&rules).into()), None).await.unwrap();
     assert_eq!(acl.info().unwrap().input.dtype, DType::U32);
 

@@ -202,3 +202,58 @@ pub fn forest_spec(name: &str, max_batch_rows: usize) -> FunctionSpec {
         )
     }
 }
+
+/// The `acl_match` kernel's interface, for the generic family on the GPU loader.
+pub fn acl_abi(rules: usize) -> vknf_functions::families::generic::GenericAbi {
+    use vknf_functions::families::generic::*;
+    let at = |binding| BindingRef { set: 0, binding };
+    GenericAbi {
+        input: AbiInput {
+            at: at(0),
+            width: 2,
+            dtype: DType::U32,
+        },
+        resident: vec![AbiResident {
+            at: at(1),
+            offset: 0,
+            length: rules as u64 * 16,
+        }],
+        outputs: vec![
+            AbiOutput {
+                at: at(2),
+                name: "rule".into(),
+                dtype: DType::I32,
+                width: 1,
+                on_request: false,
+            },
+            AbiOutput {
+                at: at(3),
+                name: "network".into(),
+                dtype: DType::U32,
+                width: 1,
+                on_request: true,
+            },
+        ],
+        row_count: AbiRowCount {
+            push_constant_offset: 0,
+        },
+        accepts_nan: false,
+    }
+}
+
+/// A generic-family function of the `acl_match` kernel over `rules` rules, 64 rows per batch.
+pub fn acl_gpu_spec(name: &str, rules: usize) -> FunctionSpec {
+    use vknf_functions::{SpecConstantKey, SpecConstantValue};
+    let kernel = vknf_kernels::by_name("acl_match").expect("the acl_match kernel");
+    let mut spec = FunctionSpec::new(name, "generic", kernel.to_vec());
+    spec.params.insert(
+        vknf_functions::families::generic::ABI_PARAM.into(),
+        acl_abi(rules).to_json(),
+    );
+    spec.spec_constants.insert(
+        SpecConstantKey::Name("N_RULES".into()),
+        SpecConstantValue::Int(rules as i128),
+    );
+    spec.max_batch_rows = Some(64);
+    spec
+}
