@@ -65,6 +65,13 @@ pub trait Lane: Send {
     /// mapped device memory, so rows are written once, in place. Called before [`Lane::run`].
     fn write_input(&mut self, write: &mut dyn FnMut(&mut [u8])) -> Result<(), ExecError>;
 
+    /// Whether a device reads the input memory rather than this host's cores: the runtime then writes it
+    /// with streaming stores ([`copy_to_device`]), which leave no dirty lines in the host's caches for the
+    /// device's reads to snoop. CPU lanes, whose own cores read the rows next, keep the default.
+    fn input_read_by_device(&self) -> bool {
+        false
+    }
+
     /// Runs the first `n_rows` rows. Blocking: call it from a dedicated thread. Bit `i` of `mask` asks
     /// for output `i`; outputs that are not `on_request` are computed whatever the mask says.
     fn run(&mut self, n_rows: usize, mask: u32) -> Result<(), ExecError>;
@@ -174,4 +181,13 @@ pub trait FunctionLoader: Send + Sync + 'static {
         let _ = device;
         Ok(())
     }
+}
+
+/// Copies `src` into `dst` (equal lengths) for a device to read: streaming stores on the GPU build
+/// (`vknf_vulkan::copy_streaming`), an ordinary copy otherwise.
+pub fn copy_to_device(dst: &mut [u8], src: &[u8]) {
+    #[cfg(feature = "gpu")]
+    vknf_vulkan::copy_streaming(dst, src);
+    #[cfg(not(feature = "gpu"))]
+    dst.copy_from_slice(src);
 }

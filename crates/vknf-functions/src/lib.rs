@@ -25,7 +25,7 @@ mod spec;
 pub use family::{Family, ParamError};
 #[cfg(feature = "gpu")]
 pub use function::vulkan_error;
-pub use function::{DeviceInfo, ExecError, Function, FunctionLoader, Lane, LoadError};
+pub use function::{DeviceInfo, ExecError, Function, FunctionLoader, Lane, LoadError, copy_to_device};
 pub use loader::CpuLoader;
 #[cfg(feature = "gpu")]
 pub use loader::GpuLoader;

@@ -7,6 +7,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use vknf_functions::{DType, FunctionInfo};
 
+/// Bytes a streaming copy into device-read memory moves between fences (a multiple of the
+/// non-finite check's block).
+const DEVICE_COPY_BLOCK: usize = 64 << 10;
+
 /// Rows of a call: `n_rows * width` little-endian 4-byte elements of `dtype`, row-major. The bytes are
 /// shared, never copied: a front end hands in the slice of its request frame, an in-process caller its
 /// own vector.
@@ -117,17 +121,35 @@ impl Rows {
     }
 
     /// Copies rows `first..first + count` into `dst` (exactly their bytes).
-    pub(crate) fn copy_into(&self, first: usize, count: usize, dst: &mut [u8]) {
+    pub(crate) fn copy_into(&self, first: usize, count: usize, dst: &mut [u8], to_device: bool) {
         let row_bytes = self.width * self.dtype.size();
-        dst.copy_from_slice(&self.data[first * row_bytes..(first + count) * row_bytes]);
+        let src = &self.data[first * row_bytes..(first + count) * row_bytes];
+        if to_device {
+            vknf_functions::copy_to_device(dst, src);
+        } else {
+            dst.copy_from_slice(src);
+        }
     }
 
     /// Copies rows `first..first + count` into `dst` and says whether any of them holds a NaN or an
     /// infinity (as f32), in one pass over the rows: each block is checked while it is still in cache
     /// from being copied.
-    pub(crate) fn copy_checked_into(&self, first: usize, count: usize, dst: &mut [u8]) -> bool {
+    pub(crate) fn copy_checked_into(&self, first: usize, count: usize, dst: &mut [u8], to_device: bool) -> bool {
         let row_bytes = self.width * self.dtype.size();
         let src = &self.data[first * row_bytes..(first + count) * row_bytes];
+        if to_device {
+            // Streaming copies end with a store fence: in blocks large enough to make it cheap, and still
+            // in the core's cache (they were just read) when they are scanned.
+            return dst
+                .chunks_mut(DEVICE_COPY_BLOCK)
+                .zip(src.chunks(DEVICE_COPY_BLOCK))
+                .fold(false, |seen, (to, from)| {
+                    vknf_functions::copy_to_device(to, from);
+                    seen | from
+                        .chunks(vknf_functions::NON_FINITE_BLOCK)
+                        .any(vknf_functions::any_non_finite)
+                });
+        }
         let mut seen = false;
         for (to, from) in dst
             .chunks_mut(vknf_functions::NON_FINITE_BLOCK)

@@ -654,10 +654,11 @@ impl Batcher {
         lane.device_rows.inc_by(batch.rows as u64);
         let started = Instant::now();
         let row_bytes = self.info.input.width * self.info.input.dtype.size();
+        let to_device = lane.lane.input_read_by_device();
         let written = lane.lane.write_input(&mut |input: &mut [u8]| {
             let input = &mut input[..batch.rows * row_bytes];
             if input.len() < PARALLEL_COPY_BYTES {
-                copy_rows(&batch.segments, input, 0, row_bytes);
+                copy_rows(&batch.segments, input, 0, row_bytes, to_device);
                 return;
             }
             // One core cannot fill device memory at the bus's rate: large batches are copied by several.
@@ -665,7 +666,7 @@ impl Batcher {
             input
                 .par_chunks_mut(chunk_rows * row_bytes)
                 .enumerate()
-                .for_each(|(index, chunk)| copy_rows(&batch.segments, chunk, index * chunk_rows, row_bytes));
+                .for_each(|(index, chunk)| copy_rows(&batch.segments, chunk, index * chunk_rows, row_bytes, to_device));
         });
         // Calls whose values were checked during the copy and hold a NaN or an infinity are answered
         // now; their rows still run with the batch, their outputs are not read.
@@ -727,8 +728,8 @@ const SEGMENT_LISTS_KEPT: usize = 64;
 const DEFERRED_CHECK_BYTES: usize = 1 << 20;
 
 /// Copies the rows of `segments` (ordered by batch row) that fall into `dst`, which holds the
-/// batch's rows from `first_row` on, `width` bytes each.
-fn copy_rows(segments: &[Segment], dst: &mut [u8], first_row: usize, width: usize) {
+/// batch's rows from `first_row` on, `width` bytes each; `to_device`: with streaming stores.
+fn copy_rows(segments: &[Segment], dst: &mut [u8], first_row: usize, width: usize, to_device: bool) {
     let end_row = first_row + dst.len() / width;
     let first_segment = segments.partition_point(|s| s.batch_row + s.rows <= first_row);
     for segment in &segments[first_segment..] {
@@ -739,7 +740,10 @@ fn copy_rows(segments: &[Segment], dst: &mut [u8], first_row: usize, width: usiz
         let to = (segment.batch_row + segment.rows).min(end_row);
         let (job_row, count) = (segment.job_row + (from - segment.batch_row), to - from);
         let dst = &mut dst[(from - first_row) * width..(to - first_row) * width];
-        if segment.job.copy_rows(job_row, count, dst, segment.job.check_values) {
+        if segment
+            .job
+            .copy_rows(job_row, count, dst, segment.job.check_values, to_device)
+        {
             segment.non_finite.store(true, Ordering::Relaxed);
         }
     }

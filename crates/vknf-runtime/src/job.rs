@@ -189,18 +189,19 @@ impl Job {
         }
     }
 
-    /// Copies rows `first..first + count` of the call into `dst`; with `check`, says whether any of
-    /// them holds a NaN or an infinity (checked while copying).
-    pub(crate) fn copy_rows(&self, first: usize, count: usize, dst: &mut [u8], check: bool) -> bool {
+    /// Copies rows `first..first + count` of the call into `dst` (with streaming stores when a device
+    /// reads it, `to_device`); with `check`, says whether any of them holds a NaN or an infinity
+    /// (checked while copying).
+    pub(crate) fn copy_rows(&self, first: usize, count: usize, dst: &mut [u8], check: bool, to_device: bool) -> bool {
         let rows = self.rows.read();
         if first + count > rows.n_rows() {
             // Given back: the call is answered and nothing reads these rows' outputs.
             return false;
         }
         if check {
-            return rows.copy_checked_into(first, count, dst);
+            return rows.copy_checked_into(first, count, dst, to_device);
         }
-        rows.copy_into(first, count, dst);
+        rows.copy_into(first, count, dst, to_device);
         false
     }
 

@@ -70,3 +70,53 @@ async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_c
     runtime.shutdown().await;
     assert!(loader.instance().take_validation_errors().is_empty());
 }
+
+/// Large calls on a GPU lane are copied into its device-read memory with streaming stores and have
+/// their values checked during that copy: a NaN or an infinity is reported at its row and feature
+/// wherever the batches split the call, and clean rows give the CPU reference's labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_calls_reach_a_gpu_lane_whole_and_their_non_finite_values_are_found() {
+    const FEATURES: usize = 9;
+    let loader = Arc::new(GpuLoader::new(true, DeviceSelector::from_env().unwrap()).expect("a Vulkan device"));
+    let settings = RuntimeSettings {
+        lanes_per_function: 2,
+        drain_timeout: Duration::from_secs(20),
+        ..RuntimeSettings::default()
+    };
+    let runtime = Runtime::new(loader.clone(), settings);
+    let forest = vknf_testkit::synthetic::random_classifier(FEATURES, 4, 12, 6, 11);
+    let function = runtime
+        .load(
+            forest_spec("default/big", 16_384),
+            Some(forest.to_vkf_bytes().into()),
+            None,
+        )
+        .await
+        .unwrap();
+    let n_rows = 40_000;
+    assert!(
+        n_rows * FEATURES * 4 >= 1 << 20,
+        "a call large enough to be checked while copied"
+    );
+    let clean: Vec<f32> = (0..n_rows * FEATURES)
+        .map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0)
+        .collect();
+    for (row, feature, value) in [(20_000, 3, f32::NAN), (n_rows - 1, FEATURES - 1, f32::INFINITY)] {
+        let mut rows = clean.clone();
+        rows[row * FEATURES + feature] = value;
+        let error = function
+            .call(Call::new(Rows::f32(rows, FEATURES).unwrap(), 0))
+            .await
+            .unwrap_err();
+        assert_eq!(error, CallError::NonFinite { row, feature });
+    }
+    let answer = function
+        .call(Call::new(Rows::f32(clean.clone(), FEATURES).unwrap(), 0))
+        .await
+        .unwrap();
+    let expected = forest.predict_cpu(&clean, n_rows).unwrap();
+    assert_eq!(answer.output(0).unwrap().as_u32(), expected.labels.as_slice());
+    runtime.shutdown().await;
+    let errors = loader.instance().take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}

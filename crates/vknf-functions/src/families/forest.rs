@@ -317,6 +317,10 @@ mod gpu {
             Ok(())
         }
 
+        fn input_read_by_device(&self) -> bool {
+            true
+        }
+
         fn run(&mut self, n_rows: usize, mask: u32) -> Result<(), ExecError> {
             // A classifier's scores (output 1) are on request; a regressor's (output 0) always wanted.
             let scores = !self.classifier || mask & 0b10 != 0;

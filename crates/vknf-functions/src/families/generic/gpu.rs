@@ -259,6 +259,10 @@ impl Lane for GpuGenericLane {
         Ok(())
     }
 
+    fn input_read_by_device(&self) -> bool {
+        true
+    }
+
     fn run(&mut self, n_rows: usize, _mask: u32) -> Result<(), ExecError> {
         if n_rows == 0 || n_rows > self.capacity_rows {
             return Err(ExecError::InvalidBatch(format!(
