@@ -58,6 +58,19 @@ struct Args {
     /// The workload's name in the report (default: W1a or the model's file name).
     #[arg(long)]
     name: Option<String>,
+    /// How rows reach the GPU in the chosen configuration and the small-batch table: `direct`,
+    /// `host-memory` or `staged` (default: the kernel's choice).
+    #[arg(long, value_parser = parse_input_path)]
+    input_path: Option<InputPath>,
+}
+
+fn parse_input_path(text: &str) -> Result<InputPath, String> {
+    match text {
+        "direct" => Ok(InputPath::Direct),
+        "host-memory" => Ok(InputPath::HostMemory),
+        "staged" => Ok(InputPath::Staged),
+        other => Err(format!("{other:?}: direct, host-memory or staged")),
+    }
 }
 
 /// The fixed configuration vknf used for every forest before it chose by shape and batch: 24 rows x 32
@@ -162,12 +175,13 @@ fn main() -> anyhow::Result<()> {
 
     // The headline: `predict` with the configuration vknf chooses (shape and batch), against the
     // previous fixed default on the same rows.
+    let chosen = ForestOptions {
+        input_path: args.input_path,
+        ..ForestOptions::default()
+    };
     let mut chosen_labels = Vec::new();
     let mut headline = serde_json::Map::new();
-    for (label, options) in [
-        ("chosen", ForestOptions::default()),
-        ("previous-default", previous_default()),
-    ] {
+    for (label, options) in [("chosen", chosen), ("previous-default", previous_default())] {
         let kernel = ForestKernel::new(&device, &forest, &options)?;
         let config = kernel.config();
         let chunks = kernel.pipeline_chunks(rows.n_rows);
@@ -305,7 +319,7 @@ fn main() -> anyhow::Result<()> {
     }
     let input_paths = input_path_table(&device, &forest, &rows, &reference.labels, args.runs)?;
     let small_batches = if args.small_batches {
-        small_batch_table(&device, &forest, &rows, &reference.labels, args.runs)?
+        small_batch_table(&device, &forest, &rows, &reference.labels, args.runs, chosen)?
     } else {
         Vec::new()
     };
@@ -343,24 +357,25 @@ fn small_batch_table(
     rows: &Rows,
     reference: &[u32],
     runs: usize,
+    chosen: ForestOptions,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let nf = forest.n_features as usize;
     let mut table = Vec::new();
     let variants = [
-        ("chosen", ForestOptions::default()),
+        ("chosen", chosen),
         ("previous-default", previous_default()),
         (
             "bulk",
             ForestOptions {
                 small_batch_rows: Some(0),
-                ..ForestOptions::default()
+                ..chosen
             },
         ),
         (
             "small-batch",
             ForestOptions {
                 small_batch_rows: Some(usize::MAX),
-                ..ForestOptions::default()
+                ..chosen
             },
         ),
     ];

@@ -462,6 +462,9 @@ pub struct LaneResult {
 /// The label the kernel gives rows it rejects for NaN features (models without missing-value routing).
 const NAN_ROW: u32 = u32::MAX;
 
+/// Staged batches of at least this many input bytes are copied on the dedicated transfer queue.
+const TRANSFER_QUEUE_BYTES: u64 = 1 << 20;
+
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
 /// Least bytes one thread of a parallel copy takes: a few threads already fill the bus when the
@@ -607,8 +610,7 @@ impl ForestLane {
             return Ok(());
         }
         let r = self.kernel.resident.clone();
-        let padded_rows = n_rows.next_multiple_of(r.config.rows_per_group as usize).max(1);
-        let bytes = (padded_rows * r.n_features * 4) as u64;
+        let bytes = self.input_bytes(n_rows);
         // Small batches: one row per workgroup, a thread per tree.
         let small = self
             .small_bind_group
@@ -628,7 +630,7 @@ impl ForestLane {
         };
         let input = self.input.clone();
         let device_input = self.device_input.clone();
-        let on_transfer_queue = self.transfer.is_some();
+        let on_transfer_queue = self.uses_transfer_queue(bytes);
         let bind_group = small.unwrap_or_else(|| self.bind_group.clone());
         let timestamps = self.timestamps.clone();
         let record_work = |rec: &mut vknf_vulkan::Recorder<'_>| -> vknf_vulkan::Result<()> {
@@ -652,7 +654,7 @@ impl ForestLane {
             Some(list) => list.rerecord(record_work)?,
             None => self.work = Some(self.compute.record(record_work)?),
         }
-        if let (Some(transfer), Some(device_input)) = (&self.transfer, &self.device_input) {
+        if let (Some(transfer), Some(device_input), true) = (&self.transfer, &self.device_input, on_transfer_queue) {
             let copy = |rec: &mut vknf_vulkan::Recorder<'_>| rec.copy(&input, 0, device_input, 0, bytes);
             match &mut self.upload {
                 Some(list) => list.rerecord(copy)?,
@@ -661,6 +663,22 @@ impl ForestLane {
         }
         self.recorded = Some((n_rows, want_scores));
         Ok(())
+    }
+
+    /// Whether a staged batch of `bytes` input bytes is copied on the dedicated transfer queue (where the
+    /// device has one) rather than in the kernel's own command list: only large copies, which then run
+    /// beside other lanes' kernels; a small batch's copy in its own command list costs it no semaphore
+    /// between two queues.
+    fn uses_transfer_queue(&self, bytes: u64) -> bool {
+        self.transfer.is_some() && bytes >= TRANSFER_QUEUE_BYTES
+    }
+
+    /// Input bytes a batch of `n_rows` occupies: whole workgroups of rows, as the kernel stages them.
+    fn input_bytes(&self, n_rows: usize) -> u64 {
+        let rows = n_rows
+            .next_multiple_of(self.kernel.config().rows_per_group as usize)
+            .max(1);
+        (rows * self.n_features() * 4) as u64
     }
 
     /// Starts the first `n_rows` staged rows on the GPU. Wait with [`ForestLane::finish`].
@@ -677,9 +695,10 @@ impl ForestLane {
             )));
         }
         self.record(n_rows, want_scores)?;
+        let on_transfer_queue = self.uses_transfer_queue(self.input_bytes(n_rows));
         let work = self.work.as_mut().expect("recorded above");
         let ticket = match (&mut self.transfer, &mut self.upload) {
-            (Some(transfer), Some(upload)) => {
+            (Some(transfer), Some(upload)) if on_transfer_queue => {
                 let uploaded = transfer.submit(upload)?;
                 self.compute.submit_after(work, &[&uploaded])?
             }
