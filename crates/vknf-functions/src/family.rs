@@ -67,15 +67,18 @@ pub trait Family: Send + Sync + 'static {
         })
     }
 
-    /// Loads a function onto a Vulkan device. Families without a GPU implementation refuse.
+    /// Loads a function onto a Vulkan device, one of `devices_serving` devices of the host that load it
+    /// (a family may tune for that: with several GPUs the host's cores feeding them are the limit).
+    /// Families without a GPU implementation refuse.
     #[cfg(feature = "gpu")]
     fn load_gpu(
         &self,
         device: &vknf_vulkan::Device,
+        devices_serving: usize,
         spec: &FunctionSpec,
         model: Option<&[u8]>,
     ) -> Result<Arc<dyn Function>, LoadError> {
-        let _ = (device, model);
+        let _ = (device, devices_serving, model);
         Err(LoadError::UnsupportedKind {
             function: spec.name.clone(),
             kind: spec.kind.clone(),

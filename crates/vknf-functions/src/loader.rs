@@ -165,7 +165,7 @@ mod gpu {
         ) -> Result<Arc<dyn Function>, LoadError> {
             let family = self.families.family_of(spec)?;
             let device = self.slot(device, &spec.name)?.device.lock().clone();
-            family.load_gpu(&device, spec, model)
+            family.load_gpu(&device, self.slots.len(), spec, model)
         }
 
         fn reset(&self, device: usize) -> Result<(), LoadError> {

@@ -348,7 +348,7 @@ fn gpu_and_cpu_functions_answer_the_same_bytes() {
         spec.max_batch_rows = Some(64);
         let model = forest.to_vkf_bytes();
         let cpu = ForestFamily.load_cpu(&spec, Some(&model)).unwrap();
-        let gpu_function = ForestFamily.load_gpu(&gpu.device, &spec, Some(&model)).unwrap();
+        let gpu_function = ForestFamily.load_gpu(&gpu.device, 1, &spec, Some(&model)).unwrap();
         let answer = |function: &dyn vknf_functions::Function| {
             let mut lane = function.new_lane().unwrap();
             lane.write_input(&mut |input| input[..rows.len() * 4].copy_from_slice(bytemuck_bytes(&rows)))

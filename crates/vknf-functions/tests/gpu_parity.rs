@@ -229,3 +229,11 @@ fn predict_splits_only_large_batches_into_pipelined_dispatches() {
     assert_eq!(kernel.pipeline_chunks(rows_for(1)), 3, "a configured count is kept");
     assert_eq!(kernel.pipeline_chunks(2), 1, "never more chunks than workgroups");
 }
+
+#[test]
+fn forests_served_on_several_devices_default_to_the_staged_path() {
+    use vknf_functions::families::forest::default_input_path;
+    assert_eq!(default_input_path(1), None, "one device: the kernel's own default");
+    assert_eq!(default_input_path(2), Some(InputPath::Staged));
+    assert_eq!(default_input_path(8), Some(InputPath::Staged));
+}

@@ -89,10 +89,11 @@ impl Family for ForestFamily {
     fn load_gpu(
         &self,
         device: &vknf_vulkan::Device,
+        devices_serving: usize,
         spec: &FunctionSpec,
         model: Option<&[u8]>,
     ) -> Result<Arc<dyn Function>, LoadError> {
-        gpu::load(device, spec, parse_model(spec, model)?)
+        gpu::load(device, devices_serving, spec, parse_model(spec, model)?)
     }
 }
 
@@ -241,7 +242,7 @@ impl Lane for CpuForestLane {
 #[cfg(feature = "gpu")]
 mod gpu {
     use super::*;
-    use crate::forest::{BATCH_DEADLINE, ForestError, ForestKernel, ForestLane, ForestOptions};
+    use crate::forest::{BATCH_DEADLINE, ForestError, ForestKernel, ForestLane, ForestOptions, InputPath};
     use crate::function::vulkan_error;
 
     pub(super) fn exec_error(err: ForestError) -> ExecError {
@@ -254,14 +255,16 @@ mod gpu {
 
     pub(super) fn load(
         device: &vknf_vulkan::Device,
+        devices_serving: usize,
         spec: &FunctionSpec,
         forest: GpuForest,
     ) -> Result<Arc<dyn Function>, LoadError> {
+        let asked = super::input_path(spec).map_err(|e| LoadError::Exec {
+            function: spec.name.clone(),
+            source: ExecError::InvalidInput(e.to_string()),
+        })?;
         let options = ForestOptions {
-            input_path: super::input_path(spec).map_err(|e| LoadError::Exec {
-                function: spec.name.clone(),
-                source: ExecError::InvalidInput(e.to_string()),
-            })?,
+            input_path: asked.or_else(|| default_input_path(devices_serving)),
             ..ForestOptions::default()
         };
         let kernel =
@@ -273,6 +276,15 @@ mod gpu {
             })?;
         let info = forest_info(&forest, spec.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS));
         Ok(Arc::new(GpuForestFunction { kernel, info }))
+    }
+
+    /// The input path of a function that names none: staged (pinned memory, then DMA) where several
+    /// devices serve it, because there the host's cores writing rows into every GPU's BAR memory are
+    /// the limit, and the staged path's write costs them a fraction of the time: two GPUs scale much
+    /// closer to twice one GPU's rate with it (bench/RESULTS.md, "Two GPUs, staged"); with one device
+    /// the kernel's own default (direct, a few microseconds faster per small batch).
+    pub fn default_input_path(devices_serving: usize) -> Option<InputPath> {
+        (devices_serving > 1).then_some(InputPath::Staged)
     }
 
     /// A forest resident on the GPU.
@@ -351,4 +363,4 @@ mod gpu {
 }
 
 #[cfg(feature = "gpu")]
-pub use gpu::GpuForestFunction;
+pub use gpu::{GpuForestFunction, default_input_path};

@@ -219,6 +219,7 @@ impl Family for GenericFamily {
     fn load_gpu(
         &self,
         device: &vknf_vulkan::Device,
+        _devices_serving: usize,
         spec: &FunctionSpec,
         model: Option<&[u8]>,
     ) -> Result<Arc<dyn Function>, LoadError> {
