@@ -444,6 +444,8 @@ pub struct ForestLane {
     pending: Option<(Ticket, usize, bool)>,
     // One command list per chunk of a pipelined batch, recorded for (rows, chunks, scores).
     chunk_lists: Vec<CommandList>,
+    // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch.
+    chunk_uploads: Vec<CommandList>,
     chunks_recorded: Option<(usize, usize, bool)>,
     // The batch in flight was pipelined: only its last chunk's kernel is left when finish() starts.
     poll_finish: bool,
@@ -571,6 +573,7 @@ impl ForestLane {
             timestamps,
             pending: None,
             chunk_lists: Vec::new(),
+            chunk_uploads: Vec::new(),
             chunks_recorded: None,
             poll_finish: false,
         })
@@ -779,6 +782,10 @@ impl ForestLane {
         let rows_per_group = r.config.rows_per_group as usize;
         let per_chunk = rows_per_chunk(n_rows, chunks, rows_per_group);
         let mut lists = std::mem::take(&mut self.chunk_lists);
+        let mut uploads = std::mem::take(&mut self.chunk_uploads);
+        // Staged input copies each chunk on the transfer queue where there is one, so that the copies
+        // run back to back beside the kernels; otherwise in the chunk's own command list.
+        let on_transfer_queue = self.device_input.is_some() && self.transfer.is_some();
         let mut first = 0;
         let mut index = 0;
         while first < n_rows {
@@ -799,7 +806,7 @@ impl ForestLane {
                 _ => (self.bind_group.clone(), (end - first).div_ceil(rows_per_group) as u32),
             };
             // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
-            // to device memory just before its dispatch, on the same queue.
+            // to device memory before its dispatch.
             let copy = self.device_input.as_ref().map(|device_input| {
                 let start = (first * r.n_features * 4) as u64;
                 let end_padded = end
@@ -809,7 +816,7 @@ impl ForestLane {
             });
             let input = &self.input;
             let record = |rec: &mut vknf_vulkan::Recorder<'_>| {
-                if let Some((device_input, offset, bytes)) = copy {
+                if let (Some((device_input, offset, bytes)), false) = (copy, on_transfer_queue) {
                     rec.copy(input, offset, device_input, offset, bytes)?;
                     rec.barrier();
                 }
@@ -819,11 +826,22 @@ impl ForestLane {
                 Some(list) => list.rerecord(record)?,
                 None => lists.push(self.compute.record(record)?),
             }
+            if let (Some((device_input, offset, bytes)), Some(transfer)) = (copy, &self.transfer)
+                && on_transfer_queue
+            {
+                let upload = |rec: &mut vknf_vulkan::Recorder<'_>| rec.copy(input, offset, device_input, offset, bytes);
+                match uploads.get_mut(index) {
+                    Some(list) => list.rerecord(upload)?,
+                    None => uploads.push(transfer.record(upload)?),
+                }
+            }
             first = end;
             index += 1;
         }
         lists.truncate(index);
+        uploads.truncate(if on_transfer_queue { index } else { 0 });
         self.chunk_lists = lists;
+        self.chunk_uploads = uploads;
         self.chunks_recorded = Some((n_rows, chunks, want_scores));
         Ok(())
     }
@@ -856,7 +874,9 @@ impl ForestLane {
         let pieces: Vec<&[f32]> = rows.chunks(per_chunk * nf).collect();
         let input = self.input.clone();
         let compute = &mut self.compute;
+        let transfer = &mut self.transfer;
         let lists = &mut self.chunk_lists;
+        let uploads = &mut self.chunk_uploads;
         // The loop runs on a worker of the pool, so that each join below costs a push to its local
         // queue rather than a hand-off from an outside thread.
         let last = rayon::scope(|_| -> Result<Option<Ticket>, ForestError> {
@@ -864,8 +884,20 @@ impl ForestLane {
             let mut last: Option<Ticket> = None;
             for (index, list) in lists.iter_mut().enumerate().take(pieces.len()) {
                 let next = pieces.get(index + 1).copied();
+                let upload = uploads.get_mut(index);
                 let (submitted, written) = rayon::join(
-                    || compute.submit(list),
+                    || match (upload, transfer.as_mut()) {
+                        (Some(upload), Some(transfer)) => {
+                            let uploaded = transfer.submit(upload)?;
+                            let submitted = compute.submit_after(list, &[&uploaded]);
+                            if submitted.is_err() {
+                                // The copy writes the lane's buffer: let it end before the lane is reused.
+                                let _ = uploaded.wait(BATCH_DEADLINE);
+                            }
+                            submitted
+                        }
+                        _ => compute.submit(list),
+                    },
                     || next.map_or(Ok(()), |piece| copy_rows(&input, (index + 1) * per_chunk * nf, piece)),
                 );
                 match submitted
