@@ -97,18 +97,32 @@ fn steady_state_serving_over_tcp_allocates_nothing_per_request() {
         })
         .collect();
 
-    let mut serve = |count: usize| {
+    let serve = |stream: &mut TcpStream, buf: &mut [u8], count: usize| {
         for index in 0..count {
             let which = index % requests.len();
             stream.write_all(&requests[which].2).unwrap();
-            let len = read_frame(&mut stream, &mut buf);
+            let len = read_frame(stream, buf);
             assert!(buf[..len] == expected[which][..], "answer {index} differs");
         }
     };
-    // Warm up: the connection's replies, frame buffers and row arena, the engine's spare jobs.
-    serve(WARM_UP);
+    // Warm up: requests in flight together first, so that the connection holds the spare replies
+    // (with frame buffers of the largest answer) and the engine the spare jobs and segment lists that
+    // overlapping requests need: a client can send its next request before the lane thread has given
+    // the last one's reply and job back (the answer leaves first). Then the connection's row arena,
+    // the channels' blocks.
+    let (largest, in_flight) = (requests.len() - 1, 4);
+    for _ in 0..20 {
+        for _ in 0..in_flight {
+            stream.write_all(&requests[largest].2).unwrap();
+        }
+        for _ in 0..in_flight {
+            let len = read_frame(&mut stream, &mut buf);
+            assert!(buf[..len] == expected[largest][..], "a pipelined answer differs");
+        }
+    }
+    serve(&mut stream, &mut buf, WARM_UP);
     let region = Region::new(GLOBAL);
-    serve(COUNTED);
+    serve(&mut stream, &mut buf, COUNTED);
     let change = region.change();
     let allocations = change.allocations + change.reallocations;
     let bytes = change.bytes_allocated + change.bytes_reallocated.max(0) as usize;
