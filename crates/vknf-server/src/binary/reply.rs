@@ -62,6 +62,9 @@ pub(crate) struct Replies {
 }
 
 struct SpareReplies {
+    /// Kept boxed: the runtime takes a reply as a box, and reusing the box is what spares the
+    /// allocation.
+    #[allow(clippy::vec_box)]
     replies: Vec<Box<FrameReply>>,
     /// The connection has ended: replies finishing now are dropped, not kept (a kept reply holds
     /// the connection's shared state, which would then never be freed).
