@@ -362,4 +362,24 @@ fn a_response_laid_out_first_and_filled_in_place_parses_like_an_encoded_one() {
         let body = ResponseBody::parse(frame(&frames[0]).payload.clone()).unwrap();
         assert_eq!(body.output(0).unwrap().to_u32(), vec![4, 1]);
     }
+    // A layout and buffer kept from a larger response lay a smaller one out in the same memory, with
+    // the same bytes as a fresh layout, and stale data of the earlier one zeroed.
+    let mut buffer = BytesMut::new();
+    let mut layout = ResponseLayout::write_headers(&mut buffer, 1, 40, 0b11, &outputs).unwrap();
+    buffer[layout.data[1].clone().unwrap()].fill(0xEE);
+    let (memory, capacity) = (buffer.as_ptr(), buffer.capacity());
+    for (id, mask) in [(2u64, 0b01u32), (3, 0b11)] {
+        layout.rewrite_headers(&mut buffer, id, 2, mask, &outputs).unwrap();
+        let mut fresh = BytesMut::new();
+        assert_eq!(
+            layout,
+            ResponseLayout::write_headers(&mut fresh, id, 2, mask, &outputs).unwrap()
+        );
+        assert_eq!(buffer, fresh, "mask {mask:#b}");
+        assert_eq!(
+            (buffer.as_ptr(), buffer.capacity()),
+            (memory, capacity),
+            "the same memory"
+        );
+    }
 }

@@ -340,6 +340,25 @@ impl ResponseLayout {
         mask: u32,
         outputs: &[OutputInfo],
     ) -> Result<ResponseLayout, FrameError> {
+        let mut layout = ResponseLayout {
+            frame_len: 0,
+            data: Vec::with_capacity(outputs.len()),
+        };
+        layout.rewrite_headers(out, request_id, n_rows, mask, outputs)?;
+        Ok(layout)
+    }
+
+    /// [`ResponseLayout::write_headers`] into this layout, kept from an earlier response: its memory is
+    /// reused, as is `out`'s, so a server that keeps both per connection allocates nothing per
+    /// response of a size it has answered before.
+    pub fn rewrite_headers(
+        &mut self,
+        out: &mut BytesMut,
+        request_id: u64,
+        n_rows: u32,
+        mask: u32,
+        outputs: &[OutputInfo],
+    ) -> Result<(), FrameError> {
         let mut len = ResponseBody::HEAD_LEN;
         let mut count = 0u16;
         for (index, output) in outputs.iter().enumerate() {
@@ -349,14 +368,15 @@ impl ResponseLayout {
             }
         }
         out.clear();
+        self.data.clear();
+        self.frame_len = 0;
         start_frame(out, FrameType::Response, request_id, len)?;
         out.put_u32_le(n_rows);
         out.put_u16_le(count);
         out.put_u16_le(0);
-        let mut data = Vec::with_capacity(outputs.len());
         for (index, output) in outputs.iter().enumerate() {
             if mask & (1 << index) == 0 {
-                data.push(None);
+                self.data.push(None);
                 continue;
             }
             out.put_u8(index as u8);
@@ -365,12 +385,10 @@ impl ResponseLayout {
             out.put_u32_le(output.width as u32);
             let start = out.len();
             out.resize(start + n_rows as usize * output.row_bytes(), 0);
-            data.push(Some(start..out.len()));
+            self.data.push(Some(start..out.len()));
         }
-        Ok(ResponseLayout {
-            frame_len: out.len(),
-            data,
-        })
+        self.frame_len = out.len();
+        Ok(())
     }
 }
 

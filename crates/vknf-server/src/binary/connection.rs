@@ -28,7 +28,7 @@ use vknf_protocol::{
 use vknf_runtime::{Call, Category, Charge, ClientBudget, FunctionHandle, Metrics, Rows};
 
 use super::outbox::{Outbox, write_loop};
-use super::reply::{ErrorCounter, FrameReply, PROTOCOL};
+use super::reply::{ErrorCounter, PROTOCOL, Replies};
 use super::transport::{Sink, Source};
 use crate::config::ServerConfig;
 
@@ -40,6 +40,48 @@ const CLOSING_POLL: Duration = Duration::from_millis(5);
 
 /// Requests with more row bytes than this keep sharing the read buffer (they fill most of it).
 const SHARE_READ_BUFFER_ABOVE: usize = 64 * 1024;
+
+/// Requests with at most this many row bytes have them copied into the connection's row arena.
+const ARENA_ROWS_AT_MOST: usize = 2 * 1024;
+
+/// Bytes of a block of the row arena.
+const ROW_ARENA_BYTES: usize = 16 * 1024;
+
+/// Where a connection copies the rows of its small requests: blocks of [`ROW_ARENA_BYTES`], each
+/// request's rows a slice of one. A block whose requests are all answered (the runtime lets go of a
+/// call's rows before its answer leaves) is filled again from its start, so a connection serving small
+/// requests allocates nothing for them; one still in use stays with its requests, and a queued small
+/// request keeps at most one block alive.
+struct RowArena {
+    block: BytesMut,
+}
+
+impl RowArena {
+    fn new() -> RowArena {
+        RowArena { block: BytesMut::new() }
+    }
+
+    /// `rows`, copied into the arena.
+    fn copy(&mut self, rows: &[u8]) -> Bytes {
+        if self.block.capacity() < rows.len() && !self.block.try_reclaim(ROW_ARENA_BYTES) {
+            self.block = BytesMut::with_capacity(ROW_ARENA_BYTES);
+        }
+        self.block.extend_from_slice(rows);
+        self.block.split().freeze()
+    }
+}
+
+/// Ends a connection's replies however its task ends.
+struct CloseReplies(Arc<Replies>);
+
+impl Drop for CloseReplies {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Answered replies a connection keeps for its next requests, at most.
+const MAX_SPARE_REPLIES: usize = 64;
 
 /// How the reading side ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,25 +119,47 @@ pub(crate) async fn serve_connection(
         metrics,
         function: function.label(),
     });
+    let closed = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let replies = Replies::new(
+        outbox.clone(),
+        in_flight.clone(),
+        closed.clone(),
+        errors.clone(),
+        config.max_in_flight_per_connection.clamp(1, MAX_SPARE_REPLIES),
+    );
+    let close_replies = CloseReplies(replies.clone());
     let mut connection = Connection {
         tx,
         outbox,
         function,
         requests,
         errors,
-        closed: Arc::new(AtomicBool::new(false)),
-        in_flight: Arc::new(AtomicUsize::new(0)),
+        closed,
+        in_flight,
         client,
+        replies,
+        rows: RowArena::new(),
     };
     let ending = connection.read_loop(&mut reader, &config).await;
+    // No request comes after this: the spare replies go now (they hold the write side, which must
+    // close once the answers are out).
+    drop(close_replies);
     if ending == Ending::Abort {
         connection.closed.store(true, Ordering::Release);
     }
     // Outstanding answers keep the channel open through their reserved slots; the writer ends
     // once every one is written (or the client is gone).
-    let Connection { tx, closed, outbox, .. } = connection;
+    let Connection {
+        tx,
+        closed,
+        outbox,
+        replies,
+        ..
+    } = connection;
     drop(tx);
     drop(outbox);
+    drop(replies);
     let mut writer_task = writer_task;
     if tokio::time::timeout(config.drain_timeout, &mut writer_task)
         .await
@@ -138,6 +202,10 @@ struct Connection {
     in_flight: Arc<AtomicUsize>,
     /// This connection's account in the process's memory budget.
     client: ClientBudget,
+    /// Answers' replies, recycled.
+    replies: Arc<Replies>,
+    /// Where small requests' rows are copied.
+    rows: RowArena,
 }
 
 impl Connection {
@@ -346,19 +414,13 @@ impl Connection {
         let Ok(permit) = self.tx.clone().reserve_owned().await else {
             return false;
         };
-        let reply = FrameReply::new(
-            permit,
-            input,
-            self.outbox.clone(),
-            id,
-            self.in_flight.clone(),
-            self.closed.clone(),
-            self.errors.clone(),
-        );
+        let reply = self.replies.reply(permit, input, id);
         // A small request's rows share their allocation with the rest of the read buffer; a
         // queued request would keep all of it alive. Copying small ones keeps the memory a
-        // queue holds close to the bytes it admitted.
-        if request.rows.len() < SHARE_READ_BUFFER_ABOVE {
+        // queue holds close to the bytes it admitted; the smallest go into the row arena.
+        if request.rows.len() <= ARENA_ROWS_AT_MOST {
+            request.rows = self.rows.copy(&request.rows);
+        } else if request.rows.len() < SHARE_READ_BUFFER_ABOVE {
             request.rows = Bytes::copy_from_slice(&request.rows);
         }
         let rows = Rows::from_le_bytes(
@@ -368,8 +430,7 @@ impl Connection {
             request.dtype,
         )
         .expect("the codec checked that the rows add up");
-        self.function
-            .submit(Call::new(rows, request.output_mask), Box::new(reply));
+        self.function.submit(Call::new(rows, request.output_mask), reply);
         true
     }
 

@@ -17,12 +17,43 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use vknf_runtime::Account;
 
 use super::transport::Sink;
+
+/// A frame on its way out: its bytes, and what is left of it from an offset on, taken out to wait.
+pub(crate) trait Outgoing {
+    /// The frame.
+    fn bytes(&self) -> &[u8];
+    /// The frame's bytes from `offset` on, taken out of their holder.
+    fn take_from(&mut self, offset: usize) -> Bytes;
+}
+
+impl Outgoing for Option<Bytes> {
+    fn bytes(&self) -> &[u8] {
+        self.as_deref().unwrap_or_default()
+    }
+
+    fn take_from(&mut self, offset: usize) -> Bytes {
+        let mut frame = self.take().unwrap_or_default();
+        frame.advance(offset);
+        frame
+    }
+}
+
+impl Outgoing for BytesMut {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn take_from(&mut self, offset: usize) -> Bytes {
+        self.advance(offset);
+        std::mem::take(self).freeze()
+    }
+}
 
 /// Frames the writer task writes with one call, at most.
 const MAX_GATHER: usize = 64;
@@ -58,16 +89,24 @@ impl Outbox {
     /// be handed to the writer task (the frame, or an empty frame that wakes the writer for a tail),
     /// already counted as queued.
     pub(crate) fn write_or_queue(&self, frame: Bytes) -> Option<Bytes> {
+        self.write_or_queue_from(&mut Some(frame))
+    }
+
+    /// [`Outbox::write_or_queue`] for a frame in a buffer that its owner keeps between frames: a frame
+    /// that goes out at once leaves the buffer where it is, for the next; only a frame that must wait
+    /// is taken out of it.
+    pub(crate) fn write_or_queue_from(&self, frame: &mut impl Outgoing) -> Option<Bytes> {
         if self.queued.load(Ordering::Acquire) == 0
             && let Some(mut leftover) = self.leftover.try_lock()
             && leftover.is_none()
             && self.queued.load(Ordering::Acquire) == 0
         {
-            match self.half.try_write(&frame) {
-                Ok(written) if written == frame.len() => return None,
+            let len = frame.bytes().len();
+            match self.half.try_write(frame.bytes()) {
+                Ok(written) if written == len => return None,
                 Ok(written) => {
-                    self.unsent.add(frame.len() - written);
-                    *leftover = Some(frame.slice(written..));
+                    self.unsent.add(len - written);
+                    *leftover = Some(frame.take_from(written));
                     // Counted before the lock is released, so no other thread writes directly
                     // until the writer task has sent the tail.
                     self.queued.fetch_add(1, Ordering::AcqRel);
@@ -77,6 +116,7 @@ impl Outbox {
                 Err(_) => {}
             }
         }
+        let frame = frame.take_from(0);
         self.unsent.add(frame.len());
         self.queued.fetch_add(1, Ordering::AcqRel);
         Some(frame)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use tokio::sync::mpsc::OwnedPermit;
 use vknf_protocol::{ErrorCode, ResponseLayout, encode_error};
 use vknf_runtime::{AnswerLayout, CallError, Charge, Metrics, Reply};
@@ -35,55 +36,139 @@ pub(crate) fn error_code(error: &CallError) -> ErrorCode {
 ///
 /// The request's bytes count against the connection's share of the memory budget until its answer
 /// is written or queued (where the outbox charges it as unsent).
+///
+/// Once answered, the reply goes back to its connection's [`Replies`] with its frame buffer and
+/// layout, for a later request: a connection serving requests of sizes it has seen allocates no
+/// reply and no frame.
 pub(crate) struct FrameReply {
+    replies: Arc<Replies>,
     permit: Option<OwnedPermit<Bytes>>,
     input: Charge,
-    outbox: Arc<Outbox>,
     request_id: u64,
-    in_flight: Arc<AtomicUsize>,
-    connection_closed: Arc<AtomicBool>,
     frame: BytesMut,
-    layout: Option<ResponseLayout>,
-    errors: Arc<ErrorCounter>,
+    layout: ResponseLayout,
+    laid_out: bool,
 }
 
-impl FrameReply {
+/// The replies of one connection: what they share, and the answered ones kept for reuse.
+pub(crate) struct Replies {
+    outbox: Arc<Outbox>,
+    in_flight: Arc<AtomicUsize>,
+    connection_closed: Arc<AtomicBool>,
+    errors: Arc<ErrorCounter>,
+    spare: Mutex<SpareReplies>,
+    /// Spare replies kept, at most.
+    keep: usize,
+}
+
+struct SpareReplies {
+    /// Kept boxed: the runtime takes a reply as a box, and reusing the box is what spares the
+    /// allocation.
+    #[allow(clippy::vec_box)]
+    replies: Vec<Box<FrameReply>>,
+    /// The connection has ended: replies finishing now are dropped, not kept (a kept reply holds
+    /// the connection's shared state, which would then never be freed).
+    closed: bool,
+}
+
+/// Frame buffers larger than this are not kept with a spare reply: a rare large answer does not pin
+/// its memory for the connection's life.
+const KEEP_FRAME_BYTES: usize = 256 * 1024;
+
+impl Replies {
+    /// The replies of a connection with at most `in_flight` requests in flight.
     pub(crate) fn new(
-        permit: OwnedPermit<Bytes>,
-        input: Charge,
         outbox: Arc<Outbox>,
-        request_id: u64,
         in_flight: Arc<AtomicUsize>,
         connection_closed: Arc<AtomicBool>,
         errors: Arc<ErrorCounter>,
-    ) -> FrameReply {
-        in_flight.fetch_add(1, Ordering::AcqRel);
-        FrameReply {
-            permit: Some(permit),
-            input,
+        keep: usize,
+    ) -> Arc<Replies> {
+        Arc::new(Replies {
             outbox,
-            request_id,
             in_flight,
             connection_closed,
-            frame: BytesMut::new(),
-            layout: None,
             errors,
+            spare: Mutex::new(SpareReplies {
+                replies: Vec::with_capacity(keep),
+                closed: false,
+            }),
+            keep,
+        })
+    }
+
+    /// The reply to request `request_id`, in the slot `permit` reserved, holding `input` until
+    /// answered: a spare one when there is one.
+    pub(crate) fn reply(
+        self: &Arc<Self>,
+        permit: OwnedPermit<Bytes>,
+        input: Charge,
+        request_id: u64,
+    ) -> Box<FrameReply> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let spare = self.spare.lock().replies.pop();
+        match spare {
+            Some(mut reply) => {
+                reply.permit = Some(permit);
+                reply.input = input;
+                reply.request_id = request_id;
+                reply.laid_out = false;
+                reply
+            }
+            None => Box::new(FrameReply {
+                replies: self.clone(),
+                permit: Some(permit),
+                input,
+                request_id,
+                frame: BytesMut::new(),
+                layout: ResponseLayout {
+                    frame_len: 0,
+                    data: Vec::new(),
+                },
+                laid_out: false,
+            }),
         }
     }
 
+    /// The connection has ended: drops the spare replies and keeps no more.
+    pub(crate) fn close(&self) {
+        let spare = {
+            let mut spare = self.spare.lock();
+            spare.closed = true;
+            std::mem::take(&mut spare.replies)
+        };
+        drop(spare);
+    }
+
+    fn keep(&self, mut reply: Box<FrameReply>) {
+        if reply.frame.capacity() > KEEP_FRAME_BYTES {
+            reply.frame = BytesMut::new();
+        }
+        let mut spare = self.spare.lock();
+        if !spare.closed && spare.replies.len() < self.keep {
+            spare.replies.push(reply);
+            return;
+        }
+        drop(spare);
+        drop(reply);
+    }
+}
+
+impl FrameReply {
     fn release(&mut self) -> Option<OwnedPermit<Bytes>> {
         let permit = self.permit.take();
         if permit.is_some() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.replies.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         permit
     }
 
-    /// Sends `frame` straight to the socket when it can, else through the connection's writer task (the
-    /// reserved slot guarantees room there).
-    fn send(&mut self, frame: Bytes) {
+    /// Sends the response in `self.frame` straight to the socket when it can (keeping the buffer for
+    /// the next answer), else through the connection's writer task (the reserved slot guarantees room
+    /// there).
+    fn send_frame(&mut self) {
         if let Some(permit) = self.release()
-            && let Some(queued) = self.outbox.write_or_queue(frame)
+            && let Some(queued) = self.replies.outbox.write_or_queue_from(&mut self.frame)
         {
             permit.send(queued);
         }
@@ -92,53 +177,68 @@ impl FrameReply {
     }
 
     fn send_error(&mut self, code: ErrorCode, message: &str) {
-        self.errors.count_protocol(code);
+        self.replies.errors.count_protocol(code);
         let mut frame = BytesMut::new();
         encode_error(&mut frame, self.request_id, code, message);
-        self.send(frame.freeze());
+        if let Some(permit) = self.release()
+            && let Some(queued) = self.replies.outbox.write_or_queue(frame.freeze())
+        {
+            permit.send(queued);
+        }
+        self.input = Charge::none();
+    }
+
+    /// Answered: back to the connection's spare replies.
+    fn recycle(self: Box<Self>) {
+        let replies = self.replies.clone();
+        replies.keep(self);
     }
 }
 
 impl Reply for FrameReply {
     fn prepare(&mut self, layout: &AnswerLayout<'_>) {
-        self.layout = ResponseLayout::write_headers(
-            &mut self.frame,
-            self.request_id,
-            layout.n_rows as u32,
-            layout.mask,
-            &layout.info.outputs,
-        )
-        .ok();
+        self.laid_out = self
+            .layout
+            .rewrite_headers(
+                &mut self.frame,
+                self.request_id,
+                layout.n_rows as u32,
+                layout.mask,
+                &layout.info.outputs,
+            )
+            .is_ok();
     }
 
     fn output(&mut self, index: usize) -> &mut [u8] {
-        match self.layout.as_ref().and_then(|l| l.data.get(index)?.clone()) {
-            Some(range) => &mut self.frame[range],
-            None => &mut [],
-        }
+        let range = match self.layout.data.get(index) {
+            Some(Some(range)) if self.laid_out => range.clone(),
+            _ => return &mut [],
+        };
+        &mut self.frame[range]
     }
 
     fn complete(mut self: Box<Self>, _layout: &AnswerLayout<'_>) {
-        if self.layout.is_some() {
-            let frame = std::mem::take(&mut self.frame).freeze();
-            self.send(frame);
+        if self.laid_out {
+            self.send_frame();
         } else {
             self.send_error(ErrorCode::Internal, "cannot encode the response");
         }
+        self.recycle();
     }
 
     fn fail(mut self: Box<Self>, error: CallError) {
         self.send_error(error_code(&error), &error.to_string());
+        self.recycle();
     }
 
     fn is_cancelled(&self) -> bool {
-        self.connection_closed.load(Ordering::Acquire)
+        self.replies.connection_closed.load(Ordering::Acquire)
     }
 }
 
 impl Drop for FrameReply {
     fn drop(&mut self) {
-        if self.connection_closed.load(Ordering::Acquire) {
+        if self.replies.connection_closed.load(Ordering::Acquire) {
             // Nobody reads this connection any more: give the slot back without a word.
             drop(self.release());
         } else if self.permit.is_some() {
