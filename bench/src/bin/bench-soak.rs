@@ -649,30 +649,28 @@ async fn soak(args: Args) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// One line of progress.
+/// One line of progress: the server now, and the good clients so far.
 fn progress(sample: &Sample, good: &GoodStats) {
     let process = sample.process.unwrap_or_default();
     let report = good.report();
-    let answered: u64 = report.values().map(|g| g.answered).sum();
     let lost: u64 = report.values().map(|g| g.lost).sum();
-    let p99: Vec<String> = sample
-        .good
+    let kinds: Vec<String> = report
         .iter()
-        .map(|(kind, p)| format!("{kind} p99 {} us ({})", p.p99_us, p.count))
+        .map(|(kind, g)| format!("{kind} {} answered, p99 {} us", g.answered, g.latency.p99_us))
         .collect();
+    let metric = |name| sample.metric_sum(name).map_or("?".to_owned(), |v| v.to_string());
     println!(
-        "t={:>4.0}s rss={} MiB threads={} fds={} readyz={:?} quarantines={} resets={} budget={} MiB | answered={answered} lost={lost} | {}",
+        "t={:>4.0}s rss={} MiB threads={} fds={} readyz={} quarantines={} resets={} budget={} MiB | lost={lost} | {}",
         sample.t_s,
         process.rss_kib >> 10,
         process.threads,
         process.fds,
-        sample.readyz,
-        sample.metric_sum("vknf_quarantines_total").unwrap_or(-1.0),
-        sample.metric_sum("vknf_device_resets_total").unwrap_or(-1.0),
+        sample.readyz.map_or("unanswered".to_owned(), |code| code.to_string()),
+        metric("vknf_quarantines_total"),
+        metric("vknf_device_resets_total"),
         sample
             .metric_sum("vknf_memory_used_bytes")
-            .map_or(-1.0, |b| b / 1048576.0)
-            .round(),
-        p99.join(", ")
+            .map_or("?".to_owned(), |b| format!("{:.0}", b / 1048576.0)),
+        kinds.join(", ")
     );
 }

@@ -300,9 +300,12 @@ mod tests {
         assert_eq!(summary.worst_interval_p99_us["binary_1_row"], 5000);
     }
 
+    /// What a failure must say, and how to cause it.
+    type Breakage = (&'static str, fn(&mut Summary));
+
     #[test]
     fn lost_wrong_unexpected_and_over_bound_each_fail() {
-        let cases: [(&str, fn(&mut Summary)); 8] = [
+        let cases: [Breakage; 8] = [
             ("answers lost", |s| s.good.get_mut("binary_1_row").unwrap().lost = 1),
             ("wrong answers", |s| s.good.get_mut("binary_1_row").unwrap().wrong = 1),
             ("unexpected errors", |s| {
