@@ -18,7 +18,7 @@ use vknf_bench::soak::good::{GoodLoad, GoodStats, binary_client, oip_client};
 use vknf_bench::soak::hostile::{self, Drill, Target};
 use vknf_bench::soak::net::{Dialer, http_once};
 use vknf_bench::soak::sampler::{ProcessSample, Sample, probe};
-use vknf_bench::soak::server::{BusyFunction, FOREST, ServerProcess, ServerSetup, free_port, loopback};
+use vknf_bench::soak::server::{BUSY, BusyFunction, FOREST, ServerProcess, ServerSetup, free_port, loopback};
 use vknf_bench::soak::summary::{ServerReport, Summary};
 use vknf_bench::soak::workload::Workload;
 use vknf_protocol::client::{Client, ClientConfig};
@@ -642,7 +642,8 @@ async fn soak(args: Args) -> anyhow::Result<Summary> {
         ..Summary::default()
     };
     summary.tally(&samples);
-    summary.judge(drill);
+    let drill_function = format!("default/{BUSY}");
+    summary.judge(drill.then_some(drill_function.as_str()));
     if let Some(path) = &args.server_log {
         println!("soak: the server's log: {}", path.display());
     }

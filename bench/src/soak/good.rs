@@ -14,7 +14,7 @@ use serde::Serialize;
 use vknf_protocol::client::{Client, ClientConfig, ClientError};
 use vknf_tls::ClientTls;
 
-use super::net::{Dialer, HttpConn};
+use super::net::{Dialer, HttpConn, HttpError};
 use super::workload::Workload;
 
 /// Latencies of one kind of good request: the whole run and the current sampling interval.
@@ -107,6 +107,9 @@ pub struct GoodReport {
 /// Error codes a good client may get while hostile clients and the drill function run: the budget or
 /// the queue is full, a device reset failed a batch in flight. Any other error fails the run.
 pub const EXPECTED_ERRORS: [&str; 3] = ["BUSY", "DEVICE_LOST", "HTTP 503"];
+
+/// How long a good client waits after an error before its next request.
+const ERROR_PAUSE: Duration = Duration::from_millis(20);
 
 /// How a good request ended.
 enum Outcome {
@@ -271,7 +274,12 @@ pub async fn binary_client(addr: SocketAddr, tls: Option<ClientTls>, load: GoodL
         if reconnect {
             client = None;
         }
+        let failed = !matches!(outcome, Outcome::Answered(_));
         stats.record(&kind, elapsed, outcome, expected, first);
+        if failed {
+            // A client backs off after a failure rather than hammering a server in trouble.
+            tokio::time::sleep(ERROR_PAUSE).await;
+        }
     }
 }
 
@@ -291,17 +299,6 @@ pub async fn oip_client(addr: SocketAddr, dialer: Dialer, model: String, input_n
     let mut conn: Option<HttpConn> = None;
     let mut next = seed * 104_729;
     while Instant::now() < end {
-        let connection = match &mut conn {
-            Some(conn) => conn,
-            None => match HttpConn::connect(&dialer, addr, Duration::from_secs(5)).await {
-                Ok(connected) => conn.insert(connected),
-                Err(_) => {
-                    stats.with(&kind, |s| *s.errors.entry("connect failed".into()).or_default() += 1);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
-        };
         let first = next % (workload.n_rows() - rows + 1);
         next = next.wrapping_add(rows * 13 + 5);
         let (inputs, expected) = workload.slice(first, rows);
@@ -317,20 +314,38 @@ pub async fn oip_client(addr: SocketAddr, dialer: Dialer, model: String, input_n
         let body = serde_json::to_vec(&body).unwrap_or_default();
         stats.sent(&kind);
         let started = Instant::now();
-        let result = connection.request("POST", &path, &body, answer_timeout).await;
+        // A keep-alive connection the server has closed between two requests takes no request: the
+        // request goes again on a new connection (as HTTP clients do), once.
+        let mut result = None;
+        for _ in 0..2 {
+            if conn.as_ref().is_none_or(|c| c.finished) {
+                conn = HttpConn::connect(&dialer, addr, Duration::from_secs(5)).await.ok();
+            }
+            let Some(connection) = conn.as_mut() else { break };
+            let attempt = connection.request("POST", &path, &body, answer_timeout).await;
+            let retry = matches!(attempt, Err(HttpError::NotSent(_)));
+            result = Some(attempt);
+            if !retry {
+                break;
+            }
+        }
         let elapsed = started.elapsed();
         let outcome = match result {
-            Ok(response) if response.status == 200 => match labels_of(&response.body) {
+            None => Outcome::Error("connect failed".into()),
+            Some(Ok(response)) if response.status == 200 => match labels_of(&response.body) {
                 Some(labels) => Outcome::Answered(labels),
                 None => Outcome::Error("HTTP 200 without labels".into()),
             },
-            Ok(response) => Outcome::Error(format!("HTTP {}", response.status)),
-            Err(error) => {
-                conn = None;
-                Outcome::Lost(format!("{error}"))
-            }
+            Some(Ok(response)) => Outcome::Error(format!("HTTP {}", response.status)),
+            Some(Err(HttpError::NotSent(error))) => Outcome::Error(format!("request not sent: {}", error.kind())),
+            Some(Err(error @ HttpError::NoResponse(_))) => Outcome::Lost(error.to_string()),
         };
+        let failed = !matches!(outcome, Outcome::Answered(_));
         stats.record(&kind, elapsed, outcome, expected, first);
+        if failed {
+            // A client backs off after a failure rather than hammering a server in trouble.
+            tokio::time::sleep(ERROR_PAUSE).await;
+        }
     }
 }
 

@@ -460,13 +460,19 @@ pub async fn malformed(target: Target, interval: Duration, seed: u64, counters: 
                 Ok(()) => conn.answer_to(8, Duration::from_secs(30)).await,
                 Err(_) => Incoming::Closed,
             };
+            // Any answer to the DESCRIBE shows the connection still serves (a function without a loaded
+            // version, e.g. while quarantined, answers it with an error).
             match &after {
                 Incoming::Frame(frame)
                     if frame.header.frame_type == FrameType::Description
                         && Description::parse(&frame.payload).is_ok() =>
                 {
-                    counters.inc("kept_and_served");
+                    counters.inc("kept_and_described");
                 }
+                Incoming::Frame(frame) if frame.header.request_id == 8 => match error_of(&after) {
+                    Some(error) => counters.inc(&format!("kept_and_describe_answered_{}", error.code.name())),
+                    None => counters.anomaly(format!("a DESCRIBE was answered with {}", describe(&after))),
+                },
                 other if target.running() => counters.anomaly(format!(
                     "{}: the connection should stay usable, but a DESCRIBE then got {}",
                     kind.name(),

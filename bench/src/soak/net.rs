@@ -161,11 +161,31 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+/// Why an HTTP request got no response.
+#[derive(Debug)]
+pub enum HttpError {
+    /// The request could not be written (the server had closed the connection): nothing was asked.
+    NotSent(io::Error),
+    /// The request was written and no response came.
+    NoResponse(io::Error),
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::NotSent(error) => write!(f, "request not sent: {error}"),
+            HttpError::NoResponse(error) => write!(f, "no response: {error}"),
+        }
+    }
+}
+
 /// One HTTP/1.1 keep-alive connection.
 pub struct HttpConn {
     stream: BoxStream,
     buf: Vec<u8>,
     host: String,
+    /// The server said `Connection: close` (or the connection broke): open another for the next request.
+    pub finished: bool,
 }
 
 impl HttpConn {
@@ -175,6 +195,7 @@ impl HttpConn {
             stream: dialer.connect(addr, timeout).await?,
             buf: Vec::new(),
             host: addr.to_string(),
+            finished: false,
         })
     }
 
@@ -185,21 +206,36 @@ impl HttpConn {
         path: &str,
         body: &[u8],
         timeout: Duration,
-    ) -> io::Result<HttpResponse> {
-        tokio::time::timeout(timeout, self.request_inner(method, path, body))
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP request timed out")))
-    }
-
-    async fn request_inner(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<HttpResponse> {
+    ) -> Result<HttpResponse, HttpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "HTTP request timed out");
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.host,
             body.len()
         );
-        self.stream.write_all(head.as_bytes()).await?;
-        self.stream.write_all(body).await?;
-        self.stream.flush().await?;
+        let write = async {
+            self.stream.write_all(head.as_bytes()).await?;
+            self.stream.write_all(body).await?;
+            self.stream.flush().await
+        };
+        let written = tokio::time::timeout_at(deadline, write)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        if let Err(error) = written {
+            self.finished = true;
+            return Err(HttpError::NotSent(error));
+        }
+        let response = tokio::time::timeout_at(deadline, self.read_response())
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        response.map_err(|error| {
+            self.finished = true;
+            HttpError::NoResponse(error)
+        })
+    }
+
+    async fn read_response(&mut self) -> io::Result<HttpResponse> {
         let header_end = loop {
             if let Some(at) = find(&self.buf, b"\r\n\r\n") {
                 break at + 4;
@@ -218,6 +254,9 @@ impl HttpConn {
                 key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
             })
         };
+        if header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            self.finished = true;
+        }
         self.buf.drain(..header_end);
         let body = if let Some(length) = header("content-length") {
             let length: usize = length.parse().map_err(|_| bad("bad Content-Length"))?;
@@ -229,6 +268,7 @@ impl HttpConn {
             self.read_chunked().await?
         } else {
             // No length: the body runs to the end of the stream.
+            self.finished = true;
             while self.fill().await.is_ok() {}
             std::mem::take(&mut self.buf)
         };
@@ -275,7 +315,9 @@ pub async fn http_once(dialer: &Dialer, addr: SocketAddr, path: &str, timeout: D
     let started = tokio::time::Instant::now();
     let mut conn = HttpConn::connect(dialer, addr, timeout).await?;
     let left = timeout.saturating_sub(started.elapsed());
-    conn.request("GET", path, b"", left).await
+    conn.request("GET", path, b"", left)
+        .await
+        .map_err(|error| io::Error::other(error.to_string()))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

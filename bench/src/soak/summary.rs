@@ -104,6 +104,8 @@ pub struct Summary {
     pub device_resets: f64,
     /// `vknf_quarantines_total` at the end.
     pub quarantines: f64,
+    /// `vknf_quarantines_total` by function at the end (only the drill function should be there).
+    pub quarantines_by_function: BTreeMap<String, f64>,
     /// `vknf_memory_peak_bytes` at the end.
     pub budget_peak_bytes: f64,
     /// After every client had gone and the server had been left alone: bytes still charged to the
@@ -145,6 +147,15 @@ impl Summary {
         let end = |name| sum_metric(&self.metrics_end, name).unwrap_or(0.0);
         self.device_resets = end("vknf_device_resets_total");
         self.quarantines = end("vknf_quarantines_total");
+        self.quarantines_by_function = self
+            .metrics_end
+            .iter()
+            .filter(|(key, _)| key.starts_with("vknf_quarantines_total{"))
+            .filter_map(|(key, value)| {
+                let function = key.split("function=\"").nth(1)?.split('"').next()?;
+                Some((function.to_owned(), *value))
+            })
+            .collect();
         self.budget_peak_bytes = end("vknf_memory_peak_bytes");
         self.good_requests = self.good.values().map(|g| g.sent).sum();
         self.good_answered = self.good.values().map(|g| g.answered).sum();
@@ -159,8 +170,9 @@ impl Summary {
             .sum();
     }
 
-    /// Decides pass or fail; `drill` says whether the drill function ran (it must have been quarantined).
-    pub fn judge(&mut self, drill: bool) {
+    /// Decides pass or fail; `drill` names the drill function when it ran (it must have been
+    /// quarantined, and no other function may have been).
+    pub fn judge(&mut self, drill: Option<&str>) {
         let mut failures = Vec::new();
         if let Some(status) = &self.server.died {
             failures.push(format!("the server died during the soak: {status}"));
@@ -189,10 +201,20 @@ impl Summary {
                 failures.push(format!("{name}: {} anomalies", counters.anomalies));
             }
         }
-        if drill && self.quarantines < 1.0 {
-            failures.push(
-                "the drill function was never quarantined (its kernel met its deadline: raise --busy-steps)".into(),
-            );
+        if let Some(drill) = drill {
+            let drilled = self.quarantines_by_function.get(drill).copied().unwrap_or(0.0);
+            if drilled < 1.0 {
+                failures.push(
+                    "the drill function was never quarantined (its kernel met its deadline: raise --busy-steps)".into(),
+                );
+            }
+        }
+        for (function, count) in &self.quarantines_by_function {
+            if Some(function.as_str()) != drill && *count > 0.0 {
+                failures.push(format!(
+                    "{function}, an innocent function, was quarantined {count} times"
+                ));
+            }
         }
         for (what, value) in &self.after_quiet {
             if *value != 0.0 {
@@ -285,7 +307,7 @@ mod tests {
     #[test]
     fn a_clean_soak_passes_with_its_figures_drawn_from_the_samples() {
         let mut summary = passing();
-        summary.judge(true);
+        summary.judge(Some("default/busy"));
         assert!(summary.passed, "{:?}", summary.failures);
         assert_eq!(
             summary.rss_kib,
@@ -296,6 +318,7 @@ mod tests {
             }
         );
         assert_eq!(summary.quarantines, 2.0, "the last scrape that answered");
+        assert_eq!(summary.quarantines_by_function["default/busy"], 2.0);
         assert_eq!((summary.good_requests, summary.good_answered), (100, 97));
         assert_eq!(summary.worst_interval_p99_us["binary_1_row"], 5000);
     }
@@ -305,7 +328,7 @@ mod tests {
 
     #[test]
     fn lost_wrong_unexpected_and_over_bound_each_fail() {
-        let cases: [Breakage; 8] = [
+        let cases: [Breakage; 9] = [
             ("answers lost", |s| s.good.get_mut("binary_1_row").unwrap().lost = 1),
             ("wrong answers", |s| s.good.get_mut("binary_1_row").unwrap().wrong = 1),
             ("unexpected errors", |s| {
@@ -330,13 +353,17 @@ mod tests {
                 s.after_quiet.insert("vknf_connections".into(), 3.0);
             }),
             ("SIGTERM", |s| s.server.shutdown_exit = None),
+            ("innocent", |s| {
+                s.metrics_end
+                    .insert("vknf_quarantines_total{function=\"default/forest\"}".into(), 1.0);
+            }),
         ];
         for (expected, break_it) in cases {
             let mut summary = passing();
             break_it(&mut summary);
             let samples = [sample(0.0, 1000, 1000, &[]), sample(1.0, 5000, 9000, &[])];
             summary.tally(&samples);
-            summary.judge(false);
+            summary.judge(Some("default/busy"));
             assert!(!summary.passed, "{expected}");
             assert!(
                 summary.failures.iter().any(|f| f.contains(expected)),
@@ -350,9 +377,20 @@ mod tests {
     fn a_drill_that_never_quarantined_fails() {
         let mut summary = passing();
         summary.metrics_end.clear();
-        summary.quarantines = 0.0;
-        summary.judge(true);
+        summary.tally(&[]);
+        summary.judge(Some("default/busy"));
         assert!(summary.failures.iter().any(|f| f.contains("never quarantined")));
+        // Another function's quarantine does not count as the drill's.
+        summary.metrics_end = [("vknf_quarantines_total{function=\"default/forest\"}".to_owned(), 1.0)].into();
+        summary.tally(&[]);
+        summary.judge(Some("default/busy"));
+        assert!(summary.failures.iter().any(|f| f.contains("never quarantined")));
+        assert!(
+            summary
+                .failures
+                .iter()
+                .any(|f| f.contains("default/forest, an innocent function"))
+        );
     }
 
     #[test]
