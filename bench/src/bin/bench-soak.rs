@@ -168,6 +168,9 @@ struct Args {
     /// return to zero.
     #[arg(long, default_value_t = 30)]
     quiet_s: u64,
+    /// Seconds the server may take to exit after SIGTERM before it is killed (and the soak fails).
+    #[arg(long, default_value_t = 40)]
+    stop_timeout_s: u64,
     /// Seconds the server may take to become ready.
     #[arg(long, default_value_t = 180)]
     ready_timeout_s: u64,
@@ -622,7 +625,7 @@ async fn soak(args: Args) -> anyhow::Result<Summary> {
     }
     let pid = server.pid;
     let (shutdown_exit, shutdown_time) =
-        tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(60))).await?;
+        tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(args.stop_timeout_s))).await?;
 
     let mut summary = Summary {
         duration_s: duration.as_secs_f64(),
