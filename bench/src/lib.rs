@@ -4,6 +4,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod soak;
+
 /// Summary statistics of repeated measurements, in microseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
