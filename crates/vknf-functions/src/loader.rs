@@ -164,7 +164,9 @@ mod gpu {
             model: Option<&[u8]>,
         ) -> Result<Arc<dyn Function>, LoadError> {
             let family = self.families.family_of(spec)?;
-            let device = self.slot(device, &spec.name)?.device.lock().clone();
+            // The function's streams take queues apart from other functions' while the device has
+            // enough (vknf_vulkan::choose_queue); its lanes hold them until they are dropped.
+            let device = self.slot(device, &spec.name)?.device.lock().for_function(&spec.name);
             family.load_gpu(&device, self.slots.len(), spec, model)
         }
 

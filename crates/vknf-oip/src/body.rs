@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
-use vknf_runtime::{Category, Charge, MemoryBudget};
+use vknf_runtime::{Account, Category, Charge, ClientBudget, MemoryBudget};
 
 /// A request body that fails (`DEADLINE_EXCEEDED`) once `timeout` has passed since the request arrived.
 pub struct Deadline<B> {
@@ -128,8 +128,9 @@ impl Budget {
         }
     }
 
-    /// Takes `n` bytes of the budget until the returned holder is dropped, or fails at once.
-    pub fn take(&self, n: usize) -> Result<Held, OverBudget> {
+    /// Takes `n` bytes of the budget, charged to `client` (one connection) too within its share,
+    /// until the returned holder is dropped, or fails at once.
+    pub fn take(&self, client: &ClientBudget, n: usize) -> Result<Held, OverBudget> {
         let full = || {
             OverBudget(format!(
                 "the server is buffering {} bytes of requests already; retry later",
@@ -142,11 +143,15 @@ impl Budget {
             .clone()
             .try_acquire_many_owned(count)
             .map_err(|_| full())?;
-        let charge = self
-            .process
-            .try_charge(Category::Receiving, n)
+        let charge = client
+            .try_charge_in_share(Category::Receiving, n)
             .map_err(|refusal| OverBudget(refusal.to_string()))?;
         Ok(Held(Some(permit), charge))
+    }
+
+    /// The process's budget.
+    pub fn process(&self) -> &MemoryBudget {
+        &self.process
     }
 
     /// Bytes of the budget in use.
@@ -182,15 +187,17 @@ impl Held {
 pub struct Budgeted<B> {
     inner: Pin<Box<B>>,
     budget: Budget,
+    client: ClientBudget,
     held: Held,
 }
 
 impl<B> Budgeted<B> {
-    /// Charges `inner`'s frames to `budget`.
-    pub fn new(inner: B, budget: Budget) -> Budgeted<B> {
+    /// Charges `inner`'s frames to `budget` and to `client` (the connection), within its share.
+    pub fn new(inner: B, budget: Budget, client: ClientBudget) -> Budgeted<B> {
         Budgeted {
             inner: Box::pin(inner),
             budget,
+            client,
             held: Held::default(),
         }
     }
@@ -209,7 +216,7 @@ where
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    match this.budget.take(data.len()) {
+                    match this.budget.take(&this.client, data.len()) {
                         Ok(held) => this.held.merge(held),
                         Err(over) => {
                             return Poll::Ready(Some(Err(Box::new(tonic::Status::resource_exhausted(
@@ -224,6 +231,141 @@ where
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What one connection has handed to hyper of its responses and hyper has not yet written to the
+/// socket: response bytes enter as their body yields them and leave as the connection's writes
+/// succeed. Writes count headers and framing too, so the figure is the unsent answer bytes less at
+/// most that overhead. A client that never reads leaves its answers here, charged as unsent answers
+/// to the process's budget and to the connection's share, until it reads them or goes.
+#[derive(Clone)]
+pub struct Unwritten(std::sync::Arc<Account>);
+
+impl Unwritten {
+    /// The account of `client`'s connection.
+    pub fn new(client: &ClientBudget) -> Unwritten {
+        Unwritten(std::sync::Arc::new(client.account(Category::Unsent)))
+    }
+}
+
+/// A connection's socket (or TLS session) whose successful writes are taken off its [`Unwritten`].
+pub struct Written<S> {
+    inner: S,
+    unwritten: Unwritten,
+}
+
+impl<S> Written<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, unwritten: Unwritten) -> Written<S> {
+        Written { inner, unwritten }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Written<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Written<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            this.unwritten.0.sub(*n);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &written {
+            this.unwritten.0.sub(*n);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The charge of a gRPC answer from when it is made until its encoded message is handed to hyper:
+/// the service puts it into the response's extensions, the port moves it into the response body.
+#[derive(Clone, Default)]
+pub struct AnswerCharge(std::sync::Arc<parking_lot::Mutex<Option<Charge>>>);
+
+impl AnswerCharge {
+    /// Holds `charge`.
+    pub fn new(charge: Charge) -> AnswerCharge {
+        AnswerCharge(std::sync::Arc::new(parking_lot::Mutex::new(Some(charge))))
+    }
+
+    fn take(&self) -> Option<Charge> {
+        self.0.lock().take()
+    }
+}
+
+/// A response body whose data frames move into the connection's [`Unwritten`] as hyper takes them;
+/// the answer's own charge (if any) is given back once its bytes are there.
+pub struct Metered<B> {
+    inner: Pin<Box<B>>,
+    unwritten: Unwritten,
+    answer: Option<Charge>,
+}
+
+impl<B> Metered<B> {
+    /// Meters `inner` into `unwritten`, holding `answer` until the first data frame.
+    pub fn new(inner: B, unwritten: Unwritten, answer: Option<&AnswerCharge>) -> Metered<B> {
+        Metered {
+            inner: Box::pin(inner),
+            unwritten,
+            answer: answer.and_then(AnswerCharge::take),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Metered<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.unwritten.0.add(data.len());
+            // The message is encoded whole: what the answer held is now in the bytes just added.
+            this.answer = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,12 +1,20 @@
 //! The gRPC front end: `inference.GRPCInferenceService` of the specification, generated from
 //! `proto/open_inference_grpc.proto`. Tensors travel as `raw_input_contents` / `raw_output_contents`
 //! (typed `contents` are accepted as input too).
+//!
+//! An inference's answer is charged to the process's memory budget and to the connection's share of
+//! it (as an unsent answer) before the call is submitted, for the size its outputs will have; the
+//! port then keeps it charged until the connection has written it to the socket. A connection whose
+//! answers already hold its share (a client that does not read them), or a process whose budget is
+//! full, gets `RESOURCE_EXHAUSTED` at once instead of another answer to hold.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
+use vknf_runtime::{Category, Charge, ClientBudget, FunctionInfo};
 
+use crate::body::AnswerCharge;
 use crate::error::OipError;
 use crate::input::{check_header, rows_from_contents, rows_from_raw};
 use crate::schema::{datatype, output_shape, select_outputs};
@@ -41,7 +49,29 @@ impl GrpcService {
         error.into()
     }
 
-    async fn infer(&self, request: ModelInferRequest, model: &Model) -> Result<ModelInferResponse, OipError> {
+    /// Charges an answer of `n_rows` rows of the `selected` outputs to `client`'s share (or the
+    /// process's budget when the request came some other way than through the port).
+    fn reserve_answer(
+        &self,
+        client: Option<&ClientBudget>,
+        info: &FunctionInfo,
+        n_rows: usize,
+        selected: &[usize],
+    ) -> Result<Charge, OipError> {
+        let bytes = answer_bytes(info, n_rows, selected);
+        match client {
+            Some(client) => client.try_charge_in_share(Category::Unsent, bytes),
+            None => self.inference.budget().try_charge(Category::Unsent, bytes),
+        }
+        .map_err(|refusal| OipError::Overloaded(refusal.to_string()))
+    }
+
+    async fn infer(
+        &self,
+        request: ModelInferRequest,
+        model: &Model,
+        client: Option<&ClientBudget>,
+    ) -> Result<(ModelInferResponse, Charge), OipError> {
         let info = &model.info;
         let [input] = request.inputs.as_slice() else {
             return Err(OipError::BadRequest(format!(
@@ -70,9 +100,10 @@ impl GrpcService {
         .map_err(OipError::BadRequest)?;
         let selected =
             select_outputs(info, request.outputs.iter().map(|o| o.name.as_str())).map_err(OipError::BadRequest)?;
+        let answer = self.reserve_answer(client, info, n_rows, &selected)?;
         let mut outputs = self.inference.infer(model, rows, &selected).await?;
         let n_rows = outputs.n_rows as i64;
-        Ok(ModelInferResponse {
+        let response = ModelInferResponse {
             model_name: model.name(),
             model_version: String::new(),
             id: request.id,
@@ -91,8 +122,21 @@ impl GrpcService {
                 })
                 .collect(),
             raw_output_contents: selected.iter().map(|&index| Bytes::from(outputs.take(index))).collect(),
-        })
+        };
+        Ok((response, answer))
     }
+}
+
+/// Protocol buffer bytes of an answer besides its tensors' data (names, datatypes, shapes, tags),
+/// more than they take.
+const ANSWER_OVERHEAD: usize = 256;
+
+/// What an answer of `n_rows` rows of the `selected` outputs takes, encoded.
+fn answer_bytes(info: &FunctionInfo, n_rows: usize, selected: &[usize]) -> usize {
+    selected
+        .iter()
+        .map(|&index| n_rows.saturating_mul(info.outputs[index].row_bytes()) + ANSWER_OVERHEAD)
+        .fold(ANSWER_OVERHEAD, usize::saturating_add)
 }
 
 #[tonic::async_trait]
@@ -153,14 +197,19 @@ impl GrpcInferenceService for GrpcService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let client = request.extensions().get::<ClientBudget>().cloned();
         let request = request.into_inner();
         let model = match self.inference.model(&request.model_name, &request.model_version).await {
             Ok(model) => model,
             Err(error) => return Err(self.fail(None, error)),
         };
         model.count(Protocol::Grpc);
-        match self.infer(request, &model).await {
-            Ok(response) => Ok(Response::new(response)),
+        match self.infer(request, &model, client.as_ref()).await {
+            Ok((response, answer)) => {
+                let mut response = Response::new(response);
+                response.extensions_mut().insert(AnswerCharge::new(answer));
+                Ok(response)
+            }
             Err(error) => Err(self.fail(Some(&model), error)),
         }
     }

@@ -33,5 +33,5 @@ mod service;
 pub use config::OipConfig;
 pub use error::OipError;
 pub use reply::Outputs;
-pub use server::OipServer;
+pub use server::{OipServer, tls_connection_budget};
 pub use service::{BINARY_TENSOR_DATA, Inference, Model, Protocol, Readiness, ServerMetadata};

@@ -11,6 +11,8 @@ use http_body_util::{BodyExt as _, Full};
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
 
+use vknf_runtime::ClientBudget;
+
 use crate::body::{Budget, Chunks, Held};
 use crate::config::OipConfig;
 use crate::error::OipError;
@@ -80,11 +82,12 @@ fn error_response(error: &OipError) -> Response<ResponseBody> {
     )
 }
 
-/// Answers one REST request.
+/// Answers one REST request; its body is charged to `client` (the connection) too, within its share.
 pub async fn respond<B>(
     inference: &Inference,
     config: &OipConfig,
     budget: &Budget,
+    client: &ClientBudget,
     request: Request<B>,
 ) -> Response<ResponseBody>
 where
@@ -92,7 +95,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut model = None;
-    let result = handle(inference, config, budget, request, &mut model).await;
+    let result = handle(inference, config, budget, client, request, &mut model).await;
     result.unwrap_or_else(|error| {
         inference.count_error(Protocol::Rest, model.as_ref(), &error);
         error_response(&error)
@@ -103,6 +106,7 @@ async fn handle<B>(
     inference: &Inference,
     config: &OipConfig,
     budget: &Budget,
+    client: &ClientBudget,
     request: Request<B>,
     model_slot: &mut Option<Model>,
 ) -> Result<Response<ResponseBody>, OipError>
@@ -141,7 +145,7 @@ where
         Route::Infer { model, version } => {
             let model = model_slot.insert(inference.model(&model, &version).await?);
             model.count(Protocol::Rest);
-            infer(inference, config, budget, model, request).await
+            infer(inference, config, budget, client, model, request).await
         }
     }
 }
@@ -156,6 +160,7 @@ async fn infer<B>(
     inference: &Inference,
     config: &OipConfig,
     budget: &Budget,
+    client: &ClientBudget,
     model: &Model,
     request: Request<B>,
 ) -> Result<Response<ResponseBody>, OipError>
@@ -173,7 +178,7 @@ where
                 .ok_or_else(|| OipError::BadRequest(format!("{HEADER_LENGTH} is not a number")))?,
         ),
     };
-    let (body, _held) = read_body(config, budget, request).await?;
+    let (body, _held) = read_body(config, budget, client, request).await?;
     let decoded = decode_request(&model.info, body, header_length).map_err(OipError::BadRequest)?;
     let outputs = inference.infer(model, decoded.rows.clone(), &decoded.selected).await?;
     let name = model.name();
@@ -198,7 +203,12 @@ where
 /// Reads a body of at most the configured size within the body timeout, charging its bytes to the
 /// server's budget (held until the answer is sent); a larger declared length is refused before
 /// anything is read.
-async fn read_body<B>(config: &OipConfig, budget: &Budget, request: Request<B>) -> Result<(Bytes, Held), OipError>
+async fn read_body<B>(
+    config: &OipConfig,
+    budget: &Budget,
+    client: &ClientBudget,
+    request: Request<B>,
+) -> Result<(Bytes, Held), OipError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -244,7 +254,7 @@ where
                 limit: limit as u64,
             });
         }
-        match budget.take(data.len()) {
+        match budget.take(client, data.len()) {
             Ok(taken) => held.merge(taken),
             Err(over) => {
                 // As for a body over the limit: the client may still be sending it.

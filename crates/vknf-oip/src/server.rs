@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tower_service::Service as _;
-use vknf_runtime::Runtime;
+use vknf_runtime::{Category, ClientBudget, MemoryBudget, Runtime};
+use vknf_tls::{ConnectionBudget, Reservation};
 
-use crate::body::{Budget, Budgeted, Deadline};
+use crate::body::{AnswerCharge, Budget, Budgeted, Deadline, Metered, Unwritten, Written};
 use crate::config::OipConfig;
 use crate::grpc::{GrpcService, proto::grpc_inference_service_server::GrpcInferenceServiceServer, service};
 use crate::rest::{ResponseBody, respond};
@@ -46,9 +47,12 @@ impl OipServer {
         addr: SocketAddr,
         runtime: Runtime,
         readiness: Readiness,
-        config: OipConfig,
+        mut config: OipConfig,
     ) -> std::io::Result<OipServer> {
         let listener = TcpListener::bind(addr).await?;
+        config.tls = config
+            .tls
+            .map(|tls| tls.with_connection_budget(tls_connection_budget(runtime.budget())));
         let addr = listener.local_addr()?;
         let budget = Budget::new(config.max_buffered_bytes, runtime.budget().clone());
         let inference = Arc::new(Inference::new(runtime, readiness));
@@ -90,6 +94,17 @@ impl OipServer {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+}
+
+/// Reserves each TLS connection's buffers from the process's memory budget (category `tls`).
+pub fn tls_connection_budget(budget: &MemoryBudget) -> ConnectionBudget {
+    let budget = budget.clone();
+    ConnectionBudget::new(move |bytes| {
+        budget
+            .try_charge(Category::Tls, bytes)
+            .map(|charge| Box::new(charge) as Reservation)
+            .map_err(|refusal| refusal.to_string())
+    })
 }
 
 fn builder(config: &OipConfig) -> auto::Builder<TokioExecutor> {
@@ -173,9 +188,13 @@ async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    // One account per connection: its share of the budget, and its answers not yet written.
+    let client = shared.budget.process().client();
+    let unwritten = Unwritten::new(&client);
+    let stream = Written::new(stream, unwritten.clone());
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(dispatch(&shared, request).await) }
+        let (shared, client, unwritten) = (shared.clone(), client.clone(), unwritten.clone());
+        async move { Ok::<_, Infallible>(dispatch(&shared, &client, unwritten, request).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
@@ -201,17 +220,29 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn dispatch(shared: &Shared, request: Request<Incoming>) -> http::Response<ResponseBody> {
-    if is_grpc(&request) {
+/// Answers one request; its response body's bytes go into the connection's `unwritten` as hyper
+/// takes them.
+async fn dispatch(
+    shared: &Shared,
+    client: &ClientBudget,
+    unwritten: Unwritten,
+    request: Request<Incoming>,
+) -> http::Response<ResponseBody> {
+    let response = if is_grpc(&request) {
         let timeout = shared.config.body_timeout;
         let budget = shared.budget.clone();
-        let request = request.map(|body| Budgeted::new(Deadline::new(body, timeout), budget));
+        let mut request = request.map(|body| Budgeted::new(Deadline::new(body, timeout), budget, client.clone()));
+        // The service charges the answer to the connection's share (see `grpc`).
+        request.extensions_mut().insert(client.clone());
         let mut grpc = shared.grpc.clone();
         match grpc.call(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
     } else {
-        respond(&shared.inference, &shared.config, &shared.budget, request).await
-    }
+        respond(&shared.inference, &shared.config, &shared.budget, client, request).await
+    };
+    let (mut parts, body) = response.into_parts();
+    let answer = parts.extensions.remove::<AnswerCharge>();
+    http::Response::from_parts(parts, ResponseBody::new(Metered::new(body, unwritten, answer.as_ref())))
 }

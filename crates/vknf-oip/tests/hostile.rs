@@ -508,12 +508,16 @@ async fn request_bodies_and_responses_are_charged_to_the_process_memory_budget()
     let (status, answer) = post(addr, "/v2/models/forest/infer", &big).await;
     assert_eq!(status, 503, "{answer}");
     let message = answer["error"].as_str().unwrap();
-    assert!(message.contains("retry later"), "{message}");
-    assert_eq!(
-        budget.refusals(vknf_runtime::Category::Receiving, "receiving_full")
-            + budget.refusals(vknf_runtime::Category::Receiving, "budget_full"),
-        1
+    // Refused once, for the budget or for the connection's share of it (8 KiB, less than a read).
+    assert!(
+        message.contains("retry later") || message.contains("what one connection may hold"),
+        "{message}"
     );
+    let refusals: u64 = ["receiving_full", "budget_full", "share_full", "larger_than_share"]
+        .iter()
+        .map(|reason| budget.refusals(vknf_runtime::Category::Receiving, reason))
+        .sum();
+    assert_eq!(refusals, 1);
 
     // A request that fits is answered as usual; its body, queued rows and response were charged and
     // are all given back.

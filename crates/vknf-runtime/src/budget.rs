@@ -6,6 +6,8 @@
 //!   receiving (<= half) ----+---- queued (runtime admission) ----+---- unsent (outboxes)
 //!                           |                                    |
 //!   ClientBudget (one per connection): its own bytes of the three, against its share
+//!
+//!   tls: each TLS connection's rustls buffers, at their bound, from accept to close
 //! ```
 //!
 //! Charges are RAII guards ([`Charge`], [`Account`]): dropping one gives its bytes back, however the
@@ -39,13 +41,17 @@ pub enum Category {
     Receiving,
     /// Input bytes of calls the runtime admitted and has not answered.
     Queued,
-    /// Answers computed and not yet taken by their client (held in a connection's outbox).
+    /// Answers computed and not yet taken by their client (held in a connection's outbox, an HTTP
+    /// response body, or an HTTP/2 connection's send buffer).
     Unsent,
+    /// The buffers of TLS connections (rustls' buffered plaintext and records), charged at their
+    /// bound for as long as each connection lives.
+    Tls,
 }
 
 impl Category {
     /// Every category, in the order of their counters.
-    pub const ALL: [Category; 3] = [Category::Receiving, Category::Queued, Category::Unsent];
+    pub const ALL: [Category; 4] = [Category::Receiving, Category::Queued, Category::Unsent, Category::Tls];
 
     /// The metrics' `category` label.
     pub fn label(self) -> &'static str {
@@ -53,6 +59,7 @@ impl Category {
             Category::Receiving => "receiving",
             Category::Queued => "queued",
             Category::Unsent => "unsent",
+            Category::Tls => "tls",
         }
     }
 
@@ -88,6 +95,19 @@ pub enum Refusal {
         /// What requests being received may hold.
         limit: usize,
     },
+    /// The client (connection) already holds its share of the budget (retry once it has read its
+    /// answers).
+    #[error(
+        "this connection holds {used} of the {share} bytes of the server's memory budget one connection may hold ({requested} more asked for); read the answers or retry later"
+    )]
+    ShareFull {
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes the client held when asked.
+        used: usize,
+        /// One client's share.
+        share: usize,
+    },
     /// The bytes are more than one client may ever hold: retrying cannot help.
     #[error("{requested} bytes exceed what one connection may hold of the server's memory budget ({share} bytes)")]
     LargerThanShare {
@@ -105,6 +125,7 @@ impl Refusal {
             Refusal::BudgetFull { .. } => "budget_full",
             Refusal::ReceivingFull { .. } => "receiving_full",
             Refusal::LargerThanShare { .. } => "larger_than_share",
+            Refusal::ShareFull { .. } => "share_full",
         }
     }
 
@@ -114,7 +135,7 @@ impl Refusal {
     }
 }
 
-const REASONS: [&str; 3] = ["budget_full", "receiving_full", "larger_than_share"];
+const REASONS: [&str; 4] = ["budget_full", "receiving_full", "larger_than_share", "share_full"];
 
 /// Labels of a category.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,13 +160,14 @@ struct Shared {
     share_gauge: Gauge,
     used: Gauge,
     peak: Gauge,
-    by_category: [Gauge; 3],
+    by_category: [Gauge; 4],
     categories: Family<CategoryLabels, Gauge>,
     refusals: Family<RefusalLabels, Counter>,
     /// `refusal_counters[category][reason]`, looked up once for the pairs that occur (frames being
     /// received can meet every reason, admission and `Queued` holds no `receiving_full`, answers are
-    /// charged unconditionally), so that `/metrics` lists no series that cannot move.
-    refusal_counters: [[Option<Counter>; 3]; 3],
+    /// charged unconditionally or against the client's share, TLS connections against the budget
+    /// only), so that `/metrics` lists no series that cannot move.
+    refusal_counters: [[Option<Counter>; 4]; 4],
     waits: Counter,
 }
 
@@ -284,7 +306,8 @@ impl MemoryBudget {
                 let occurs = match category {
                     Category::Receiving => true,
                     Category::Queued => reason != "receiving_full",
-                    Category::Unsent => false,
+                    Category::Unsent => reason == "share_full" || reason == "budget_full",
+                    Category::Tls => reason == "budget_full",
                 };
                 occurs.then(|| refusals.get_or_create(&refusal_labels(category, reason)).clone())
             })
@@ -425,7 +448,7 @@ impl MemoryBudget {
         );
         r.register(
             "memory_category_bytes",
-            "Bytes charged to the memory budget, by category (receiving, queued, unsent)",
+            "Bytes charged to the memory budget, by category (receiving, queued, unsent, tls)",
             s.categories.clone(),
         );
         r.register(
@@ -483,6 +506,24 @@ impl ClientBudget {
 
     fn has_room(&self, bytes: usize) -> bool {
         self.used().saturating_add(bytes) <= self.share()
+    }
+
+    /// Charges `bytes` to `category`, to this client and to the process's budget, if the client's
+    /// share and the budget both have room: for front ends that cannot stop reading from one client
+    /// (an HTTP/2 connection multiplexes many requests) and refuse its requests instead.
+    pub fn try_charge_in_share(&self, category: Category, bytes: usize) -> Result<Charge, Refusal> {
+        self.check_share(category, bytes)?;
+        let used = self.used();
+        if used.saturating_add(bytes) > self.share() {
+            let refusal = Refusal::ShareFull {
+                requested: bytes,
+                used,
+                share: self.share(),
+            };
+            self.budget.shared.count_refusal(category, &refusal);
+            return Err(refusal);
+        }
+        self.try_charge(category, bytes)
     }
 
     /// Refuses (and counts) `bytes` that this client could never hold, even with nothing else charged.

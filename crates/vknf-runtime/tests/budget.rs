@@ -135,3 +135,64 @@ fn the_metrics_show_the_limit_the_categories_and_the_refusals() {
         "{text}"
     );
 }
+
+#[test]
+fn a_client_that_cannot_wait_is_refused_past_its_share_not_past_the_budget() {
+    let budget = MemoryBudget::with_client_share(1000, 300);
+    let (one, other) = (budget.client(), budget.client());
+    let unsent = one.account(Category::Unsent);
+    unsent.add(250);
+    let refused = one.try_charge_in_share(Category::Unsent, 100).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            Refusal::ShareFull {
+                used: 250,
+                share: 300,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(refused.is_retryable());
+    assert_eq!(budget.refusals(Category::Unsent, "share_full"), 1);
+    // Another client still has its share.
+    let theirs = other.try_charge_in_share(Category::Unsent, 300).unwrap();
+    assert_eq!((other.used(), budget.used()), (300, 550));
+    // Once the first has read its answers it has room again.
+    unsent.sub(250);
+    let mine = one.try_charge_in_share(Category::Unsent, 100).unwrap();
+    assert_eq!(one.used(), 100);
+    assert_eq!(
+        one.try_charge_in_share(Category::Unsent, 301).unwrap_err().label(),
+        "larger_than_share"
+    );
+    drop((theirs, mine, unsent));
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn tls_connections_have_their_own_category() {
+    let budget = MemoryBudget::new(1000);
+    let first = budget.try_charge(Category::Tls, 600).unwrap();
+    assert_eq!(
+        budget.try_charge(Category::Tls, 600).unwrap_err().label(),
+        "budget_full"
+    );
+    assert_eq!(budget.refusals(Category::Tls, "budget_full"), 1);
+    assert_eq!((budget.used_by(Category::Tls), budget.used()), (600, 600));
+    let mut registry = Registry::default();
+    budget.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("vknf_memory_category_bytes{category=\"tls\"} 600"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vknf_memory_refusals_total{category=\"tls\",reason=\"budget_full\"} 1"),
+        "{text}"
+    );
+    drop(first);
+    assert_eq!(budget.used(), 0);
+}

@@ -10,13 +10,17 @@
 //! - [`ClientTls`]: a client configuration from `--tls-ca` and an optional client certificate, for the
 //!   async and the blocking clients.
 //! - [`TlsError`]: what is wrong with which file, reported at start-up.
+//! - [`ConnectionBudget`]: every server connection's buffers are bounded
+//!   ([`CONNECTION_BUFFER_BYTES`]) and, with a budget, reserved from it while the connection lives.
 
+mod buffers;
 mod client;
 mod error;
 mod metrics;
 mod pem;
 mod server;
 
+pub use buffers::{AcceptedTcp, CONNECTION_BUFFER_BYTES, ConnectionBudget, Reservation, SEND_BUFFER_LIMIT};
 pub use client::{ClientTls, ClientTlsFiles, ClientTlsStream};
 pub use error::TlsError;
 pub use metrics::TlsMetrics;

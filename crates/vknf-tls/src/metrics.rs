@@ -19,11 +19,12 @@ pub struct TlsMetrics {
 }
 
 impl TlsMetrics {
-    /// Registers `vknf_tls_handshakes_total{port, result}` (`result`: `ok`, `timeout`, `failed`).
+    /// Registers `vknf_tls_handshakes_total{port, result}` (`result`: `ok`, `timeout`, `failed`,
+    /// `over_budget`: refused before the handshake, the memory budget having no room for its buffers).
     pub fn register(&self, registry: &mut Registry) {
         registry.sub_registry_with_prefix("vknf").register(
             "tls_handshakes",
-            "TLS handshakes by port and result (ok, timeout, failed)",
+            "TLS handshakes by port and result (ok, timeout, failed, over_budget)",
             self.handshakes.clone(),
         );
     }

@@ -4,13 +4,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use crate::buffers::{AcceptedTcp, ConnectionBudget, SEND_BUFFER_LIMIT};
 use crate::pem::{certificates, private_key, roots};
 use crate::{TlsError, TlsMetrics, provider};
 
-/// A TLS connection accepted by a server.
-pub type ServerTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// A TLS connection accepted by a server (its buffers bounded, and reserved while it lives when the
+/// server has a [`ConnectionBudget`]).
+pub type ServerTlsStream = tokio_rustls::server::TlsStream<AcceptedTcp>;
 
 /// The files of a server's TLS identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +33,7 @@ pub struct ServerTls {
     handshake_timeout: Duration,
     client_certificates_required: bool,
     metrics: TlsMetrics,
+    budget: Option<ConnectionBudget>,
 }
 
 /// Why a handshake did not complete.
@@ -41,7 +45,19 @@ pub enum HandshakeError {
     /// The handshake failed: not TLS, no or a bad client certificate, no common version or cipher.
     #[error("TLS handshake failed: {0}")]
     Failed(std::io::Error),
+    /// The server's memory budget cannot hold another connection's buffers; the client was sent an
+    /// `internal_error` alert before anything else.
+    #[error("TLS connection refused: {0}")]
+    OverBudget(String),
 }
+
+/// A plaintext TLS alert record: fatal `internal_error`, what a client sees of a refusal for want of
+/// memory (`openssl s_client`: "tlsv1 alert internal error").
+const INTERNAL_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+/// How long a refused connection's first bytes are read and dropped after the alert, so that closing
+/// it does not reset the connection before the client has read the alert.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 impl ServerTls {
     /// Default bound of a handshake: a client that connects and says nothing is cut after it.
@@ -74,6 +90,7 @@ impl ServerTls {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             client_certificates_required: files.client_ca.is_some(),
             metrics: TlsMetrics::default(),
+            budget: None,
         })
     }
 
@@ -100,6 +117,13 @@ impl ServerTls {
         self
     }
 
+    /// The same set-up reserving [`crate::CONNECTION_BUFFER_BYTES`] from `budget` for every connection,
+    /// from before its handshake until it is closed; a connection the budget cannot hold is refused.
+    pub fn with_connection_budget(mut self, budget: ConnectionBudget) -> ServerTls {
+        self.budget = Some(budget);
+        self
+    }
+
     /// The metrics handshakes are counted in.
     pub fn metrics(&self) -> &TlsMetrics {
         &self.metrics
@@ -116,10 +140,24 @@ impl ServerTls {
     }
 
     /// Runs the server side of a handshake on `stream`, bounded by the handshake timeout, and counts
-    /// its outcome under `port` (`binary`, `oip`, `ops`).
+    /// its outcome under `port` (`binary`, `oip`, `ops`). With a [`ConnectionBudget`], the connection's
+    /// buffers are reserved first; without room it is refused (an alert, then closed).
     pub async fn accept(&self, port: &'static str, stream: TcpStream) -> Result<ServerTlsStream, HandshakeError> {
+        let reservation = match self.budget.as_ref().map(ConnectionBudget::reserve_connection) {
+            None => None,
+            Some(Ok(reservation)) => Some(reservation),
+            Some(Err(reason)) => {
+                self.metrics.count(port, "over_budget");
+                tracing::warn!(port, %reason, "TLS connection refused: no memory for its buffers");
+                refuse(stream).await;
+                return Err(HandshakeError::OverBudget(reason));
+            }
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
-        let result = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+        let accepting = acceptor.accept_with(AcceptedTcp::new(stream, reservation), |connection| {
+            connection.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+        });
+        let result = match tokio::time::timeout(self.handshake_timeout, accepting).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(error)) => Err(HandshakeError::Failed(error)),
             Err(_) => Err(HandshakeError::TimedOut(self.handshake_timeout)),
@@ -128,6 +166,7 @@ impl ServerTls {
             Ok(_) => "ok",
             Err(HandshakeError::TimedOut(_)) => "timeout",
             Err(HandshakeError::Failed(_)) => "failed",
+            Err(HandshakeError::OverBudget(_)) => "over_budget",
         };
         self.metrics.count(port, outcome);
         if let Err(error) = &result {
@@ -135,6 +174,16 @@ impl ServerTls {
         }
         result
     }
+}
+
+/// Sends a refused connection a fatal alert and closes it, after reading (and dropping) what the client
+/// sent meanwhile for a moment, so that the close is not a reset that could discard the alert.
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream.write_all(&INTERNAL_ERROR_ALERT).await;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
 }
 
 fn client_verifier(path: &Path) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {

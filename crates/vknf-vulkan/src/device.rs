@@ -28,10 +28,12 @@ pub(crate) struct QueueFamily {
     pub(crate) family: u32,
     pub(crate) queues: Vec<Mutex<vk::Queue>>,
     next: AtomicUsize,
+    /// How many functions' leases use each queue (see `queues`).
+    pub(crate) owners: Mutex<Vec<usize>>,
 }
 
 impl QueueFamily {
-    /// Streams are spread over the family's queues round-robin.
+    /// Streams of no function are spread over the family's queues round-robin.
     pub(crate) fn pick(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len()
     }
@@ -48,10 +50,12 @@ pub struct MemoryReport {
     pub allocations: usize,
 }
 
-/// A logical Vulkan device. Cheap to clone; buffers, pipelines and streams keep it alive.
+/// A logical Vulkan device. Cheap to clone; buffers, pipelines and streams keep it alive. A view made
+/// by [`Device::for_function`] is the same device whose streams take queues for one function.
 #[derive(Clone)]
 pub struct Device {
     pub(crate) shared: Arc<DeviceShared>,
+    pub(crate) lease: Option<Arc<crate::queues::QueueLease>>,
 }
 
 pub(crate) struct DeviceShared {
@@ -140,6 +144,7 @@ impl Device {
                 .map(|i| Mutex::new(unsafe { raw.get_device_queue(family, i) }))
                 .collect(),
             next: AtomicUsize::new(0),
+            owners: Mutex::new(vec![0; count.min(MAX_QUEUES_PER_FAMILY) as usize]),
         };
         let compute = open_family(compute_family.index, compute_family.count);
         let transfer = transfer_family.map(|f| open_family(f.index, f.count));
@@ -178,6 +183,7 @@ impl Device {
                 pipeline_cache,
                 spirv_env,
             }),
+            lease: None,
         })
     }
 

@@ -16,9 +16,12 @@ use crate::pipeline::{BindGroup, Pipeline};
 const SPIN_BEFORE_BLOCKING: Duration = Duration::from_micros(50);
 
 /// A submission stream: one queue of a family and a timeline semaphore counting its submissions.
-/// Several streams may exist per device (they spread over the family's queues).
+/// Several streams may exist per device (they spread over the family's queues; a function's streams
+/// over queues apart from other functions', see [`Device::for_function`]).
 pub struct Stream {
     device: Arc<DeviceShared>,
+    /// The function's queues, held while its streams live.
+    _lease: Option<Arc<crate::queues::QueueLease>>,
     kind: QueueKind,
     family: u32,
     queue: usize,
@@ -108,11 +111,16 @@ impl Device {
         let info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
         // SAFETY: valid create info; destroyed by `Timeline::drop`.
         let raw = unsafe { shared.raw.create_semaphore(&info, None) }.call("vkCreateSemaphore")?;
+        let queue = match &self.lease {
+            Some(lease) => lease.pick(kind),
+            None => family.pick(),
+        };
         Ok(Stream {
             device: shared.clone(),
+            _lease: self.lease.clone(),
             kind,
             family: family.family,
-            queue: family.pick(),
+            queue,
             timeline: Arc::new(Timeline {
                 device: shared.clone(),
                 raw,

@@ -145,8 +145,12 @@ pub struct Server {
 impl Server {
     /// Starts a server with no functions (call [`Server::reconcile`] or
     /// [`Server::watch_directory`]). Must be called inside a Tokio runtime.
-    pub fn start(config: ServerConfig, loader: Arc<dyn FunctionLoader>) -> Server {
+    pub fn start(mut config: ServerConfig, loader: Arc<dyn FunctionLoader>) -> Server {
         let runtime = Runtime::new(loader, config.runtime_settings());
+        // Every TLS connection of every port reserves its buffers from the process's memory budget.
+        config.tls = config
+            .tls
+            .map(|tls| tls.with_connection_budget(vknf_oip::tls_connection_budget(runtime.budget())));
         let server_metrics = ServerMetrics::default();
         let mut registry = Registry::default();
         runtime.register_metrics(&mut registry);
