@@ -139,10 +139,17 @@ impl Inference {
                 version: version.to_owned(),
             });
         }
-        let info = function
-            .function
-            .info()
-            .ok_or_else(|| OipError::UnknownModel(name.to_owned()))?;
+        // A quarantined function has no engine, hence no schema, for a while: it is unavailable (503,
+        // UNAVAILABLE), not unknown.
+        let info = match function.function.info() {
+            Some(info) => info,
+            None => {
+                return Err(match function.function.quarantined() {
+                    Some(why) => OipError::Call(vknf_runtime::CallError::Quarantined(why)),
+                    None => OipError::UnknownModel(name.to_owned()),
+                });
+            }
+        };
         Ok(Model {
             function: function.function,
             info,
@@ -152,7 +159,10 @@ impl Inference {
 
     /// Whether the model is ready: loaded, and not failed after a device loss.
     pub async fn model_ready(&self, name: &str, version: &str) -> Result<bool, OipError> {
-        let model = self.model(name, version).await?;
+        let model = match self.model(name, version).await {
+            Err(OipError::Call(vknf_runtime::CallError::Quarantined(_))) => return Ok(false),
+            other => other?,
+        };
         Ok(!model.function.is_closing() && self.runtime.failure(model.function.name()).is_none())
     }
 

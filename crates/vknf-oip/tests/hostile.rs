@@ -535,3 +535,62 @@ async fn request_bodies_and_responses_are_charged_to_the_process_memory_budget()
     assert_eq!(budget.used(), 0, "every charge is given back");
     assert_eq!(fixture.server.buffered_bytes(), 0);
 }
+
+/// A function quarantined after its kernel missed a deadline is unavailable, not unknown: its
+/// metadata and calls answer 503 and its readiness is false until the back-off ends and it is loaded
+/// again, when it answers as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_model_is_unavailable_not_unknown() {
+    let settings = RuntimeSettings {
+        quarantine_backoff: Duration::from_secs(2),
+        ..RuntimeSettings::default()
+    };
+    let fixture = start(settings, OipConfig::default()).await;
+    let data = rows(3, 5);
+    let expected = in_process(&fixture.runtime, data.clone()).await;
+    let next_run = fixture.gate.runs.load(Ordering::SeqCst);
+    fixture.gate.miss_deadline_on_run.store(next_run, Ordering::SeqCst);
+    let (status, answer) = post(fixture.addr(), "/v2/models/forest/infer", &infer_body(&data, 3)).await;
+    assert_eq!(status, 503, "the call whose kernel missed its deadline: {answer}");
+    // The loss report is handled by the runtime's recovery task: the quarantine follows shortly.
+    let function = fixture.runtime.get(FUNCTION).await.unwrap();
+    for _ in 0..500 {
+        if function.quarantined().is_some() && function.info().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(function.quarantined().is_some(), "the function is quarantined");
+
+    let addr = fixture.addr();
+    let get = move |path: &'static str| async move {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = exchange(addr, &head, b"").await;
+        (status, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+    };
+    let (status, body) = get("/v2/models/forest").await;
+    assert_eq!(status, 503, "metadata while quarantined: {body}");
+    assert!(body.to_string().contains("quarantined"), "{body}");
+    let (status, body) = get("/v2/models/forest/ready").await;
+    assert_eq!(
+        (status, &body["ready"]),
+        (400, &json!(false)),
+        "a quarantined model is known, not ready"
+    );
+    let (status, answer) = post(fixture.addr(), "/v2/models/forest/infer", &infer_body(&data, 3)).await;
+    assert_eq!(status, 503, "{answer}");
+
+    // After the back-off the function is loaded again and answers as before.
+    let mut answered = None;
+    for _ in 0..200 {
+        let (status, answer) = post(fixture.addr(), "/v2/models/forest/infer", &infer_body(&data, 3)).await;
+        if status == 200 {
+            answered = Some(answer);
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = answered.expect("the function serves again after its back-off");
+    assert_eq!(outputs(&answer).0, expected.0);
+}

@@ -947,3 +947,59 @@ async fn late_frames_body() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_function_is_described_as_lost_and_the_connection_stays() {
+    common::bounded(a_quarantined_function_is_described_as_lost_and_the_connection_stays_body()).await;
+}
+
+/// While a function is quarantined (its kernel missed a deadline), DESCRIBE answers DEVICE_LOST, as
+/// calls do, not SHUTTING_DOWN (which means the connection is closing): the connection serves again
+/// once the function is back.
+async fn a_quarantined_function_is_described_as_lost_and_the_connection_stays_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = forest(31);
+    write_forest_manifest(dir.path(), "f", &model, 64, 0);
+    let gate = Gate::new();
+    gate.miss_deadline_on_run.store(1, Ordering::SeqCst);
+    let config = ServerConfig {
+        quarantine_backoff: Duration::from_secs(2),
+        ..common::test_config()
+    };
+    let server = common::start_server_with(dir.path(), config, Arc::new(GatedLoader::cpu(gate.clone()))).await;
+    let client = Client::connect(addr(&server, "f")).await.unwrap();
+    let rows = random_rows(10, FEATURES, &mut rand::rng());
+    client.infer(FEATURES as u32, &rows, 0).await.unwrap();
+    let missed = client.infer(FEATURES as u32, &rows, 0).await.map_err(|e| e.code());
+    assert_eq!(missed.unwrap_err(), Some(ErrorCode::DeviceLost));
+    let mut described_lost = false;
+    for _ in 0..500 {
+        match client.describe().await {
+            Err(error) if error.code() == Some(ErrorCode::DeviceLost) => {
+                described_lost = true;
+                break;
+            }
+            Err(error) => assert_ne!(error.code(), Some(ErrorCode::ShuttingDown), "{error}"),
+            Ok(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(described_lost, "DESCRIBE while quarantined answers DEVICE_LOST");
+    // Back after the back-off, on the same connection.
+    let mut answered = None;
+    for _ in 0..500 {
+        if let Ok(answer) = client.infer(FEATURES as u32, &rows, 0).await {
+            answered = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_matches_reference(
+        &model,
+        &rows,
+        &answered.expect("served again after the back-off"),
+        false,
+    );
+    assert!(client.describe().await.is_ok());
+    server.shutdown().await;
+}

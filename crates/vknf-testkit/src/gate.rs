@@ -20,6 +20,9 @@ pub struct Gate {
     pub waiting: AtomicUsize,
     /// Run number (0-based) that reports device loss; usize::MAX for none.
     pub lose_device_on_run: AtomicUsize,
+    /// Run number (0-based) whose kernel "misses its deadline" (the function is quarantined and the
+    /// device reset); usize::MAX for none.
+    pub miss_deadline_on_run: AtomicUsize,
     /// Calls of `FunctionLoader::reset`.
     pub resets: AtomicUsize,
     /// Functions loaded.
@@ -38,6 +41,7 @@ impl Gate {
     pub fn new() -> Arc<Gate> {
         let gate = Gate::default();
         gate.lose_device_on_run.store(usize::MAX, Ordering::SeqCst);
+        gate.miss_deadline_on_run.store(usize::MAX, Ordering::SeqCst);
         Arc::new(gate)
     }
 
@@ -197,6 +201,11 @@ impl Lane for GatedLane {
     fn run(&mut self, n_rows: usize, mask: u32) -> Result<(), ExecError> {
         self.gate.pass();
         let run = self.gate.runs.fetch_add(1, Ordering::SeqCst);
+        if run == self.gate.miss_deadline_on_run.load(Ordering::SeqCst) {
+            return Err(ExecError::DeadlineMissed(format!(
+                "run {run} missed its deadline (injected by the test)"
+            )));
+        }
         if run == self.gate.lose_device_on_run.load(Ordering::SeqCst) {
             self.gate.lose_device(self.device);
         }

@@ -359,8 +359,14 @@ impl Connection {
 
     async fn handle_describe(&mut self, request_id: u64) -> bool {
         let Some(info) = self.function.info() else {
+            // No engine: quarantined for a while (answered as calls are, DEVICE_LOST, and the
+            // connection stays), or closing.
+            let error = match self.function.quarantined() {
+                Some(why) => vknf_runtime::CallError::Quarantined(why),
+                None => vknf_runtime::CallError::ShuttingDown("the function is shutting down".into()),
+            };
             return self
-                .send_error(request_id, ErrorCode::ShuttingDown, "the function is shutting down")
+                .send_error(request_id, super::reply::error_code(&error), &error.to_string())
                 .await;
         };
         let mut frame = BytesMut::new();
