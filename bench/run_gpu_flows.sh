@@ -22,7 +22,7 @@
 # Usage: bench/run_gpu_flows.sh [OUT_DIR]   (env: REPS=5, SHARDS=1,2,4,8,14, WORK, KEEP)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-out="$(mkdir -p "${1:-$repo/results/flows-gpu-host}" && cd "${1:-$repo/results/flows-gpu-host}" && pwd)"
+out="$(mkdir -p "${1:-$repo/bench/results/flows-gpu-host}" && cd "${1:-$repo/bench/results/flows-gpu-host}" && pwd)"
 bench="${BENCH_PCAP:-$repo/.device/bench_pcap}"
 base="${BASE_CAPTURE:-$repo/.device/flows-base.pcap}"
 work="${WORK:-/tmp/vknf-flows}"
