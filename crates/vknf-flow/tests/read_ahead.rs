@@ -12,9 +12,14 @@ use std::path::Path;
 use proptest::prelude::*;
 use vknf_flow::{PacketSource, PcapFile, SourceError};
 
-/// Every frame of a source as (time, link, bytes, length on the wire), then the error if any
-/// (its variant and offset).
-fn drain(mut source: PcapFile) -> (Vec<(u64, String, Vec<u8>, u32)>, Option<String>) {
+/// A frame as (time, link, bytes, length on the wire).
+type Frame = (u64, String, Vec<u8>, u32);
+
+/// What a source gave: its frames, then the error if any (its variant and offset).
+type Read = (Vec<Frame>, Option<String>);
+
+/// Every frame of a source, then the error if any.
+fn drain(mut source: PcapFile) -> Read {
     let mut frames = Vec::new();
     loop {
         match source.next_packet() {
@@ -32,7 +37,7 @@ fn drain(mut source: PcapFile) -> (Vec<(u64, String, Vec<u8>, u32)>, Option<Stri
     }
 }
 
-fn both_ways(path: &Path) -> [(Vec<(u64, String, Vec<u8>, u32)>, Option<String>); 2] {
+fn both_ways(path: &Path) -> [Read; 2] {
     let bytes = std::fs::read(path).unwrap();
     let ahead = drain(PcapFile::open(path).unwrap());
     let direct = drain(PcapFile::from_reader("mem", Cursor::new(bytes)).unwrap());

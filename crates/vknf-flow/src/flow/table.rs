@@ -239,6 +239,10 @@ pub struct FlowTable {
     free: Vec<u32>,
     /// Boxes of ended flows, for new ones (an allocation and a free less a flow); at most
     /// [`SPARE_FLOWS`].
+    #[allow(
+        clippy::vec_box,
+        reason = "the boxes themselves are what is kept, to go back into `slots`"
+    )]
     spare: Vec<Box<Flow>>,
     /// Expiry and eviction order; entries whose flow ended or whose `queued` moved are stale and
     /// skipped when they come first.
