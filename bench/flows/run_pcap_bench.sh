@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# pcap to features, vknf against NFStream, per core, on the same file: vknf's file pipeline on one
-# thread (crates/vknf-flow/examples/bench_pcap.rs: read, decode, flow table, reassembly, TLS
-# framing, one feature row per flow; also the file read alone and the pipeline on frames already
-# in memory), then NFStream in its fastest metering configuration (bench/flows/nfstream_bench.py).
+# pcap to features, vknf against NFStream, per core, on the same file: vknf's file pipeline
+# (crates/vknf-flow/examples/bench_pcap.rs: read, decode, flow table, reassembly, TLS framing, one
+# feature row per flow; also the file read alone and the pipeline on frames already in memory), on
+# one thread (--direct) and as `PcapFile::open` runs it (the file read a block ahead on a second
+# thread; CPU counted for both), then NFStream in its fastest metering configuration
+# (bench/flows/nfstream_bench.py).
 # Figures are medians; per core = packets per CPU-second of the process (its threads and, for
 # NFStream, its meter process), which on a shared machine is steadier than wall time (also shown).
 # Usage: bench/flows/run_pcap_bench.sh CAPTURE OUT_DIR [VKNF_REPS] [NFSTREAM_REPS]
@@ -23,6 +25,7 @@ python="${NFSTREAM_PYTHON:-/work/main/.venv-nfstream/bin/python}"
     capinfos -c -s -u "$capture" | tail -n +2
 } | tee "$out/machine.txt"
 "$target/release/examples/bench_pcap" "$capture" --reps "$vknf_reps" --read-only --in-memory | tee "$out/log-vknf.txt"
+"$target/release/examples/bench_pcap" "$capture" --reps "$vknf_reps" --direct | tee "$out/log-vknf-one-thread.txt"
 packets=$(grep -oE '^capture: [0-9]+ frames' "$out/log-vknf.txt" | grep -oE '[0-9]+')
 "$python" "$repo/bench/flows/nfstream_bench.py" "$capture" --reps "$nf_reps" --packets "$packets" \
     --json "$out/nfstream.json" | tee "$out/log-nfstream.txt"

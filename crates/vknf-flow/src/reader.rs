@@ -64,11 +64,11 @@ impl<S: PacketSource> Iterator for FlowReader<S> {
                 Ok(Some(packet)) => {
                     let stats = self.table.stats_mut();
                     stats.frames += 1;
-                    let decoded = match packet.link {
-                        Some(link) => decode(link, packet.data),
-                        None => Err(DropReason::UnsupportedLink),
-                    };
-                    match decoded {
+                    match packet
+                        .link
+                        .ok_or(DropReason::UnsupportedLink)
+                        .and_then(|link| decode(link, packet.data))
+                    {
                         Ok(segment) => self.table.process(packet.ts_ns, &segment, &mut self.scratch),
                         Err(reason) => stats.count_drop(reason),
                     }

@@ -1,6 +1,7 @@
 //! Packet sources: capture files and live interfaces.
 
 pub mod pcap_file;
+mod read_ahead;
 
 #[cfg(feature = "live")]
 pub mod live;

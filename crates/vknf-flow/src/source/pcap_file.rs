@@ -1,5 +1,6 @@
 //! pcap and pcapng files. Classic pcap, the common case and the simplest format, is read here:
-//! large reads into one buffer, each frame handed out as a slice of it (no copy per packet).
+//! large reads into one buffer, each frame handed out as a slice of it (no copy per packet); a
+//! file opened by path is read a block ahead on a second thread ([`super::read_ahead`]).
 //! pcapng is read block by block with `pcap-parser` in a bounded buffer.
 
 use std::fs::File;
@@ -10,6 +11,7 @@ use pcap_parser::pcapng::Block;
 use pcap_parser::traits::PcapReaderIterator;
 use pcap_parser::{PcapBlockOwned, PcapError, create_reader};
 
+use super::read_ahead::{HEADROOM, ReadAhead};
 use super::{PacketRef, PacketSource, SourceError};
 use crate::decode::LinkType;
 
@@ -30,9 +32,17 @@ struct Interface {
 /// Bytes read from the file at a time for classic pcap.
 const LEGACY_BUFFER: usize = 1 << 20;
 
+/// Where a classic pcap file's bytes come from.
+enum Feed {
+    /// `read` calls on the parsing thread.
+    Direct(Box<dyn Read + Send>),
+    /// Blocks read by a second thread.
+    Ahead(ReadAhead),
+}
+
 /// A classic pcap file after its 24-byte header.
 struct Legacy {
-    reader: Box<dyn Read + Send>,
+    reader: Feed,
     /// Unread bytes are `buf[start..end]`.
     buf: Vec<u8>,
     start: usize,
@@ -55,6 +65,10 @@ impl Legacy {
 
     #[cold]
     fn refill(&mut self, n: usize) -> std::io::Result<bool> {
+        let reader = match &mut self.reader {
+            Feed::Direct(reader) => reader,
+            Feed::Ahead(_) => return self.refill_ahead(n),
+        };
         while self.end - self.start < n {
             if self.eof {
                 return Ok(false);
@@ -68,11 +82,49 @@ impl Legacy {
                     self.buf.resize(n.next_power_of_two(), 0);
                 }
             }
-            match self.reader.read(&mut self.buf[self.end..]) {
+            match reader.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
                 Ok(read) => self.end += read,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`Legacy::refill`] from blocks read ahead: the next block becomes the buffer, with the
+    /// unread bytes (a frame's start) put in its headroom, in front of its first byte.
+    fn refill_ahead(&mut self, n: usize) -> std::io::Result<bool> {
+        let Feed::Ahead(ahead) = &mut self.reader else {
+            return Ok(false);
+        };
+        while self.end - self.start < n {
+            if self.eof {
+                return Ok(false);
+            }
+            let mut block = ahead.next_block()?;
+            if block.len == 0 {
+                self.eof = true;
+                ahead.recycle(block.buf);
+                continue;
+            }
+            let unread = self.end - self.start;
+            if unread <= HEADROOM {
+                let at = HEADROOM - unread;
+                block.buf[at..HEADROOM].copy_from_slice(&self.buf[self.start..self.end]);
+                ahead.recycle(std::mem::replace(&mut self.buf, block.buf));
+                self.start = at;
+                self.end = HEADROOM + block.len;
+            } else {
+                // A frame longer than the headroom: the buffer grows and the block is appended.
+                self.buf.copy_within(self.start..self.end, 0);
+                self.start = 0;
+                self.end = unread + block.len;
+                if self.buf.len() < self.end {
+                    self.buf.resize(self.end, 0);
+                }
+                self.buf[unread..self.end].copy_from_slice(&block.buf[HEADROOM..HEADROOM + block.len]);
+                ahead.recycle(block.buf);
             }
         }
         Ok(true)
@@ -115,18 +167,27 @@ pub struct PcapFile {
 }
 
 impl PcapFile {
-    /// Opens a capture file.
+    /// Opens a capture file. A classic pcap file is read a block ahead by a second thread, which
+    /// takes the copying of the file's bytes off the thread that parses them.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SourceError> {
         let name = path.as_ref().display().to_string();
         let file = File::open(path.as_ref()).map_err(|source| SourceError::Io {
             path: name.clone(),
             source,
         })?;
-        Self::from_reader(name, file)
+        Self::from_reader_with(name, file, true)
     }
 
-    /// Reads a capture from any reader; `name` is used in errors.
-    pub fn from_reader(name: impl Into<String>, mut reader: impl Read + Send + 'static) -> Result<Self, SourceError> {
+    /// Reads a capture from any reader, on the calling thread; `name` is used in errors.
+    pub fn from_reader(name: impl Into<String>, reader: impl Read + Send + 'static) -> Result<Self, SourceError> {
+        Self::from_reader_with(name, reader, false)
+    }
+
+    fn from_reader_with(
+        name: impl Into<String>,
+        mut reader: impl Read + Send + 'static,
+        read_ahead: bool,
+    ) -> Result<Self, SourceError> {
         let path = name.into();
         let io_error = |path: &str, source| SourceError::Io {
             path: path.to_string(),
@@ -168,9 +229,15 @@ impl PcapFile {
                 u32::from_le_bytes(linktype)
             };
             file.offset = 24;
+            let (reader, buf) = if read_ahead {
+                let ahead = ReadAhead::start(reader).map_err(|e| io_error(&file.path, e))?;
+                (Feed::Ahead(ahead), Vec::new())
+            } else {
+                (Feed::Direct(Box::new(reader)), vec![0; LEGACY_BUFFER])
+            };
             file.reader = Some(Format::Legacy(Legacy {
-                reader: Box::new(reader),
-                buf: vec![0; LEGACY_BUFFER],
+                reader,
+                buf,
                 start: 0,
                 end: 0,
                 eof: false,
