@@ -1,6 +1,8 @@
 //! A logical device: its queues (a dedicated compute family and a transfer-only family where the
 //! hardware has them), its memory allocator and its on-disk pipeline cache.
 
+pub(crate) mod queues;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -55,7 +57,7 @@ pub struct MemoryReport {
 #[derive(Clone)]
 pub struct Device {
     pub(crate) shared: Arc<DeviceShared>,
-    pub(crate) lease: Option<Arc<crate::queues::QueueLease>>,
+    pub(crate) lease: Option<Arc<queues::QueueLease>>,
 }
 
 pub(crate) struct DeviceShared {

@@ -21,7 +21,7 @@ const SPIN_BEFORE_BLOCKING: Duration = Duration::from_micros(50);
 pub struct Stream {
     device: Arc<DeviceShared>,
     /// The function's queues, held while its streams live.
-    _lease: Option<Arc<crate::queues::QueueLease>>,
+    _lease: Option<Arc<crate::device::queues::QueueLease>>,
     kind: QueueKind,
     family: u32,
     queue: usize,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::device::{Device, DeviceShared, QueueKind};
+use super::{Device, DeviceShared, QueueKind};
 
 /// What a new stream of a function does, given how many functions use each queue of the family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
