@@ -5,6 +5,7 @@
 //! ([`serve_ops`], from a [`Server`]) and the Kubernetes agent (its own metrics merged in) share
 //! the same accept loop and the same responses.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use vknf_tls::ServerTls;
 
 use crate::server::Server;
@@ -111,7 +111,7 @@ pub async fn serve_ops(listener: TcpListener, server: Server, shutdown: impl Fut
 /// slow nor idle connections may take file descriptors or memory without limit.
 #[derive(Debug, Clone)]
 pub struct OpsLimits {
-    /// Open connections at most; more are closed as soon as they are accepted.
+    /// Open connections at most; at the cap the oldest is closed when another is accepted.
     pub max_connections: usize,
     /// A request's headers must arrive within this, and an idle keep-alive connection is closed after it.
     pub header_timeout: Duration,
@@ -158,7 +158,11 @@ pub async fn serve_ops_tls(
 ) {
     let tls = tls.map(|tls| tls.with_alpn(&[vknf_tls::alpn::HTTP_1_1]));
     let mut connections = JoinSet::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Open connections, oldest first. At the cap the oldest is closed to make room for the new one:
+    // refusing the newcomer instead would let a flood of connections that never finish a request keep
+    // every liveness probe out for their whole header timeout.
+    let mut open: VecDeque<AbortHandle> = VecDeque::new();
+    let cap = limits.max_connections.max(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -172,10 +176,13 @@ pub async fn serve_ops_tls(
                         continue;
                     }
                 };
-                // At the cap the connection is closed at once: its descriptor is not kept.
-                let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+                if open.len() >= cap
+                    && let Some(oldest) = open.pop_front()
+                {
+                    oldest.abort();
+                }
                 let (source, limits, tls) = (source.clone(), limits.clone(), tls.clone());
-                connections.spawn(async move {
+                let connection = connections.spawn(async move {
                     // The lifetime bound covers the handshake too.
                     let _ = tokio::time::timeout(limits.max_connection_lifetime, async {
                         match tls {
@@ -188,10 +195,16 @@ pub async fn serve_ops_tls(
                         }
                     })
                     .await;
-                    drop(slot);
                 });
+                open.push_back(connection);
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(error) => error.id(),
+                };
+                open.retain(|connection| connection.id() != id);
+            }
             () = &mut shutdown => break,
         }
     }
@@ -339,7 +352,7 @@ mod tests {
         }
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET /livez HTTP/1.1\r\nHo").await.unwrap();
-        // Those over the cap are closed at once; the others when their headers are late.
+        // The oldest are closed as newer ones arrive past the cap; the others when their headers are late.
         let mut closed = 0;
         for stream in idle.iter_mut().chain(std::iter::once(&mut slow)) {
             let mut byte = [0u8; 1];
@@ -350,6 +363,49 @@ mod tests {
         }
         assert_eq!(closed, 41, "every idle or slow connection was closed");
         assert!(send(addr, "GET", "/livez").await.starts_with("HTTP/1.1 200"));
+        let _ = stop.send(());
+        serving.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_silent_connections_cannot_keep_a_probe_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let source = OpsSource {
+            metrics: Arc::new(String::new),
+            readiness: Arc::new(|| Ok("ready\n".into())),
+        };
+        // Headers may take half a minute: the flood holds every slot for the whole test unless evicted.
+        let limits = OpsLimits {
+            max_connections: 8,
+            header_timeout: Duration::from_secs(30),
+            max_connection_lifetime: Duration::from_secs(60),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve_ops_with_limits(listener, source, limits, async move {
+            let _ = stopped.await;
+        }));
+        let mut flood = Vec::new();
+        for _ in 0..40 {
+            flood.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Every slot is taken by a silent connection, yet the probe is answered.
+        for _ in 0..3 {
+            let answer = tokio::time::timeout(Duration::from_secs(10), send(addr, "GET", "/livez"))
+                .await
+                .expect("the probe is answered while the flood holds the slots");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        // The oldest of the flood were closed to make room; at most the cap stay open.
+        let mut closed = 0;
+        for stream in flood.iter_mut() {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await;
+            if matches!(read, Ok(Ok(0) | Err(_))) {
+                closed += 1;
+            }
+        }
+        assert!(closed >= 40 - 8, "{closed} of 40 silent connections closed");
         let _ = stop.send(());
         serving.await.unwrap();
     }
