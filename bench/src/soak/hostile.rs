@@ -18,7 +18,7 @@ use vknf_protocol::{
 
 use super::counters::Counters;
 use super::net::{Dialer, Incoming, RawConn};
-use super::server::busy_reference;
+use vknf_testkit::drill::busy_reference;
 
 /// What every hostile client needs to know.
 #[derive(Clone)]

@@ -7,9 +7,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use vknf_functions::DType;
-use vknf_functions::families::generic::{ABI_PARAM, AbiInput, AbiOutput, AbiRowCount, BindingRef, GenericAbi};
+use vknf_functions::families::generic::ABI_PARAM;
 use vknf_manifest::{DEFAULT_PART_BYTES, ManifestRequest, build_objects};
+use vknf_testkit::drill::busy_abi;
 
 use super::net::{Dialer, http_once};
 
@@ -112,37 +112,6 @@ pub fn write_manifests(dir: &Path, setup: &ServerSetup, vkf: &[u8]) -> anyhow::R
         write_objects(&dir.join("busy.yaml"), &request)?;
     }
     Ok(())
-}
-
-/// `busy_rows.comp` wired as a generic function: each u32 row is a number of generator steps.
-fn busy_abi() -> GenericAbi {
-    let at = |binding| BindingRef { set: 0, binding };
-    GenericAbi {
-        input: AbiInput {
-            at: at(0),
-            width: 1,
-            dtype: DType::U32,
-        },
-        resident: vec![],
-        outputs: vec![AbiOutput {
-            at: at(1),
-            name: "value".into(),
-            dtype: DType::U32,
-            width: 1,
-            on_request: false,
-        }],
-        row_count: AbiRowCount {
-            push_constant_offset: 0,
-        },
-        accepts_nan: false,
-    }
-}
-
-/// What `busy_rows` computes for row `row` of `steps` steps.
-pub fn busy_reference(row: u32, steps: u32) -> u32 {
-    (0..steps).fold(row, |value, _| {
-        value.wrapping_mul(1_664_525).wrapping_add(1_013_904_223)
-    })
 }
 
 fn write_objects(path: &Path, request: &ManifestRequest<'_>) -> anyhow::Result<()> {

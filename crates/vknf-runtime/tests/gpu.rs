@@ -11,8 +11,8 @@ use vknf_functions::{DType, GpuLoader};
 use vknf_runtime::{Call, CallError, Rows, Runtime, RuntimeSettings};
 use vknf_vulkan::DeviceSelector;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_cpu() {
+/// The GPU loader (validation layer on) and a runtime over it with two lanes per function.
+fn gpu_runtime() -> (Arc<GpuLoader>, Runtime) {
     let loader = Arc::new(GpuLoader::new(true, DeviceSelector::from_env().unwrap()).expect("a Vulkan device"));
     let settings = RuntimeSettings {
         lanes_per_function: 2,
@@ -20,6 +20,12 @@ async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_c
         ..RuntimeSettings::default()
     };
     let runtime = Runtime::new(loader.clone(), settings);
+    (loader, runtime)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_cpu() {
+    let (loader, runtime) = gpu_runtime();
     let rules = some_rules();
     let spec = acl_gpu_spec("default/acl", rules.len());
     let acl = runtime.load(spec, Some(rule_bytes(&rules).into()), None).await.unwrap();
@@ -77,13 +83,7 @@ async fn integer_rows_reach_a_generic_kernel_bit_for_bit_and_forests_match_the_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_calls_reach_a_gpu_lane_whole_and_their_non_finite_values_are_found() {
     const FEATURES: usize = 9;
-    let loader = Arc::new(GpuLoader::new(true, DeviceSelector::from_env().unwrap()).expect("a Vulkan device"));
-    let settings = RuntimeSettings {
-        lanes_per_function: 2,
-        drain_timeout: Duration::from_secs(20),
-        ..RuntimeSettings::default()
-    };
-    let runtime = Runtime::new(loader.clone(), settings);
+    let (loader, runtime) = gpu_runtime();
     let forest = vknf_testkit::synthetic::random_classifier(FEATURES, 4, 12, 6, 11);
     let function = runtime
         .load(

@@ -10,35 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use vknf_functions::families::generic::{ABI_PARAM, AbiInput, AbiOutput, AbiRowCount, BindingRef, GenericAbi};
-use vknf_functions::{DType, FunctionSpec, GpuLoader};
+use vknf_functions::families::generic::ABI_PARAM;
+use vknf_functions::{FunctionSpec, GpuLoader};
 use vknf_runtime::{Call, CallError, DeviceHealth, FunctionHandle, Metrics, Rows, Runtime, RuntimeSettings};
+use vknf_testkit::drill::busy_reference;
 use vknf_vulkan::DeviceSelector;
 
 const FEATURES: usize = 5;
 
 /// The `busy_rows` kernel as a generic function: each row is a number of generator steps.
 fn busy_spec(deadline_ms: u64) -> FunctionSpec {
-    let at = |binding| BindingRef { set: 0, binding };
-    let abi = GenericAbi {
-        input: AbiInput {
-            at: at(0),
-            width: 1,
-            dtype: DType::U32,
-        },
-        resident: vec![],
-        outputs: vec![AbiOutput {
-            at: at(1),
-            name: "value".into(),
-            dtype: DType::U32,
-            width: 1,
-            on_request: false,
-        }],
-        row_count: AbiRowCount {
-            push_constant_offset: 0,
-        },
-        accepts_nan: false,
-    };
+    let abi = vknf_testkit::drill::busy_abi();
     let mut spec = FunctionSpec::new(
         "busy",
         "generic",
@@ -50,13 +32,6 @@ fn busy_spec(deadline_ms: u64) -> FunctionSpec {
     spec.params.insert("deadline-ms".into(), deadline_ms.to_string());
     spec.max_batch_rows = Some(HEAVY_ROWS);
     spec
-}
-
-/// What `busy_rows` computes for row `row` of `steps` steps.
-fn busy_reference(row: u32, steps: u32) -> u32 {
-    (0..steps).fold(row, |value, _| {
-        value.wrapping_mul(1_664_525).wrapping_add(1_013_904_223)
-    })
 }
 
 async fn light_call(busy: &FunctionHandle) -> Result<(), CallError> {

@@ -328,23 +328,36 @@ mod tests {
         assert_eq!(without_values("functions not loaded yet"), "functions not loaded yet");
     }
 
-    #[tokio::test]
-    async fn idle_and_excess_connections_cannot_lock_the_endpoint_out() {
+    /// An endpoint that is always ready, served within `limits`: its address, how to stop it, and the
+    /// task serving it.
+    async fn serve_within(
+        limits: OpsLimits,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let source = OpsSource {
             metrics: Arc::new(String::new),
             readiness: Arc::new(|| Ok("ready\n".into())),
         };
-        let limits = OpsLimits {
-            max_connections: 8,
-            header_timeout: Duration::from_millis(300),
-            max_connection_lifetime: Duration::from_secs(10),
-        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(serve_ops_with_limits(listener, source, limits, async move {
             let _ = stopped.await;
         }));
+        (addr, stop, serving)
+    }
+
+    #[tokio::test]
+    async fn idle_and_excess_connections_cannot_lock_the_endpoint_out() {
+        let (addr, stop, serving) = serve_within(OpsLimits {
+            max_connections: 8,
+            header_timeout: Duration::from_millis(300),
+            max_connection_lifetime: Duration::from_secs(10),
+        })
+        .await;
         // Forty connections that never send a byte, and one that sends half a request head.
         let mut idle = Vec::new();
         for _ in 0..40 {
@@ -369,22 +382,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_silent_connections_cannot_keep_a_probe_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let source = OpsSource {
-            metrics: Arc::new(String::new),
-            readiness: Arc::new(|| Ok("ready\n".into())),
-        };
         // Headers may take half a minute: the flood holds every slot for the whole test unless evicted.
-        let limits = OpsLimits {
+        let (addr, stop, serving) = serve_within(OpsLimits {
             max_connections: 8,
             header_timeout: Duration::from_secs(30),
             max_connection_lifetime: Duration::from_secs(60),
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(serve_ops_with_limits(listener, source, limits, async move {
-            let _ = stopped.await;
-        }));
+        })
+        .await;
         let mut flood = Vec::new();
         for _ in 0..40 {
             flood.push(tokio::net::TcpStream::connect(addr).await.unwrap());

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod drill;
 pub mod gate;
 pub mod parity;
 pub mod pki;
