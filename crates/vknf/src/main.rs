@@ -2,6 +2,11 @@
 
 mod cmd;
 
+/// jemalloc returns freed memory to the system within seconds (its decay), where glibc's malloc kept a
+/// long-running server's freed frame buffers and per-thread arenas resident.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 
 /// Vulkan network functions: SPIR-V kernels as network functions on any Vulkan GPU.
