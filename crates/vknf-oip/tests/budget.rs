@@ -5,7 +5,6 @@
 //! with an alert.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -16,51 +15,24 @@ use tokio::net::TcpStream;
 use vknf_oip::grpc::proto::model_infer_request::InferInputTensor;
 use vknf_oip::grpc::proto::{ModelInferRequest, ModelInferResponse};
 use vknf_oip::{OipConfig, OipServer};
-use vknf_runtime::{Call, Category, FunctionSpec, MemoryBudget, Rows, Runtime, RuntimeSettings};
-use vknf_testkit::gate::{Gate, GatedLoader};
+use vknf_runtime::{Call, Category, MemoryBudget, Rows, Runtime, RuntimeSettings};
+use vknf_testkit::gate::Gate;
 use vknf_testkit::pki::TestPki;
 use vknf_tls::{CONNECTION_BUFFER_BYTES, ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
-const FEATURES: usize = 4;
-const CLASSES: usize = 3;
-const FUNCTION: &str = "default/forest";
+mod common;
+
+use common::{CLASSES, FEATURES, FUNCTION, rows, serve_forest};
 /// Rows of one call: its answer (a label and three scores a row) is 32,000 bytes.
 const ROWS: usize = 2000;
 const ANSWER_BYTES: usize = ROWS * (4 + 4 * CLASSES);
 
 async fn start(memory_budget: usize, config: OipConfig) -> (Runtime, OipServer) {
-    let runtime = Runtime::new(
-        Arc::new(GatedLoader::cpu(Gate::new())),
-        RuntimeSettings {
-            memory_budget,
-            ..RuntimeSettings::default()
-        },
-    );
-    let forest = vknf_testkit::synthetic::random_classifier(FEATURES, CLASSES, 5, 3, 11);
-    let spec = FunctionSpec::new(
-        FUNCTION,
-        "forest",
-        vknf_kernels::by_name("forest").expect("the forest kernel").to_vec(),
-    );
-    runtime
-        .load(spec, Some(forest.to_vkf_bytes().into()), None)
-        .await
-        .expect("the forest loads");
-    let server = OipServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        runtime.clone(),
-        Arc::new(|| true),
-        config,
-    )
-    .await
-    .expect("the port opens");
-    (runtime, server)
-}
-
-fn rows(n: usize, seed: usize) -> Vec<f32> {
-    (0..n * FEATURES)
-        .map(|i| (((i + seed) * 7919) % 200) as f32 / 100.0 - 1.0)
-        .collect()
+    let settings = RuntimeSettings {
+        memory_budget,
+        ..RuntimeSettings::default()
+    };
+    serve_forest(Gate::new(), settings, config, None).await
 }
 
 /// A `ModelInfer` call as gRPC puts it on the wire: a length-prefixed message.

@@ -16,13 +16,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use vknf_oip::{OipConfig, OipServer};
-use vknf_runtime::FunctionSpec;
 use vknf_runtime::{Call, Rows, Runtime, RuntimeSettings};
-use vknf_testkit::gate::{Gate, GatedLoader};
+use vknf_testkit::gate::Gate;
 
-const FEATURES: usize = 4;
-const CLASSES: usize = 3;
-const FUNCTION: &str = "default/forest";
+mod common;
+
+use common::{CLASSES, FEATURES, FUNCTION, rows, serve_forest};
 
 struct Fixture {
     runtime: Runtime,
@@ -38,35 +37,8 @@ impl Fixture {
 
 async fn start(settings: RuntimeSettings, config: OipConfig) -> Fixture {
     let gate = Gate::new();
-    let runtime = Runtime::new(Arc::new(GatedLoader::cpu(gate.clone())), settings);
-    let forest = vknf_testkit::synthetic::random_classifier(FEATURES, CLASSES, 5, 3, 11);
-    let spec = FunctionSpec {
-        max_batch_rows: Some(64),
-        ..FunctionSpec::new(
-            FUNCTION,
-            "forest",
-            vknf_kernels::by_name("forest").expect("the forest kernel").to_vec(),
-        )
-    };
-    runtime
-        .load(spec, Some(forest.to_vkf_bytes().into()), None)
-        .await
-        .expect("the forest loads");
-    let server = OipServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        runtime.clone(),
-        Arc::new(|| true),
-        config,
-    )
-    .await
-    .expect("the port opens");
+    let (runtime, server) = serve_forest(gate.clone(), settings, config, Some(64)).await;
     Fixture { runtime, server, gate }
-}
-
-fn rows(n: usize, seed: usize) -> Vec<f32> {
-    (0..n * FEATURES)
-        .map(|i| (((i + seed) * 7919) % 200) as f32 / 100.0 - 1.0)
-        .collect()
 }
 
 /// One HTTP/1.1 exchange on a fresh connection; the server closes it after answering.
