@@ -809,10 +809,7 @@ impl ForestLane {
             // to device memory before its dispatch.
             let copy = self.device_input.as_ref().map(|device_input| {
                 let start = (first * r.n_features * 4) as u64;
-                let end_padded = end
-                    .next_multiple_of(rows_per_group)
-                    .min(self.max_rows.next_multiple_of(rows_per_group));
-                (device_input, start, (end_padded * r.n_features * 4) as u64 - start)
+                (device_input, start, self.input_bytes(end) - start)
             });
             let input = &self.input;
             let record = |rec: &mut vknf_vulkan::Recorder<'_>| {

@@ -22,6 +22,19 @@ pub struct Rows {
     dtype: DType,
 }
 
+/// Copies `src` into `dst` in blocks of `block` bytes with `copy`, scanning each block for a NaN or an
+/// infinity right after copying it; says whether it found one.
+fn copy_checked_in_blocks(dst: &mut [u8], src: &[u8], block: usize, copy: impl Fn(&mut [u8], &[u8])) -> bool {
+    dst.chunks_mut(block)
+        .zip(src.chunks(block))
+        .fold(false, |seen, (to, from)| {
+            copy(to, from);
+            seen | from
+                .chunks(vknf_functions::NON_FINITE_BLOCK)
+                .any(vknf_functions::any_non_finite)
+        })
+}
+
 /// Owns a vector of 4-byte elements and lends it as bytes, so that `Bytes` can share it without a copy.
 struct ElementBytes<T: bytemuck::Pod>(Vec<T>);
 
@@ -140,25 +153,10 @@ impl Rows {
         if to_device {
             // Streaming copies end with a store fence: in blocks large enough to make it cheap, and still
             // in the core's cache (they were just read) when they are scanned.
-            return dst
-                .chunks_mut(DEVICE_COPY_BLOCK)
-                .zip(src.chunks(DEVICE_COPY_BLOCK))
-                .fold(false, |seen, (to, from)| {
-                    vknf_functions::copy_to_device(to, from);
-                    seen | from
-                        .chunks(vknf_functions::NON_FINITE_BLOCK)
-                        .any(vknf_functions::any_non_finite)
-                });
+            copy_checked_in_blocks(dst, src, DEVICE_COPY_BLOCK, vknf_functions::copy_to_device)
+        } else {
+            copy_checked_in_blocks(dst, src, vknf_functions::NON_FINITE_BLOCK, <[u8]>::copy_from_slice)
         }
-        let mut seen = false;
-        for (to, from) in dst
-            .chunks_mut(vknf_functions::NON_FINITE_BLOCK)
-            .zip(src.chunks(vknf_functions::NON_FINITE_BLOCK))
-        {
-            to.copy_from_slice(from);
-            seen |= vknf_functions::any_non_finite(from);
-        }
-        seen
     }
 
     /// The first non-finite value among rows `first..first + count`: (row, feature), rows counted from 0.
