@@ -325,11 +325,7 @@ fn lose_one(
     std::thread::scope(|scope| -> anyhow::Result<Loss> {
         let run = scope.spawn(|| callers(function, shape, args.callers, &stop, &answered, &failed));
         std::thread::sleep(Duration::from_secs_f64(0.5));
-        let before_calls = answered.load(Ordering::Relaxed);
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(args.seconds / 3.0));
-        let rows_per_s_before =
-            (answered.load(Ordering::Relaxed) - before_calls) as f64 * rows / started.elapsed().as_secs_f64();
+        let rows_per_s_before = rate_over(&answered, rows, Duration::from_secs_f64(args.seconds / 3.0));
         let at_loss = answered.load(Ordering::Relaxed);
         let lost_at = Instant::now();
         loader
@@ -346,11 +342,7 @@ fn lose_one(
         }
         let recovery = lost_at.elapsed();
         let during = answered.load(Ordering::Relaxed) - at_loss;
-        let after_start = Instant::now();
-        let after_calls = answered.load(Ordering::Relaxed);
-        std::thread::sleep(Duration::from_secs_f64(args.seconds / 3.0));
-        let rows_per_s_after =
-            (answered.load(Ordering::Relaxed) - after_calls) as f64 * rows / after_start.elapsed().as_secs_f64();
+        let rows_per_s_after = rate_over(&answered, rows, Duration::from_secs_f64(args.seconds / 3.0));
         stop.store(true, Ordering::Relaxed);
         run.join().map_err(|_| anyhow::anyhow!("callers panicked"))??;
         let loss = Loss {
