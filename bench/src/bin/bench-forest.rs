@@ -62,6 +62,9 @@ struct Args {
     /// `host-memory` or `staged` (default: the kernel's choice).
     #[arg(long, value_parser = parse_input_path)]
     input_path: Option<InputPath>,
+    /// Direct shares of the staged path to time in the input-path table (`ForestOptions::direct_share`).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0f32, vknf_functions::forest::DEFAULT_DIRECT_SHARE])]
+    direct_shares: Vec<f32>,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -317,7 +320,14 @@ fn main() -> anyhow::Result<()> {
             "label_mismatches_vs_cpu_reference": mismatches,
         }));
     }
-    let input_paths = input_path_table(&device, &forest, &rows, &reference.labels, args.runs)?;
+    let input_paths = input_path_table(
+        &device,
+        &forest,
+        &rows,
+        &reference.labels,
+        args.runs,
+        &args.direct_shares,
+    )?;
     let small_batches = if args.small_batches {
         small_batch_table(&device, &forest, &rows, &reference.labels, args.runs, chosen)?
     } else {
@@ -430,13 +440,18 @@ fn input_path_table(
     rows: &Rows,
     reference: &[u32],
     runs: usize,
+    direct_shares: &[f32],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut table = Vec::new();
     println!("input paths (e2e median us by pipelined chunks; kernel us of one dispatch):");
-    for path in [InputPath::Direct, InputPath::HostMemory, InputPath::Staged] {
+    let variants = [(InputPath::Direct, None), (InputPath::HostMemory, None)]
+        .into_iter()
+        .chain(direct_shares.iter().map(|share| (InputPath::Staged, Some(*share))));
+    for (path, direct_share) in variants {
         let options = ForestOptions {
             input_path: Some(path),
             small_batch_rows: Some(0),
+            direct_share,
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(device, forest, &options)?;
@@ -489,8 +504,9 @@ fn input_path_table(
             }));
         }
         println!(
-            "  {:?} ({}x{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
+            "  {:?}{} ({}x{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
             config.input_path,
+            direct_share.map_or(String::new(), |share| format!(" direct share {share:.2}")),
             config.rows_per_group,
             config.tree_lanes,
             kernel_stats.as_ref().map(|k| k.median_us.round()),

@@ -11,8 +11,8 @@ use vknf_forest::{
     apply_post_transform_le,
 };
 use vknf_vulkan::{
-    BindGroup, Buffer, CommandList, Device, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream, Ticket,
-    Timestamps, copy_streaming,
+    BindGroup, Buffer, CommandList, Device, HostGate, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream,
+    Ticket, Timestamps, copy_streaming,
 };
 
 /// Errors of the GPU forest.
@@ -72,7 +72,20 @@ pub struct ForestOptions {
     /// written, so that the host's writes overlap the GPU's work. `None` chooses per batch from its
     /// input bytes ([`ForestKernel::pipeline_chunks`]).
     pub pipeline_chunks: Option<usize>,
+    /// Staged path, whole batches handed to [`ForestLane::predict`]: the share (0 to 1) of each
+    /// dispatch's rows the host writes straight into the GPU's memory while the rest is copied there by
+    /// DMA, so that both ways into the GPU carry rows at once. Needs the device buffer in host-visible
+    /// device memory (resizable BAR); elsewhere every row takes the DMA. `None`: [`DEFAULT_DIRECT_SHARE`].
+    pub direct_share: Option<f32>,
+    /// Staged path: copy rows on a transfer stream of their own (`None`: where the device has a
+    /// dedicated transfer queue family; elsewhere the copy is part of the kernel's command list, which
+    /// saves a semaphore between queues). `Some(true)` on a device without one uses a second stream of
+    /// the compute family, e.g. to exercise the transfer-queue path on a CPU driver.
+    pub transfer_stream: Option<bool>,
 }
+
+/// Default of [`ForestOptions::direct_share`].
+pub const DEFAULT_DIRECT_SHARE: f32 = 0.4;
 
 /// Default of [`ForestOptions::small_batch_rows`].
 pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
@@ -113,6 +126,11 @@ pub struct KernelConfig {
     pub small_batch: Option<SmallBatchConfig>,
     /// Fixed number of pipelined dispatches per `predict` batch; `None` when chosen per batch.
     pub pipeline_chunks: Option<u32>,
+    /// Staged path: the share of a `predict` batch's rows written straight into device memory (0 on the
+    /// other paths; a lane whose device buffer is not host-visible device memory copies every row).
+    pub direct_share: f32,
+    /// Staged path: rows are copied on a transfer stream of their own rather than in the kernel's list.
+    pub transfer_stream: bool,
 }
 
 impl KernelConfig {
@@ -278,6 +296,22 @@ impl ForestKernel {
             },
             small_batch,
             pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
+            direct_share: 0.0,
+            transfer_stream: false,
+        };
+        let config = KernelConfig {
+            direct_share: match config.input_path {
+                InputPath::Staged => {
+                    let share = options.direct_share.unwrap_or(DEFAULT_DIRECT_SHARE);
+                    if share.is_finite() { share.clamp(0.0, 1.0) } else { 0.0 }
+                }
+                _ => 0.0,
+            },
+            transfer_stream: config.input_path == InputPath::Staged
+                && options
+                    .transfer_stream
+                    .unwrap_or_else(|| device.has_dedicated_transfer()),
+            ..config
         };
 
         let kernel = Kernel::new(device, spirv, entry_point)?;
@@ -449,6 +483,13 @@ pub struct ForestLane {
     chunks_recorded: Option<(usize, usize, bool)>,
     // The batch in flight was pipelined: only its last chunk's kernel is left when finish() starts.
     poll_finish: bool,
+    // Opened by the host as each pipelined chunk's rows are written.
+    gate: HostGate,
+    // The gate's tickets of the pipelined batch being written, one per chunk.
+    chunk_written: Vec<Ticket>,
+    // Staged input in host-visible device memory: the share of each `predict` dispatch's rows the host
+    // writes there itself.
+    direct_share: Option<f32>,
 }
 
 /// What a finished batch produced, borrowed from the lane's readback buffers.
@@ -498,6 +539,26 @@ fn copy_rows(buffer: &Buffer, offset: usize, rows: &[f32]) -> Result<(), ForestE
     Ok(())
 }
 
+/// Rows of a dispatch of `n_rows` written straight into device memory with a direct `share`: at least one
+/// row is left to the DMA, whose copy may not be empty.
+fn direct_rows(share: Option<f32>, n_rows: usize) -> usize {
+    share.map_or(0, |share| {
+        ((n_rows as f32 * share).round() as usize).min(n_rows.saturating_sub(1))
+    })
+}
+
+/// The device buffer staged rows are copied into: host-visible device memory where the lane writes a
+/// share of each batch there itself, and where the driver has it (resizable BAR); else device memory.
+fn staged_target(device: &Device, bytes: u64, direct_share: f32) -> Result<Buffer, ForestError> {
+    if direct_share > 0.0 {
+        let upload = device.create_buffer("forest input", bytes, MemoryKind::Upload)?;
+        if upload.is_device_local() {
+            return Ok(upload);
+        }
+    }
+    Ok(device.create_buffer("forest input", bytes, MemoryKind::DeviceLocal)?)
+}
+
 /// How long a lane polls for the completion of a batch on the small-batch pipeline before it blocks
 /// (bulk batches poll for the runtime's default, then sleep in the driver).
 const SMALL_BATCH_POLL: Duration = Duration::from_micros(250);
@@ -522,7 +583,7 @@ impl ForestLane {
         let (input, device_input) = match r.config.input_path {
             InputPath::Staged => (
                 device.create_buffer("forest input (pinned)", input_bytes, MemoryKind::Readback)?,
-                Some(device.create_buffer("forest input", input_bytes, MemoryKind::DeviceLocal)?),
+                Some(staged_target(device, input_bytes, r.config.direct_share)?),
             ),
             InputPath::Direct => (
                 device.create_buffer("forest input (upload)", input_bytes, MemoryKind::Upload)?,
@@ -552,10 +613,15 @@ impl ForestLane {
         let bind_group = r.pipeline.bind(&bindings)?;
         let small_bind_group = r.small_pipeline.as_ref().map(|p| p.bind(&bindings)).transpose()?;
         let compute = device.stream(QueueKind::Compute)?;
-        let transfer = (device_input.is_some() && device.has_dedicated_transfer())
+        let transfer = (device_input.is_some() && r.config.transfer_stream)
             .then(|| device.stream(QueueKind::Transfer))
             .transpose()?;
         let timestamps = device.create_timestamps(2).ok();
+        let gate = device.host_gate()?;
+        let direct_share = device_input
+            .as_ref()
+            .filter(|target| target.kind() == MemoryKind::Upload && r.config.direct_share > 0.0)
+            .map(|_| r.config.direct_share);
         Ok(ForestLane {
             kernel,
             max_rows,
@@ -576,7 +642,16 @@ impl ForestLane {
             chunk_uploads: Vec::new(),
             chunks_recorded: None,
             poll_finish: false,
+            gate,
+            chunk_written: Vec::new(),
+            direct_share,
         })
+    }
+
+    /// The share of each `predict` dispatch's rows this lane writes straight into device memory (staged
+    /// path with host-visible device memory), if any: [`ForestOptions::direct_share`].
+    pub fn direct_share(&self) -> Option<f32> {
+        self.direct_share
     }
 
     /// Largest batch this lane takes.
@@ -684,6 +759,12 @@ impl ForestLane {
         (rows * self.n_features() * 4) as u64
     }
 
+    /// Rows of a `predict` dispatch of `n_rows` that the host writes straight into device memory: the
+    /// lane's direct share, leaving at least one row to the DMA (whose copy may not be empty).
+    fn direct_rows(&self, n_rows: usize) -> usize {
+        direct_rows(self.direct_share, n_rows)
+    }
+
     /// Starts the first `n_rows` staged rows on the GPU. Wait with [`ForestLane::finish`].
     pub fn submit(&mut self, n_rows: usize, want_scores: bool) -> Result<(), ForestError> {
         if self.pending.is_some() {
@@ -731,7 +812,12 @@ impl ForestLane {
         if reject_nan {
             if let Some(row) = labels.iter().position(|l| *l == NAN_ROW) {
                 let nf = self.n_features();
-                let values: Vec<f32> = self.input.read_vec(row * nf, nf)?;
+                // The rows the kernel read: in the device buffer where the host wrote a share there.
+                let source = match &self.device_input {
+                    Some(target) if self.direct_share.is_some() => target,
+                    _ => &self.input,
+                };
+                let values: Vec<f32> = source.read_vec(row * nf, nf)?;
                 let feature = values.iter().position(|v| v.is_nan()).unwrap_or(0);
                 return Err(ForestError::Input(format!(
                     "row {row} feature {feature} is NaN, and this model has no missing-value routing"
@@ -806,9 +892,10 @@ impl ForestLane {
                 _ => (self.bind_group.clone(), (end - first).div_ceil(rows_per_group) as u32),
             };
             // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
-            // to device memory before its dispatch.
+            // to device memory before its dispatch, but for its direct share, which the host writes there.
+            let staged_from = first + self.direct_rows(end - first);
             let copy = self.device_input.as_ref().map(|device_input| {
-                let start = (first * r.n_features * 4) as u64;
+                let start = (staged_from * r.n_features * 4) as u64;
                 (device_input, start, self.input_bytes(end) - start)
             });
             let input = &self.input;
@@ -823,8 +910,8 @@ impl ForestLane {
                 Some(list) => list.rerecord(record)?,
                 None => lists.push(self.compute.record(record)?),
             }
-            if let (Some((device_input, offset, bytes)), Some(transfer)) = (copy, &self.transfer)
-                && on_transfer_queue
+            if let (Some((device_input, offset, bytes)), Some(transfer), true) =
+                (copy, &self.transfer, on_transfer_queue)
             {
                 let upload = |rec: &mut vknf_vulkan::Recorder<'_>| rec.copy(input, offset, device_input, offset, bytes);
                 match uploads.get_mut(index) {
@@ -850,7 +937,7 @@ impl ForestLane {
     pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         let nf = self.n_features();
         let n_rows = rows.len() / nf;
-        if chunks <= 1 || n_rows < 2 {
+        if (chunks <= 1 && self.direct_share.is_none()) || n_rows < 2 {
             self.write_rows(0, rows)?;
             return self.run(n_rows, want_scores);
         }
@@ -868,52 +955,96 @@ impl ForestLane {
         }
         self.record_chunks(n_rows, chunks, want_scores)?;
         let per_chunk = rows_per_chunk(n_rows, chunks, self.kernel.config().rows_per_group as usize);
-        let pieces: Vec<&[f32]> = rows.chunks(per_chunk * nf).collect();
+        let n_chunks = n_rows.div_ceil(per_chunk);
         let input = self.input.clone();
+        let direct = self.device_input.clone().filter(|_| self.direct_share.is_some());
+        let share = self.direct_share;
         let compute = &mut self.compute;
         let transfer = &mut self.transfer;
         let lists = &mut self.chunk_lists;
         let uploads = &mut self.chunk_uploads;
+        let gate = &mut self.gate;
+        // Every chunk's work is queued first, behind a ticket of the host gate that the host opens once
+        // the chunk's rows are written (its copy, if staged, then its dispatch): no submission sits
+        // between a write and the GPU's start, and the queueing overlaps the first chunk's write. The
+        // rows are host-coherent memory written before the gate opens (streaming stores end with a
+        // fence), so the work that waits sees them.
+        let written = &mut self.chunk_written;
+        written.clear();
+        written.extend((0..n_chunks).map(|_| gate.reserve()));
+        let written = &written[..];
+        // A chunk's rows: its direct share written into device memory while the rest goes to the pinned
+        // memory its DMA reads (both at once, each copy split over threads).
+        let write_chunk = |index: usize| -> Result<(), ForestError> {
+            let first_row = index * per_chunk;
+            let end_row = (first_row + per_chunk).min(n_rows);
+            let staged_from = first_row + direct_rows(share, end_row - first_row);
+            let values = |from: usize, to: usize| &rows[from * nf..to * nf];
+            match &direct {
+                Some(target) if staged_from > first_row => {
+                    let (written, staged) = rayon::join(
+                        || copy_rows(target, first_row * nf, values(first_row, staged_from)),
+                        || copy_rows(&input, staged_from * nf, values(staged_from, end_row)),
+                    );
+                    written.and(staged)
+                }
+                _ => copy_rows(&input, first_row * nf, values(first_row, end_row)),
+            }
+        };
         // The loop runs on a worker of the pool, so that each join below costs a push to its local
         // queue rather than a hand-off from an outside thread.
-        let last = rayon::scope(|_| -> Result<Option<Ticket>, ForestError> {
-            copy_rows(&input, 0, pieces[0])?;
-            let mut last: Option<Ticket> = None;
-            for (index, list) in lists.iter_mut().enumerate().take(pieces.len()) {
-                let next = pieces.get(index + 1).copied();
-                let upload = uploads.get_mut(index);
-                let (submitted, written) = rayon::join(
-                    || match (upload, transfer.as_mut()) {
-                        (Some(upload), Some(transfer)) => {
-                            let uploaded = transfer.submit(upload)?;
-                            let submitted = compute.submit_after(list, &[&uploaded]);
-                            if submitted.is_err() {
-                                // The copy writes the lane's buffer: let it end before the lane is reused.
-                                let _ = uploaded.wait(BATCH_DEADLINE);
-                            }
-                            submitted
+        let outcome = rayon::scope(|_| -> (Option<Ticket>, Result<(), ForestError>) {
+            let (queued, first_written) = rayon::join(
+                || -> (Option<Ticket>, Result<(), ForestError>) {
+                    let mut last = None;
+                    for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
+                        let written = &written[index];
+                        let submitted = match (uploads.get_mut(index), transfer.as_mut()) {
+                            (Some(upload), Some(transfer)) => match transfer.submit_after(upload, &[written]) {
+                                Ok(uploaded) => compute
+                                    .submit_after(list, &[&uploaded])
+                                    .map_err(|err| (err, Some(uploaded))),
+                                Err(err) => Err((err, None)),
+                            },
+                            _ => compute.submit_after(list, &[written]).map_err(|err| (err, None)),
+                        };
+                        match submitted {
+                            Ok(ticket) => last = Some(ticket),
+                            // A copy queued without its dispatch still writes the lane's buffer.
+                            Err((err, uploaded)) => return (uploaded.or(last), Err(err.into())),
                         }
-                        _ => compute.submit(list),
-                    },
-                    || next.map_or(Ok(()), |piece| copy_rows(&input, (index + 1) * per_chunk * nf, piece)),
-                );
-                match submitted
-                    .map_err(ForestError::from)
-                    .and_then(|ticket| written.map(|()| ticket))
-                {
-                    Ok(ticket) => last = Some(ticket),
-                    Err(err) => {
-                        // Chunks already submitted read the lane's buffers: let them finish before the
-                        // lane can be reused.
-                        if let Some(ticket) = last {
-                            let _ = ticket.wait(BATCH_DEADLINE);
-                        }
-                        return Err(err);
                     }
+                    (last, Ok(()))
+                },
+                || write_chunk(0),
+            );
+            let (last, queued) = queued;
+            let mut result = queued.and(first_written);
+            for (index, ticket) in written.iter().enumerate() {
+                if result.is_err() {
+                    break;
+                }
+                if index > 0 {
+                    result = write_chunk(index);
+                }
+                if result.is_ok() {
+                    result = gate.open(ticket).map_err(ForestError::from);
                 }
             }
-            Ok(last)
-        })?;
+            (last, result)
+        });
+        let last = match outcome {
+            (last, Ok(())) => last,
+            (last, Err(err)) => {
+                // Work already queued reads the lane's buffers: let it run and end before the lane can be
+                // reused.
+                let _ = gate.open_all();
+                if let Some(ticket) = last {
+                    let _ = ticket.wait(BATCH_DEADLINE);
+                }
+                return Err(err);
+            }
+        };
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
         // After the last write only the last chunk's kernel is left: poll for it rather than sleep.
         self.poll_finish = true;
@@ -935,7 +1066,7 @@ impl ForestLane {
         let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
             let chunks = self.kernel.pipeline_chunks(chunk.len() / nf);
-            let result = if chunks > 1 {
+            let result = if chunks > 1 || self.direct_share.is_some() {
                 self.run_pipelined(chunk, chunks, want_scores)
             } else {
                 self.write_rows(0, chunk)?;

@@ -150,16 +150,27 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
 fn pipelined_batches_match_scikit_learn() {
     let gpu = gpu();
     let cases = parity::load_cases(&fixture_dir()).unwrap();
-    for (chunks, input_path) in [
-        (2usize, InputPath::Direct),
-        (3, InputPath::Direct),
-        (7, InputPath::Direct),
-        (3, InputPath::HostMemory),
-        (2, InputPath::Staged),
-        (7, InputPath::Staged),
+    // Staged with a direct share: each dispatch's first rows written into device memory by the host,
+    // the rest by DMA (none, the default share, all but one row).
+    // On a transfer stream of its own (a second stream of lavapipe's one family) each chunk's copy
+    // waits for the host's ticket and its dispatch for the copy.
+    for (chunks, input_path, direct_share, transfer_stream) in [
+        (2usize, InputPath::Direct, None, None),
+        (3, InputPath::Direct, None, None),
+        (7, InputPath::Direct, None, None),
+        (3, InputPath::HostMemory, None, None),
+        (2, InputPath::Staged, Some(0.0), None),
+        (7, InputPath::Staged, None, None),
+        (1, InputPath::Staged, None, None),
+        (3, InputPath::Staged, Some(1.0), None),
+        (1, InputPath::Staged, None, Some(true)),
+        (3, InputPath::Staged, Some(0.0), Some(true)),
+        (7, InputPath::Staged, Some(0.5), Some(true)),
     ] {
         let options = ForestOptions {
             input_path: Some(input_path),
+            direct_share,
+            transfer_stream,
             ..ForestOptions::default()
         };
         for case in &cases {
@@ -168,6 +179,11 @@ fn pipelined_batches_match_scikit_learn() {
                 let kernel = ForestKernel::new(&gpu.device, forest, &options)?;
                 assert_eq!(kernel.config().input_path, input_path);
                 let mut lane = kernel.lane(rows.n_rows.max(1))?;
+                if input_path == InputPath::Staged {
+                    // lavapipe's memory is host-visible device memory: the split is in effect.
+                    let expected = direct_share.unwrap_or(vknf_functions::forest::DEFAULT_DIRECT_SHARE);
+                    assert_eq!(lane.direct_share(), (expected > 0.0).then_some(expected));
+                }
                 let result = lane.run_pipelined(&rows.data, chunks, true)?;
                 let prediction = Prediction {
                     n_rows: result.n_rows,
@@ -179,7 +195,7 @@ fn pipelined_batches_match_scikit_learn() {
                 Ok(prediction)
             };
             case.check(&forest, &mut predict)
-                .unwrap_or_else(|err| panic!("{chunks} chunks, {input_path:?}: {err}"));
+                .unwrap_or_else(|err| panic!("{chunks} chunks, {input_path:?}, {direct_share:?}: {err}"));
         }
     }
     assert!(gpu.instance.take_validation_errors().is_empty());
@@ -236,4 +252,64 @@ fn forests_served_on_several_devices_default_to_the_staged_path() {
     assert_eq!(default_input_path(1), None, "one device: the kernel's own default");
     assert_eq!(default_input_path(2), Some(InputPath::Staged));
     assert_eq!(default_input_path(8), Some(InputPath::Staged));
+}
+
+/// A batch of several MiB on the staged path with its own transfer stream: each chunk's copy and
+/// dispatch are queued before its rows exist, behind a host-gate ticket, beside the direct share the host
+/// writes into device memory. Scores must be the CPU reference's bits for every share and chunk count (a
+/// copy started before its rows were written, or a dispatch before its copy, would not give them).
+#[test]
+fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let forest = cases
+        .iter()
+        .map(|case| case.import().unwrap())
+        .find(|forest| forest.fixed_point().is_some())
+        .expect("a classifier fixture");
+    let n_features = forest.n_features as usize;
+    // About 5 MiB of rows: the transfer stream's copies take longer than a tiny batch's.
+    let n_rows = (5usize << 20).div_ceil(n_features * 4);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<f32> = (0..n_rows * n_features)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+        })
+        .collect();
+    let rows = Rows {
+        n_rows,
+        n_features,
+        data,
+    };
+    for (chunks, direct_share) in [(1usize, 0.0f32), (1, 0.4), (3, 0.0), (3, 0.4)] {
+        let options = ForestOptions {
+            input_path: Some(InputPath::Staged),
+            direct_share: Some(direct_share),
+            transfer_stream: Some(true),
+            small_batch_rows: Some(0),
+            ..ForestOptions::default()
+        };
+        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+        assert!(kernel.config().transfer_stream);
+        let mut lane = kernel.lane(n_rows).unwrap();
+        for round in 0..2 {
+            let result = lane.run_pipelined(&rows.data, chunks, true).unwrap();
+            let prediction = Prediction {
+                n_rows: result.n_rows,
+                n_outputs: forest.n_outputs as usize,
+                scores: result.scores.unwrap_or_default(),
+                labels: result.labels,
+            };
+            same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
+            assert_eq!(
+                prediction.n_rows, n_rows,
+                "{chunks} chunks, share {direct_share}, round {round}"
+            );
+        }
+    }
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
 }

@@ -12,6 +12,9 @@ use crate::error::{Error, Result, VkResultExt};
 use crate::memory::Buffer;
 use crate::pipeline::{BindGroup, Pipeline};
 
+/// Most tickets one submission waits for.
+const MAX_WAITS: usize = 4;
+
 /// How long [`Ticket::wait`] polls before it blocks in the driver.
 const SPIN_BEFORE_BLOCKING: Duration = Duration::from_micros(50);
 
@@ -101,16 +104,97 @@ impl Ticket {
     }
 }
 
+impl Timeline {
+    fn new(device: &Arc<DeviceShared>) -> Result<Arc<Timeline>> {
+        let mut type_info = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
+        let info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
+        // SAFETY: valid create info; destroyed by `Timeline::drop`.
+        let raw = unsafe { device.raw.create_semaphore(&info, None) }.call("vkCreateSemaphore")?;
+        Ok(Arc::new(Timeline {
+            device: device.clone(),
+            raw,
+        }))
+    }
+}
+
+/// A timeline the host advances itself. Work submitted to wait for one of its tickets is queued ahead
+/// (wait-before-signal) and starts the moment the host opens that ticket: a batch's submissions can all
+/// be made before its input is written, so that no submission sits between the host's last write and
+/// the GPU's start. Tickets open in the order they were reserved; dropping the gate opens every
+/// reserved ticket, so queued work never waits for a host that has gone.
+pub struct HostGate {
+    timeline: Arc<Timeline>,
+    reserved: u64,
+    opened: u64,
+}
+
+impl Device {
+    /// A gate the host opens: see [`HostGate`].
+    pub fn host_gate(&self) -> Result<HostGate> {
+        self.shared.check_lost()?;
+        Ok(HostGate {
+            timeline: Timeline::new(&self.shared)?,
+            reserved: 0,
+            opened: 0,
+        })
+    }
+}
+
+impl HostGate {
+    /// A ticket that completes when the host opens it (or any later ticket of this gate).
+    pub fn reserve(&mut self) -> Ticket {
+        self.reserved += 1;
+        Ticket {
+            timeline: self.timeline.clone(),
+            value: self.reserved,
+        }
+    }
+
+    /// Opens `ticket` and every ticket reserved before it. Fails on another gate's ticket.
+    pub fn open(&mut self, ticket: &Ticket) -> Result<()> {
+        if !Arc::ptr_eq(&ticket.timeline, &self.timeline) || ticket.value > self.reserved {
+            return Err(Error::Binding("the ticket was not reserved from this gate".into()));
+        }
+        self.open_to(ticket.value)
+    }
+
+    /// Opens every reserved ticket: on an error path, so that work already queued behind the gate runs
+    /// (and can be waited for) instead of waiting forever.
+    pub fn open_all(&mut self) -> Result<()> {
+        self.open_to(self.reserved)
+    }
+
+    fn open_to(&mut self, value: u64) -> Result<()> {
+        if value <= self.opened {
+            return Ok(());
+        }
+        let device = &self.timeline.device;
+        let info = vk::SemaphoreSignalInfo::default()
+            .semaphore(self.timeline.raw)
+            .value(value);
+        // SAFETY: a live timeline semaphore of this device, signalled only by this gate, with a value
+        // above every value signalled before.
+        unsafe { device.raw.signal_semaphore(&info) }.call("vkSignalSemaphore")?;
+        self.opened = value;
+        Ok(())
+    }
+}
+
+impl Drop for HostGate {
+    fn drop(&mut self) {
+        // Command lists keep the tickets they wait for (so the semaphore outlives their submissions);
+        // opening them here lets that work finish rather than hang.
+        let _ = self.open_all();
+    }
+}
+
 impl Device {
     /// Opens a submission stream on a queue of `kind`.
     pub fn stream(&self, kind: QueueKind) -> Result<Stream> {
         let shared = &self.shared;
         shared.check_lost()?;
         let family = shared.family(kind);
-        let mut type_info = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
-        let info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
-        // SAFETY: valid create info; destroyed by `Timeline::drop`.
-        let raw = unsafe { shared.raw.create_semaphore(&info, None) }.call("vkCreateSemaphore")?;
+        let timeline = Timeline::new(shared)?;
         let queue = match &self.lease {
             Some(lease) => lease.pick(kind),
             None => family.pick(),
@@ -121,10 +205,7 @@ impl Device {
             kind,
             family: family.family,
             queue,
-            timeline: Arc::new(Timeline {
-                device: shared.clone(),
-                raw,
-            }),
+            timeline,
             next_value: 1,
         })
     }
@@ -167,6 +248,7 @@ impl Stream {
             raw,
             keep: Vec::new(),
             last: None,
+            waited: Vec::with_capacity(MAX_WAITS),
         };
         list.fill(record)?;
         Ok(list)
@@ -189,19 +271,30 @@ impl Stream {
             )));
         }
         list.ensure_idle()?;
+        if after.len() > MAX_WAITS {
+            return Err(Error::Binding(format!(
+                "a submission waits for at most {MAX_WAITS} tickets, not {}",
+                after.len()
+            )));
+        }
         let value = self.next_value;
-        let wait_semaphores: Vec<vk::Semaphore> = after.iter().map(|t| t.timeline.raw).collect();
-        let wait_values: Vec<u64> = after.iter().map(|t| t.value).collect();
-        let wait_stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; after.len()];
+        let mut wait_semaphores = [vk::Semaphore::null(); MAX_WAITS];
+        let mut wait_values = [0u64; MAX_WAITS];
+        for (i, ticket) in after.iter().enumerate() {
+            wait_semaphores[i] = ticket.timeline.raw;
+            wait_values[i] = ticket.value;
+        }
+        let (wait_semaphores, wait_values) = (&wait_semaphores[..after.len()], &wait_values[..after.len()]);
+        let wait_stages = &[vk::PipelineStageFlags::ALL_COMMANDS; MAX_WAITS][..after.len()];
         let signal_semaphores = [self.timeline.raw];
         let signal_values = [value];
         let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default()
-            .wait_semaphore_values(&wait_values)
+            .wait_semaphore_values(wait_values)
             .signal_semaphore_values(&signal_values);
         let command_buffers = [list.raw];
         let submit = vk::SubmitInfo::default()
-            .wait_semaphores(&wait_semaphores)
-            .wait_dst_stage_mask(&wait_stages)
+            .wait_semaphores(wait_semaphores)
+            .wait_dst_stage_mask(wait_stages)
             .command_buffers(&command_buffers)
             .signal_semaphores(&signal_semaphores)
             .push_next(&mut timeline_info);
@@ -222,6 +315,9 @@ impl Stream {
             timeline: self.timeline.clone(),
             value,
         };
+        // The semaphores waited for must outlive the submission (a host gate may be dropped first).
+        list.waited.clear();
+        list.waited.extend(after.iter().map(|t| (*t).clone()));
         list.last = Some(ticket.clone());
         Ok(ticket)
     }
@@ -241,6 +337,8 @@ pub struct CommandList {
     raw: vk::CommandBuffer,
     keep: Vec<Keep>,
     last: Option<Ticket>,
+    /// The tickets the last submission waited for (capacity kept: no allocation per submission).
+    waited: Vec<Ticket>,
 }
 
 /// Resources a command list references; held, never read, so that they outlive GPU execution.

@@ -223,3 +223,70 @@ fn transfer_and_compute_streams_chain_with_tickets() {
         assert!(compute.submit(&mut upload).is_err());
     }
 }
+
+/// Work queued behind a host gate waits for the host: rows written after the submission (before the
+/// gate opens) are the ones the GPU reads, a second gated submission waits for its own ticket, and a
+/// dropped gate lets queued work run instead of hanging it.
+#[test]
+fn host_gate_holds_queued_work_until_the_host_opens_it() {
+    let gpu = Gpu::new();
+    let device = &gpu.device;
+    let kernel = Kernel::new(device, vknf_kernels::ADD, "main").unwrap();
+    let pipeline = device.create_pipeline(&kernel, &Specialization::new()).unwrap();
+    let n = 4096usize;
+    let input = device
+        .create_buffer_with("input", &vec![0.0f32; n], MemoryKind::Upload)
+        .unwrap();
+    let out = device
+        .create_buffer_with("out", &vec![-1.0f32; n], MemoryKind::Readback)
+        .unwrap();
+    let group = pipeline.bind(&[(0, &input), (1, &input), (2, &out)]).unwrap();
+    let mut compute = device.stream(QueueKind::Compute).unwrap();
+    let mut gate = device.host_gate().unwrap();
+    let mut lists: Vec<_> = (0..2)
+        .map(|_| {
+            compute
+                .record(|rec| rec.dispatch(&group, &(n as u32), [pipeline.groups_for(n as u64), 1, 1]))
+                .unwrap()
+        })
+        .collect();
+    for round in 0..3u32 {
+        let first = gate.reserve();
+        let second = gate.reserve();
+        let [list_a, list_b] = &mut lists[..] else {
+            unreachable!()
+        };
+        let done_a = compute.submit_after(list_a, &[&first]).unwrap();
+        let done_b = compute.submit_after(list_b, &[&second]).unwrap();
+        // Written after the work was queued, before the gate opens.
+        let rows: Vec<f32> = (0..n).map(|i| (i as u32 + round) as f32).collect();
+        input.write(0, &rows).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !done_a.is_done().unwrap(),
+            "round {round}: the work ran before its ticket opened"
+        );
+        gate.open(&first).unwrap();
+        done_a.wait(DEADLINE).unwrap();
+        let got: Vec<f32> = out.read_vec(0, n).unwrap();
+        assert!(
+            got.iter().zip(&rows).all(|(g, r)| *g == 2.0 * r),
+            "round {round}: stale rows read"
+        );
+        assert!(
+            !done_b.is_done().unwrap(),
+            "round {round}: the second ticket opened with the first"
+        );
+        gate.open(&second).unwrap();
+        done_b.wait(DEADLINE).unwrap();
+    }
+    // Another gate's ticket is refused; a gate dropped with work queued behind it opens for it.
+    let mut other = device.host_gate().unwrap();
+    let foreign = other.reserve();
+    assert!(gate.open(&foreign).is_err());
+    let pending = gate.reserve();
+    let done = compute.submit_after(&mut lists[0], &[&pending]).unwrap();
+    drop(pending);
+    drop(gate);
+    done.wait(DEADLINE).unwrap();
+}
