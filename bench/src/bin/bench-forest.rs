@@ -1,9 +1,11 @@
 //! A forest workload on vknf: the paper's W1a (`--paper-tree`) or any model and rows (`--model`,
 //! `--input`; the named shapes of `bench/run_gpu.sh`: W1b/deep, wide, tiny). Reports the GPU end to end
 //! (host rows in, labels out, copies included) with the configuration vknf chooses for the forest's shape
-//! and the batch (`ForestLane::predict`), the previous fixed default, and, with `--sweep`, a grid of
-//! kernel configurations and pipelined chunk counts; kernel alone from GPU timestamps; next to vknf's
-//! multi-threaded CPU reference. Every configuration's labels are checked against the CPU reference.
+//! and the batch (`ForestLane::predict`; `--rows-per-group`, `--tree-lanes` and `--walks-per-lane`
+//! override parts of it), the previous fixed default, and, with `--sweep`, a grid of kernel
+//! configurations (walks per lane included, `--sweep-walks`) and pipelined chunk counts; kernel alone
+//! from GPU timestamps; next to vknf's multi-threaded CPU reference. Every configuration's labels are
+//! checked against the CPU reference.
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,21 @@ struct Args {
     /// Direct shares of the staged path to time in the input-path table (`ForestOptions::direct_share`).
     #[arg(long, value_delimiter = ',', default_values_t = [0.0f32, vknf_functions::forest::DEFAULT_DIRECT_SHARE])]
     direct_shares: Vec<f32>,
+    /// Rows per workgroup in the chosen configuration, the input-path and small-batch tables (default:
+    /// the kernel's choice).
+    #[arg(long)]
+    rows_per_group: Option<u32>,
+    /// Threads per row (each walking a share of the trees) in the chosen configuration and those tables.
+    #[arg(long)]
+    tree_lanes: Option<u32>,
+    /// Trees each thread walks at once (interleaved) in the chosen configuration and those tables.
+    #[arg(long)]
+    walks_per_lane: Option<u32>,
+    /// Walks per lane the sweep tries with every workgroup shape of its grid (comma-separated); the
+    /// pipelined chunk counts are timed with one walk per lane only, since they measure the host's
+    /// writes overlapping the kernel rather than the kernel.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    sweep_walks: Vec<u32>,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -180,6 +197,9 @@ fn main() -> anyhow::Result<()> {
     // previous fixed default on the same rows.
     let chosen = ForestOptions {
         input_path: args.input_path,
+        rows_per_group: args.rows_per_group,
+        tree_lanes: args.tree_lanes,
+        walks_per_lane: args.walks_per_lane,
         ..ForestOptions::default()
     };
     let mut chosen_labels = Vec::new();
@@ -224,24 +244,38 @@ fn main() -> anyhow::Result<()> {
 
     let mut configurations = Vec::new();
     if args.sweep {
-        configurations.push(ForestOptions::default());
-        configurations.push(ForestOptions {
-            small_batch_rows: Some(0),
-            ..ForestOptions::default()
-        });
-        configurations.push(ForestOptions {
-            stage_input: Some(false),
-            ..ForestOptions::default()
-        });
+        let mut shapes = vec![
+            ForestOptions::default(),
+            ForestOptions {
+                small_batch_rows: Some(0),
+                ..ForestOptions::default()
+            },
+            ForestOptions {
+                stage_input: Some(false),
+                ..ForestOptions::default()
+            },
+        ];
         for rows_per_group in [8u32, 16, 24, 32, 64, 128] {
-            for tree_lanes in [4u32, 8, 16, 32, 64] {
+            for tree_lanes in [4u32, 8, 16, 32, 48, 64] {
                 if rows_per_group * tree_lanes > 1024 || tree_lanes as usize > (forest.n_trees as usize).max(4) {
                     continue;
                 }
-                configurations.push(ForestOptions {
+                shapes.push(ForestOptions {
                     rows_per_group: Some(rows_per_group),
                     tree_lanes: Some(tree_lanes),
                     ..ForestOptions::default()
+                });
+            }
+        }
+        // Each shape with each walk count: at most 3 + 25 shapes x the (deduplicated) walk counts.
+        let mut walks = args.sweep_walks.clone();
+        walks.sort_unstable();
+        walks.dedup();
+        for shape in shapes {
+            for &walks_per_lane in &walks {
+                configurations.push(ForestOptions {
+                    walks_per_lane: Some(walks_per_lane),
+                    ..shape
                 });
             }
         }
@@ -278,7 +312,7 @@ fn main() -> anyhow::Result<()> {
         // End to end with the batch split into dispatches that overlap the host's writes.
         let mut pipelined = serde_json::Map::new();
         let mut line = String::new();
-        if config.input_path == InputPath::Direct && rows.data.len() * 4 >= 1 << 20 {
+        if config.input_path == InputPath::Direct && config.walks_per_lane == 1 && rows.data.len() * 4 >= 1 << 20 {
             for chunks in [2usize, 4, 8, 16, 32] {
                 if chunks > rows.n_rows.div_ceil(config.rows_per_group as usize) {
                     continue;
@@ -302,9 +336,10 @@ fn main() -> anyhow::Result<()> {
         }
         let mismatches = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
         println!(
-            "  {}x{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
+            "  {}x{} w{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
             config.rows_per_group,
             config.tree_lanes,
+            config.walks_per_lane,
             if config.stage_input { "" } else { " unstaged" },
             match config.small_batch {
                 Some(small) => format!(" small<={}", small.max_rows),
@@ -326,6 +361,7 @@ fn main() -> anyhow::Result<()> {
         &rows,
         &reference.labels,
         args.runs,
+        chosen,
         &args.direct_shares,
     )?;
     let small_batches = if args.small_batches {
@@ -432,14 +468,16 @@ fn small_batch_table(
 }
 
 /// End to end (host rows in, labels out) of the whole batch for each way rows reach the GPU, in one
-/// dispatch and split into pipelined chunks, with the chosen workgroup shape; the kernel's GPU time per
-/// path (the host-memory path's kernel pulls the rows over the bus); labels checked every time.
+/// dispatch and split into pipelined chunks, with the chosen workgroup shape (`chosen`'s, where the
+/// command line fixes parts of it); the kernel's GPU time per path (the host-memory path's kernel pulls
+/// the rows over the bus); labels checked every time.
 fn input_path_table(
     device: &vknf_vulkan::Device,
     forest: &GpuForest,
     rows: &Rows,
     reference: &[u32],
     runs: usize,
+    chosen: ForestOptions,
     direct_shares: &[f32],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut table = Vec::new();
@@ -452,7 +490,7 @@ fn input_path_table(
             input_path: Some(path),
             small_batch_rows: Some(0),
             direct_share,
-            ..ForestOptions::default()
+            ..chosen
         };
         let kernel = ForestKernel::new(device, forest, &options)?;
         let config = kernel.config();
@@ -504,11 +542,12 @@ fn input_path_table(
             }));
         }
         println!(
-            "  {:?}{} ({}x{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
+            "  {:?}{} ({}x{} w{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
             config.input_path,
             direct_share.map_or(String::new(), |share| format!(" direct share {share:.2}")),
             config.rows_per_group,
             config.tree_lanes,
+            config.walks_per_lane,
             kernel_stats.as_ref().map(|k| k.median_us.round()),
             write.median_us,
             in_place.median_us,

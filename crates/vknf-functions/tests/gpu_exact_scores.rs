@@ -1,14 +1,15 @@
 //! The GPU forest kernel's class scores equal the CPU reference's bit for bit, whatever kernel
-//! configuration runs them (tree threads per row, rows per workgroup, shared-memory staging, the
-//! small-batch pipeline, pipelined chunks): random forests and inputs, lavapipe with validation on.
+//! configuration runs them (tree threads per row, rows per workgroup, trees walked at once per thread,
+//! shared-memory staging, the small-batch pipeline, pipelined chunks): random forests and inputs,
+//! lavapipe with validation on.
 
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;
 use vknf_forest::{
-    Aggregate, ClassLabels, GpuForest, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode, RawTree, SplitMode,
-    Task,
+    Aggregate, ClassLabels, GpuForest, MissingPolicy, NodeFormat, PostTransform, RawEntry, RawForest, RawNode, RawTree,
+    SplitMode, Task,
 };
 use vknf_functions::families::forest::ForestFamily;
 use vknf_functions::{Family, ForestKernel, ForestOptions, FunctionSpec};
@@ -65,7 +66,68 @@ fn configurations() -> Vec<ForestOptions> {
             small_batch_rows: Some(0),
             ..Default::default()
         },
+        // Interleaved walks: each thread walks 2, 3, 4 or 8 of its trees at once, in groups of trees
+        // (lane, lane + lanes, ...) that the tree count mostly does not fill.
+        ForestOptions {
+            tree_lanes: Some(3),
+            rows_per_group: Some(5),
+            walks_per_lane: Some(2),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        ForestOptions {
+            tree_lanes: Some(2),
+            rows_per_group: Some(4),
+            walks_per_lane: Some(4),
+            stage_input: Some(false),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        ForestOptions {
+            tree_lanes: Some(5),
+            rows_per_group: Some(7),
+            walks_per_lane: Some(3),
+            pipeline_chunks: Some(2),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        // One thread per row walking 8 trees at once; with the default shape (up to 32 lanes) and 4.
+        ForestOptions {
+            tree_lanes: Some(1),
+            rows_per_group: Some(2),
+            walks_per_lane: Some(8),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        ForestOptions {
+            walks_per_lane: Some(4),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        // More tree lanes than a subgroup (48 threads per row), two walks each; the small-batch pipeline
+        // takes the batches of up to 16 rows (one walk per thread).
+        ForestOptions {
+            tree_lanes: Some(48),
+            rows_per_group: Some(2),
+            walks_per_lane: Some(2),
+            small_batch_rows: Some(16),
+            ..Default::default()
+        },
     ]
+}
+
+/// The kernel runs the walks per lane and tree lanes asked for (rows per workgroup may be fewer, where
+/// shared memory runs out).
+fn check_config(kernel: &ForestKernel, options: &ForestOptions) {
+    let config = kernel.config();
+    assert_eq!(
+        config.walks_per_lane,
+        options.walks_per_lane.unwrap_or(1),
+        "{options:?}"
+    );
+    if let Some(lanes) = options.tree_lanes {
+        assert_eq!(config.tree_lanes, lanes, "{options:?}");
+    }
 }
 
 /// SplitMix64: the forest and rows of a case follow from its seeds.
@@ -104,10 +166,14 @@ fn grow(tree: &mut RawTree, depth: u32, shape: &ForestShape, rng: &mut Rng) -> i
         };
         let first = rng.below(shape.n_outputs);
         for k in 0..n_entries {
-            let weight: f64 = match rng.below(4) {
-                0 => f64::from(rng.uniform(-1.0, 1.0)) * 1e-3,
-                1 => (1 + rng.below(7)) as f64 / 8.0,
-                _ => f64::from(rng.uniform(-1.0, 1.0)),
+            let weight: f64 = if shape.weights_in_eighths {
+                (rng.below(17) as f64 - 8.0) / 8.0
+            } else {
+                match rng.below(4) {
+                    0 => f64::from(rng.uniform(-1.0, 1.0)) * 1e-3,
+                    1 => (1 + rng.below(7)) as f64 / 8.0,
+                    _ => f64::from(rng.uniform(-1.0, 1.0)),
+                }
             };
             if weight != 0.0 {
                 tree.entries.push(RawEntry {
@@ -144,6 +210,11 @@ struct ForestShape {
     base_values: bool,
     binary_complement: bool,
     post_transform: PostTransform,
+    /// A regressor (accumulated in float) instead of a classifier.
+    regressor: bool,
+    /// Leaf weights and base values are multiples of 1/8 in [-1, 1]: float sums of them are exact in
+    /// any order, so float accumulation gives the CPU reference's bits too.
+    weights_in_eighths: bool,
     /// Thresholds are drawn from these, and so are inputs, so that rows hit `x == threshold` often.
     thresholds: Vec<f32>,
     seed: u64,
@@ -180,6 +251,8 @@ fn forest_shapes() -> impl Strategy<Value = ForestShape> {
                     base_values,
                     binary_complement: complement,
                     post_transform,
+                    regressor: false,
+                    weights_in_eighths: false,
                     thresholds,
                     seed,
                 }
@@ -201,14 +274,21 @@ fn build(shape: &ForestShape) -> GpuForest {
         .collect();
     let base_values = if shape.base_values {
         (0..shape.n_outputs)
-            .map(|_| f64::from(rng.uniform(-2.0, 2.0)))
+            .map(|_| match shape.weights_in_eighths {
+                true => (rng.below(17) as f64 - 8.0) / 8.0,
+                false => f64::from(rng.uniform(-2.0, 2.0)),
+            })
             .collect()
     } else {
         Vec::new()
     };
     RawForest {
-        task: Task::Classifier {
-            labels: ClassLabels::Int64((0..shape.n_outputs as i64).collect()),
+        task: if shape.regressor {
+            Task::Regressor
+        } else {
+            Task::Classifier {
+                labels: ClassLabels::Int64((0..shape.n_outputs as i64).collect()),
+            }
         },
         n_features: shape.n_features as u64,
         n_outputs: shape.n_outputs as u64,
@@ -261,6 +341,7 @@ proptest! {
         let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
         for options in configurations() {
             let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+            check_config(&kernel, &options);
             prop_assert!(!kernel.config().float_accumulate);
             // Lanes of 37 rows: inputs span several batches, and batches end inside a workgroup.
             let mut lane = kernel.lane(37).unwrap();
@@ -271,6 +352,107 @@ proptest! {
         let errors = gpu.instance.take_validation_errors();
         prop_assert!(errors.is_empty(), "validation errors: {:#?}", errors);
     }
+}
+
+/// Forests with more features than compact nodes address (4100): wide nodes, whose left child is a
+/// second load per step, walked one tree and several trees at a time.
+#[test]
+fn wide_nodes_match_bit_for_bit_in_every_configuration() {
+    let gpu = gpu();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for (n_trees, depth) in [(37, 7), (64, 5)] {
+        let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
+        shape.n_features = 4100;
+        shape.n_trees = n_trees;
+        shape.depth = depth;
+        let forest = build(&shape);
+        assert_eq!(forest.node_format, NodeFormat::Wide, "{shape:?}");
+        let n_rows = 41;
+        let rows = rows_for(&shape, n_rows, n_trees as u64);
+        let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
+        for options in configurations() {
+            let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+            check_config(&kernel, &options);
+            let got = kernel.lane(37).unwrap().predict(&rows, true).unwrap();
+            assert_eq!(
+                bits(&got.scores),
+                bits(&cpu.scores),
+                "{options:?} {:?}",
+                kernel.config()
+            );
+            assert_eq!(got.labels, cpu.labels, "{options:?}");
+        }
+    }
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
+/// Regressors accumulate in float (compare-and-swap on the accumulator's bits). With weights whose sums
+/// are exact in any order, every configuration, interleaved walks included, gives the CPU reference's
+/// bits: a tree walked twice, skipped or stopped early would change them.
+#[test]
+fn float_accumulation_matches_the_cpu_reference_in_every_configuration() {
+    let gpu = gpu();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for (n_trees, n_outputs) in [(1, 1), (29, 3), (69, 2)] {
+        let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
+        shape.regressor = true;
+        shape.weights_in_eighths = true;
+        shape.average = false;
+        shape.binary_complement = false;
+        shape.post_transform = PostTransform::None;
+        shape.n_trees = n_trees;
+        shape.n_outputs = n_outputs;
+        shape.depth = 7;
+        let forest = build(&shape);
+        assert!(forest.fixed_point().is_none(), "regressors accumulate in float");
+        let n_rows = 53;
+        let rows = rows_for(&shape, n_rows, 11);
+        let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
+        for options in configurations() {
+            let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+            check_config(&kernel, &options);
+            assert!(kernel.config().float_accumulate);
+            let got = kernel.lane(37).unwrap().predict(&rows, true).unwrap();
+            assert_eq!(
+                bits(&got.scores),
+                bits(&cpu.scores),
+                "{shape:?} {options:?} {:?}",
+                kernel.config()
+            );
+        }
+    }
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
+/// Walks per lane outside 1 to MAX_WALKS_PER_LANE are clamped into it (the configuration says what
+/// runs), and the small-batch pipeline's thread-per-tree shape is unaffected.
+#[test]
+fn walks_per_lane_are_clamped_and_reported() {
+    use vknf_functions::forest::MAX_WALKS_PER_LANE;
+    let gpu = gpu();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
+    shape.n_trees = 40;
+    let forest = build(&shape);
+    let with_walks = |walks: Option<u32>| {
+        let options = ForestOptions {
+            walks_per_lane: walks,
+            tree_lanes: Some(4),
+            ..Default::default()
+        };
+        ForestKernel::new(&gpu.device, &forest, &options).unwrap().config()
+    };
+    assert_eq!(with_walks(None).walks_per_lane, 1, "one walk at a time by default");
+    assert_eq!(with_walks(Some(0)).walks_per_lane, 1);
+    assert_eq!(with_walks(Some(2)).walks_per_lane, 2);
+    assert_eq!(with_walks(Some(1000)).walks_per_lane, MAX_WALKS_PER_LANE);
+    let small = with_walks(Some(4))
+        .small_batch
+        .expect("4 lanes for 40 trees: a small-batch pipeline");
+    assert_eq!(small.tree_lanes, 64, "a thread per tree, in whole subgroups");
+    assert!(gpu.instance.take_validation_errors().is_empty());
 }
 
 /// The sums whose f32 conversion used to round differently on the GPU: a 3-tree average of weights
