@@ -1,11 +1,10 @@
 //! A forest workload on vknf: the paper's W1a (`--paper-tree`) or any model and rows (`--model`,
 //! `--input`; the named shapes of `bench/run_gpu.sh`: W1b/deep, wide, tiny). Reports the GPU end to end
 //! (host rows in, labels out, copies included) with the configuration vknf chooses for the forest's shape
-//! and the batch (`ForestLane::predict`; `--rows-per-group`, `--tree-lanes` and `--walks-per-lane`
-//! override parts of it), the previous fixed default, and, with `--sweep`, a grid of kernel
-//! configurations (walks per lane included, `--sweep-walks`) and pipelined chunk counts; kernel alone
-//! from GPU timestamps; next to vknf's multi-threaded CPU reference. Every configuration's labels are
-//! checked against the CPU reference.
+//! and the batch (`ForestLane::predict`; `--rows-per-group` and `--tree-lanes` override parts of it),
+//! the previous fixed default, and, with `--sweep`, a grid of kernel configurations and pipelined chunk
+//! counts; kernel alone from GPU timestamps; next to vknf's multi-threaded CPU reference. Every
+//! configuration's labels are checked against the CPU reference.
 
 use std::path::{Path, PathBuf};
 
@@ -74,14 +73,6 @@ struct Args {
     /// Threads per row (each walking a share of the trees) in the chosen configuration and those tables.
     #[arg(long)]
     tree_lanes: Option<u32>,
-    /// Trees each thread walks at once (interleaved) in the chosen configuration and those tables.
-    #[arg(long)]
-    walks_per_lane: Option<u32>,
-    /// Walks per lane the sweep tries with every workgroup shape of its grid (comma-separated); the
-    /// pipelined chunk counts are timed with one walk per lane only, since they measure the host's
-    /// writes overlapping the kernel rather than the kernel.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
-    sweep_walks: Vec<u32>,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -199,7 +190,6 @@ fn main() -> anyhow::Result<()> {
         input_path: args.input_path,
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
-        walks_per_lane: args.walks_per_lane,
         ..ForestOptions::default()
     };
     let mut chosen_labels = Vec::new();
@@ -244,38 +234,24 @@ fn main() -> anyhow::Result<()> {
 
     let mut configurations = Vec::new();
     if args.sweep {
-        let mut shapes = vec![
-            ForestOptions::default(),
-            ForestOptions {
-                small_batch_rows: Some(0),
-                ..ForestOptions::default()
-            },
-            ForestOptions {
-                stage_input: Some(false),
-                ..ForestOptions::default()
-            },
-        ];
+        configurations.push(ForestOptions::default());
+        configurations.push(ForestOptions {
+            small_batch_rows: Some(0),
+            ..ForestOptions::default()
+        });
+        configurations.push(ForestOptions {
+            stage_input: Some(false),
+            ..ForestOptions::default()
+        });
         for rows_per_group in [8u32, 16, 24, 32, 64, 128] {
             for tree_lanes in [4u32, 8, 16, 32, 48, 64] {
                 if rows_per_group * tree_lanes > 1024 || tree_lanes as usize > (forest.n_trees as usize).max(4) {
                     continue;
                 }
-                shapes.push(ForestOptions {
+                configurations.push(ForestOptions {
                     rows_per_group: Some(rows_per_group),
                     tree_lanes: Some(tree_lanes),
                     ..ForestOptions::default()
-                });
-            }
-        }
-        // Each shape with each walk count: at most 3 + 25 shapes x the (deduplicated) walk counts.
-        let mut walks = args.sweep_walks.clone();
-        walks.sort_unstable();
-        walks.dedup();
-        for shape in shapes {
-            for &walks_per_lane in &walks {
-                configurations.push(ForestOptions {
-                    walks_per_lane: Some(walks_per_lane),
-                    ..shape
                 });
             }
         }
@@ -312,7 +288,7 @@ fn main() -> anyhow::Result<()> {
         // End to end with the batch split into dispatches that overlap the host's writes.
         let mut pipelined = serde_json::Map::new();
         let mut line = String::new();
-        if config.input_path == InputPath::Direct && config.walks_per_lane == 1 && rows.data.len() * 4 >= 1 << 20 {
+        if config.input_path == InputPath::Direct && rows.data.len() * 4 >= 1 << 20 {
             for chunks in [2usize, 4, 8, 16, 32] {
                 if chunks > rows.n_rows.div_ceil(config.rows_per_group as usize) {
                     continue;
@@ -336,10 +312,9 @@ fn main() -> anyhow::Result<()> {
         }
         let mismatches = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
         println!(
-            "  {}x{} w{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
+            "  {}x{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
             config.rows_per_group,
             config.tree_lanes,
-            config.walks_per_lane,
             if config.stage_input { "" } else { " unstaged" },
             match config.small_batch {
                 Some(small) => format!(" small<={}", small.max_rows),
@@ -542,12 +517,11 @@ fn input_path_table(
             }));
         }
         println!(
-            "  {:?}{} ({}x{} w{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
+            "  {:?}{} ({}x{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
             config.input_path,
             direct_share.map_or(String::new(), |share| format!(" direct share {share:.2}")),
             config.rows_per_group,
             config.tree_lanes,
-            config.walks_per_lane,
             kernel_stats.as_ref().map(|k| k.median_us.round()),
             write.median_us,
             in_place.median_us,

@@ -60,10 +60,6 @@ pub struct ForestOptions {
     pub rows_per_group: Option<u32>,
     /// Threads per row, each walking a share of the trees.
     pub tree_lanes: Option<u32>,
-    /// Trees each thread of the bulk pipeline walks at once, interleaved step by step so that their
-    /// independent node loads are in flight together (1 to [`MAX_WALKS_PER_LANE`]; 1 walks one tree
-    /// after another). The small-batch pipeline, a thread per tree, always walks one.
-    pub walks_per_lane: Option<u32>,
     /// Stage each workgroup's rows in shared memory.
     pub stage_input: Option<bool>,
     /// How rows reach the GPU (default: direct, the fastest end to end in the W1 sweep).
@@ -94,10 +90,6 @@ pub const DEFAULT_DIRECT_SHARE: f32 = 0.4;
 /// Default of [`ForestOptions::small_batch_rows`].
 pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
 
-/// Most trees one thread walks at once ([`ForestOptions::walks_per_lane`]): each walk holds its node
-/// index, node words and a flag in registers, and more walks than that only cost occupancy.
-pub const MAX_WALKS_PER_LANE: u32 = 8;
-
 /// Tree lanes per row by default (fewer when the forest has fewer trees).
 const DEFAULT_TREE_LANES: usize = 32;
 /// Threads per bulk workgroup the default row count aims at (24 rows x 32 lanes).
@@ -120,8 +112,6 @@ pub struct KernelConfig {
     pub rows_per_group: u32,
     /// Threads per row.
     pub tree_lanes: u32,
-    /// Trees each bulk thread walks at once ([`ForestOptions::walks_per_lane`]).
-    pub walks_per_lane: u32,
     /// Rows staged in shared memory.
     pub stage_input: bool,
     /// Fixed-point scale of the accumulators (a leaf weight counts as `round(weight * 2^scale_log2)`);
@@ -184,46 +174,19 @@ pub struct ForestKernel {
     resident: Arc<Resident>,
 }
 
-/// Trees each bulk thread walks at once unless [`ForestOptions::walks_per_lane`] says otherwise, from
-/// the trees each thread walks in all (`trees_per_lane`, the tree count over the tree lanes, rounded
-/// up). One, as before interleaved walks existed, until their H200 measurements choose a rule
-/// (docs/forest-kernel.md).
-fn default_walks_per_lane(_trees_per_lane: usize) -> u32 {
-    1
-}
-
 /// What the kernel's specialization constants are derived from, besides the workgroup shape.
 struct ShaderShape<'a> {
     forest: &'a GpuForest,
     fixed: Option<&'a FixedPoint>,
 }
 
-/// A workgroup's shape: rows x threads per row, and the trees a thread walks at once.
-#[derive(Clone, Copy)]
-struct GroupShape {
-    rows: usize,
-    tree_lanes: usize,
-    walks_per_lane: u32,
-}
-
 impl ShaderShape<'_> {
-    /// The constants for workgroups of `group`'s shape. `WALKS_PER_LANE` is only set when above one, so
-    /// that a kernel built before interleaved walks (a function manifest's SPIR-V) still loads.
-    fn specialization(&self, group: GroupShape, stage_input: bool) -> Specialization {
-        let GroupShape {
-            rows,
-            tree_lanes,
-            walks_per_lane,
-        } = group;
+    /// The constants for workgroups of `rows` rows x `tree_lanes` threads per row.
+    fn specialization(&self, rows: usize, tree_lanes: usize, stage_input: bool) -> Specialization {
         let forest = self.forest;
         let n_features = forest.n_features as usize;
         let n_outputs = forest.n_outputs as usize;
-        let specialization = if walks_per_lane > 1 {
-            Specialization::new().name("WALKS_PER_LANE", walks_per_lane)
-        } else {
-            Specialization::new()
-        };
-        specialization
+        Specialization::new()
             .name("GROUP_SIZE", (rows * tree_lanes) as u32)
             .name("ROWS_PER_GROUP", rows as u32)
             .name("TREE_LANES", tree_lanes as u32)
@@ -309,10 +272,6 @@ impl ForestKernel {
         }
         let tree_lanes = tree_lanes_wanted.min((max_invocations / rows).max(1));
         let rows = rows.min(max_invocations / tree_lanes);
-        let walks_per_lane = options
-            .walks_per_lane
-            .unwrap_or_else(|| default_walks_per_lane(n_trees.div_ceil(tree_lanes)))
-            .clamp(1, MAX_WALKS_PER_LANE);
         // Fixed point is exact and order-independent (the same bits as the CPU reference), but needs a
         // scale that keeps ~2^-16 resolution; regressors (and unusual weight ranges) accumulate in float.
         let fixed = forest.fixed_point();
@@ -328,7 +287,6 @@ impl ForestKernel {
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
-            walks_per_lane,
             stage_input,
             fixed_scale_log2: fixed.as_ref().map(|f| f.scale_log2),
             float_accumulate: fixed.is_none(),
@@ -357,30 +315,17 @@ impl ForestKernel {
         };
 
         let kernel = Kernel::new(device, spirv, entry_point)?;
-        if walks_per_lane > 1 && kernel.info().spec_constant("WALKS_PER_LANE").is_none() {
-            return Err(ForestError::Unsupported(format!(
-                "{walks_per_lane} walks per lane asked for, but this forest kernel predates interleaved walks (it declares no WALKS_PER_LANE)"
-            )));
-        }
         let shape = ShaderShape {
             forest,
             fixed: fixed.as_ref(),
         };
-        let bulk = GroupShape {
-            rows,
-            tree_lanes,
-            walks_per_lane,
-        };
-        let pipeline = device.create_pipeline(&kernel, &shape.specialization(bulk, stage_input))?;
-        // A thread per tree: nothing to interleave.
+        let pipeline = device.create_pipeline(&kernel, &shape.specialization(rows, tree_lanes, stage_input))?;
         let small_pipeline = small_batch
             .map(|small| {
-                let one_row = GroupShape {
-                    rows: 1,
-                    tree_lanes: small.tree_lanes as usize,
-                    walks_per_lane: 1,
-                };
-                device.create_pipeline(&kernel, &shape.specialization(one_row, stage_input))
+                device.create_pipeline(
+                    &kernel,
+                    &shape.specialization(1, small.tree_lanes as usize, stage_input),
+                )
             })
             .transpose()?;
 

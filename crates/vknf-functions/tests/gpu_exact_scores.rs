@@ -1,7 +1,6 @@
 //! The GPU forest kernel's class scores equal the CPU reference's bit for bit, whatever kernel
-//! configuration runs them (tree threads per row, rows per workgroup, trees walked at once per thread,
-//! shared-memory staging, the small-batch pipeline, pipelined chunks): random forests and inputs,
-//! lavapipe with validation on.
+//! configuration runs them (tree threads per row, rows per workgroup, shared-memory staging, the
+//! small-batch pipeline, pipelined chunks): random forests and inputs, lavapipe with validation on.
 
 use std::sync::OnceLock;
 
@@ -66,67 +65,22 @@ fn configurations() -> Vec<ForestOptions> {
             small_batch_rows: Some(0),
             ..Default::default()
         },
-        // Interleaved walks: each thread walks 2, 3, 4 or 8 of its trees at once, in groups of trees
-        // (lane, lane + lanes, ...) that the tree count mostly does not fill.
-        ForestOptions {
-            tree_lanes: Some(3),
-            rows_per_group: Some(5),
-            walks_per_lane: Some(2),
-            small_batch_rows: Some(0),
-            ..Default::default()
-        },
-        ForestOptions {
-            tree_lanes: Some(2),
-            rows_per_group: Some(4),
-            walks_per_lane: Some(4),
-            stage_input: Some(false),
-            small_batch_rows: Some(0),
-            ..Default::default()
-        },
-        ForestOptions {
-            tree_lanes: Some(5),
-            rows_per_group: Some(7),
-            walks_per_lane: Some(3),
-            pipeline_chunks: Some(2),
-            small_batch_rows: Some(0),
-            ..Default::default()
-        },
-        // One thread per row walking 8 trees at once; with the default shape (up to 32 lanes) and 4.
-        ForestOptions {
-            tree_lanes: Some(1),
-            rows_per_group: Some(2),
-            walks_per_lane: Some(8),
-            small_batch_rows: Some(0),
-            ..Default::default()
-        },
-        ForestOptions {
-            walks_per_lane: Some(4),
-            small_batch_rows: Some(0),
-            ..Default::default()
-        },
-        // More tree lanes than a subgroup (48 threads per row), two walks each; the small-batch pipeline
-        // takes the batches of up to 16 rows (one walk per thread).
+        // More tree lanes than a subgroup (48 threads per row); the small-batch pipeline takes the
+        // batches of up to 16 rows.
         ForestOptions {
             tree_lanes: Some(48),
             rows_per_group: Some(2),
-            walks_per_lane: Some(2),
             small_batch_rows: Some(16),
             ..Default::default()
         },
     ]
 }
 
-/// The kernel runs the walks per lane and tree lanes asked for (rows per workgroup may be fewer, where
-/// shared memory runs out).
+/// The kernel runs the tree lanes asked for (rows per workgroup may be fewer, where shared memory runs
+/// out).
 fn check_config(kernel: &ForestKernel, options: &ForestOptions) {
-    let config = kernel.config();
-    assert_eq!(
-        config.walks_per_lane,
-        options.walks_per_lane.unwrap_or(1),
-        "{options:?}"
-    );
     if let Some(lanes) = options.tree_lanes {
-        assert_eq!(config.tree_lanes, lanes, "{options:?}");
+        assert_eq!(kernel.config().tree_lanes, lanes, "{options:?}");
     }
 }
 
@@ -355,7 +309,7 @@ proptest! {
 }
 
 /// Forests with more features than compact nodes address (4100): wide nodes, whose left child is a
-/// second load per step, walked one tree and several trees at a time.
+/// second load per step, in every kernel configuration.
 #[test]
 fn wide_nodes_match_bit_for_bit_in_every_configuration() {
     let gpu = gpu();
@@ -388,7 +342,7 @@ fn wide_nodes_match_bit_for_bit_in_every_configuration() {
 }
 
 /// Regressors accumulate in float (compare-and-swap on the accumulator's bits). With weights whose sums
-/// are exact in any order, every configuration, interleaved walks included, gives the CPU reference's
+/// are exact in any order, every configuration gives the CPU reference's
 /// bits: a tree walked twice, skipped or stopped early would change them.
 #[test]
 fn float_accumulation_matches_the_cpu_reference_in_every_configuration() {
@@ -424,35 +378,6 @@ fn float_accumulation_matches_the_cpu_reference_in_every_configuration() {
     }
     let errors = gpu.instance.take_validation_errors();
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
-}
-
-/// Walks per lane outside 1 to MAX_WALKS_PER_LANE are clamped into it (the configuration says what
-/// runs), and the small-batch pipeline's thread-per-tree shape is unaffected.
-#[test]
-fn walks_per_lane_are_clamped_and_reported() {
-    use vknf_functions::forest::MAX_WALKS_PER_LANE;
-    let gpu = gpu();
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
-    shape.n_trees = 40;
-    let forest = build(&shape);
-    let with_walks = |walks: Option<u32>| {
-        let options = ForestOptions {
-            walks_per_lane: walks,
-            tree_lanes: Some(4),
-            ..Default::default()
-        };
-        ForestKernel::new(&gpu.device, &forest, &options).unwrap().config()
-    };
-    assert_eq!(with_walks(None).walks_per_lane, 1, "one walk at a time by default");
-    assert_eq!(with_walks(Some(0)).walks_per_lane, 1);
-    assert_eq!(with_walks(Some(2)).walks_per_lane, 2);
-    assert_eq!(with_walks(Some(1000)).walks_per_lane, MAX_WALKS_PER_LANE);
-    let small = with_walks(Some(4))
-        .small_batch
-        .expect("4 lanes for 40 trees: a small-batch pipeline");
-    assert_eq!(small.tree_lanes, 64, "a thread per tree, in whole subgroups");
-    assert!(gpu.instance.take_validation_errors().is_empty());
 }
 
 /// The sums whose f32 conversion used to round differently on the GPU: a 3-tree average of weights

@@ -133,22 +133,6 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
             pipeline_chunks: Some(3),
             ..Default::default()
         },
-        // Interleaved walks: each thread walks 2 (then 4) of its trees at once; 12 trees over 5 lanes
-        // leave the last groups part empty.
-        ForestOptions {
-            tree_lanes: Some(5),
-            walks_per_lane: Some(2),
-            small_batch_rows: Some(0),
-            ..Default::default()
-        },
-        ForestOptions {
-            tree_lanes: Some(2),
-            rows_per_group: Some(3),
-            walks_per_lane: Some(4),
-            stage_input: Some(false),
-            small_batch_rows: Some(0),
-            ..Default::default()
-        },
     ];
     let small = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &configurations[7]).unwrap();
     assert!(
@@ -238,17 +222,6 @@ fn random_scikit_learn_forests_match_on_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let cases = parity::generate_cases(dir.path(), 24, 20261127).unwrap();
     check_all(&gpu, &cases, ForestOptions::default(), 500);
-    // Two trees at a time per thread (classifiers, regressors, deep and shallow trees, NaN routing),
-    // 8 threads per row: most forests give each thread several groups of two.
-    let interleaved = ForestOptions {
-        tree_lanes: Some(8),
-        walks_per_lane: Some(2),
-        small_batch_rows: Some(0),
-        ..ForestOptions::default()
-    };
-    let kernel = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &interleaved).unwrap();
-    assert_eq!(kernel.config().walks_per_lane, 2);
-    check_all(&gpu, &cases, interleaved, 500);
 }
 
 #[test]

@@ -19,11 +19,6 @@
 //   to the CPU reference's (vknf_forest::exact, which mirrors fixed_to_float step by step).
 // - Every loop is bounded: traversal by MAX_DEPTH (the validated depth), leaf entries by N_OUTPUTS, and
 //   node indices are checked against the node count, whatever the model data says.
-// - With WALKS_PER_LANE > 1 a thread walks that many of its trees at once (walk_interleaved): one step of
-//   each per iteration, so that their independent node loads are in flight together rather than one
-//   chain of dependent loads after another.
-
-#extension GL_EXT_control_flow_attributes : require
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint GROUP_SIZE = 64;
@@ -53,9 +48,6 @@ const uint NAN_ROW = 0xffffffffu;
 layout(constant_id = 15) const bool FLOAT_ACCUMULATE = false;
 layout(constant_id = 16) const uint DIVISOR = 1;
 layout(constant_id = 17) const int FIXED_ONE = 1073741824;
-// Trees a thread walks at once (interleaved, see walk_interleaved); 1: one after another. The host keeps
-// it small (each walk holds its node index, node words and a flag in registers).
-layout(constant_id = 18) const uint WALKS_PER_LANE = 1;
 
 const uint LEAF_BIT = 0x80000000u;
 const uint FLAG_BIT = 0x40000000u;
@@ -115,111 +107,6 @@ void add_weight(uint local_row, uint output_index, uint weight_bits) {
         }
     } else {
         atomicAdd(accumulators[index], int(weight_bits));
-    }
-}
-
-// The child a branch node sends the row to; `head` is the node's first word pair.
-uint next_node(uint node, uvec2 head, uint local_row, uint row) {
-    // Pairs per node: 1 (compact) or 2 (wide: the absolute left child in the second pair).
-    const uint node_pairs = NODE_WORDS / 2u;
-    const float threshold = uintBitsToFloat(head.y);
-    uint feature;
-    uint left;
-    if (NODE_WORDS == 2u) {
-        feature = (head.x >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK;
-        left = node + (head.x & COMPACT_DELTA_MASK);
-    } else {
-        feature = head.x & LOW30;
-        left = nodes[node * node_pairs + 1u].x;
-    }
-    const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
-    const bool go_left = x <= threshold || (isnan(x) && (head.x & FLAG_BIT) != 0u);
-    return go_left ? left : left + 1u;
-}
-
-// Adds the weights of a reached leaf (`head`: its word pair) to the row's accumulators: one inline
-// (output, weight) entry, or a run of sparse entries, at most N_OUTPUTS and within the entry buffer.
-void add_leaf(uint local_row, uvec2 head) {
-    if ((head.x & FLAG_BIT) != 0u) {
-        add_weight(local_row, head.x & LOW30, head.y);
-    } else {
-        const uint count = min(head.x & LOW30, N_OUTPUTS);
-        for (uint k = 0u; k < count && head.y + k < params.n_entries; ++k) {
-            const uvec2 entry = leaf_entries[head.y + k];
-            add_weight(local_row, entry.x, entry.y);
-        }
-    }
-}
-
-// One tree after another (WALKS_PER_LANE == 1): trees lane, lane + TREE_LANES, ...
-void walk_one_at_a_time(uint local_row, uint row, uint lane) {
-    const uint node_pairs = NODE_WORDS / 2u;
-    for (uint tree = lane; tree < params.n_trees; tree += TREE_LANES) {
-        uint node = tree_roots[tree];
-        uvec2 head = uvec2(0u);
-        for (uint depth = 0u; depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
-            head = nodes[node * node_pairs];
-            if ((head.x & LEAF_BIT) != 0u) {
-                break;
-            }
-            node = next_node(node, head, local_row, row);
-        }
-        if (node >= params.n_nodes || (head.x & LEAF_BIT) == 0u) {
-            continue;
-        }
-        add_leaf(local_row, head);
-    }
-}
-
-// The same trees WALKS_PER_LANE at a time: walk w of a group takes tree first + w * TREE_LANES, and each
-// iteration first loads every unfinished walk's node (independent loads, in flight together), then takes
-// each walk one step. Each walk keeps the one-at-a-time loop's rules: at most MAX_DEPTH + 1 node loads,
-// it stops at a leaf or at a node index outside the model, and only a leaf reached within the depth
-// bound adds its weights. Weights are added once the group's walks end; in fixed point the sums do not
-// depend on that order (float accumulation depends on the order anyway).
-void walk_interleaved(uint local_row, uint row, uint lane) {
-    const uint node_pairs = NODE_WORDS / 2u;
-    for (uint first = lane; first < params.n_trees; first += TREE_LANES * WALKS_PER_LANE) {
-        uint node[WALKS_PER_LANE];
-        uvec2 head[WALKS_PER_LANE];
-        bool walking[WALKS_PER_LANE];
-        [[unroll]] for (uint w = 0u; w < WALKS_PER_LANE; ++w) {
-            // The lane's last group may hold fewer trees (n_trees not a multiple): the rest never start.
-            const uint tree = first + w * TREE_LANES;
-            node[w] = params.n_nodes;
-            if (tree < params.n_trees) {
-                node[w] = tree_roots[tree];
-            }
-            head[w] = uvec2(0u);
-            walking[w] = node[w] < params.n_nodes;
-        }
-        for (uint depth = 0u; depth <= MAX_DEPTH; ++depth) {
-            [[unroll]] for (uint w = 0u; w < WALKS_PER_LANE; ++w) {
-                if (walking[w]) {
-                    head[w] = nodes[node[w] * node_pairs];
-                }
-            }
-            bool any_walking = false;
-            [[unroll]] for (uint w = 0u; w < WALKS_PER_LANE; ++w) {
-                if (walking[w]) {
-                    if ((head[w].x & LEAF_BIT) != 0u) {
-                        walking[w] = false;
-                    } else {
-                        node[w] = next_node(node[w], head[w], local_row, row);
-                        walking[w] = node[w] < params.n_nodes;
-                    }
-                }
-                any_walking = any_walking || walking[w];
-            }
-            if (!any_walking) {
-                break;
-            }
-        }
-        [[unroll]] for (uint w = 0u; w < WALKS_PER_LANE; ++w) {
-            if (node[w] < params.n_nodes && (head[w].x & LEAF_BIT) != 0u) {
-                add_leaf(local_row, head[w]);
-            }
-        }
     }
 }
 
@@ -344,10 +231,42 @@ void main() {
     barrier();
 
     if (local_row < rows_here && lane < TREE_LANES) {
-        if (WALKS_PER_LANE == 1u) {
-            walk_one_at_a_time(local_row, row, lane);
-        } else {
-            walk_interleaved(local_row, row, lane);
+        for (uint tree = lane; tree < params.n_trees; tree += TREE_LANES) {
+            uint node = tree_roots[tree];
+            uvec2 head = uvec2(0u);
+            // Pairs per node: 1 (compact) or 2 (wide: the absolute left child in the second pair).
+            const uint node_pairs = NODE_WORDS / 2u;
+            for (uint depth = 0u; depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
+                head = nodes[node * node_pairs];
+                if ((head.x & LEAF_BIT) != 0u) {
+                    break;
+                }
+                const float threshold = uintBitsToFloat(head.y);
+                uint feature;
+                uint left;
+                if (NODE_WORDS == 2u) {
+                    feature = (head.x >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK;
+                    left = node + (head.x & COMPACT_DELTA_MASK);
+                } else {
+                    feature = head.x & LOW30;
+                    left = nodes[node * node_pairs + 1u].x;
+                }
+                const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
+                const bool go_left = x <= threshold || (isnan(x) && (head.x & FLAG_BIT) != 0u);
+                node = go_left ? left : left + 1u;
+            }
+            if (node >= params.n_nodes || (head.x & LEAF_BIT) == 0u) {
+                continue;
+            }
+            if ((head.x & FLAG_BIT) != 0u) {
+                add_weight(local_row, head.x & LOW30, head.y);
+            } else {
+                const uint count = min(head.x & LOW30, N_OUTPUTS);
+                for (uint k = 0u; k < count && head.y + k < params.n_entries; ++k) {
+                    const uvec2 entry = leaf_entries[head.y + k];
+                    add_weight(local_row, entry.x, entry.y);
+                }
+            }
         }
     }
     barrier();
