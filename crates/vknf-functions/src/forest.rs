@@ -11,8 +11,8 @@ use vknf_forest::{
     apply_post_transform_le,
 };
 use vknf_vulkan::{
-    BindGroup, Buffer, CommandList, Device, HostGate, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream,
-    Ticket, Timestamps, copy_streaming,
+    BindGroup, Buffer, CommandList, Device, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream, Ticket,
+    Timestamps, copy_streaming,
 };
 
 /// Errors of the GPU forest.
@@ -483,10 +483,6 @@ pub struct ForestLane {
     chunks_recorded: Option<(usize, usize, bool)>,
     // The batch in flight was pipelined: only its last chunk's kernel is left when finish() starts.
     poll_finish: bool,
-    // Opened by the host as each pipelined chunk's rows are written.
-    gate: HostGate,
-    // The gate's tickets of the pipelined batch being written, one per chunk.
-    chunk_written: Vec<Ticket>,
     // Staged input in host-visible device memory: the share of each `predict` dispatch's rows the host
     // writes there itself.
     direct_share: Option<f32>,
@@ -617,7 +613,6 @@ impl ForestLane {
             .then(|| device.stream(QueueKind::Transfer))
             .transpose()?;
         let timestamps = device.create_timestamps(2).ok();
-        let gate = device.host_gate()?;
         let direct_share = device_input
             .as_ref()
             .filter(|target| target.kind() == MemoryKind::Upload && r.config.direct_share > 0.0)
@@ -642,8 +637,6 @@ impl ForestLane {
             chunk_uploads: Vec::new(),
             chunks_recorded: None,
             poll_finish: false,
-            gate,
-            chunk_written: Vec::new(),
             direct_share,
         })
     }
@@ -759,10 +752,13 @@ impl ForestLane {
         (rows * self.n_features() * 4) as u64
     }
 
-    /// Rows of a `predict` dispatch of `n_rows` that the host writes straight into device memory: the
-    /// lane's direct share, leaving at least one row to the DMA (whose copy may not be empty).
-    fn direct_rows(&self, n_rows: usize) -> usize {
-        direct_rows(self.direct_share, n_rows)
+    /// The direct share a `predict` batch of `n_rows` takes: only batches whose input would be copied
+    /// on the transfer queue. A small batch's copy is part of its kernel's own command list, and
+    /// queueing its work behind the host's gate costs it more than the split saves (the tiny forest's
+    /// 68 KB batch took 63-115 us instead of 35 us on the H200; bench/RESULTS.md).
+    fn batch_direct_share(&self, n_rows: usize) -> Option<f32> {
+        self.direct_share
+            .filter(|_| self.input_bytes(n_rows) >= TRANSFER_QUEUE_BYTES)
     }
 
     /// Starts the first `n_rows` staged rows on the GPU. Wait with [`ForestLane::finish`].
@@ -893,7 +889,7 @@ impl ForestLane {
             };
             // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
             // to device memory before its dispatch, but for its direct share, which the host writes there.
-            let staged_from = first + self.direct_rows(end - first);
+            let staged_from = first + direct_rows(self.batch_direct_share(n_rows), end - first);
             let copy = self.device_input.as_ref().map(|device_input| {
                 let start = (staged_from * r.n_features * 4) as u64;
                 (device_input, start, self.input_bytes(end) - start)
@@ -937,7 +933,7 @@ impl ForestLane {
     pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         let nf = self.n_features();
         let n_rows = rows.len() / nf;
-        if (chunks <= 1 && self.direct_share.is_none()) || n_rows < 2 {
+        if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
             self.write_rows(0, rows)?;
             return self.run(n_rows, want_scores);
         }
@@ -957,22 +953,12 @@ impl ForestLane {
         let per_chunk = rows_per_chunk(n_rows, chunks, self.kernel.config().rows_per_group as usize);
         let n_chunks = n_rows.div_ceil(per_chunk);
         let input = self.input.clone();
-        let direct = self.device_input.clone().filter(|_| self.direct_share.is_some());
-        let share = self.direct_share;
+        let share = self.batch_direct_share(n_rows);
+        let direct = self.device_input.clone().filter(|_| share.is_some());
         let compute = &mut self.compute;
         let transfer = &mut self.transfer;
         let lists = &mut self.chunk_lists;
         let uploads = &mut self.chunk_uploads;
-        let gate = &mut self.gate;
-        // Every chunk's work is queued first, behind a ticket of the host gate that the host opens once
-        // the chunk's rows are written (its copy, if staged, then its dispatch): no submission sits
-        // between a write and the GPU's start, and the queueing overlaps the first chunk's write. The
-        // rows are host-coherent memory written before the gate opens (streaming stores end with a
-        // fence), so the work that waits sees them.
-        let written = &mut self.chunk_written;
-        written.clear();
-        written.extend((0..n_chunks).map(|_| gate.reserve()));
-        let written = &written[..];
         // A chunk's rows: its direct share written into device memory while the rest goes to the pinned
         // memory its DMA reads (both at once, each copy split over threads).
         let write_chunk = |index: usize| -> Result<(), ForestError> {
@@ -991,60 +977,55 @@ impl ForestLane {
                 _ => copy_rows(&input, first_row * nf, values(first_row, end_row)),
             }
         };
-        // The loop runs on a worker of the pool, so that each join below costs a push to its local
-        // queue rather than a hand-off from an outside thread.
-        let outcome = rayon::scope(|_| -> (Option<Ticket>, Result<(), ForestError>) {
-            let (queued, first_written) = rayon::join(
-                || -> (Option<Ticket>, Result<(), ForestError>) {
-                    let mut last = None;
-                    for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
-                        let written = &written[index];
-                        let submitted = match (uploads.get_mut(index), transfer.as_mut()) {
-                            (Some(upload), Some(transfer)) => match transfer.submit_after(upload, &[written]) {
-                                Ok(uploaded) => compute
-                                    .submit_after(list, &[&uploaded])
-                                    .map_err(|err| (err, Some(uploaded))),
-                                Err(err) => Err((err, None)),
-                            },
-                            _ => compute.submit_after(list, &[written]).map_err(|err| (err, None)),
-                        };
-                        match submitted {
-                            Ok(ticket) => last = Some(ticket),
-                            // A copy queued without its dispatch still writes the lane's buffer.
-                            Err((err, uploaded)) => return (uploaded.or(last), Err(err.into())),
+        // Each chunk is submitted once its rows are written, while the next chunk's rows are written.
+        // (Queueing every chunk ahead behind a semaphore the host signals was measured slower on the
+        // H200: the driver holds such submissions back, bench/RESULTS.md.) The loop runs on a worker of
+        // the pool, so that each join below costs a push to its local queue rather than a hand-off from
+        // an outside thread.
+        let last = rayon::scope(|_| -> Result<Option<Ticket>, ForestError> {
+            write_chunk(0)?;
+            let mut last: Option<Ticket> = None;
+            for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
+                let upload = uploads.get_mut(index);
+                let (submitted, written) = rayon::join(
+                    || match (upload, transfer.as_mut()) {
+                        (Some(upload), Some(transfer)) => {
+                            let uploaded = transfer.submit(upload)?;
+                            let submitted = compute.submit_after(list, &[&uploaded]);
+                            if submitted.is_err() {
+                                // The copy writes the lane's buffer: let it end before the lane is reused.
+                                let _ = uploaded.wait(BATCH_DEADLINE);
+                            }
+                            submitted
                         }
+                        _ => compute.submit(list),
+                    },
+                    || {
+                        if index + 1 < n_chunks {
+                            write_chunk(index + 1)
+                        } else {
+                            Ok(())
+                        }
+                    },
+                );
+                // On an error, chunks already submitted (this one too, if only the next write failed)
+                // read the lane's buffers: let them finish before the lane can be reused.
+                match (submitted, written) {
+                    (Ok(ticket), Ok(())) => last = Some(ticket),
+                    (Ok(ticket), Err(err)) => {
+                        let _ = ticket.wait(BATCH_DEADLINE);
+                        return Err(err);
                     }
-                    (last, Ok(()))
-                },
-                || write_chunk(0),
-            );
-            let (last, queued) = queued;
-            let mut result = queued.and(first_written);
-            for (index, ticket) in written.iter().enumerate() {
-                if result.is_err() {
-                    break;
-                }
-                if index > 0 {
-                    result = write_chunk(index);
-                }
-                if result.is_ok() {
-                    result = gate.open(ticket).map_err(ForestError::from);
+                    (Err(err), _) => {
+                        if let Some(ticket) = last {
+                            let _ = ticket.wait(BATCH_DEADLINE);
+                        }
+                        return Err(err.into());
+                    }
                 }
             }
-            (last, result)
-        });
-        let last = match outcome {
-            (last, Ok(())) => last,
-            (last, Err(err)) => {
-                // Work already queued reads the lane's buffers: let it run and end before the lane can be
-                // reused.
-                let _ = gate.open_all();
-                if let Some(ticket) = last {
-                    let _ = ticket.wait(BATCH_DEADLINE);
-                }
-                return Err(err);
-            }
-        };
+            Ok(last)
+        })?;
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
         // After the last write only the last chunk's kernel is left: poll for it rather than sleep.
         self.poll_finish = true;
@@ -1066,7 +1047,7 @@ impl ForestLane {
         let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
             let chunks = self.kernel.pipeline_chunks(chunk.len() / nf);
-            let result = if chunks > 1 || self.direct_share.is_some() {
+            let result = if chunks > 1 || self.batch_direct_share(chunk.len() / nf).is_some() {
                 self.run_pipelined(chunk, chunks, want_scores)
             } else {
                 self.write_rows(0, chunk)?;

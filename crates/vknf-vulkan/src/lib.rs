@@ -53,4 +53,4 @@ pub use memory::{Buffer, Mapped, MemoryKind};
 pub use pipeline::{BindGroup, Kernel, Pipeline, Specialization};
 pub use reflect::{Access, BindingInfo, BindingKind, KernelInfo, SpecType, SpecValue};
 pub use streaming::copy_streaming;
-pub use submit::{CommandList, HostGate, Recorder, Stream, Ticket, Timestamps};
+pub use submit::{CommandList, Recorder, Stream, Ticket, Timestamps};

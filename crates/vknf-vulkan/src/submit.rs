@@ -117,77 +117,6 @@ impl Timeline {
     }
 }
 
-/// A timeline the host advances itself. Work submitted to wait for one of its tickets is queued ahead
-/// (wait-before-signal) and starts the moment the host opens that ticket: a batch's submissions can all
-/// be made before its input is written, so that no submission sits between the host's last write and
-/// the GPU's start. Tickets open in the order they were reserved; dropping the gate opens every
-/// reserved ticket, so queued work never waits for a host that has gone.
-pub struct HostGate {
-    timeline: Arc<Timeline>,
-    reserved: u64,
-    opened: u64,
-}
-
-impl Device {
-    /// A gate the host opens: see [`HostGate`].
-    pub fn host_gate(&self) -> Result<HostGate> {
-        self.shared.check_lost()?;
-        Ok(HostGate {
-            timeline: Timeline::new(&self.shared)?,
-            reserved: 0,
-            opened: 0,
-        })
-    }
-}
-
-impl HostGate {
-    /// A ticket that completes when the host opens it (or any later ticket of this gate).
-    pub fn reserve(&mut self) -> Ticket {
-        self.reserved += 1;
-        Ticket {
-            timeline: self.timeline.clone(),
-            value: self.reserved,
-        }
-    }
-
-    /// Opens `ticket` and every ticket reserved before it. Fails on another gate's ticket.
-    pub fn open(&mut self, ticket: &Ticket) -> Result<()> {
-        if !Arc::ptr_eq(&ticket.timeline, &self.timeline) || ticket.value > self.reserved {
-            return Err(Error::Binding("the ticket was not reserved from this gate".into()));
-        }
-        self.open_to(ticket.value)
-    }
-
-    /// Opens every reserved ticket: on an error path, so that work already queued behind the gate runs
-    /// (and can be waited for) instead of waiting forever.
-    pub fn open_all(&mut self) -> Result<()> {
-        self.open_to(self.reserved)
-    }
-
-    fn open_to(&mut self, value: u64) -> Result<()> {
-        if value <= self.opened {
-            return Ok(());
-        }
-        let device = &self.timeline.device;
-        let info = vk::SemaphoreSignalInfo::default()
-            .semaphore(self.timeline.raw)
-            .value(value);
-        // SAFETY: a live timeline semaphore of this device, signalled only by this gate, with a value
-        // above every value signalled before.
-        unsafe { device.raw.signal_semaphore(&info) }.call("vkSignalSemaphore")?;
-        self.opened = value;
-        Ok(())
-    }
-}
-
-impl Drop for HostGate {
-    fn drop(&mut self) {
-        // Command lists keep the tickets they wait for (so the semaphore outlives their submissions);
-        // opening them here lets that work finish rather than hang.
-        let _ = self.open_all();
-    }
-}
-
 impl Device {
     /// Opens a submission stream on a queue of `kind`.
     pub fn stream(&self, kind: QueueKind) -> Result<Stream> {
@@ -315,7 +244,7 @@ impl Stream {
             timeline: self.timeline.clone(),
             value,
         };
-        // The semaphores waited for must outlive the submission (a host gate may be dropped first).
+        // The semaphores waited for must outlive the submission (their streams may be dropped first).
         list.waited.clear();
         list.waited.extend(after.iter().map(|t| (*t).clone()));
         list.last = Some(ticket.clone());
