@@ -753,9 +753,9 @@ impl ForestLane {
     }
 
     /// The direct share a `predict` batch of `n_rows` takes: only batches whose input would be copied
-    /// on the transfer queue. A small batch's copy is part of its kernel's own command list, and
-    /// queueing its work behind the host's gate costs it more than the split saves (the tiny forest's
-    /// 68 KB batch took 63-115 us instead of 35 us on the H200; bench/RESULTS.md).
+    /// on the transfer queue. A small batch's copy runs in its kernel's own command list, which costs
+    /// less than a pipelined copy on a second queue saves (the tiny forest's 68 KB batch took 63-115 us
+    /// with a share instead of 35 us without, on the H200; bench/RESULTS.md).
     fn batch_direct_share(&self, n_rows: usize) -> Option<f32> {
         self.direct_share
             .filter(|_| self.input_bytes(n_rows) >= TRANSFER_QUEUE_BYTES)
