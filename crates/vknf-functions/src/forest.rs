@@ -960,64 +960,80 @@ impl ForestLane {
         let lists = &mut self.chunk_lists;
         let uploads = &mut self.chunk_uploads;
         // A chunk's rows: its direct share written into device memory while the rest goes to the pinned
-        // memory its DMA reads (both at once, each copy split over threads).
-        let write_chunk = |index: usize| -> Result<(), ForestError> {
+        // memory its DMA reads (both at once, each copy split over threads); the chunk's DMA is submitted
+        // as soon as its own rows are written, so that it runs while the host still writes the direct
+        // share. Returns the DMA's ticket where the copy runs on the transfer queue.
+        let write_and_upload = |index: usize,
+                                transfer: &mut Option<Stream>,
+                                upload: Option<&mut CommandList>|
+         -> Result<Option<Ticket>, ForestError> {
             let first_row = index * per_chunk;
             let end_row = (first_row + per_chunk).min(n_rows);
             let staged_from = first_row + direct_rows(share, end_row - first_row);
             let values = |from: usize, to: usize| &rows[from * nf..to * nf];
+            let write_then_upload = || -> Result<Option<Ticket>, ForestError> {
+                copy_rows(&input, staged_from * nf, values(staged_from, end_row))?;
+                match (upload, transfer.as_mut()) {
+                    (Some(upload), Some(transfer)) => Ok(Some(transfer.submit(upload)?)),
+                    _ => Ok(None),
+                }
+            };
             match &direct {
                 Some(target) if staged_from > first_row => {
-                    let (written, staged) = rayon::join(
+                    let (written, uploaded) = rayon::join(
                         || copy_rows(target, first_row * nf, values(first_row, staged_from)),
-                        || copy_rows(&input, staged_from * nf, values(staged_from, end_row)),
+                        write_then_upload,
                     );
-                    written.and(staged)
+                    match (written, uploaded) {
+                        (Ok(()), uploaded) => uploaded,
+                        (Err(err), uploaded) => {
+                            // The copy writes the lane's buffer: let it end before the lane is reused.
+                            if let Ok(Some(ticket)) = uploaded {
+                                let _ = ticket.wait(BATCH_DEADLINE);
+                            }
+                            Err(err)
+                        }
+                    }
                 }
-                _ => copy_rows(&input, first_row * nf, values(first_row, end_row)),
+                _ => write_then_upload(),
             }
         };
-        // Each chunk is submitted once its rows are written, while the next chunk's rows are written.
-        // (Queueing every chunk ahead behind a semaphore the host signals was measured slower on the
-        // H200: the driver holds such submissions back, bench/RESULTS.md.) The loop runs on a worker of
-        // the pool, so that each join below costs a push to its local queue rather than a hand-off from
-        // an outside thread.
+        // Each chunk's dispatch is submitted once its rows are written (after its DMA, if any), while the
+        // next chunk's rows are written. (Queueing every chunk ahead behind a semaphore the host signals
+        // was measured slower on the H200: the driver holds such submissions back, bench/RESULTS.md.)
+        // The loop runs on a worker of the pool, so that each join below costs a push to its local queue
+        // rather than a hand-off from an outside thread.
         let last = rayon::scope(|_| -> Result<Option<Ticket>, ForestError> {
-            write_chunk(0)?;
+            let mut uploaded = write_and_upload(0, transfer, uploads.get_mut(0))?;
             let mut last: Option<Ticket> = None;
             for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
-                let upload = uploads.get_mut(index);
-                let (submitted, written) = rayon::join(
-                    || match (upload, transfer.as_mut()) {
-                        (Some(upload), Some(transfer)) => {
-                            let uploaded = transfer.submit(upload)?;
-                            let submitted = compute.submit_after(list, &[&uploaded]);
-                            if submitted.is_err() {
-                                // The copy writes the lane's buffer: let it end before the lane is reused.
-                                let _ = uploaded.wait(BATCH_DEADLINE);
-                            }
-                            submitted
-                        }
-                        _ => compute.submit(list),
+                let next_upload = uploads.get_mut(index + 1);
+                let (submitted, next) = rayon::join(
+                    || match &uploaded {
+                        Some(uploaded) => compute.submit_after(list, &[uploaded]),
+                        None => compute.submit(list),
                     },
                     || {
                         if index + 1 < n_chunks {
-                            write_chunk(index + 1)
+                            write_and_upload(index + 1, transfer, next_upload)
                         } else {
-                            Ok(())
+                            Ok(None)
                         }
                     },
                 );
-                // On an error, chunks already submitted (this one too, if only the next write failed)
-                // read the lane's buffers: let them finish before the lane can be reused.
-                match (submitted, written) {
-                    (Ok(ticket), Ok(())) => last = Some(ticket),
+                // On an error, work already submitted (this chunk's, the next chunk's copy) reads or
+                // writes the lane's buffers: let it finish before the lane can be reused.
+                match (submitted, next) {
+                    (Ok(ticket), Ok(next)) => {
+                        last = Some(ticket);
+                        uploaded = next;
+                    }
                     (Ok(ticket), Err(err)) => {
                         let _ = ticket.wait(BATCH_DEADLINE);
                         return Err(err);
                     }
-                    (Err(err), _) => {
-                        if let Some(ticket) = last {
+                    (Err(err), next) => {
+                        for ticket in [uploaded, next.ok().flatten(), last].into_iter().flatten() {
                             let _ = ticket.wait(BATCH_DEADLINE);
                         }
                         return Err(err.into());
