@@ -20,6 +20,9 @@ struct Args {
     /// Workloads (one panel each), by file prefix.
     #[arg(long, value_delimiter = ',', default_value = "w1a,w1b")]
     workloads: Vec<String>,
+    /// TrueType font for the labels.
+    #[arg(long, default_value = FONT)]
+    font: PathBuf,
 }
 
 fn median(value: &Value) -> Option<f64> {
@@ -118,8 +121,22 @@ fn title(args: &Args, workload: &str) -> String {
     )
 }
 
+/// Where the labels' font comes from: DejaVu Sans, which the README's set-up installs (Debian's
+/// fonts-dejavu-core). Without a font plotters cannot measure text, and fails with FontUnavailable.
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Registers [`FONT`] (or `--font`) as plotters' "sans-serif".
+fn register_font(path: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("{} (install fonts-dejavu-core)", path.display()))?;
+    // plotters keeps a registered font for the process's lifetime.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not a font plotters can read", path.display()))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    register_font(&args.font)?;
     let root = SVGBackend::new(&args.output, (1000, 360 * args.workloads.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((args.workloads.len(), 1));
