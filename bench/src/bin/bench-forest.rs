@@ -470,6 +470,8 @@ fn input_path_table(
         let kernel = ForestKernel::new(device, forest, &options)?;
         let config = kernel.config();
         let mut lane = kernel.lane(rows.n_rows)?;
+        // The share the lane really splits by (none without a transfer stream or resizable BAR).
+        let effective_share = lane.direct_share();
         let mut kernel_ns = Vec::new();
         time_runs(2, runs.min(20), || {
             lane.write_rows(0, &rows.data)?;
@@ -491,7 +493,7 @@ fn input_path_table(
         })?);
         table.push(json!({
             "input_path": config.input_path, "requested_input_path": path, "config": config,
-            "host_write": write, "in_place": in_place,
+            "effective_direct_share": effective_share, "host_write": write, "in_place": in_place,
         }));
         let groups = rows.n_rows.div_ceil(config.rows_per_group as usize);
         let mut line = String::new();
@@ -519,7 +521,11 @@ fn input_path_table(
         println!(
             "  {:?}{} ({}x{}): kernel {:?} us, host write {:.0} us, in place {:.0} us; e2e us by chunks:{line}",
             config.input_path,
-            direct_share.map_or(String::new(), |share| format!(" direct share {share:.2}")),
+            match (direct_share, effective_share) {
+                (None, _) => String::new(),
+                (Some(_), Some(share)) => format!(" direct share {share:.2}"),
+                (Some(_), None) => " (no direct share on this device)".into(),
+            },
             config.rows_per_group,
             config.tree_lanes,
             kernel_stats.as_ref().map(|k| k.median_us.round()),

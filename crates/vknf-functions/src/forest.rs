@@ -72,10 +72,13 @@ pub struct ForestOptions {
     /// written, so that the host's writes overlap the GPU's work. `None` chooses per batch from its
     /// input bytes ([`ForestKernel::pipeline_chunks`]).
     pub pipeline_chunks: Option<usize>,
-    /// Staged path, whole batches handed to [`ForestLane::predict`]: the share (0 to 1) of each
-    /// dispatch's rows the host writes straight into the GPU's memory while the rest is copied there by
-    /// DMA, so that both ways into the GPU carry rows at once. Needs the device buffer in host-visible
-    /// device memory (resizable BAR); elsewhere every row takes the DMA. `None`: [`DEFAULT_DIRECT_SHARE`].
+    /// Staged path, whole batches of at least 1 MiB handed to [`ForestLane::predict`] (or
+    /// [`ForestLane::run_pipelined`]) with a transfer stream: the share (0 to 1) of each dispatch's rows the
+    /// host writes straight into the GPU's memory while the rest is copied there by DMA, so that both ways
+    /// into the GPU carry rows at once. Such lanes keep their device buffer in host-visible device memory
+    /// (resizable BAR) where the driver has it; elsewhere every row takes the DMA. `None` or 0: no split,
+    /// and the device buffer stays ordinary device memory (as serving lanes want: they write each
+    /// request's rows into pinned memory and never split). [`DEFAULT_DIRECT_SHARE`] is the measured choice.
     pub direct_share: Option<f32>,
     /// Staged path: copy rows on a transfer stream of their own (`None`: where the device has a
     /// dedicated transfer queue family; elsewhere the copy is part of the kernel's command list, which
@@ -84,7 +87,8 @@ pub struct ForestOptions {
     pub transfer_stream: Option<bool>,
 }
 
-/// Default of [`ForestOptions::direct_share`].
+/// The direct share that measured best for whole batches on the H200 (0.3-0.5 alike; bench/RESULTS.md,
+/// "Both ways into the GPU"); what `vknf predict --staged-input` uses.
 pub const DEFAULT_DIRECT_SHARE: f32 = 0.4;
 
 /// Default of [`ForestOptions::small_batch_rows`].
@@ -126,8 +130,9 @@ pub struct KernelConfig {
     pub small_batch: Option<SmallBatchConfig>,
     /// Fixed number of pipelined dispatches per `predict` batch; `None` when chosen per batch.
     pub pipeline_chunks: Option<u32>,
-    /// Staged path: the share of a `predict` batch's rows written straight into device memory (0 on the
-    /// other paths; a lane whose device buffer is not host-visible device memory copies every row).
+    /// Staged path with a transfer stream: the share of a large `predict` batch's rows written straight
+    /// into device memory (0 otherwise; a lane whose device buffer is not host-visible device memory
+    /// copies every row: [`ForestLane::direct_share`]).
     pub direct_share: f32,
     /// Staged path: rows are copied on a transfer stream of their own rather than in the kernel's list.
     pub transfer_stream: bool,
@@ -299,18 +304,18 @@ impl ForestKernel {
             direct_share: 0.0,
             transfer_stream: false,
         };
+        // Only lanes copying on a transfer stream split (the measured configuration; bench/RESULTS.md).
+        let transfer_stream = config.input_path == InputPath::Staged
+            && options
+                .transfer_stream
+                .unwrap_or_else(|| device.has_dedicated_transfer());
+        let direct_share = match options.direct_share {
+            Some(share) if transfer_stream && share.is_finite() => share.clamp(0.0, 1.0),
+            _ => 0.0,
+        };
         let config = KernelConfig {
-            direct_share: match config.input_path {
-                InputPath::Staged => {
-                    let share = options.direct_share.unwrap_or(DEFAULT_DIRECT_SHARE);
-                    if share.is_finite() { share.clamp(0.0, 1.0) } else { 0.0 }
-                }
-                _ => 0.0,
-            },
-            transfer_stream: config.input_path == InputPath::Staged
-                && options
-                    .transfer_stream
-                    .unwrap_or_else(|| device.has_dedicated_transfer()),
+            direct_share,
+            transfer_stream,
             ..config
         };
 
@@ -752,10 +757,10 @@ impl ForestLane {
         (rows * self.n_features() * 4) as u64
     }
 
-    /// The direct share a `predict` batch of `n_rows` takes: only batches whose input would be copied
-    /// on the transfer queue. A small batch's copy runs in its kernel's own command list, which costs
-    /// less than a pipelined copy on a second queue saves (the tiny forest's 68 KB batch took 63-115 us
-    /// with a share instead of 35 us without, on the H200; bench/RESULTS.md).
+    /// The direct share a `predict` batch of `n_rows` takes: only batches of at least 1 MiB (the lane has
+    /// a share only with a transfer stream). A small batch's copy runs in its kernel's own command list,
+    /// which costs less than a pipelined copy on a second queue saves (the tiny forest's 68 KB batch took
+    /// 63-115 us with a share instead of 35 us without, on the H200; bench/RESULTS.md).
     fn batch_direct_share(&self, n_rows: usize) -> Option<f32> {
         self.direct_share
             .filter(|_| self.input_bytes(n_rows) >= TRANSFER_QUEUE_BYTES)
@@ -860,6 +865,8 @@ impl ForestLane {
         if self.chunks_recorded == Some((n_rows, chunks, want_scores)) {
             return Ok(());
         }
+        // Until every list is recorded again, none matches a key (a failure below leaves them empty).
+        self.chunks_recorded = None;
         let r = self.kernel.resident.clone();
         let rows_per_group = r.config.rows_per_group as usize;
         let per_chunk = rows_per_chunk(n_rows, chunks, rows_per_group);
@@ -933,6 +940,11 @@ impl ForestLane {
     pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         let nf = self.n_features();
         let n_rows = rows.len() / nf;
+        if self.pending.is_some() {
+            return Err(ForestError::Input(
+                "the lane already has a batch in flight; finish it first".into(),
+            ));
+        }
         if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
             self.write_rows(0, rows)?;
             return self.run(n_rows, want_scores);
@@ -943,11 +955,6 @@ impl ForestLane {
                 rows.len(),
                 self.max_rows
             )));
-        }
-        if self.pending.is_some() {
-            return Err(ForestError::Input(
-                "the lane already has a batch in flight; finish it first".into(),
-            ));
         }
         self.record_chunks(n_rows, chunks, want_scores)?;
         let per_chunk = rows_per_chunk(n_rows, chunks, self.kernel.config().rows_per_group as usize);

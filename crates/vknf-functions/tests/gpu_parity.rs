@@ -150,8 +150,8 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
 fn pipelined_batches_match_scikit_learn() {
     let gpu = gpu();
     let cases = parity::load_cases(&fixture_dir()).unwrap();
-    // Staged with a direct share: each dispatch's first rows written into device memory by the host,
-    // the rest by DMA (none, the default share, all but one row).
+    // Staged with and without a direct share configured (the fixtures are far below the 1 MiB from
+    // which batches split: the split itself is checked by the large-batch test below).
     // On a transfer stream of its own (a second stream of lavapipe's one family) each chunk's dispatch
     // waits for its copy.
     for (chunks, input_path, direct_share, transfer_stream) in [
@@ -179,11 +179,11 @@ fn pipelined_batches_match_scikit_learn() {
                 let kernel = ForestKernel::new(&gpu.device, forest, &options)?;
                 assert_eq!(kernel.config().input_path, input_path);
                 let mut lane = kernel.lane(rows.n_rows.max(1))?;
-                if input_path == InputPath::Staged {
-                    // lavapipe's memory is host-visible device memory: the split is in effect.
-                    let expected = direct_share.unwrap_or(vknf_functions::forest::DEFAULT_DIRECT_SHARE);
-                    assert_eq!(lane.direct_share(), (expected > 0.0).then_some(expected));
-                }
+                // lavapipe's memory is host-visible device memory: a share is in effect exactly where one is
+                // configured on the staged path with a transfer stream.
+                let expected = direct_share
+                    .filter(|share| *share > 0.0 && input_path == InputPath::Staged && transfer_stream == Some(true));
+                assert_eq!(lane.direct_share(), expected);
                 let result = lane.run_pipelined(&rows.data, chunks, true)?;
                 let prediction = Prediction {
                     n_rows: result.n_rows,
@@ -284,18 +284,33 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
         n_features,
         data,
     };
-    for (chunks, direct_share) in [(1usize, 0.0f32), (1, 0.4), (3, 0.0), (3, 0.4), (2, 1.0)] {
+    // Other rows, written through the unsplit path first, so that a copy that misses rows leaves
+    // stale values the kernel would read (a fresh lane's memory may still hold the previous lane's).
+    let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
+    for (chunks, direct_share, transfer_stream) in [
+        (1usize, 0.0f32, true),
+        (1, 0.4, true),
+        (3, 0.0, true),
+        (3, 0.4, true),
+        (2, 1.0, true),
+        (3, 0.4, false),
+    ] {
         let options = ForestOptions {
             input_path: Some(InputPath::Staged),
             direct_share: Some(direct_share),
-            transfer_stream: Some(true),
+            transfer_stream: Some(transfer_stream),
             small_batch_rows: Some(0),
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
-        assert!(kernel.config().transfer_stream);
+        assert_eq!(kernel.config().transfer_stream, transfer_stream);
         let mut lane = kernel.lane(n_rows).unwrap();
+        // No split without a transfer stream (the copy is then part of the dispatch's own list).
+        let split = (transfer_stream && direct_share > 0.0).then_some(direct_share);
+        assert_eq!(lane.direct_share(), split);
         for round in 0..2 {
+            lane.write_rows(0, &poison).unwrap();
+            lane.run(n_rows, false).unwrap();
             let result = lane.run_pipelined(&rows.data, chunks, true).unwrap();
             let prediction = Prediction {
                 n_rows: result.n_rows,

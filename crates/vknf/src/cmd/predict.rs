@@ -37,7 +37,9 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 65_536)]
     batch_rows: usize,
     /// Copy rows to device memory by DMA before the kernel runs, instead of letting the kernel read them
-    /// straight from host-visible memory (the default, fastest end to end on discrete GPUs).
+    /// straight from host-visible memory (the default). Batches of a MiB or more then also have a share
+    /// of their rows written straight into the GPU's memory while the DMA brings the rest: the fastest
+    /// end to end for such batches on an H200 (bench/RESULTS.md, "Both ways into the GPU").
     #[arg(long)]
     staged_input: bool,
 }
@@ -98,6 +100,10 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
             } else {
                 InputPath::Direct
             }),
+            // Whole batches: part of each written straight into the GPU's memory while DMA brings the rest.
+            direct_share: args
+                .staged_input
+                .then_some(vknf_functions::forest::DEFAULT_DIRECT_SHARE),
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(&device, &forest, &options)?;
