@@ -524,6 +524,7 @@ fn input_path_table(
             match (direct_share, effective_share) {
                 (None, _) => String::new(),
                 (Some(_), Some(share)) => format!(" direct share {share:.2}"),
+                (Some(asked), None) if asked <= 0.0 => " direct share 0.00".into(),
                 (Some(_), None) => " (no direct share on this device)".into(),
             },
             config.rows_per_group,
