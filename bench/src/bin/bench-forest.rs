@@ -13,7 +13,7 @@ use clap::Parser;
 use serde_json::json;
 use vknf_bench::{Stats, open_device, time_runs};
 use vknf_forest::{GpuForest, ImportOptions, Rows};
-use vknf_functions::{ForestKernel, ForestOptions, InputPath};
+use vknf_functions::{ForestKernel, ForestLane, ForestOptions, InputPath};
 
 #[derive(Parser)]
 struct Args {
@@ -204,17 +204,7 @@ fn main() -> anyhow::Result<()> {
             labels = lane.predict(&rows.data, false)?.labels;
             Ok(())
         })?);
-        // Kernel alone: the whole batch as one dispatch, GPU timestamps.
-        let mut kernel_ns = Vec::new();
-        time_runs(2, args.runs.min(20), || {
-            lane.submit(rows.n_rows, false)?;
-            lane.finish(vknf_functions::forest::BATCH_DEADLINE)?;
-            if let Some(ns) = lane.last_kernel_ns() {
-                kernel_ns.push(ns / 1e3);
-            }
-            Ok(())
-        })?;
-        let kernel_stats = (!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns));
+        let kernel_stats = one_dispatch_kernel(&mut lane, &rows, args.runs)?;
         let wrong = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
         println!(
             "{label}: {config:?}, {chunks} chunk(s): predict e2e median {:.1} us (p90 {:.1}), kernel {:?} us, label mismatches vs CPU {wrong}",
@@ -446,6 +436,22 @@ fn small_batch_table(
 /// dispatch and split into pipelined chunks, with the chosen workgroup shape (`chosen`'s, where the
 /// command line fixes parts of it); the kernel's GPU time per path (the host-memory path's kernel pulls
 /// the rows over the bus); labels checked every time.
+/// The kernel alone: the whole batch as one dispatch, from GPU timestamps (`None` where the device has
+/// none).
+fn one_dispatch_kernel(lane: &mut ForestLane, rows: &Rows, runs: usize) -> anyhow::Result<Option<Stats>> {
+    let mut kernel_ns = Vec::new();
+    time_runs(2, runs.min(20), || {
+        lane.write_rows(0, &rows.data)?;
+        lane.submit(rows.n_rows, false)?;
+        lane.finish(vknf_functions::forest::BATCH_DEADLINE)?;
+        if let Some(ns) = lane.last_kernel_ns() {
+            kernel_ns.push(ns / 1e3);
+        }
+        Ok(())
+    })?;
+    Ok((!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns)))
+}
+
 fn input_path_table(
     device: &vknf_vulkan::Device,
     forest: &GpuForest,
@@ -472,17 +478,7 @@ fn input_path_table(
         let mut lane = kernel.lane(rows.n_rows)?;
         // The share the lane really splits by (none without a transfer stream or resizable BAR).
         let effective_share = lane.direct_share();
-        let mut kernel_ns = Vec::new();
-        time_runs(2, runs.min(20), || {
-            lane.write_rows(0, &rows.data)?;
-            lane.submit(rows.n_rows, false)?;
-            lane.finish(vknf_functions::forest::BATCH_DEADLINE)?;
-            if let Some(ns) = lane.last_kernel_ns() {
-                kernel_ns.push(ns / 1e3);
-            }
-            Ok(())
-        })?;
-        let kernel_stats = (!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns));
+        let kernel_stats = one_dispatch_kernel(&mut lane, rows, runs)?;
         // Where one dispatch's time goes: the host writing the rows, then everything after (copy if
         // staged, kernel, completion, labels read back) with the rows already in place.
         let write = Stats::of(time_runs(3, runs, || Ok(lane.write_rows(0, &rows.data)?))?);
