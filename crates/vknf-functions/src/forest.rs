@@ -289,34 +289,30 @@ impl ForestKernel {
                 max_rows: small_max_rows.min(u32::MAX as usize) as u32,
                 tree_lanes: small_lanes as u32,
             });
+        let input_path = match options.input_path.unwrap_or(InputPath::Direct) {
+            InputPath::HostMemory if !stage_input => InputPath::Staged,
+            path => path,
+        };
+        let transfer_stream = input_path == InputPath::Staged
+            && options
+                .transfer_stream
+                .unwrap_or_else(|| device.has_dedicated_transfer());
+        // Only lanes copying on a transfer stream split (the measured configuration; bench/RESULTS.md).
+        let direct_share = match options.direct_share {
+            Some(share) if transfer_stream && share.is_finite() => share.clamp(0.0, 1.0),
+            _ => 0.0,
+        };
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
             stage_input,
             fixed_scale_log2: fixed.as_ref().map(|f| f.scale_log2),
             float_accumulate: fixed.is_none(),
-            input_path: match options.input_path.unwrap_or(InputPath::Direct) {
-                InputPath::HostMemory if !stage_input => InputPath::Staged,
-                path => path,
-            },
+            input_path,
             small_batch,
             pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
-            direct_share: 0.0,
-            transfer_stream: false,
-        };
-        // Only lanes copying on a transfer stream split (the measured configuration; bench/RESULTS.md).
-        let transfer_stream = config.input_path == InputPath::Staged
-            && options
-                .transfer_stream
-                .unwrap_or_else(|| device.has_dedicated_transfer());
-        let direct_share = match options.direct_share {
-            Some(share) if transfer_stream && share.is_finite() => share.clamp(0.0, 1.0),
-            _ => 0.0,
-        };
-        let config = KernelConfig {
             direct_share,
             transfer_stream,
-            ..config
         };
 
         let kernel = Kernel::new(device, spirv, entry_point)?;
@@ -488,9 +484,6 @@ pub struct ForestLane {
     chunks_recorded: Option<(usize, usize, bool)>,
     // The batch in flight was pipelined: only its last chunk's kernel is left when finish() starts.
     poll_finish: bool,
-    // Staged input in host-visible device memory: the share of each `predict` dispatch's rows the host
-    // writes there itself.
-    direct_share: Option<f32>,
 }
 
 /// What a finished batch produced, borrowed from the lane's readback buffers.
@@ -618,10 +611,6 @@ impl ForestLane {
             .then(|| device.stream(QueueKind::Transfer))
             .transpose()?;
         let timestamps = device.create_timestamps(2).ok();
-        let direct_share = device_input
-            .as_ref()
-            .filter(|target| target.kind() == MemoryKind::Upload && r.config.direct_share > 0.0)
-            .map(|_| r.config.direct_share);
         Ok(ForestLane {
             kernel,
             max_rows,
@@ -642,14 +631,18 @@ impl ForestLane {
             chunk_uploads: Vec::new(),
             chunks_recorded: None,
             poll_finish: false,
-            direct_share,
         })
     }
 
     /// The share of each `predict` dispatch's rows this lane writes straight into device memory (staged
     /// path with host-visible device memory), if any: [`ForestOptions::direct_share`].
     pub fn direct_share(&self) -> Option<f32> {
-        self.direct_share
+        let share = self.kernel.config().direct_share;
+        // `staged_target` gives the device buffer host-visible memory only where the share can be used.
+        self.device_input
+            .as_ref()
+            .filter(|target| target.kind() == MemoryKind::Upload && share > 0.0)
+            .map(|_| share)
     }
 
     /// Largest batch this lane takes.
@@ -762,7 +755,7 @@ impl ForestLane {
     /// which costs less than a pipelined copy on a second queue saves (the tiny forest's 68 KB batch took
     /// 63-115 us with a share instead of 35 us without, on the H200; bench/RESULTS.md).
     fn batch_direct_share(&self, n_rows: usize) -> Option<f32> {
-        self.direct_share
+        self.direct_share()
             .filter(|_| self.input_bytes(n_rows) >= TRANSFER_QUEUE_BYTES)
     }
 
@@ -815,7 +808,7 @@ impl ForestLane {
                 let nf = self.n_features();
                 // The rows the kernel read: in the device buffer where the host wrote a share there.
                 let source = match &self.device_input {
-                    Some(target) if self.direct_share.is_some() => target,
+                    Some(target) if self.direct_share().is_some() => target,
                     _ => &self.input,
                 };
                 let values: Vec<f32> = source.read_vec(row * nf, nf)?;
@@ -1069,19 +1062,16 @@ impl ForestLane {
         let mut labels = Vec::with_capacity(n_rows);
         let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
+            // One dispatch where that is best: `run_pipelined` then writes the rows and runs them.
             let chunks = self.kernel.pipeline_chunks(chunk.len() / nf);
-            let result = if chunks > 1 || self.batch_direct_share(chunk.len() / nf).is_some() {
-                self.run_pipelined(chunk, chunks, want_scores)
-            } else {
-                self.write_rows(0, chunk)?;
-                self.run(chunk.len() / nf, want_scores)
-            };
-            let result = result.map_err(|err| match err {
-                ForestError::Input(message) if message.starts_with("row ") => {
-                    ForestError::Input(format!("batch {index}: {message}"))
-                }
-                other => other,
-            })?;
+            let result = self
+                .run_pipelined(chunk, chunks, want_scores)
+                .map_err(|err| match err {
+                    ForestError::Input(message) if message.starts_with("row ") => {
+                        ForestError::Input(format!("batch {index}: {message}"))
+                    }
+                    other => other,
+                })?;
             labels.extend_from_slice(&result.labels);
             if let Some(s) = result.scores {
                 scores.extend_from_slice(&s);
