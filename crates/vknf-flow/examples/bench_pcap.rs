@@ -255,14 +255,7 @@ fn sharded(path: &str, schema: &FeatureSchema, shards: usize) -> Result<Run, Box
             // A flow's shard is the same both ways; frames that are not TCP are dropped by shard 0.
             let shard = match decode(link, packet.data) {
                 Ok(seg) => {
-                    let src = Endpoint {
-                        addr: seg.src,
-                        port: seg.src_port,
-                    };
-                    let dst = Endpoint {
-                        addr: seg.dst,
-                        port: seg.dst_port,
-                    };
+                    let (src, dst) = Endpoint::ends_of(&seg);
                     (FlowKey::new(src, dst).shard_hash() % shards as u64) as usize
                 }
                 Err(_) => 0,

@@ -15,14 +15,14 @@ use tokio::net::TcpStream;
 use vknf_oip::grpc::proto::model_infer_request::InferInputTensor;
 use vknf_oip::grpc::proto::{ModelInferRequest, ModelInferResponse};
 use vknf_oip::{OipConfig, OipServer};
-use vknf_runtime::{Call, Category, MemoryBudget, Rows, Runtime, RuntimeSettings};
+use vknf_runtime::{Category, MemoryBudget, Runtime, RuntimeSettings};
 use vknf_testkit::gate::Gate;
 use vknf_testkit::pki::TestPki;
 use vknf_tls::{CONNECTION_BUFFER_BYTES, ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
 mod common;
 
-use common::{CLASSES, FEATURES, FUNCTION, rows, serve_forest};
+use common::{CLASSES, FEATURES, in_process, rows, serve_forest};
 /// Rows of one call: its answer (a label and three scores a row) is 32,000 bytes.
 const ROWS: usize = 2000;
 const ANSWER_BYTES: usize = ROWS * (4 + 4 * CLASSES);
@@ -78,19 +78,6 @@ async fn h2(addr: SocketAddr, stream_window: u32) -> Sender {
         .expect("h2c with prior knowledge");
     tokio::spawn(connection);
     sender
-}
-
-/// Labels and scores of `data` through the runtime in process.
-async fn in_process(runtime: &Runtime, data: Vec<f32>) -> (Vec<u32>, Vec<f32>) {
-    let function = runtime.get(FUNCTION).await.unwrap();
-    let answer = function
-        .call(Call::new(Rows::f32(data, FEATURES).unwrap(), 0b11))
-        .await
-        .unwrap();
-    (
-        answer.output(0).unwrap().as_u32().to_vec(),
-        answer.output(1).unwrap().as_f32().to_vec(),
-    )
 }
 
 /// Sends `data` and reads the whole answer: its `grpc-status` and, when 0, labels and scores.
@@ -246,8 +233,8 @@ async fn tls_connections_are_charged_while_open_and_refused_past_the_budget() {
         tls: Some(server_tls),
         ..OipConfig::default()
     };
-    let (_runtime, server) = start(limit, config).await;
-    let budget = _runtime.budget().clone();
+    let (runtime, server) = start(limit, config).await;
+    let budget = runtime.budget().clone();
     let addr = server.local_addr();
 
     let mut open = Vec::new();

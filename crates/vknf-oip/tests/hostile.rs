@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use vknf_oip::{OipConfig, OipServer};
-use vknf_runtime::{Call, Rows, Runtime, RuntimeSettings};
+use vknf_runtime::{Runtime, RuntimeSettings};
 use vknf_testkit::gate::Gate;
 
 mod common;
 
-use common::{CLASSES, FEATURES, FUNCTION, rows, serve_forest};
+use common::{CLASSES, FEATURES, FUNCTION, in_process, rows, serve_forest};
 
 struct Fixture {
     runtime: Runtime,
@@ -106,18 +106,6 @@ fn outputs(answer: &Value) -> (Vec<u32>, Vec<f32>) {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     (labels, scores)
-}
-
-async fn in_process(runtime: &Runtime, data: Vec<f32>) -> (Vec<u32>, Vec<f32>) {
-    let function = runtime.get(FUNCTION).await.unwrap();
-    let answer = function
-        .call(Call::new(Rows::f32(data, FEATURES).unwrap(), 0b11))
-        .await
-        .unwrap();
-    (
-        answer.output(0).unwrap().as_u32().to_vec(),
-        answer.output(1).unwrap().as_f32().to_vec(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

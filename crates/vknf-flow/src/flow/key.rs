@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::decode::TcpSegment;
+
 /// One end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -13,6 +15,22 @@ pub struct Endpoint {
     pub addr: IpAddr,
     /// TCP port.
     pub port: u16,
+}
+
+impl Endpoint {
+    /// A segment's source and destination ends.
+    pub fn ends_of(seg: &TcpSegment<'_>) -> (Endpoint, Endpoint) {
+        (
+            Endpoint {
+                addr: seg.src,
+                port: seg.src_port,
+            },
+            Endpoint {
+                addr: seg.dst,
+                port: seg.dst_port,
+            },
+        )
+    }
 }
 
 impl fmt::Display for Endpoint {

@@ -562,14 +562,7 @@ impl FlowTable {
     }
 
     fn new_flow(&mut self, ts_ns: u64, seg: &TcpSegment<'_>, key: WireKey, hash: u64, src_is_lo: bool) -> Box<Flow> {
-        let src = Endpoint {
-            addr: seg.src,
-            port: seg.src_port,
-        };
-        let dst = Endpoint {
-            addr: seg.dst,
-            port: seg.dst_port,
-        };
+        let (src, dst) = Endpoint::ends_of(seg);
         let (client, server, server_by) = if seg.syn {
             // SYN alone comes from the client, SYN-ACK from the server.
             if seg.ack {

@@ -317,16 +317,8 @@ impl ShardedCapture {
                         };
                         match decoded {
                             Ok(segment) => {
-                                let key = FlowKey::new(
-                                    Endpoint {
-                                        addr: segment.src,
-                                        port: segment.src_port,
-                                    },
-                                    Endpoint {
-                                        addr: segment.dst,
-                                        port: segment.dst_port,
-                                    },
-                                );
+                                let (src, dst) = Endpoint::ends_of(&segment);
+                                let key = FlowKey::new(src, dst);
                                 let index = (key.shard_hash() % shards) as usize;
                                 if !dispatch.push(index, packet.ts_ns, packet.data) {
                                     break;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use vknf_oip::{OipConfig, OipServer};
-use vknf_runtime::{FunctionSpec, Runtime, RuntimeSettings};
+use vknf_runtime::{Call, FunctionSpec, Rows, Runtime, RuntimeSettings};
 use vknf_testkit::gate::{Gate, GatedLoader};
 
 pub const FEATURES: usize = 4;
@@ -50,4 +50,17 @@ pub fn rows(n: usize, seed: usize) -> Vec<f32> {
     (0..n * FEATURES)
         .map(|i| (((i + seed) * 7919) % 200) as f32 / 100.0 - 1.0)
         .collect()
+}
+
+/// Labels and scores of `data` through the runtime in process: what every front end must answer.
+pub async fn in_process(runtime: &Runtime, data: Vec<f32>) -> (Vec<u32>, Vec<f32>) {
+    let function = runtime.get(FUNCTION).await.unwrap();
+    let answer = function
+        .call(Call::new(Rows::f32(data, FEATURES).unwrap(), 0b11))
+        .await
+        .unwrap();
+    (
+        answer.output(0).unwrap().as_u32().to_vec(),
+        answer.output(1).unwrap().as_f32().to_vec(),
+    )
 }
