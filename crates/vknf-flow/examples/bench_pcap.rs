@@ -62,6 +62,71 @@ struct Run {
     checksum: f64,
 }
 
+/// Feature rows of finished flows, as the classifier's feed makes them: their count and a checksum (so
+/// that the work is not optimised away, and runs can be compared).
+struct RowSink<'a> {
+    schema: &'a FeatureSchema,
+    scratch: RowScratch,
+    row: Vec<f32>,
+    flows: u64,
+    checksum: f64,
+}
+
+impl<'a> RowSink<'a> {
+    fn new(schema: &'a FeatureSchema) -> Self {
+        RowSink {
+            schema,
+            scratch: RowScratch::default(),
+            row: Vec::with_capacity(schema.len()),
+            flows: 0,
+            checksum: 0.0,
+        }
+    }
+
+    fn event(&mut self, event: FlowEvent) {
+        if let FlowEvent::Finished(flow) = event {
+            self.schema.row_into(&flow.records, &mut self.scratch, &mut self.row);
+            self.checksum += f64::from(self.row.first().copied().unwrap_or(0.0));
+            self.flows += 1;
+        }
+    }
+}
+
+/// A flow table fed frames, its events turned into rows.
+struct FrameSink<'a> {
+    table: FlowTable,
+    events: Vec<FlowEvent>,
+    rows: RowSink<'a>,
+}
+
+impl<'a> FrameSink<'a> {
+    fn new(schema: &'a FeatureSchema) -> Self {
+        FrameSink {
+            table: FlowTable::new(FlowConfig::default()),
+            events: Vec::new(),
+            rows: RowSink::new(schema),
+        }
+    }
+
+    fn frame(&mut self, ts_ns: u64, link: LinkType, bytes: &[u8]) {
+        if let Ok(segment) = decode(link, bytes) {
+            self.table.process(ts_ns, &segment, &mut self.events);
+            for event in self.events.drain(..) {
+                self.rows.event(event);
+            }
+        }
+    }
+
+    /// Ends every flow still open; (flows, checksum).
+    fn finish(mut self) -> (u64, f64) {
+        self.table.finish(&mut self.events);
+        for event in self.events.drain(..) {
+            self.rows.event(event);
+        }
+        (self.rows.flows, self.rows.checksum)
+    }
+}
+
 fn pipeline(path: &str, schema: &FeatureSchema, direct: bool) -> Result<Run, Box<dyn std::error::Error>> {
     let start = Instant::now();
     let cpu_start = thread_cpu_seconds();
@@ -72,16 +137,11 @@ fn pipeline(path: &str, schema: &FeatureSchema, direct: bool) -> Result<Run, Box
         PcapFile::open(path)?
     };
     let mut reader = FlowReader::new(source, FlowConfig::default());
-    let mut scratch = RowScratch::default();
-    let mut row = Vec::with_capacity(schema.len());
-    let (mut flows, mut checksum) = (0u64, 0f64);
+    let mut rows = RowSink::new(schema);
     for event in reader.by_ref() {
-        if let FlowEvent::Finished(flow) = event? {
-            schema.row_into(&flow.records, &mut scratch, &mut row);
-            checksum += f64::from(row.first().copied().unwrap_or(0.0));
-            flows += 1;
-        }
+        rows.event(event?);
     }
+    let RowSink { flows, checksum, .. } = rows;
     let seconds = start.elapsed().as_secs_f64();
     let thread_cpu_seconds = cpu_since(cpu_start, seconds);
     let cpu_seconds = match (process_start, process_cpu_seconds()) {
@@ -152,30 +212,11 @@ fn load(path: &str) -> Result<Frames, Box<dyn std::error::Error>> {
 fn in_memory(frames: &Frames, schema: &FeatureSchema) -> Run {
     let start = Instant::now();
     let cpu_start = thread_cpu_seconds();
-    let mut table = FlowTable::new(FlowConfig::default());
-    let mut events = Vec::new();
-    let mut scratch = RowScratch::default();
-    let mut row = Vec::with_capacity(schema.len());
-    let (mut flows, mut checksum) = (0u64, 0f64);
-    let mut rows = |events: &mut Vec<FlowEvent>| {
-        for event in events.drain(..) {
-            if let FlowEvent::Finished(flow) = event {
-                schema.row_into(&flow.records, &mut scratch, &mut row);
-                checksum += f64::from(row.first().copied().unwrap_or(0.0));
-                flows += 1;
-            }
-        }
-    };
+    let mut sink = FrameSink::new(schema);
     for (ts_ns, link, range) in &frames.index {
-        if let Ok(segment) = decode(*link, &frames.bytes[range.clone()]) {
-            table.process(*ts_ns, &segment, &mut events);
-            if !events.is_empty() {
-                rows(&mut events);
-            }
-        }
+        sink.frame(*ts_ns, *link, &frames.bytes[range.clone()]);
     }
-    table.finish(&mut events);
-    rows(&mut events);
+    let (flows, checksum) = sink.finish();
     let seconds = start.elapsed().as_secs_f64();
     let cpu_seconds = cpu_since(cpu_start, seconds);
     Run {
@@ -200,36 +241,16 @@ const BATCH: usize = 256;
 
 /// One shard: its own table, its flows' rows; batches go back to the dispatcher for reuse.
 fn shard_worker(batches: Receiver<Batch>, spare: Sender<Batch>, schema: &FeatureSchema) -> (u64, f64) {
-    let mut table = FlowTable::new(FlowConfig::default());
-    let mut events = Vec::new();
-    let mut scratch = RowScratch::default();
-    let mut row = Vec::with_capacity(schema.len());
-    let (mut flows, mut checksum) = (0u64, 0f64);
-    let mut rows = |events: &mut Vec<FlowEvent>| {
-        for event in events.drain(..) {
-            if let FlowEvent::Finished(flow) = event {
-                schema.row_into(&flow.records, &mut scratch, &mut row);
-                checksum += f64::from(row.first().copied().unwrap_or(0.0));
-                flows += 1;
-            }
-        }
-    };
+    let mut sink = FrameSink::new(schema);
     for mut batch in batches {
         for (ts_ns, link, range) in &batch.frames {
-            if let Ok(segment) = decode(*link, &batch.bytes[range.clone()]) {
-                table.process(*ts_ns, &segment, &mut events);
-                if !events.is_empty() {
-                    rows(&mut events);
-                }
-            }
+            sink.frame(*ts_ns, *link, &batch.bytes[range.clone()]);
         }
         batch.bytes.clear();
         batch.frames.clear();
         let _ = spare.send(batch);
     }
-    table.finish(&mut events);
-    rows(&mut events);
-    (flows, checksum)
+    sink.finish()
 }
 
 /// The pipeline over `shards` worker threads, fed by this thread (see the file's comment).
