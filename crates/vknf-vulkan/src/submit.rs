@@ -229,7 +229,8 @@ impl Stream {
             .push_next(&mut timeline_info);
         let queue = device.family(self.kind).queues[self.queue].lock();
         // SAFETY: the queue is externally synchronised by its lock; the command buffer is fully recorded,
-        // not pending (checked above) and keeps every resource it references alive.
+        // not pending (checked above) and keeps every resource it references alive; the semaphores waited
+        // for are live (their tickets are held here, and by the list until it has run).
         let result = unsafe { device.raw.queue_submit(*queue, &[submit], vk::Fence::null()) };
         drop(queue);
         if let Err(result) = result {
