@@ -73,6 +73,10 @@ struct Args {
     /// Threads per row (each walking a share of the trees) in the chosen configuration and those tables.
     #[arg(long)]
     tree_lanes: Option<u32>,
+    /// Walk node blocks (`true`) or single nodes (`false`) in the chosen configuration and the tables
+    /// (default: the kernel's choice); the headline also times the other layout, and `--sweep` both.
+    #[arg(long)]
+    node_blocks: Option<bool>,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -85,12 +89,13 @@ fn parse_input_path(text: &str) -> Result<InputPath, String> {
 }
 
 /// The fixed configuration vknf used for every forest before it chose by shape and batch: 24 rows x 32
-/// tree lanes, one dispatch per batch (bench/RESULTS.md, W1 sweep).
+/// tree lanes, one node a load, one dispatch per batch (bench/RESULTS.md, W1 sweep).
 fn previous_default() -> ForestOptions {
     ForestOptions {
         rows_per_group: Some(24),
         tree_lanes: Some(32),
         pipeline_chunks: Some(1),
+        node_blocks: Some(false),
         ..ForestOptions::default()
     }
 }
@@ -190,11 +195,21 @@ fn main() -> anyhow::Result<()> {
         input_path: args.input_path,
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
+        node_blocks: args.node_blocks,
         ..ForestOptions::default()
+    };
+    let chosen_blocks = ForestKernel::new(&device, &forest, &chosen)?.config().node_blocks;
+    let other_layout = ForestOptions {
+        node_blocks: Some(!chosen_blocks),
+        ..chosen
     };
     let mut chosen_labels = Vec::new();
     let mut headline = serde_json::Map::new();
-    for (label, options) in [("chosen", chosen), ("previous-default", previous_default())] {
+    for (label, options) in [
+        ("chosen", chosen),
+        ("other-node-layout", other_layout),
+        ("previous-default", previous_default()),
+    ] {
         let kernel = ForestKernel::new(&device, &forest, &options)?;
         let config = kernel.config();
         let chunks = kernel.pipeline_chunks(rows.n_rows);
@@ -238,11 +253,14 @@ fn main() -> anyhow::Result<()> {
                 if rows_per_group * tree_lanes > 1024 || tree_lanes as usize > (forest.n_trees as usize).max(4) {
                     continue;
                 }
-                configurations.push(ForestOptions {
-                    rows_per_group: Some(rows_per_group),
-                    tree_lanes: Some(tree_lanes),
-                    ..ForestOptions::default()
-                });
+                for node_blocks in [false, true] {
+                    configurations.push(ForestOptions {
+                        rows_per_group: Some(rows_per_group),
+                        tree_lanes: Some(tree_lanes),
+                        node_blocks: Some(node_blocks),
+                        ..ForestOptions::default()
+                    });
+                }
             }
         }
     }
@@ -302,9 +320,10 @@ fn main() -> anyhow::Result<()> {
         }
         let mismatches = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
         println!(
-            "  {}x{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
+            "  {}x{}{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
             config.rows_per_group,
             config.tree_lanes,
+            if config.node_blocks { " blocks" } else { "" },
             if config.stage_input { "" } else { " unstaged" },
             match config.small_batch {
                 Some(small) => format!(" small<={}", small.max_rows),

@@ -87,6 +87,9 @@ pub enum CompileError {
     /// A leaf with more entries than 30 bits can count.
     #[error("a leaf has {0} entries; at most {max} are allowed", max = LOW30_MASK)]
     LeafTooLarge(usize),
+    /// A node layout no validated forest has (only possible for a hand-built `GpuForest`).
+    #[error("invalid node layout: {0}")]
+    InvalidLayout(String),
 }
 
 /// Most leaf entry pairs (each pair is 2 words; word indices stay within `u32`).

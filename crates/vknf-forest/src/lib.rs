@@ -7,6 +7,7 @@
 //! predictor ([`GpuForest::predict_cpu`]) runs on. The layout and the file format are
 //! documented in `docs/vkf-format.md`.
 
+mod blocks;
 pub mod exact;
 mod import;
 mod layout;
@@ -20,6 +21,7 @@ mod validate;
 mod vkf;
 pub mod wire;
 
+pub use blocks::{BLOCK_WORDS, NodeBlocks};
 pub use exact::FixedPoint;
 pub use import::{ImportError, ImportOptions, NanRouting, Progress, Stage, read_file_with_progress};
 pub use layout::{

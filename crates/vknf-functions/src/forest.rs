@@ -7,7 +7,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 use serde::Serialize;
 use vknf_forest::{
-    Aggregate, FixedPoint, GpuForest, MissingPolicy, NodeFormat, PostTransform, Prediction, apply_post_transform,
+    Aggregate, BLOCK_WORDS, FixedPoint, GpuForest, MissingPolicy, PostTransform, Prediction, apply_post_transform,
     apply_post_transform_le,
 };
 use vknf_vulkan::{
@@ -85,11 +85,21 @@ pub struct ForestOptions {
     /// saves a semaphore between queues). `Some(true)` on a device without one uses a second stream of
     /// the compute family, e.g. to exercise the transfer-queue path on a CPU driver.
     pub transfer_stream: Option<bool>,
+    /// Walk node blocks ([`vknf_forest::NodeBlocks`]: a node and both its children in one 32-byte
+    /// sector, two levels a load) instead of one node a load. `None`: blocks where the kernel declares
+    /// their binding. `Some(true)` with a kernel that does not is an error.
+    pub node_blocks: Option<bool>,
 }
 
 /// The direct share that measured best for whole batches on the H200 (0.3-0.5 alike; bench/RESULTS.md,
 /// "Both ways into the GPU"); what `vknf predict --staged-input` uses.
 pub const DEFAULT_DIRECT_SHARE: f32 = 0.4;
+
+/// Whether kernels walk node blocks by default ([`ForestOptions::node_blocks`]).
+pub const DEFAULT_NODE_BLOCKS: bool = false;
+
+/// The kernel's binding of the node buffer read as node blocks.
+const NODE_BLOCKS_BINDING: u32 = 7;
 
 /// Default of [`ForestOptions::small_batch_rows`].
 pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
@@ -136,6 +146,8 @@ pub struct KernelConfig {
     pub direct_share: f32,
     /// Staged path: rows are copied on a transfer stream of their own rather than in the kernel's list.
     pub transfer_stream: bool,
+    /// The kernel walks node blocks ([`ForestOptions::node_blocks`]).
+    pub node_blocks: bool,
 }
 
 impl KernelConfig {
@@ -158,6 +170,8 @@ struct Resident {
     pipeline: Pipeline,
     small_pipeline: Option<Pipeline>,
     nodes: Buffer,
+    /// The kernel declares the node-block binding (the node buffer is bound there too).
+    binds_node_blocks: bool,
     roots: Buffer,
     entries: Buffer,
     base_values: Buffer,
@@ -183,6 +197,8 @@ pub struct ForestKernel {
 struct ShaderShape<'a> {
     forest: &'a GpuForest,
     fixed: Option<&'a FixedPoint>,
+    /// Words per node as the kernel reads them: the forest's node format, or a node block.
+    node_words: u32,
 }
 
 impl ShaderShape<'_> {
@@ -197,7 +213,7 @@ impl ShaderShape<'_> {
             .name("TREE_LANES", tree_lanes as u32)
             .name("N_FEATURES", n_features as u32)
             .name("N_OUTPUTS", n_outputs as u32)
-            .name("NODE_WORDS", forest.node_format.words() as u32)
+            .name("NODE_WORDS", self.node_words)
             .name("MAX_DEPTH", forest.max_depth)
             .name("STAGE_INPUT", stage_input)
             .name("AGGREGATE", u32::from(forest.aggregate == Aggregate::Average))
@@ -302,6 +318,22 @@ impl ForestKernel {
             Some(share) if transfer_stream && share.is_finite() => share.clamp(0.0, 1.0),
             _ => 0.0,
         };
+        let kernel = Kernel::new(device, spirv, entry_point)?;
+        // Kernels from before node blocks (a manifest may carry one) declare no binding 7.
+        let kernel_has_blocks = kernel
+            .info()
+            .bindings
+            .iter()
+            .any(|b| b.set == 0 && b.binding == NODE_BLOCKS_BINDING);
+        let node_blocks = match options.node_blocks {
+            Some(true) if !kernel_has_blocks => {
+                return Err(ForestError::Unsupported(format!(
+                    "node blocks were asked for, but the kernel declares no node-block binding {NODE_BLOCKS_BINDING}"
+                )));
+            }
+            Some(wanted) => wanted,
+            None => DEFAULT_NODE_BLOCKS && kernel_has_blocks,
+        };
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
@@ -313,12 +345,17 @@ impl ForestKernel {
             pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
             direct_share,
             transfer_stream,
+            node_blocks,
         };
 
-        let kernel = Kernel::new(device, spirv, entry_point)?;
         let shape = ShaderShape {
             forest,
             fixed: fixed.as_ref(),
+            node_words: if node_blocks {
+                BLOCK_WORDS as u32
+            } else {
+                forest.node_format.words() as u32
+            },
         };
         let pipeline = device.create_pipeline(&kernel, &shape.specialization(rows, tree_lanes, stage_input))?;
         let small_pipeline = small_batch
@@ -330,11 +367,6 @@ impl ForestKernel {
             })
             .transpose()?;
 
-        let words_per_node = match forest.node_format {
-            NodeFormat::Compact => 2,
-            NodeFormat::Wide => 4,
-        };
-        let n_nodes = forest.nodes.len() / words_per_node;
         if !forest.base_values.is_empty() && forest.base_values.len() != n_outputs {
             return Err(ForestError::Unsupported(
                 "base values do not match the output count".into(),
@@ -360,8 +392,20 @@ impl ForestKernel {
                 )
             }
         };
+        let (mut node_words, roots, n_nodes) = if node_blocks {
+            let blocks = forest
+                .node_blocks(&node_words)
+                .map_err(|err| ForestError::Unsupported(err.to_string()))?;
+            let n_blocks = blocks.n_blocks();
+            (blocks.words, blocks.tree_roots, n_blocks)
+        } else {
+            let n_nodes = forest.n_nodes();
+            (node_words.into_owned(), forest.tree_roots.clone(), n_nodes)
+        };
+        // Whole blocks, so that the node-block binding (16-byte elements) covers every node format.
+        node_words.resize(node_words.len().next_multiple_of(BLOCK_WORDS).max(BLOCK_WORDS), 0);
         let nodes = device.create_buffer_with("forest nodes", &node_words, MemoryKind::DeviceLocal)?;
-        let roots = device.create_buffer_with("forest roots", &forest.tree_roots, MemoryKind::DeviceLocal)?;
+        let roots = device.create_buffer_with("forest roots", &roots, MemoryKind::DeviceLocal)?;
         let entries = if entry_words.is_empty() {
             device.create_buffer_with("forest leaf entries", &[0u32, 0u32], MemoryKind::DeviceLocal)?
         } else {
@@ -377,6 +421,7 @@ impl ForestKernel {
                 pipeline,
                 small_pipeline,
                 nodes,
+                binds_node_blocks: kernel_has_blocks,
                 roots,
                 entries,
                 base_values,
@@ -595,7 +640,7 @@ impl ForestLane {
             MemoryKind::Readback,
         )?;
         let rows_buffer = device_input.as_ref().unwrap_or(&input);
-        let bindings = [
+        let mut bindings = vec![
             (0, rows_buffer),
             (1, &r.nodes),
             (2, &r.roots),
@@ -604,6 +649,9 @@ impl ForestLane {
             (5, &labels),
             (6, &scores),
         ];
+        if r.binds_node_blocks {
+            bindings.push((NODE_BLOCKS_BINDING, &r.nodes));
+        }
         let bind_group = r.pipeline.bind(&bindings)?;
         let small_bind_group = r.small_pipeline.as_ref().map(|p| p.bind(&bindings)).transpose()?;
         let compute = device.stream(QueueKind::Compute)?;

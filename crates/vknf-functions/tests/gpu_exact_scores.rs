@@ -42,6 +42,7 @@ fn configurations() -> Vec<ForestOptions> {
             tree_lanes: Some(1),
             rows_per_group: Some(1),
             small_batch_rows: Some(0),
+            node_blocks: Some(true),
             ..Default::default()
         },
         ForestOptions {
@@ -49,12 +50,14 @@ fn configurations() -> Vec<ForestOptions> {
             rows_per_group: Some(5),
             stage_input: Some(false),
             small_batch_rows: Some(0),
+            node_blocks: Some(false),
             ..Default::default()
         },
         // Every batch on the small-batch pipeline: a thread per tree.
         ForestOptions {
             tree_lanes: Some(2),
             small_batch_rows: Some(usize::MAX),
+            node_blocks: Some(true),
             ..Default::default()
         },
         // Batches split into pipelined dispatches.
@@ -63,6 +66,7 @@ fn configurations() -> Vec<ForestOptions> {
             rows_per_group: Some(3),
             pipeline_chunks: Some(3),
             small_batch_rows: Some(0),
+            node_blocks: Some(false),
             ..Default::default()
         },
         // More tree lanes than a subgroup (48 threads per row); the small-batch pipeline takes the
@@ -71,6 +75,7 @@ fn configurations() -> Vec<ForestOptions> {
             tree_lanes: Some(48),
             rows_per_group: Some(2),
             small_batch_rows: Some(16),
+            node_blocks: Some(true),
             ..Default::default()
         },
     ]
@@ -81,6 +86,9 @@ fn configurations() -> Vec<ForestOptions> {
 fn check_config(kernel: &ForestKernel, options: &ForestOptions) {
     if let Some(lanes) = options.tree_lanes {
         assert_eq!(kernel.config().tree_lanes, lanes, "{options:?}");
+    }
+    if let Some(blocks) = options.node_blocks {
+        assert_eq!(kernel.config().node_blocks, blocks, "{options:?}");
     }
 }
 

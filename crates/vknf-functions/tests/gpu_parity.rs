@@ -80,6 +80,19 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
         ForestOptions::default(),
         ForestOptions {
             input_path: Some(InputPath::Staged),
+            node_blocks: Some(false),
+            ..Default::default()
+        },
+        // Node blocks (two levels a load), on the bulk pipeline and on the small-batch one.
+        ForestOptions {
+            node_blocks: Some(true),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        },
+        ForestOptions {
+            tree_lanes: Some(4),
+            small_batch_rows: Some(usize::MAX),
+            node_blocks: Some(true),
             ..Default::default()
         },
         // The kernel pulls rows from host memory, in one dispatch and in pipelined chunks.
@@ -106,11 +119,13 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
             stage_input: Some(false),
             tree_lanes: Some(3),
             rows_per_group: Some(5),
+            node_blocks: Some(false),
             ..Default::default()
         },
         ForestOptions {
             tree_lanes: Some(1),
             rows_per_group: Some(1),
+            node_blocks: Some(true),
             ..Default::default()
         },
         // Every batch on the small-batch pipeline (a thread per tree; the bulk one has 4 per row).
@@ -134,7 +149,7 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
             ..Default::default()
         },
     ];
-    let small = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &configurations[7]).unwrap();
+    let small = ForestKernel::new(&gpu.device, &cases[0].import().unwrap(), &configurations[9]).unwrap();
     assert!(
         small.config().small_batch.is_some_and(|s| s.tree_lanes >= 12),
         "the forced configuration must build the small-batch pipeline: {:?}",

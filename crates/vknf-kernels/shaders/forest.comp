@@ -67,6 +67,11 @@ layout(set = 0, binding = 3) readonly buffer LeafEntries { uvec2 leaf_entries[];
 layout(set = 0, binding = 4) readonly buffer BaseValues { uint base_values[]; };
 layout(set = 0, binding = 5) writeonly buffer Labels { uint labels[]; };
 layout(set = 0, binding = 6) writeonly buffer Scores { float scores[]; };
+// The same node buffer read as node blocks (NODE_WORDS == 8, vknf_forest::NodeBlocks): 32 bytes holding an
+// internal node, both its children and the index of its grandchildren's blocks, read as two 16-byte
+// loads from one sector, so that one dependent load decides two levels of a walk. Other node formats
+// bind the node buffer here too and never read it.
+layout(set = 0, binding = 7) readonly buffer NodeBlocks { uvec4 node_blocks[]; };
 
 layout(push_constant) uniform Params {
     uint n_rows;      // end of this dispatch's rows (exclusive), counted from the buffer's start
@@ -86,6 +91,13 @@ float feature_value(uint local_row, uint global_row, uint feature) {
         return staged[local_row * N_FEATURES + feature];
     }
     return rows[global_row * N_FEATURES + feature];
+}
+
+// Whether a row goes left at an internal node whose first word holds its feature in the low 30 bits
+// (wide nodes and node blocks) or in the compact bits.
+bool goes_left(uvec2 node_head, uint feature, uint local_row, uint row) {
+    const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
+    return x <= uintBitsToFloat(node_head.y) || (isnan(x) && (node_head.x & FLAG_BIT) != 0u);
 }
 
 void add_weight(uint local_row, uint output_index, uint weight_bits) {
@@ -236,7 +248,25 @@ void main() {
             uvec2 head = uvec2(0u);
             // Pairs per node: 1 (compact) or 2 (wide: the absolute left child in the second pair).
             const uint node_pairs = NODE_WORDS / 2u;
-            for (uint depth = 0u; depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
+            // Node blocks: `node` is a block index and n_nodes the block count; each step decides two
+            // levels, so MAX_DEPTH / 2 + 1 steps reach any leaf.
+            for (uint step = 0u; NODE_WORDS == 8u && step * 2u <= MAX_DEPTH && node < params.n_nodes; ++step) {
+                const uvec4 upper = node_blocks[node * 2u];
+                const uvec4 lower = node_blocks[node * 2u + 1u];
+                head = upper.xy;
+                if ((head.x & LEAF_BIT) != 0u) {
+                    break;
+                }
+                const bool left = goes_left(head, head.x & LOW30, local_row, row);
+                head = left ? upper.zw : lower.xy;
+                if ((head.x & LEAF_BIT) != 0u) {
+                    break;
+                }
+                // The right child's children follow the left child's, when it has any.
+                const uint skip = (!left && (upper.z & LEAF_BIT) == 0u) ? 2u : 0u;
+                node = lower.z + skip + (goes_left(head, head.x & LOW30, local_row, row) ? 0u : 1u);
+            }
+            for (uint depth = 0u; NODE_WORDS != 8u && depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
                 head = nodes[node * node_pairs];
                 if ((head.x & LEAF_BIT) != 0u) {
                     break;

@@ -105,6 +105,11 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
         &predict(&["--cpu", "--proba"]),
         "served scores vs the CPU reference",
     );
+    same_lines(
+        &served_scores,
+        &predict(&["--node-blocks", "--proba"]),
+        "served scores vs the GPU in process walking node blocks",
+    );
 
     // A model of another shape is refused with the function's shape, not answered.
     let other = workspace().join("crates/vknf-forest/tests/fixtures/rf12_5classes");

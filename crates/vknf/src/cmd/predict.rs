@@ -42,6 +42,10 @@ pub struct PredictArgs {
     /// end to end for such batches on an H200 (bench/RESULTS.md, "Both ways into the GPU").
     #[arg(long)]
     staged_input: bool,
+    /// Walk the trees in node blocks (a node and both its children in one 32-byte load, two levels a
+    /// load) instead of one node a load. Opt-in until it is measured on GPUs (docs/forest-kernel.md).
+    #[arg(long)]
+    node_blocks: bool,
 }
 
 /// Loads a model from `.onnx` or `.vkf`, with a progress bar for long loads.
@@ -104,6 +108,7 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
             direct_share: args
                 .staged_input
                 .then_some(vknf_functions::forest::DEFAULT_DIRECT_SHARE),
+            node_blocks: args.node_blocks.then_some(true),
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(&device, &forest, &options)?;

@@ -1,0 +1,319 @@
+//! Node blocks: a device layout of a compiled forest in which one 32-byte block holds an internal node
+//! and both its children, so that one load (one memory sector of a GPU) decides two levels of a walk.
+//!
+//! In the node layout ([`GpuForest::nodes`]) a walk loads one 8-byte node per level, each load's
+//! address depending on the previous one, and the rows of a subgroup soon read different sectors. A
+//! block halves both the chain of dependent loads and the sectors a walk touches, at the cost of
+//! memory (blocks whose top is a leaf hold one node). The layout is derived from a validated
+//! [`GpuForest`] when the forest is uploaded, so `.vkf` files and the CPU reference keep the node
+//! layout, and the GPU's scores are checked against a reference that does not share this code.
+//!
+//! Block `b` is words `[8b, 8b + 8)`, four word pairs:
+//! - pair 0, the top node: an internal node as `[nan flag | feature, threshold bits]` (the feature in
+//!   the low 30 bits, [`FLAG_BIT`] when NaN goes left), or a leaf's two words as the node layout has
+//!   them ([`LEAF_BIT`] set); a leaf top ends the walk, and the rest of the block is zero;
+//! - pairs 1 and 2, the top's left and right children, each an internal node or a leaf, encoded alike;
+//! - pair 3, `[first, 0]`: the index of the first block of the top's grandchildren. The children of
+//!   the left child (when it is internal) are the blocks `first` and `first + 1`; those of the right
+//!   child follow them (`first + 2`, `first + 3`, or `first`, `first + 1` when the left child is a
+//!   leaf). A grandchild block always lies after its parent block, so every walk moves forward.
+
+use crate::layout::{
+    COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, CompileError, FLAG_BIT, GpuForest, LEAF_BIT,
+    LOW30_MASK, NodeFormat,
+};
+
+/// Words per node block (32 bytes: one sector).
+pub const BLOCK_WORDS: usize = 8;
+
+/// A forest's nodes regrouped into blocks; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBlocks {
+    /// `n_blocks * BLOCK_WORDS` words.
+    pub words: Vec<u32>,
+    /// Block index of each tree's root block.
+    pub tree_roots: Vec<u32>,
+}
+
+impl NodeBlocks {
+    /// Number of blocks.
+    pub fn n_blocks(&self) -> usize {
+        self.words.len() / BLOCK_WORDS
+    }
+}
+
+/// One node of the node layout, decoded.
+#[derive(Clone, Copy)]
+enum Decoded {
+    /// A leaf: its two words, as they are.
+    Leaf([u32; 2]),
+    /// An internal node: its block encoding and its left child's index (the right one follows it).
+    Internal { pair: [u32; 2], left: usize },
+}
+
+impl GpuForest {
+    /// Regroups `nodes` (words in this forest's node format: its own [`GpuForest::nodes`], or the
+    /// fixed-point words of [`GpuForest::fixed_point_words`]) into node blocks.
+    ///
+    /// A layout that a validated forest cannot have (a child index before its parent or out of range,
+    /// a node count that does not match) is an error, never a panic or an endless loop.
+    pub fn node_blocks(&self, nodes: &[u32]) -> Result<NodeBlocks, CompileError> {
+        let w = self.node_format.words();
+        if nodes.len() != self.nodes.len() {
+            return Err(CompileError::InvalidLayout(format!(
+                "{} node words given for a forest of {}",
+                nodes.len(),
+                self.nodes.len()
+            )));
+        }
+        let n_nodes = nodes.len() / w;
+        let decode = |index: usize| -> Result<Decoded, CompileError> {
+            let words = nodes
+                .get(index * w..(index + 1) * w)
+                .ok_or_else(|| CompileError::InvalidLayout(format!("node {index} out of range")))?;
+            let w0 = words[0];
+            if w0 & LEAF_BIT != 0 {
+                return Ok(Decoded::Leaf([w0, words[1]]));
+            }
+            let (feature, left) = match self.node_format {
+                NodeFormat::Compact => (
+                    (w0 >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK,
+                    index + (w0 & COMPACT_DELTA_MASK) as usize,
+                ),
+                NodeFormat::Wide => (w0 & LOW30_MASK, words[2] as usize),
+            };
+            // Children lie after their parent and as an adjacent pair (docs/vkf-format.md): this is
+            // also what bounds the walk below.
+            if left <= index || left + 1 >= n_nodes {
+                return Err(CompileError::InvalidLayout(format!(
+                    "node {index}'s children ({left}, {}) are not after it within {n_nodes} nodes",
+                    left + 1
+                )));
+            }
+            Ok(Decoded::Internal {
+                pair: [(w0 & FLAG_BIT) | feature, words[1]],
+                left,
+            })
+        };
+
+        let mut words: Vec<u32> = Vec::with_capacity(n_nodes * 4);
+        let mut tree_roots = Vec::with_capacity(self.tree_roots.len());
+        // (block index, node index of its top), depth first: a block's grandchildren are laid out as
+        // soon as it is, next to each other, and the first of them is expanded next.
+        let mut pending: Vec<(usize, usize)> = Vec::new();
+        for &root in &self.tree_roots {
+            let root_block = words.len() / BLOCK_WORDS;
+            tree_roots.push(to_u32(root_block)?);
+            words.resize(words.len() + BLOCK_WORDS, 0);
+            pending.push((root_block, root as usize));
+            while let Some((block, top)) = pending.pop() {
+                let at = block * BLOCK_WORDS;
+                let (pair, left) = match decode(top)? {
+                    Decoded::Leaf(leaf) => {
+                        words[at..at + 2].copy_from_slice(&leaf);
+                        continue;
+                    }
+                    Decoded::Internal { pair, left } => (pair, left),
+                };
+                words[at..at + 2].copy_from_slice(&pair);
+                let mut grandchildren = [0usize; 4];
+                let mut count = 0;
+                for (slot, child) in [left, left + 1].into_iter().enumerate() {
+                    let child_pair = match decode(child)? {
+                        Decoded::Leaf(leaf) => leaf,
+                        Decoded::Internal { pair, left } => {
+                            grandchildren[count] = left;
+                            grandchildren[count + 1] = left + 1;
+                            count += 2;
+                            pair
+                        }
+                    };
+                    let start = at + 2 + slot * 2;
+                    words[start..start + 2].copy_from_slice(&child_pair);
+                }
+                if count == 0 {
+                    continue;
+                }
+                let first = words.len() / BLOCK_WORDS;
+                words[at + 6] = to_u32(first)?;
+                words.resize(words.len() + count * BLOCK_WORDS, 0);
+                for (k, &node) in grandchildren[..count].iter().enumerate().rev() {
+                    pending.push((first + k, node));
+                }
+            }
+        }
+        Ok(NodeBlocks { words, tree_roots })
+    }
+}
+
+fn to_u32(index: usize) -> Result<u32, CompileError> {
+    u32::try_from(index).map_err(|_| CompileError::TooManyNodes(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::{Aggregate, ClassLabels, MissingPolicy, PostTransform, Task};
+    use crate::validate::{RawEntry, RawForest, RawNode, RawTree, SplitMode};
+
+    /// The leaf words a walk over blocks reaches for `row`, as the kernel walks them (two levels per
+    /// block), or `None` when it runs past `max_depth` or out of range.
+    fn block_leaf(forest: &GpuForest, blocks: &NodeBlocks, tree: usize, row: &[f32]) -> Option<[u32; 2]> {
+        let goes_left = |pair: [u32; 2]| {
+            let x = row[(pair[0] & LOW30_MASK) as usize];
+            x <= f32::from_bits(pair[1]) || (x.is_nan() && pair[0] & FLAG_BIT != 0)
+        };
+        let mut block = blocks.tree_roots[tree] as usize;
+        for step in 0..=forest.max_depth / 2 {
+            let _ = step;
+            let b = blocks.words.get(block * BLOCK_WORDS..(block + 1) * BLOCK_WORDS)?;
+            let top = [b[0], b[1]];
+            if top[0] & LEAF_BIT != 0 {
+                return Some(top);
+            }
+            let left = goes_left(top);
+            let child = if left { [b[2], b[3]] } else { [b[4], b[5]] };
+            if child[0] & LEAF_BIT != 0 {
+                return Some(child);
+            }
+            let left_child_internal = b[2] & LEAF_BIT == 0;
+            let skip = if !left && left_child_internal { 2 } else { 0 };
+            block = b[6] as usize + skip + usize::from(!goes_left(child));
+        }
+        None
+    }
+
+    /// The leaf words the node layout reaches for `row` (the CPU reference's walk).
+    fn node_leaf(forest: &GpuForest, tree: usize, row: &[f32]) -> [u32; 2] {
+        let w = forest.node_format.words();
+        let mut node = forest.tree_roots[tree] as usize;
+        loop {
+            let words = &forest.nodes[node * w..(node + 1) * w];
+            if words[0] & LEAF_BIT != 0 {
+                return [words[0], words[1]];
+            }
+            let (feature, left) = match forest.node_format {
+                NodeFormat::Compact => (
+                    ((words[0] >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK) as usize,
+                    node + (words[0] & COMPACT_DELTA_MASK) as usize,
+                ),
+                NodeFormat::Wide => ((words[0] & LOW30_MASK) as usize, words[2] as usize),
+            };
+            let x = row[feature];
+            let left_wins = x <= f32::from_bits(words[1]) || (x.is_nan() && words[0] & FLAG_BIT != 0);
+            node = if left_wins { left } else { left + 1 };
+        }
+    }
+
+    /// A random tree: `shape` decides, node by node in depth-first order, whether to split (up to
+    /// `max_depth`); leaves get one or several entries.
+    fn tree(id: i64, shape: &[u8], n_features: u32, max_depth: u32) -> RawTree {
+        let mut nodes = Vec::new();
+        let mut entries = Vec::new();
+        let mut cursor = 0usize;
+        let next = |cursor: &mut usize| {
+            let value = shape[*cursor % shape.len()];
+            *cursor += 1;
+            value
+        };
+        // (node id, depth) to fill, depth first.
+        let mut todo = vec![(0i64, 0u32)];
+        nodes.push(RawNode::Leaf);
+        while let Some((id_here, depth)) = todo.pop() {
+            let choice = next(&mut cursor);
+            if depth < max_depth && choice % 4 != 0 {
+                let true_child = nodes.len() as i64;
+                nodes.push(RawNode::Leaf);
+                nodes.push(RawNode::Leaf);
+                nodes[id_here as usize] = RawNode::Branch {
+                    mode: SplitMode::Leq,
+                    feature: i64::from(u32::from(next(&mut cursor)) % n_features),
+                    threshold: f64::from(next(&mut cursor)) / 32.0 - 4.0,
+                    true_child,
+                    false_child: true_child + 1,
+                    missing_tracks_true: choice % 2 == 0,
+                };
+                todo.push((true_child + 1, depth + 1));
+                todo.push((true_child, depth + 1));
+            } else {
+                for k in 0..=(choice % 3) {
+                    entries.push(RawEntry {
+                        node: id_here,
+                        output: i64::from(k),
+                        weight: f64::from(choice) / 7.0 + f64::from(k),
+                    });
+                }
+            }
+        }
+        RawTree { id, nodes, entries }
+    }
+
+    fn forest(shapes: &[Vec<u8>], n_features: u32, max_depth: u32) -> GpuForest {
+        RawForest {
+            task: Task::Classifier {
+                labels: ClassLabels::Int64(vec![0, 1, 2]),
+            },
+            n_features: u64::from(n_features),
+            n_outputs: 3,
+            trees: shapes
+                .iter()
+                .enumerate()
+                .map(|(t, shape)| tree(t as i64, shape, n_features, max_depth))
+                .collect(),
+            aggregate: Aggregate::Sum,
+            post_transform: PostTransform::None,
+            base_values: vec![],
+            binary_complement: false,
+            missing: MissingPolicy::Route,
+            max_depth_limit: 64,
+        }
+        .validate()
+        .unwrap()
+        .compile()
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Every row reaches the same leaf, with the same words, through blocks as through nodes, in
+        /// both node formats, for trees of odd and even depths, with NaN features routed both ways.
+        #[test]
+        fn blocks_reach_the_leaves_nodes_reach(
+            shapes in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..64), 1..6),
+            wide in any::<bool>(),
+            max_depth in 0u32..12,
+            rows in prop::collection::vec(prop::collection::vec(prop_oneof![-5.0f32..5.0, Just(f32::NAN)], 6), 1..16),
+        ) {
+            let n_features = if wide { 4100 } else { 6 };
+            let forest = forest(&shapes, n_features, max_depth);
+            prop_assert_eq!(forest.node_format, if wide { NodeFormat::Wide } else { NodeFormat::Compact });
+            let blocks = forest.node_blocks(&forest.nodes).unwrap();
+            // Every node is in exactly one block's pairs 0-2.
+            let used = blocks.words.chunks_exact(BLOCK_WORDS).map(|b| {
+                if b[0] & LEAF_BIT != 0 { 1 } else { 3 }
+            }).sum::<usize>();
+            prop_assert_eq!(used, forest.n_nodes());
+            for row in &rows {
+                let mut full = vec![0.0f32; n_features as usize];
+                full[..6].copy_from_slice(row);
+                for t in 0..shapes.len() {
+                    prop_assert_eq!(block_leaf(&forest, &blocks, t, &full), Some(node_leaf(&forest, t, &full)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_layout_whose_children_point_backwards_is_an_error() {
+        let mut forest = forest(&[vec![1, 9, 200, 1, 0, 0]], 6, 2);
+        assert!(forest.n_nodes() >= 3);
+        // The root's left child delta 0: its "children" would be itself.
+        forest.nodes[0] &= !COMPACT_DELTA_MASK;
+        let err = forest.node_blocks(&forest.nodes.clone()).unwrap_err();
+        assert!(err.to_string().contains("not after it"), "{err}");
+        let short = forest.nodes[..2].to_vec();
+        assert!(forest.node_blocks(&short).is_err());
+    }
+}
