@@ -1,11 +1,12 @@
 //! The flow table: segments in, flow events out, in bounded memory.
 //!
-//! Flows live in a slab (a vector of slots, reused). A hash table of slot numbers gives a packet
-//! its slot: the packet's canonical 5-tuple ([`WireKey`], built straight from the decoded segment)
-//! is hashed once with a per-table seeded foldhash, and the candidate slots' own keys are compared,
-//! so the index holds 4 bytes a flow (it stays in cache) and the key compared is on the flow's
-//! first cache line, which the packet reads anyway. The flow's fields that every packet touches
-//! come first in it, the rest after.
+//! Flows live in a slab (a vector of flows, stored inline, slots reused). An index of slot
+//! numbers ([`index::SlotIndex`]) gives a packet its slot: the packet's canonical 5-tuple
+//! ([`WireKey`], built straight from the decoded segment) is hashed once with a per-table seeded
+//! foldhash, and the candidate slots' own keys are compared, so the index holds 8 bytes a flow and
+//! the key compared is on the flow's first cache line, which the packet reads anyway: a lookup is
+//! one read of the index and one of the flow, without a pointer between them. The flow's fields
+//! that every packet touches come first in it, the rest after.
 //!
 //! For expiry, flows are ordered by deadline (last packet plus the idle timeout, or plus a short
 //! linger once the connection closed) and flow id ([`ExpiryQueue`]). The order is lazy: a packet
@@ -18,8 +19,6 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
-use hashbrown::HashTable;
-
 use super::{Counters, EndReason, Endpoint, FlowEvent, FlowFlags, FlowRecord, ServerBy};
 use crate::decode::TcpSegment;
 use crate::reassembly::{ReassemblyLimits, Stream};
@@ -27,8 +26,10 @@ use crate::stats::Stats;
 use crate::tls::{Stop, parse_client_hello, parse_server_hello_version};
 
 mod expiry;
+mod index;
 
 use expiry::{Entry, ExpiryQueue, Lane};
+use index::SlotIndex;
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -123,18 +124,15 @@ fn wide(addr: IpAddr) -> u128 {
     }
 }
 
-/// Ended flows' boxes kept for reuse, at most.
-const SPARE_FLOWS: usize = 256;
-
-/// The flows' slots, found by the hash of their key (each slot's key is in its flow).
-type FlowIndex = HashTable<u32>;
-
 /// One flow's state. `repr(C)` keeps the declared order: what every packet reads or writes
 /// (key, times, counters, flags, records) first, on the first cache lines; the directions'
-/// streams next; what only a flow's start and end use last.
-#[repr(C)]
+/// streams next; what only a flow's start and end use last. Aligned to a cache line, so that in
+/// the slab every flow starts on one and its key is read with a single line.
+#[repr(C, align(64))]
 struct Flow {
     key: WireKey,
+    /// False while the slot is free.
+    live: bool,
     first_ns: u64,
     last_ns: u64,
     counters: Counters,
@@ -229,21 +227,13 @@ impl Flow {
 /// sharded live pipeline.
 pub struct FlowTable {
     config: FlowConfig,
-    index: FlowIndex,
+    index: SlotIndex,
     hasher: foldhash::fast::RandomState,
-    /// The flows; `None` slots are free and listed in `free`. Boxed: a slot is a pointer, so the
-    /// slab stays small and in cache, a packet's first read of its flow is the key's cache line
-    /// (an inline `Option<Flow>` keeps its tag in a niche at the far end of the flow), and a flow
-    /// is never moved once created.
-    slots: Vec<Option<Box<Flow>>>,
+    /// The flows, inline: a slot's flow is found from its number without reading a pointer.
+    /// Free slots (`live` false) are listed in `free`; the slab never holds more than
+    /// `max_flows` + 1 slots.
+    flows: Vec<Flow>,
     free: Vec<u32>,
-    /// Boxes of ended flows, for new ones (an allocation and a free less a flow); at most
-    /// [`SPARE_FLOWS`].
-    #[allow(
-        clippy::vec_box,
-        reason = "the boxes themselves are what is kept, to go back into `slots`"
-    )]
-    spare: Vec<Box<Flow>>,
     /// Expiry and eviction order; entries whose flow ended or whose `queued` moved are stale and
     /// skipped when they come first.
     expiry: ExpiryQueue,
@@ -258,11 +248,10 @@ impl FlowTable {
     pub fn new(config: FlowConfig) -> Self {
         Self {
             config,
-            index: FlowIndex::new(),
+            index: SlotIndex::default(),
             hasher: foldhash::fast::RandomState::default(),
-            slots: Vec::new(),
+            flows: Vec::new(),
             free: Vec::new(),
-            spare: Vec::new(),
             expiry: ExpiryQueue::default(),
             next_id: 0,
             buffered: 0,
@@ -293,7 +282,7 @@ impl FlowTable {
 
     /// True when no flow is held.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     /// Bytes of out-of-order data held now, all flows together.
@@ -317,10 +306,11 @@ impl FlowTable {
     /// Ends every flow (end of input), in order of deadline.
     pub fn finish(&mut self, out: &mut Vec<FlowEvent>) {
         let mut order: Vec<(u64, u64, u32)> = self
-            .slots
+            .flows
             .iter()
             .enumerate()
-            .filter_map(|(slot, flow)| flow.as_ref().map(|f| (f.deadline, f.id, slot as u32)))
+            .filter(|(_, flow)| flow.live)
+            .map(|(slot, f)| (f.deadline, f.id, slot as u32))
             .collect();
         order.sort_unstable();
         for (_, _, slot) in order {
@@ -342,13 +332,8 @@ impl FlowTable {
         self.advance(ts_ns, out);
         let (key, src_is_lo) = WireKey::of(seg);
         let hash = self.hasher.hash_one(key);
-        let slots = &self.slots;
-        let mut found = self
-            .index
-            .find(hash, |&slot| {
-                slots[slot as usize].as_ref().is_some_and(|flow| flow.key == key)
-            })
-            .copied();
+        let flows = &self.flows;
+        let mut found = self.index.find(hash, |slot| flows[slot as usize].key == key);
         if let Some(slot) = found
             && let Some(flow) = self.flow(slot)
         {
@@ -378,7 +363,7 @@ impl FlowTable {
                 self.insert(flow)
             }
         };
-        let Some(Some(flow)) = self.slots.get_mut(slot as usize) else {
+        let Some(flow) = self.flows.get_mut(slot as usize) else {
             return;
         };
         let from_client = src_is_lo == flow.client_is_lo;
@@ -488,31 +473,26 @@ impl FlowTable {
     }
 
     fn flow(&self, slot: u32) -> Option<&Flow> {
-        self.slots.get(slot as usize).and_then(Option::as_deref)
+        self.flows.get(slot as usize).filter(|flow| flow.live)
     }
 
     /// Puts a new flow into a free slot and the index, with its heap entry.
-    fn insert(&mut self, mut flow: Box<Flow>) -> u32 {
+    fn insert(&mut self, mut flow: Flow) -> u32 {
+        flow.queued = flow.deadline;
+        let (deadline, id, hash) = (flow.deadline, flow.id, flow.hash);
         let slot = match self.free.pop() {
-            Some(slot) => slot,
+            Some(slot) => {
+                self.flows[slot as usize] = flow;
+                slot
+            }
             None => {
                 // Slots never outnumber `max_flows` + 1, far below u32::MAX.
-                self.slots.push(None);
-                (self.slots.len() - 1) as u32
+                self.flows.push(flow);
+                (self.flows.len() - 1) as u32
             }
         };
-        flow.queued = flow.deadline;
-        self.expiry.push(Entry::new(flow.deadline, flow.id, slot), Lane::Idle);
-        let hash = flow.hash;
-        self.slots[slot as usize] = Some(flow);
-        let slots = &self.slots;
-        let hasher = &self.hasher;
-        // Growing the index rehashes the slots it holds by their flows' keys.
-        self.index.insert_unique(hash, slot, |&other| {
-            slots[other as usize]
-                .as_ref()
-                .map_or(0, |flow| hasher.hash_one(flow.key))
-        });
+        self.expiry.push(Entry::new(deadline, id, slot), Lane::Idle);
+        self.index.insert(hash, slot);
         self.compact_expiry();
         slot
     }
@@ -528,7 +508,7 @@ impl FlowTable {
                 return None;
             }
             self.expiry.pop();
-            let Some(Some(flow)) = self.slots.get_mut(slot as usize) else {
+            let Some(flow) = self.flows.get_mut(slot as usize).filter(|flow| flow.live) else {
                 continue;
             };
             if flow.id != id || flow.queued != deadline {
@@ -552,8 +532,10 @@ impl FlowTable {
     /// Keeps the queue's stale entries bounded: rebuilt from the live flows once they are most of it.
     fn compact_expiry(&mut self) {
         if self.expiry.len() > 2 * self.index.len() + 1024 {
-            let live = self.slots.iter_mut().enumerate().filter_map(|(slot, flow)| {
-                let flow = flow.as_mut()?;
+            let live = self.flows.iter_mut().enumerate().filter_map(|(slot, flow)| {
+                if !flow.live {
+                    return None;
+                }
                 flow.queued = flow.deadline;
                 Some(Entry::new(flow.deadline, flow.id, slot as u32))
             });
@@ -561,7 +543,7 @@ impl FlowTable {
         }
     }
 
-    fn new_flow(&mut self, ts_ns: u64, seg: &TcpSegment<'_>, key: WireKey, hash: u64, src_is_lo: bool) -> Box<Flow> {
+    fn new_flow(&mut self, ts_ns: u64, seg: &TcpSegment<'_>, key: WireKey, hash: u64, src_is_lo: bool) -> Flow {
         let (src, dst) = Endpoint::ends_of(seg);
         let (client, server, server_by) = if seg.syn {
             // SYN alone comes from the client, SYN-ACK from the server.
@@ -583,9 +565,10 @@ impl FlowTable {
         let id = self.next_id;
         self.next_id += 1;
         let deadline = ts_ns.saturating_add(self.config.idle_timeout_ns);
-        let flow = Flow {
+        Flow {
             id,
             key,
+            live: true,
             hash,
             client_is_lo: (client == src) == src_is_lo,
             client,
@@ -610,24 +593,16 @@ impl FlowTable {
             deadline,
             queued: deadline,
             closed: None,
-        };
-        match self.spare.pop() {
-            Some(mut spare) => {
-                *spare = flow;
-                spare
-            }
-            None => Box::new(flow),
         }
     }
 
     /// Ends the flow in `slot` (its heap entries go stale) and reports it.
     fn end(&mut self, slot: u32, reason: EndReason, out: &mut Vec<FlowEvent>) {
-        let Some(mut flow) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+        let Some(flow) = self.flows.get_mut(slot as usize).filter(|flow| flow.live) else {
             return;
         };
-        if let Ok(entry) = self.index.find_entry(flow.hash, |&other| other == slot) {
-            entry.remove();
-        }
+        flow.live = false;
+        self.index.remove(flow.hash, slot);
         self.free.push(slot);
         let held = flow.c2s.pending_bytes() + flow.s2c.pending_bytes();
         self.buffered -= held.min(self.buffered);
@@ -637,8 +612,5 @@ impl FlowTable {
         flow.s2c.finish(&mut ignore);
         self.stats.flows_finished += 1;
         out.push(FlowEvent::Finished(flow.take_record(reason)));
-        if self.spare.len() < SPARE_FLOWS {
-            self.spare.push(flow);
-        }
     }
 }
