@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -320,17 +321,26 @@ impl Engine {
 /// Waits shorter than this are polled rather than timed (tokio's timer resolution is 1 ms).
 const SHORT_WAIT: Duration = Duration::from_millis(2);
 
+/// The next message already in `queue`, without waiting (`Pending` when there is none yet).
+///
+/// Not `try_recv`: when it meets a message whose sender is still writing it, tokio's `try_recv` parks
+/// the thread on a waker it allocates, so a busy host would allocate per request there; `poll_recv`
+/// registers the task's own waker and answers `Pending` instead.
+async fn ready_message<T>(queue: &mut mpsc::UnboundedReceiver<T>) -> Poll<Option<T>> {
+    std::future::poll_fn(|cx| Poll::Ready(queue.poll_recv(cx))).await
+}
+
 /// Takes the next job before `deadline`, yielding to the runtime between looks.
 async fn poll_until(
     queue: &mut mpsc::UnboundedReceiver<Arc<Job>>,
     deadline: tokio::time::Instant,
 ) -> Option<(Arc<Job>, usize)> {
     loop {
-        match queue.try_recv() {
-            Ok(job) => return Some((job, 0)),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if tokio::time::Instant::now() >= deadline => return None,
-            Err(mpsc::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+        match ready_message(queue).await {
+            Poll::Ready(Some(job)) => return Some((job, 0)),
+            Poll::Ready(None) => return None,
+            Poll::Pending if tokio::time::Instant::now() >= deadline => return None,
+            Poll::Pending => tokio::task::yield_now().await,
         }
     }
 }
@@ -510,7 +520,7 @@ impl Batcher {
         // A job split across batches: its remaining rows start at this row.
         let mut carry: Option<(Arc<Job>, usize)> = None;
         loop {
-            while let Ok(event) = events.try_recv() {
+            while let Poll::Ready(Some(event)) = ready_message(&mut events).await {
                 lanes.settle(event);
             }
             while let Ok(change) = additions.try_recv() {
@@ -555,7 +565,7 @@ impl Batcher {
                 },
             };
             // Batches may have finished while this task waited for the job.
-            while let Ok(event) = events.try_recv() {
+            while let Poll::Ready(Some(event)) = ready_message(&mut events).await {
                 lanes.settle(event);
             }
             let Some(worker) = lanes.free.pop() else {

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -127,8 +128,12 @@ impl Outbox {
         self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Writes as much of `frames` as the socket takes now, a direct write's tail first.
-    fn try_write_some(&self, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
+    /// Writes as much of `frames` as the socket takes now, a direct write's tail first. When that is
+    /// all of them, the `received` frames they came as stop counting as queued before the lock is
+    /// released, so the next answer may go out directly: counted down any later (after an await),
+    /// a thread answering the client's next request could find them still counted and queue its
+    /// answer too, and on a busy host every answer after one queued one would take the writer task.
+    fn try_write_some(&self, frames: &mut VecDeque<Bytes>, received: usize) -> io::Result<bool> {
         let mut leftover = self.leftover.lock();
         if let Some(tail) = leftover.take() {
             frames.push_front(tail);
@@ -146,7 +151,13 @@ impl Outbox {
                 written = 0;
             }
         }
-        Ok(())
+        if frames.iter().any(|f| !f.is_empty()) {
+            return Ok(false);
+        }
+        frames.clear();
+        self.queued.fetch_sub(received, Ordering::AcqRel);
+        drop(leftover);
+        Ok(true)
     }
 }
 
@@ -157,16 +168,18 @@ pub(crate) async fn write_loop(outbox: Arc<Outbox>, mut rx: mpsc::Receiver<Bytes
     while let Some(frame) = rx.recv().await {
         frames.push_back(frame);
         let mut received = 1;
+        // `poll_recv`, not `try_recv`: the latter allocates a waker to park on when it meets a frame
+        // still being sent.
         while received < MAX_GATHER
-            && let Ok(frame) = rx.try_recv()
+            && let Poll::Ready(Some(frame)) = std::future::poll_fn(|cx| Poll::Ready(rx.poll_recv(cx))).await
         {
             frames.push_back(frame);
             received += 1;
         }
         loop {
-            match outbox.try_write_some(&mut frames) {
-                Ok(()) if frames.iter().all(|f| f.is_empty()) => break,
-                Ok(()) => {}
+            match outbox.try_write_some(&mut frames, received) {
+                Ok(true) => break,
+                Ok(false) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
@@ -174,12 +187,11 @@ pub(crate) async fn write_loop(outbox: Arc<Outbox>, mut rx: mpsc::Receiver<Bytes
                 return;
             }
         }
-        // TLS may hold the last records until flushed; TCP holds nothing.
+        // TLS may hold the last records until flushed (its answers always come through here); TCP
+        // holds nothing.
         if !outbox.half.flush_within(timeout).await {
             return;
         }
-        frames.clear();
-        outbox.queued.fetch_sub(received, Ordering::AcqRel);
     }
 }
 
