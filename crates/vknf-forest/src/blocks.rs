@@ -55,8 +55,10 @@ impl GpuForest {
     /// Regroups `nodes` (words in this forest's node format: its own [`GpuForest::nodes`], or the
     /// fixed-point words of [`GpuForest::fixed_point_words`]) into node blocks.
     ///
-    /// A layout that a validated forest cannot have (a child index before its parent or out of range,
-    /// a node count that does not match) is an error, never a panic or an endless loop.
+    /// A layout that breaks the node rules (`docs/vkf-format.md`: one parent per node, children after
+    /// it in its tree, no deeper than `max_depth`; a hand-built `GpuForest` may) is an error, never a
+    /// panic or an endless loop: those rules are what bound the blocks (one per node at most) and the
+    /// walk (`max_depth / 2 + 1` blocks).
     pub fn node_blocks(&self, nodes: &[u32]) -> Result<NodeBlocks, CompileError> {
         let w = self.node_format.words();
         if nodes.len() != self.nodes.len() {
@@ -65,6 +67,24 @@ impl GpuForest {
                 nodes.len(),
                 self.nodes.len()
             )));
+        }
+        if self.tree_roots.is_empty() {
+            return Ok(NodeBlocks {
+                words: Vec::new(),
+                tree_roots: Vec::new(),
+            });
+        }
+        self.check_layout()
+            .map_err(|err| CompileError::InvalidLayout(err.to_string()))?;
+        // `nodes` may differ from the forest's own (checked above) in inline leaf weights only (the
+        // fixed-point words), never in structure.
+        for (index, (given, own)) in nodes.chunks_exact(w).zip(self.nodes.chunks_exact(w)).enumerate() {
+            let inline_leaf = own[0] & LEAF_BIT != 0 && own[0] & FLAG_BIT != 0;
+            if given[0] != own[0] || (!inline_leaf && given[1] != own[1]) || given[2..] != own[2..] {
+                return Err(CompileError::InvalidLayout(format!(
+                    "node {index} differs from the forest's own in more than a leaf weight"
+                )));
+            }
         }
         let n_nodes = nodes.len() / w;
         let decode = |index: usize| -> Result<Decoded, CompileError> {
@@ -84,7 +104,7 @@ impl GpuForest {
             };
             // Children lie after their parent and as an adjacent pair (docs/vkf-format.md): this is
             // also what bounds the walk below.
-            if left <= index || left + 1 >= n_nodes {
+            if left <= index || left >= n_nodes - 1 {
                 return Err(CompileError::InvalidLayout(format!(
                     "node {index}'s children ({left}, {}) are not after it within {n_nodes} nodes",
                     left + 1
@@ -147,7 +167,7 @@ impl GpuForest {
 }
 
 fn to_u32(index: usize) -> Result<u32, CompileError> {
-    u32::try_from(index).map_err(|_| CompileError::TooManyNodes(index))
+    u32::try_from(index).map_err(|_| CompileError::InvalidLayout(format!("block index {index} exceeds u32")))
 }
 
 #[cfg(test)]
@@ -229,7 +249,9 @@ mod tests {
                 nodes.push(RawNode::Leaf);
                 nodes[id_here as usize] = RawNode::Branch {
                     mode: SplitMode::Leq,
-                    feature: i64::from(u32::from(next(&mut cursor)) % n_features),
+                    feature: i64::from(
+                        ((u32::from(next(&mut cursor)) << 8) | u32::from(next(&mut cursor))) % n_features,
+                    ),
                     threshold: f64::from(next(&mut cursor)) / 32.0 - 4.0,
                     true_child,
                     false_child: true_child + 1,
@@ -286,7 +308,7 @@ mod tests {
             max_depth in 0u32..12,
             rows in prop::collection::vec(prop::collection::vec(prop_oneof![-5.0f32..5.0, Just(f32::NAN)], 6), 1..16),
         ) {
-            let n_features = if wide { 4100 } else { 6 };
+            let n_features: u32 = if wide { 4100 } else { 6 };
             let forest = forest(&shapes, n_features, max_depth);
             prop_assert_eq!(forest.node_format, if wide { NodeFormat::Wide } else { NodeFormat::Compact });
             let blocks = forest.node_blocks(&forest.nodes).unwrap();
@@ -296,8 +318,8 @@ mod tests {
             }).sum::<usize>();
             prop_assert_eq!(used, forest.n_nodes());
             for row in &rows {
-                let mut full = vec![0.0f32; n_features as usize];
-                full[..6].copy_from_slice(row);
+                // Every feature a split may name gets one of the row's values.
+                let full: Vec<f32> = (0..n_features as usize).map(|f| row[(f * 7 + f / 6) % 6]).collect();
                 for t in 0..shapes.len() {
                     prop_assert_eq!(block_leaf(&forest, &blocks, t, &full), Some(node_leaf(&forest, t, &full)));
                 }
@@ -312,8 +334,38 @@ mod tests {
         // The root's left child delta 0: its "children" would be itself.
         forest.nodes[0] &= !COMPACT_DELTA_MASK;
         let err = forest.node_blocks(&forest.nodes.clone()).unwrap_err();
-        assert!(err.to_string().contains("not after it"), "{err}");
+        assert!(matches!(err, CompileError::InvalidLayout(_)), "{err}");
+        assert!(err.to_string().contains("would loop"), "{err}");
         let short = forest.nodes[..2].to_vec();
         assert!(forest.node_blocks(&short).is_err());
+    }
+
+    /// A chain whose every node shares a child with the next (node k's children are k+1 and k+2):
+    /// walks of it end, but copying each path into blocks would grow exponentially. Refused.
+    #[test]
+    fn a_layout_whose_nodes_share_children_is_an_error() {
+        let mut forest = forest(&[vec![1, 9, 200, 1, 0, 0]], 6, 2);
+        let n = 40usize;
+        let mut nodes = Vec::new();
+        for _ in 0..n - 2 {
+            nodes.extend_from_slice(&[1, 0.5f32.to_bits()]);
+        }
+        nodes.extend_from_slice(&[LEAF_BIT | FLAG_BIT, 1.0f32.to_bits()]);
+        nodes.extend_from_slice(&[LEAF_BIT | FLAG_BIT | 1, 1.0f32.to_bits()]);
+        forest.nodes = nodes;
+        forest.max_depth = n as u32;
+        let err = forest.node_blocks(&forest.nodes.clone()).unwrap_err();
+        assert!(err.to_string().contains("two parents"), "{err}");
+    }
+
+    /// A forest whose leaves lie deeper than its `max_depth` says: the kernel's walk would stop where
+    /// the bound says, and the block walk one level later. Refused.
+    #[test]
+    fn a_layout_deeper_than_its_max_depth_is_an_error() {
+        let mut forest = forest(&[vec![1, 9, 200, 1, 0, 0]], 6, 2);
+        assert!(forest.max_depth >= 1);
+        forest.max_depth = 0;
+        let err = forest.node_blocks(&forest.nodes.clone()).unwrap_err();
+        assert!(err.to_string().contains("max_depth"), "{err}");
     }
 }

@@ -325,15 +325,7 @@ impl ForestKernel {
             .bindings
             .iter()
             .any(|b| b.set == 0 && b.binding == NODE_BLOCKS_BINDING);
-        let node_blocks = match options.node_blocks {
-            Some(true) if !kernel_has_blocks => {
-                return Err(ForestError::Unsupported(format!(
-                    "node blocks were asked for, but the kernel declares no node-block binding {NODE_BLOCKS_BINDING}"
-                )));
-            }
-            Some(wanted) => wanted,
-            None => DEFAULT_NODE_BLOCKS && kernel_has_blocks,
-        };
+        let node_blocks = choose_node_blocks(options.node_blocks, kernel_has_blocks)?;
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
@@ -413,7 +405,8 @@ impl ForestKernel {
         };
         let base_values = device.create_buffer_with("forest base values", &base, MemoryKind::DeviceLocal)?;
         tracing::info!(
-            device = %info.name, trees = forest.n_trees, nodes = n_nodes, ?config, "forest resident on the GPU"
+            device = %info.name, trees = forest.n_trees, nodes = forest.n_nodes(), node_blocks = node_blocks.then_some(n_nodes),
+            ?config, "forest resident on the GPU"
         );
         Ok(ForestKernel {
             resident: Arc::new(Resident {
@@ -605,6 +598,18 @@ const SMALL_BATCH_POLL: Duration = Duration::from_micros(250);
 /// Rows per pipelined chunk: whole workgroups, so that no workgroup straddles two dispatches.
 fn rows_per_chunk(n_rows: usize, chunks: usize, rows_per_group: usize) -> usize {
     n_rows.div_ceil(chunks.max(1)).next_multiple_of(rows_per_group)
+}
+
+/// Whether a kernel walks node blocks: as asked, else by default where the kernel declares their binding
+/// (kernels from before them keep single nodes); asking for them with such a kernel is an error.
+fn choose_node_blocks(asked: Option<bool>, kernel_has_blocks: bool) -> Result<bool, ForestError> {
+    match asked {
+        Some(true) if !kernel_has_blocks => Err(ForestError::Unsupported(format!(
+            "node blocks were asked for, but the kernel declares no node-block binding {NODE_BLOCKS_BINDING}"
+        ))),
+        Some(wanted) => Ok(wanted),
+        None => Ok(DEFAULT_NODE_BLOCKS && kernel_has_blocks),
+    }
 }
 
 /// How long one batch may take before the device is declared lost.
@@ -1183,5 +1188,24 @@ impl ForestLane {
                 .for_each(|row| apply_post_transform_le(post, row));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_without_the_node_block_binding_keep_single_nodes() {
+        // A kernel from before node blocks: single nodes unless blocks are asked for, which is refused.
+        assert!(!choose_node_blocks(None, false).unwrap());
+        assert!(!choose_node_blocks(Some(false), false).unwrap());
+        let refusal = choose_node_blocks(Some(true), false).unwrap_err();
+        assert!(matches!(refusal, ForestError::Unsupported(_)), "{refusal}");
+        assert!(refusal.to_string().contains("binding 7"), "{refusal}");
+        // Today's kernel: as asked, else the default.
+        assert!(choose_node_blocks(Some(true), true).unwrap());
+        assert!(!choose_node_blocks(Some(false), true).unwrap());
+        assert_eq!(choose_node_blocks(None, true).unwrap(), DEFAULT_NODE_BLOCKS);
     }
 }
