@@ -198,7 +198,8 @@ fn main() -> anyhow::Result<()> {
         node_blocks: args.node_blocks,
         ..ForestOptions::default()
     };
-    let chosen_blocks = ForestKernel::new(&device, &forest, &chosen)?.config().node_blocks;
+    // vknf's own kernel declares the node-block binding: the default applies as it is.
+    let chosen_blocks = chosen.node_blocks.unwrap_or(vknf_functions::DEFAULT_NODE_BLOCKS);
     let other_layout = ForestOptions {
         node_blocks: Some(!chosen_blocks),
         ..chosen
@@ -451,10 +452,6 @@ fn small_batch_table(
     Ok(table)
 }
 
-/// End to end (host rows in, labels out) of the whole batch for each way rows reach the GPU, in one
-/// dispatch and split into pipelined chunks, with the chosen workgroup shape (`chosen`'s, where the
-/// command line fixes parts of it); the kernel's GPU time per path (the host-memory path's kernel pulls
-/// the rows over the bus); labels checked every time.
 /// The kernel alone: the whole batch as one dispatch, from GPU timestamps (`None` where the device has
 /// none).
 fn one_dispatch_kernel(lane: &mut ForestLane, rows: &Rows, runs: usize) -> anyhow::Result<Option<Stats>> {
@@ -471,6 +468,10 @@ fn one_dispatch_kernel(lane: &mut ForestLane, rows: &Rows, runs: usize) -> anyho
     Ok((!kernel_ns.is_empty()).then(|| Stats::of(kernel_ns)))
 }
 
+/// End to end (host rows in, labels out) of the whole batch for each way rows reach the GPU, in one
+/// dispatch and split into pipelined chunks, with the chosen workgroup shape (`chosen`'s, where the
+/// command line fixes parts of it); the kernel's GPU time per path (the host-memory path's kernel pulls
+/// the rows over the bus); labels checked every time.
 fn input_path_table(
     device: &vknf_vulkan::Device,
     forest: &GpuForest,

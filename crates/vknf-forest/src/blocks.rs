@@ -87,6 +87,7 @@ impl GpuForest {
             }
         }
         let n_nodes = nodes.len() / w;
+        // The layout is checked above: children lie after their parent, inside its tree.
         let decode = |index: usize| -> Result<Decoded, CompileError> {
             let words = nodes
                 .get(index * w..(index + 1) * w)
@@ -102,14 +103,6 @@ impl GpuForest {
                 ),
                 NodeFormat::Wide => (w0 & LOW30_MASK, words[2] as usize),
             };
-            // Children lie after their parent and as an adjacent pair (docs/vkf-format.md): this is
-            // also what bounds the walk below.
-            if left <= index || left >= n_nodes - 1 {
-                return Err(CompileError::InvalidLayout(format!(
-                    "node {index}'s children ({left}, {}) are not after it within {n_nodes} nodes",
-                    left + 1
-                )));
-            }
             Ok(Decoded::Internal {
                 pair: [(w0 & FLAG_BIT) | feature, words[1]],
                 left,

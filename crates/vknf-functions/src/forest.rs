@@ -11,8 +11,8 @@ use vknf_forest::{
     apply_post_transform_le,
 };
 use vknf_vulkan::{
-    BindGroup, Buffer, CommandList, Device, Kernel, MemoryKind, Pipeline, QueueKind, Specialization, Stream, Ticket,
-    Timestamps, copy_streaming,
+    BindGroup, Buffer, CommandList, Device, Kernel, KernelInfo, MemoryKind, Pipeline, QueueKind, Specialization,
+    Stream, Ticket, Timestamps, copy_streaming,
 };
 
 /// Errors of the GPU forest.
@@ -170,8 +170,6 @@ struct Resident {
     pipeline: Pipeline,
     small_pipeline: Option<Pipeline>,
     nodes: Buffer,
-    /// The kernel declares the node-block binding (the node buffer is bound there too).
-    binds_node_blocks: bool,
     roots: Buffer,
     entries: Buffer,
     base_values: Buffer,
@@ -319,13 +317,7 @@ impl ForestKernel {
             _ => 0.0,
         };
         let kernel = Kernel::new(device, spirv, entry_point)?;
-        // Kernels from before node blocks (a manifest may carry one) declare no binding 7.
-        let kernel_has_blocks = kernel
-            .info()
-            .bindings
-            .iter()
-            .any(|b| b.set == 0 && b.binding == NODE_BLOCKS_BINDING);
-        let node_blocks = choose_node_blocks(options.node_blocks, kernel_has_blocks)?;
+        let node_blocks = choose_node_blocks(options.node_blocks, declares_node_blocks(kernel.info()))?;
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
@@ -414,7 +406,6 @@ impl ForestKernel {
                 pipeline,
                 small_pipeline,
                 nodes,
-                binds_node_blocks: kernel_has_blocks,
                 roots,
                 entries,
                 base_values,
@@ -600,6 +591,14 @@ fn rows_per_chunk(n_rows: usize, chunks: usize, rows_per_group: usize) -> usize 
     n_rows.div_ceil(chunks.max(1)).next_multiple_of(rows_per_group)
 }
 
+/// Whether a kernel declares the node-block binding: kernels from before node blocks (a manifest may
+/// carry one) do not.
+fn declares_node_blocks(info: &KernelInfo) -> bool {
+    info.bindings
+        .iter()
+        .any(|b| b.set == 0 && b.binding == NODE_BLOCKS_BINDING)
+}
+
 /// Whether a kernel walks node blocks: as asked, else by default where the kernel declares their binding
 /// (kernels from before them keep single nodes); asking for them with such a kernel is an error.
 fn choose_node_blocks(asked: Option<bool>, kernel_has_blocks: bool) -> Result<bool, ForestError> {
@@ -654,7 +653,8 @@ impl ForestLane {
             (5, &labels),
             (6, &scores),
         ];
-        if r.binds_node_blocks {
+        // The node buffer is bound there too, wherever the kernel declares the binding.
+        if declares_node_blocks(r.pipeline.info()) {
             bindings.push((NODE_BLOCKS_BINDING, &r.nodes));
         }
         let bind_group = r.pipeline.bind(&bindings)?;

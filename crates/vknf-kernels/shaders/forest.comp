@@ -93,8 +93,8 @@ float feature_value(uint local_row, uint global_row, uint feature) {
     return rows[global_row * N_FEATURES + feature];
 }
 
-// Whether a row goes left at an internal node whose first word holds its feature in the low 30 bits
-// (wide nodes and node blocks) or in the compact bits.
+// Whether a row goes left at an internal node (`node_head`: its first word, with the NaN flag, and its
+// threshold's bits) splitting on `feature`.
 bool goes_left(uvec2 node_head, uint feature, uint local_row, uint row) {
     const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
     return x <= uintBitsToFloat(node_head.y) || (isnan(x) && (node_head.x & FLAG_BIT) != 0u);
@@ -271,7 +271,6 @@ void main() {
                 if ((head.x & LEAF_BIT) != 0u) {
                     break;
                 }
-                const float threshold = uintBitsToFloat(head.y);
                 uint feature;
                 uint left;
                 if (NODE_WORDS == 2u) {
@@ -281,9 +280,7 @@ void main() {
                     feature = head.x & LOW30;
                     left = nodes[node * node_pairs + 1u].x;
                 }
-                const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
-                const bool go_left = x <= threshold || (isnan(x) && (head.x & FLAG_BIT) != 0u);
-                node = go_left ? left : left + 1u;
+                node = goes_left(head, feature, local_row, row) ? left : left + 1u;
             }
             if (node >= params.n_nodes || (head.x & LEAF_BIT) == 0u) {
                 continue;

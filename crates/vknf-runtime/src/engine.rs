@@ -523,7 +523,7 @@ impl Batcher {
             while let Poll::Ready(Some(event)) = ready_message(&mut events).await {
                 lanes.settle(event);
             }
-            while let Ok(change) = additions.try_recv() {
+            while let Poll::Ready(Some(change)) = ready_message(&mut additions).await {
                 lanes.change(change);
             }
             if lanes.free.is_empty() {
