@@ -18,10 +18,7 @@
 //!   child follow them (`first + 2`, `first + 3`, or `first`, `first + 1` when the left child is a
 //!   leaf). A grandchild block always lies after its parent block, so every walk moves forward.
 
-use crate::layout::{
-    COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, CompileError, FLAG_BIT, GpuForest, LEAF_BIT,
-    LOW30_MASK, NodeFormat,
-};
+use crate::layout::{CompileError, FLAG_BIT, GpuForest, LEAF_BIT, NodeWords};
 
 /// Words per node block (32 bytes: one sector).
 pub const BLOCK_WORDS: usize = 8;
@@ -40,15 +37,6 @@ impl NodeBlocks {
     pub fn n_blocks(&self) -> usize {
         self.words.len() / BLOCK_WORDS
     }
-}
-
-/// One node of the node layout, decoded.
-#[derive(Clone, Copy)]
-enum Decoded {
-    /// A leaf: its two words, as they are.
-    Leaf([u32; 2]),
-    /// An internal node: its block encoding and its left child's index (the right one follows it).
-    Internal { pair: [u32; 2], left: usize },
 }
 
 impl GpuForest {
@@ -87,26 +75,21 @@ impl GpuForest {
             }
         }
         let n_nodes = nodes.len() / w;
-        // The layout is checked above: children lie after their parent, inside its tree.
-        let decode = |index: usize| -> Result<Decoded, CompileError> {
-            let words = nodes
-                .get(index * w..(index + 1) * w)
-                .ok_or_else(|| CompileError::InvalidLayout(format!("node {index} out of range")))?;
-            let w0 = words[0];
-            if w0 & LEAF_BIT != 0 {
-                return Ok(Decoded::Leaf([w0, words[1]]));
-            }
-            let (feature, left) = match self.node_format {
-                NodeFormat::Compact => (
-                    (w0 >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK,
-                    index + (w0 & COMPACT_DELTA_MASK) as usize,
-                ),
-                NodeFormat::Wide => (w0 & LOW30_MASK, words[2] as usize),
-            };
-            Ok(Decoded::Internal {
-                pair: [(w0 & FLAG_BIT) | feature, words[1]],
-                left,
-            })
+        let decode = |index: usize| -> Result<NodeWords, CompileError> {
+            self.node_format
+                .decode(nodes, index)
+                .ok_or_else(|| CompileError::InvalidLayout(format!("node {index} out of range")))
+        };
+        // A node's words in a block: a leaf's as they are, an internal node's feature with the NaN
+        // flag beside its threshold.
+        let block_pair = |node: NodeWords| match node {
+            NodeWords::Leaf { w0, w1 } => [w0, w1],
+            NodeWords::Internal {
+                feature,
+                nan_left,
+                threshold,
+                ..
+            } => [if nan_left { FLAG_BIT | feature } else { feature }, threshold],
         };
 
         let mut words: Vec<u32> = Vec::with_capacity(n_nodes * 4);
@@ -121,28 +104,22 @@ impl GpuForest {
             pending.push((root_block, root as usize));
             while let Some((block, top)) = pending.pop() {
                 let at = block * BLOCK_WORDS;
-                let (pair, left) = match decode(top)? {
-                    Decoded::Leaf(leaf) => {
-                        words[at..at + 2].copy_from_slice(&leaf);
-                        continue;
-                    }
-                    Decoded::Internal { pair, left } => (pair, left),
+                let top = decode(top)?;
+                words[at..at + 2].copy_from_slice(&block_pair(top));
+                let NodeWords::Internal { left, .. } = top else {
+                    continue;
                 };
-                words[at..at + 2].copy_from_slice(&pair);
                 let mut grandchildren = [0usize; 4];
                 let mut count = 0;
                 for (slot, child) in [left, left + 1].into_iter().enumerate() {
-                    let child_pair = match decode(child)? {
-                        Decoded::Leaf(leaf) => leaf,
-                        Decoded::Internal { pair, left } => {
-                            grandchildren[count] = left;
-                            grandchildren[count + 1] = left + 1;
-                            count += 2;
-                            pair
-                        }
-                    };
+                    let child = decode(child)?;
+                    if let NodeWords::Internal { left, .. } = child {
+                        grandchildren[count] = left;
+                        grandchildren[count + 1] = left + 1;
+                        count += 2;
+                    }
                     let start = at + 2 + slot * 2;
-                    words[start..start + 2].copy_from_slice(&child_pair);
+                    words[start..start + 2].copy_from_slice(&block_pair(child));
                 }
                 if count == 0 {
                     continue;
@@ -168,6 +145,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::layout::{COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, LOW30_MASK, NodeFormat};
     use crate::model::{Aggregate, ClassLabels, MissingPolicy, PostTransform, Task};
     use crate::validate::{RawEntry, RawForest, RawNode, RawTree, SplitMode};
 

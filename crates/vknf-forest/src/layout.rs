@@ -42,6 +42,52 @@ impl NodeFormat {
     }
 }
 
+/// One node of the GPU layout, decoded from its words: the format's one reader, shared by the
+/// layout check, the CPU reference's walk and the node blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeWords {
+    /// A leaf: its words 0 (flags and payload) and 1, as stored.
+    Leaf { w0: u32, w1: u32 },
+    /// An internal node.
+    Internal {
+        /// The input feature it compares.
+        feature: u32,
+        /// NaN goes left ([`FLAG_BIT`]).
+        nan_left: bool,
+        /// The threshold's bits.
+        threshold: u32,
+        /// The left child's node index (the right child is the next node): a compact node's own
+        /// index plus its delta, a wide node's word 2.
+        left: usize,
+    },
+}
+
+impl NodeFormat {
+    /// Decodes node `index` of `nodes` (words in this format), or `None` when it lies outside them.
+    #[inline]
+    pub(crate) fn decode(self, nodes: &[u32], index: usize) -> Option<NodeWords> {
+        let w = self.words();
+        let words = nodes.get(index.checked_mul(w)?..index.checked_add(1)?.checked_mul(w)?)?;
+        let w0 = words[0];
+        if w0 & LEAF_BIT != 0 {
+            return Some(NodeWords::Leaf { w0, w1: words[1] });
+        }
+        let (feature, left) = match self {
+            NodeFormat::Compact => (
+                (w0 >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK,
+                index + (w0 & COMPACT_DELTA_MASK) as usize,
+            ),
+            NodeFormat::Wide => (w0 & LOW30_MASK, words[2] as usize),
+        };
+        Some(NodeWords::Internal {
+            feature,
+            nan_left: w0 & FLAG_BIT != 0,
+            threshold: words[1],
+            left,
+        })
+    }
+}
+
 /// A forest compiled to the GPU layout; see the module docs and `docs/vkf-format.md`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuForest {

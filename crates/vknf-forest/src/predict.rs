@@ -8,10 +8,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::exact::FixedPoint;
-use crate::layout::{
-    COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, FLAG_BIT, GpuForest, LEAF_BIT, LOW30_MASK,
-    NodeFormat,
-};
+use crate::layout::{FLAG_BIT, GpuForest, LOW30_MASK, NodeWords};
 use crate::model::{Aggregate, MissingPolicy, PostTransform};
 
 /// Predictions for a batch of rows.
@@ -255,43 +252,41 @@ impl GpuForest {
 
     /// Follows `row` from `root` to a leaf, at most `max_depth` steps.
     fn find_leaf(&self, root: u32, row: &[f32]) -> Result<(Leaf, u32), PredictError> {
-        let w = self.node_format.words();
         let mut node = root as usize;
         for depth in 0..=self.max_depth {
-            let words = node
-                .checked_mul(w)
-                .and_then(|start| self.nodes.get(start..start + w))
+            let decoded = self
+                .node_format
+                .decode(&self.nodes, node)
                 .ok_or_else(|| corrupt(format!("node {node} out of range")))?;
-            let w0 = words[0];
-            if w0 & LEAF_BIT != 0 {
-                let leaf = if w0 & FLAG_BIT != 0 {
-                    Leaf::Inline {
-                        output: w0 & LOW30_MASK,
-                        weight: f32::from_bits(words[1]),
-                    }
-                } else {
-                    Leaf::Pairs {
-                        first: words[1] as usize,
-                        count: (w0 & LOW30_MASK) as usize,
-                    }
-                };
-                return Ok((leaf, depth));
-            }
+            let (feature, nan_left, threshold, left) = match decoded {
+                NodeWords::Leaf { w0, w1 } => {
+                    let leaf = if w0 & FLAG_BIT != 0 {
+                        Leaf::Inline {
+                            output: w0 & LOW30_MASK,
+                            weight: f32::from_bits(w1),
+                        }
+                    } else {
+                        Leaf::Pairs {
+                            first: w1 as usize,
+                            count: (w0 & LOW30_MASK) as usize,
+                        }
+                    };
+                    return Ok((leaf, depth));
+                }
+                NodeWords::Internal {
+                    feature,
+                    nan_left,
+                    threshold,
+                    left,
+                } => (feature as usize, nan_left, threshold, left),
+            };
             if depth == self.max_depth {
                 break;
             }
-            let (feature, left) = match self.node_format {
-                NodeFormat::Compact => (
-                    ((w0 >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK) as usize,
-                    node + (w0 & COMPACT_DELTA_MASK) as usize,
-                ),
-                NodeFormat::Wide => ((w0 & LOW30_MASK) as usize, words[2] as usize),
-            };
             let x = *row
                 .get(feature)
                 .ok_or_else(|| corrupt(format!("feature {feature} out of range")))?;
-            let threshold = f32::from_bits(words[1]);
-            let go_left = x <= threshold || (x.is_nan() && w0 & FLAG_BIT != 0);
+            let go_left = x <= f32::from_bits(threshold) || (x.is_nan() && nan_left);
             node = if go_left { left } else { left + 1 };
         }
         Err(corrupt(format!(

@@ -9,10 +9,7 @@
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::layout::{
-    COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, FLAG_BIT, GpuForest, LEAF_BIT, LOW30_MASK,
-    NodeFormat,
-};
+use crate::layout::{FLAG_BIT, GpuForest, LOW30_MASK, NodeFormat, NodeWords};
 use crate::model::MAX_TOTAL_NODES;
 use crate::model::{Aggregate, ClassLabels, MissingPolicy, PostTransform, Task};
 use crate::validate::{DEFAULT_MAX_DEPTH, MAX_FEATURES, MAX_OUTPUTS};
@@ -411,52 +408,54 @@ impl GpuForest {
                     return Err(err("unreachable from its root".into()));
                 }
                 let words = &self.nodes[i * w..(i + 1) * w];
-                let w0 = words[0];
-                if w0 & LEAF_BIT != 0 {
-                    if node_format_extra_words_set(self.node_format, words) {
-                        return Err(err("reserved words of a leaf are not zero".into()));
+                let decoded = self
+                    .node_format
+                    .decode(&self.nodes, i)
+                    .ok_or_else(|| err("out of range".into()))?;
+                let (feature, threshold, left) = match decoded {
+                    NodeWords::Leaf { w0, w1 } => {
+                        if node_format_extra_words_set(self.node_format, words) {
+                            return Err(err("reserved words of a leaf are not zero".into()));
+                        }
+                        let payload = w0 & LOW30_MASK;
+                        if w0 & FLAG_BIT != 0 {
+                            if payload >= self.n_outputs {
+                                return Err(err(format!("inline output {payload} out of range")));
+                            }
+                            if !f32::from_bits(w1).is_finite() {
+                                return Err(err("inline weight is not finite".into()));
+                            }
+                        } else {
+                            let first = u64::from(w1);
+                            if first + u64::from(payload) > n_pairs as u64 {
+                                return Err(err(format!(
+                                    "leaf entries {first}..{} out of range ({n_pairs} pairs)",
+                                    first + u64::from(payload)
+                                )));
+                            }
+                        }
+                        continue;
                     }
-                    let payload = w0 & LOW30_MASK;
-                    if w0 & FLAG_BIT != 0 {
-                        if payload >= self.n_outputs {
-                            return Err(err(format!("inline output {payload} out of range")));
-                        }
-                        if !f32::from_bits(words[1]).is_finite() {
-                            return Err(err("inline weight is not finite".into()));
-                        }
-                    } else {
-                        let first = words[1] as u64;
-                        if first + u64::from(payload) > n_pairs as u64 {
-                            return Err(err(format!(
-                                "leaf entries {first}..{} out of range ({n_pairs} pairs)",
-                                first + u64::from(payload)
-                            )));
-                        }
-                    }
-                    continue;
-                }
+                    NodeWords::Internal {
+                        feature,
+                        threshold,
+                        left,
+                        ..
+                    } => (feature, threshold, left),
+                };
                 if d >= self.max_depth {
                     return Err(err(format!("deeper than max_depth {}", self.max_depth)));
                 }
-                let (feature, left) = match self.node_format {
-                    NodeFormat::Compact => {
-                        let delta = w0 & COMPACT_DELTA_MASK;
-                        if delta == 0 {
-                            return Err(err("left child delta is 0 (would loop)".into()));
-                        }
-                        ((w0 >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK, i + delta as usize)
-                    }
-                    NodeFormat::Wide => {
-                        if words[3] != 0 {
-                            return Err(err("reserved word 3 is not zero".into()));
-                        }
-                        (w0 & LOW30_MASK, words[2] as usize)
-                    }
-                };
+                if left == i {
+                    return Err(err("left child is the node itself (would loop)".into()));
+                }
+                if self.node_format == NodeFormat::Wide && words[3] != 0 {
+                    return Err(err("reserved word 3 is not zero".into()));
+                }
                 if feature >= self.n_features {
                     return Err(err(format!("feature {feature} out of range")));
                 }
-                if f32::from_bits(words[1]).is_nan() {
+                if f32::from_bits(threshold).is_nan() {
                     return Err(err("threshold is NaN".into()));
                 }
                 if left <= i || left + 1 >= end {
