@@ -95,7 +95,8 @@ pub struct ForestOptions {
 /// "Both ways into the GPU"); what `vknf predict --staged-input` uses.
 pub const DEFAULT_DIRECT_SHARE: f32 = 0.4;
 
-/// Whether kernels walk node blocks by default ([`ForestOptions::node_blocks`]).
+/// Whether kernels walk node blocks by default ([`ForestOptions::node_blocks`]): not, since they lengthened
+/// the wide forest's kernel while shortening W1a's (bench/RESULTS.md, "Node blocks against single nodes").
 pub const DEFAULT_NODE_BLOCKS: bool = false;
 
 /// The kernel's binding of the node buffer read as node blocks.
