@@ -109,6 +109,16 @@ pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
 const DEFAULT_TREE_LANES: usize = 32;
 /// Threads per bulk workgroup the default row count aims at (24 rows x 32 lanes).
 const DEFAULT_GROUP_THREADS: usize = 768;
+/// Tree lanes per row, and threads per workgroup, of a large forest with at most two outputs: 16 rows x
+/// 8 lanes measured fastest on the wide binary forest (bench/RESULTS.md, the node-block sweep: 625
+/// against 822 us at 24 x 32), likely because every lane of a row adds its leaves to the same one or
+/// two accumulators, where the W1 forest's 198 classes spread the adds out.
+const FEW_OUTPUTS_TREE_LANES: usize = 8;
+const FEW_OUTPUTS_GROUP_THREADS: usize = 128;
+/// Outputs at most, and trees at least, for which [`FEW_OUTPUTS_TREE_LANES`] applies (small forests keep
+/// one lane per tree: their batches are latency-bound).
+const FEW_OUTPUTS: usize = 2;
+const FEW_OUTPUTS_MIN_TREES: usize = 64;
 /// Most rows per workgroup chosen by default.
 const MAX_DEFAULT_ROWS: usize = 128;
 /// Most dispatches one batch is split into.
@@ -271,11 +281,17 @@ impl ForestKernel {
         // Tree lanes are the lever for latency (a row's tree walks are a chain of dependent loads; the W1
         // sweep in bench/RESULTS.md), but lanes beyond the tree count only idle: a forest of 10 trees gets
         // 10 lanes, and the threads go to more rows.
-        let default_lanes = n_trees.min(DEFAULT_TREE_LANES);
+        let few_outputs = n_outputs <= FEW_OUTPUTS && n_trees >= FEW_OUTPUTS_MIN_TREES;
+        let (lane_cap, group_threads) = if few_outputs {
+            (FEW_OUTPUTS_TREE_LANES, FEW_OUTPUTS_GROUP_THREADS)
+        } else {
+            (DEFAULT_TREE_LANES, DEFAULT_GROUP_THREADS)
+        };
+        let default_lanes = n_trees.min(lane_cap);
         let tree_lanes_wanted = options.tree_lanes.map_or(default_lanes, |lanes| lanes.max(1) as usize);
         // Rows per workgroup: 24 with 32 lanes (the W1 sweep's best, 768 threads); narrower lane counts
         // take more rows so that a workgroup keeps about as many threads, up to 128 rows.
-        let default_rows = (DEFAULT_GROUP_THREADS / tree_lanes_wanted).clamp(1, MAX_DEFAULT_ROWS);
+        let default_rows = (group_threads / tree_lanes_wanted).clamp(1, MAX_DEFAULT_ROWS);
         let preferred_rows = options.rows_per_group.map_or(default_rows, |rows| rows.max(1) as usize);
         // As many rows as fit (accumulators are needed; staging only if asked), capped by preference.
         let per_row = accumulator_bytes + if stage_wanted { row_bytes } else { 0 };

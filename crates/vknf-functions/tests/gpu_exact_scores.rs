@@ -350,6 +350,37 @@ fn wide_nodes_match_bit_for_bit_in_every_configuration() {
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
 }
 
+/// A large forest of at most two outputs takes its own default shape (8 tree lanes, 16 rows a
+/// workgroup); a forest of more outputs, or of few trees, keeps the general one. Scores stay the CPU
+/// reference's bits.
+#[test]
+fn large_forests_of_few_outputs_default_to_fewer_tree_lanes() {
+    let gpu = gpu();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for (n_trees, n_outputs, lanes, rows) in [(64, 2, 8, 16), (64, 1, 8, 16), (64, 3, 32, 24), (40, 2, 32, 24)] {
+        let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
+        shape.n_trees = n_trees;
+        shape.n_outputs = n_outputs;
+        shape.binary_complement = false;
+        shape.depth = 5;
+        let forest = build(&shape);
+        let kernel = ForestKernel::new(&gpu.device, &forest, &ForestOptions::default()).unwrap();
+        let config = kernel.config();
+        assert_eq!(
+            (config.tree_lanes, config.rows_per_group),
+            (lanes, rows),
+            "{n_trees} trees, {n_outputs} outputs"
+        );
+        let n_rows = 53;
+        let rows = rows_for(&shape, n_rows, n_trees as u64);
+        let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
+        let got = kernel.lane(37).unwrap().predict(&rows, true).unwrap();
+        assert_eq!(bits(&got.scores), bits(&cpu.scores), "{config:?}");
+    }
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
 /// Regressors accumulate in float (compare-and-swap on the accumulator's bits). With weights whose sums
 /// are exact in any order, every configuration gives the CPU reference's
 /// bits: a tree walked twice, skipped or stopped early would change them.
