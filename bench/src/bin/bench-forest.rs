@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<()> {
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
-        ..ForestOptions::default()
+        ..ForestOptions::for_whole_batches()
     };
     // vknf's own kernel declares the node-block binding: the default applies as it is.
     let chosen_blocks = chosen.node_blocks.unwrap_or(vknf_functions::DEFAULT_NODE_BLOCKS);

@@ -1,5 +1,7 @@
 //! Runtime benchmark: dispatch round trip (empty kernel, submit to host-visible completion) and
-//! upload / readback bandwidth of a 7 MB buffer (the paper workload's input size).
+//! upload / readback bandwidth of a 7 MB buffer (the paper workload's input size), and with `--links`
+//! every way of moving such a buffer into device memory at once: the DMA split over several queues, host
+//! threads writing device memory through the BAR, and both together (how close each gets to the bus).
 
 use std::time::Duration;
 
@@ -25,6 +27,12 @@ struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also time the ways into device memory at once (queues, BAR-writing threads, both).
+    #[arg(long)]
+    links: bool,
+    /// Host threads to write the BAR with in `--links`.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16])]
+    threads: Vec<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +90,11 @@ fn main() -> anyhow::Result<()> {
         upload_buffer.is_device_local(),
         host_write.median_us
     );
+    let links = if args.links {
+        Some(links(&device, &pinned, &upload_buffer, &host_data, &args)?)
+    } else {
+        None
+    };
     let report = json!({
         "device": device.info().name,
         "driver": device.info().driver_info,
@@ -91,9 +104,136 @@ fn main() -> anyhow::Result<()> {
         "queues": results,
         "host_write_upload_memory": host_write,
         "upload_memory_device_local": upload_buffer.is_device_local(),
+        "links": links,
     });
     if let Some(path) = args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// Times the ways into device memory for `args.bytes`, each alone and together: the DMA from pinned memory
+/// split evenly over 1..=N transfer queues (and over a transfer and a compute queue), `threads` host
+/// threads writing the BAR with streaming stores, and a share written through the BAR while the DMA
+/// carries the rest. Medians in us and GB/s of the whole buffer.
+fn links(
+    device: &vknf_vulkan::Device,
+    pinned: &vknf_vulkan::Buffer,
+    bar: &vknf_vulkan::Buffer,
+    host_data: &[u8],
+    args: &Args,
+) -> anyhow::Result<serde_json::Value> {
+    use rayon::prelude::*;
+    let deadline = Duration::from_secs(10);
+    let bytes = args.bytes;
+    let gbps = |us: f64| bytes as f64 / (us * 1e-6) / 1e9;
+    let on_device = device.create_buffer("device (links)", bytes, MemoryKind::DeviceLocal)?;
+    let mut out = serde_json::Map::new();
+    // The DMA of [from, to) of the buffer split evenly over `kinds`' queues, one stream each.
+    let dma = |kinds: &[QueueKind],
+               from: u64,
+               to: u64|
+     -> anyhow::Result<Vec<(vknf_vulkan::Stream, vknf_vulkan::CommandList)>> {
+        let n = kinds.len() as u64;
+        let piece = (to - from).div_ceil(n).next_multiple_of(256);
+        let mut lanes = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let start = (from + i as u64 * piece).min(to);
+            let end = (start + piece).min(to);
+            let stream = device.stream(*kind)?;
+            let list = stream.record(|rec| rec.copy(pinned, start, &on_device, start, end - start))?;
+            lanes.push((stream, list));
+        }
+        Ok(lanes)
+    };
+    let run_dma = |lanes: &mut Vec<(vknf_vulkan::Stream, vknf_vulkan::CommandList)>| -> anyhow::Result<()> {
+        let tickets = lanes
+            .iter_mut()
+            .map(|(stream, list)| stream.submit(list))
+            .collect::<Result<Vec<_>, _>>()?;
+        for ticket in tickets {
+            ticket.wait(deadline)?;
+        }
+        Ok(())
+    };
+    let transfer_queues = if device.has_dedicated_transfer() {
+        device.queue_count(QueueKind::Transfer)
+    } else {
+        0
+    };
+    let mut queue_sets: Vec<(String, Vec<QueueKind>)> = (1..=transfer_queues.min(4))
+        .map(|n| (format!("dma on {n} transfer queue(s)"), vec![QueueKind::Transfer; n]))
+        .collect();
+    queue_sets.push(("dma on 1 compute queue".into(), vec![QueueKind::Compute]));
+    if transfer_queues > 0 {
+        queue_sets.push((
+            "dma on 1 transfer + 1 compute queue".into(),
+            vec![QueueKind::Transfer, QueueKind::Compute],
+        ));
+    }
+    for (name, kinds) in &queue_sets {
+        let mut lanes = dma(kinds, 0, bytes)?;
+        let stats = Stats::of(time_runs(5, args.transfers, || run_dma(&mut lanes))?);
+        println!(
+            "links: {name}: {:.1} us ({:.1} GB/s)",
+            stats.median_us,
+            gbps(stats.median_us)
+        );
+        out.insert(name.clone(), json!({"stats": stats, "gbps": gbps(stats.median_us)}));
+    }
+    // Host threads writing [0, to) of the BAR buffer with streaming stores.
+    let write_bar = |pool: &rayon::ThreadPool, to: usize| -> anyhow::Result<()> {
+        let mut mapped = bar.map::<u8>()?;
+        let share = to.div_ceil(pool.current_num_threads()).next_multiple_of(64);
+        let target: &mut [u8] = &mut mapped[..to];
+        pool.install(|| {
+            target
+                .par_chunks_mut(share)
+                .zip(host_data[..to].par_chunks(share))
+                .for_each(|(dst, src)| vknf_vulkan::copy_streaming(dst, src))
+        });
+        Ok(())
+    };
+    for &threads in &args.threads {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let stats = Stats::of(time_runs(5, args.transfers, || write_bar(&pool, bytes as usize))?);
+        let name = format!("bar writes, {threads} thread(s)");
+        println!(
+            "links: {name}: {:.1} us ({:.1} GB/s)",
+            stats.median_us,
+            gbps(stats.median_us)
+        );
+        out.insert(name, json!({"stats": stats, "gbps": gbps(stats.median_us)}));
+    }
+    // Both at once: threads write `share` of the buffer through the BAR while the DMA carries the rest.
+    let both_threads = args.threads.iter().copied().filter(|&t| t <= 8).max().unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(both_threads).build()?;
+    for (name, kinds) in queue_sets
+        .iter()
+        .filter(|(_, kinds)| kinds.iter().all(|k| *k == QueueKind::Transfer))
+    {
+        for share in [0.3f64, 0.4, 0.5] {
+            let split = ((bytes as f64 * share) as u64).next_multiple_of(256).min(bytes);
+            let mut lanes = dma(kinds, split, bytes)?;
+            let stats = Stats::of(time_runs(5, args.transfers, || {
+                let tickets = lanes
+                    .iter_mut()
+                    .map(|(stream, list)| stream.submit(list))
+                    .collect::<Result<Vec<_>, _>>()?;
+                write_bar(&pool, split as usize)?;
+                for ticket in tickets {
+                    ticket.wait(deadline)?;
+                }
+                Ok(())
+            })?);
+            let label = format!("{name} + bar share {share} by {both_threads} thread(s)");
+            println!(
+                "links: {label}: {:.1} us ({:.1} GB/s)",
+                stats.median_us,
+                gbps(stats.median_us)
+            );
+            out.insert(label, json!({"stats": stats, "gbps": gbps(stats.median_us)}));
+        }
+    }
+    Ok(serde_json::Value::Object(out))
 }

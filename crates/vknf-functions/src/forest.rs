@@ -62,7 +62,8 @@ pub struct ForestOptions {
     pub tree_lanes: Option<u32>,
     /// Stage each workgroup's rows in shared memory.
     pub stage_input: Option<bool>,
-    /// How rows reach the GPU (default: direct, the fastest end to end in the W1 sweep).
+    /// How rows reach the GPU (default: direct, the fastest for served requests; with a
+    /// [`direct_share`](Self::direct_share), staged where the device has a dedicated transfer queue).
     pub input_path: Option<InputPath>,
     /// Batches of at most this many rows run on a second pipeline with one row per workgroup and one
     /// thread per tree (up to the device's workgroup limit), so that a lone row's tree walks run side by
@@ -89,6 +90,22 @@ pub struct ForestOptions {
     /// sector, two levels a load) instead of one node a load. `None`: blocks where the kernel declares
     /// their binding. `Some(true)` with a kernel that does not is an error.
     pub node_blocks: Option<bool>,
+}
+
+impl ForestOptions {
+    /// For whole batches handed to [`ForestLane::predict`] (what `vknf predict` uses): the staged path
+    /// with the [`DEFAULT_DIRECT_SHARE`] where the device has a dedicated transfer queue, so that a large
+    /// batch reaches the GPU both by DMA and by the host's writes into its memory, and a small one (below
+    /// 1 MiB) is written there whole; elsewhere the direct path. On the H200 this took W1a's and the deep
+    /// forest's 6.9 MB batches 10-15% faster end to end than the direct path (bench/RESULTS.md, "Both
+    /// ways into the GPU"). Served functions keep the default (their lanes write requests' rows into
+    /// pinned memory and never split).
+    pub fn for_whole_batches() -> ForestOptions {
+        ForestOptions {
+            direct_share: Some(DEFAULT_DIRECT_SHARE),
+            ..ForestOptions::default()
+        }
+    }
 }
 
 /// The direct share that measured best for whole batches on the H200 (0.3-0.5 alike; bench/RESULTS.md,
@@ -123,12 +140,15 @@ const FEW_OUTPUTS_MIN_TREES: usize = 64;
 const MAX_DEFAULT_ROWS: usize = 128;
 /// Most dispatches one batch is split into.
 const MAX_PIPELINE_CHUNKS: usize = 32;
-/// Input bytes per pipelined dispatch chosen by default: below twice this a batch runs as one dispatch,
-/// because each extra dispatch costs a submission and a hand-off between the copying threads, which the
-/// overlap of a small batch's writes with its kernel does not pay back (bench/RESULTS.md, "Input paths").
-const PIPELINE_CHUNK_BYTES: usize = 4 << 20;
-/// Most dispatches chosen by default.
-const MAX_DEFAULT_PIPELINE_CHUNKS: usize = 8;
+/// Input bytes per pipelined dispatch chosen by default (to the nearest count): below 1.5 times this a
+/// batch runs as one dispatch, because each extra dispatch costs a submission and a hand-off between the
+/// copying threads, and a 6.9 MB batch (W1a, the deep forest: ~240 workgroups) split in two fills only
+/// half of a large GPU's cores per dispatch, which the overlap of its writes with its kernel does not
+/// pay back (bench/RESULTS.md, "Input paths" and "The chunk rule refitted").
+const PIPELINE_CHUNK_BYTES: usize = 8 << 20;
+/// Most dispatches chosen by default: the wide forest's 32 MB batches ran fastest in 3-4 (each dispatch
+/// costs a submission; more only help while the host's writes are much longer than the kernel).
+const MAX_DEFAULT_PIPELINE_CHUNKS: usize = 4;
 
 /// The configuration a kernel was built with.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -320,9 +340,15 @@ impl ForestKernel {
                 max_rows: small_max_rows.min(u32::MAX as usize) as u32,
                 tree_lanes: small_lanes as u32,
             });
-        let input_path = match options.input_path.unwrap_or(InputPath::Direct) {
-            InputPath::HostMemory if !stage_input => InputPath::Staged,
-            path => path,
+        let input_path = match options.input_path {
+            Some(InputPath::HostMemory) if !stage_input => InputPath::Staged,
+            Some(path) => path,
+            // A direct share without a path named: the staged path, where a transfer queue can carry the
+            // rest of each batch ([`ForestOptions::for_whole_batches`]).
+            None if options.direct_share.is_some_and(|share| share > 0.0) && device.has_dedicated_transfer() => {
+                InputPath::Staged
+            }
+            None => InputPath::Direct,
         };
         let transfer_stream = input_path == InputPath::Staged
             && options
@@ -445,10 +471,10 @@ impl ForestKernel {
     }
 
     /// How many pipelined dispatches [`ForestLane::predict`] splits a batch of `n_rows` rows into: the
-    /// configured count, else one per 4 MiB of input, at most 8: on the H200 the wide forest's 32 MB
-    /// batches ran end to end much faster in several dispatches than in one (the host's writes of chunk
-    /// i+1 overlap the kernel on chunk i), while W1a's and the deep forest's 6.9 MB batches were fastest
-    /// in one (bench/RESULTS.md, "Input paths and pipelined dispatches").
+    /// configured count, else one per 8 MiB of input (rounded), at most 4: on the H200 the wide forest's 32 MB
+    /// batches ran end to end much faster in 3-4 dispatches than in one (the host's writes of chunk i+1
+    /// overlap the kernel on chunk i) or in 8, while W1a's and the deep forest's 6.9 MB batches were
+    /// fastest in one (bench/RESULTS.md, "Input paths and pipelined dispatches").
     pub fn pipeline_chunks(&self, n_rows: usize) -> usize {
         let config = &self.resident.config;
         if n_rows < 2 {
@@ -457,7 +483,8 @@ impl ForestKernel {
         let chunks = match config.pipeline_chunks {
             Some(chunks) => chunks as usize,
             None => {
-                (n_rows * self.resident.n_features * 4 / PIPELINE_CHUNK_BYTES).clamp(1, MAX_DEFAULT_PIPELINE_CHUNKS)
+                let bytes = n_rows * self.resident.n_features * 4;
+                ((bytes + PIPELINE_CHUNK_BYTES / 2) / PIPELINE_CHUNK_BYTES).clamp(1, MAX_DEFAULT_PIPELINE_CHUNKS)
             }
         };
         chunks.min(n_rows.div_ceil(config.rows_per_group as usize)).max(1)
@@ -520,7 +547,7 @@ pub struct ForestLane {
     transfer: Option<Stream>,
     work: Option<CommandList>,
     upload: Option<CommandList>,
-    recorded: Option<(usize, bool)>,
+    recorded: Option<(usize, bool, bool)>,
     timestamps: Option<Timestamps>,
     pending: Option<(Ticket, usize, bool)>,
     // One command list per chunk of a pipelined batch, recorded for (rows, chunks, scores).
@@ -733,6 +760,11 @@ impl ForestLane {
 
     /// Copies `rows` into the staging memory at row `first_row`.
     pub fn write_rows(&self, first_row: usize, rows: &[f32]) -> Result<(), ForestError> {
+        self.check_fits(first_row, rows)?;
+        copy_rows(&self.input, first_row * self.n_features(), rows)
+    }
+
+    fn check_fits(&self, first_row: usize, rows: &[f32]) -> Result<(), ForestError> {
         let nf = self.n_features();
         if rows.len() % nf != 0 || first_row + rows.len() / nf > self.max_rows {
             return Err(ForestError::Input(format!(
@@ -741,11 +773,18 @@ impl ForestLane {
                 self.max_rows
             )));
         }
-        copy_rows(&self.input, first_row * nf, rows)
+        Ok(())
     }
 
-    fn record(&mut self, n_rows: usize, want_scores: bool) -> Result<(), ForestError> {
-        if self.recorded == Some((n_rows, want_scores)) {
+    /// The device buffer the host writes rows into itself, on a lane with a direct share.
+    fn direct_target(&self) -> Option<Buffer> {
+        self.direct_share().and(self.device_input.clone())
+    }
+
+    /// Records the batch's command lists; `rows_on_device`: the host wrote the rows into the device buffer
+    /// itself, so nothing is copied.
+    fn record(&mut self, n_rows: usize, want_scores: bool, rows_on_device: bool) -> Result<(), ForestError> {
+        if self.recorded == Some((n_rows, want_scores, rows_on_device)) {
             return Ok(());
         }
         let r = self.kernel.resident.clone();
@@ -776,7 +815,7 @@ impl ForestLane {
             if let Some(ts) = &timestamps {
                 rec.reset_timestamps(ts);
             }
-            if let (Some(device_input), false) = (&device_input, on_transfer_queue) {
+            if let (Some(device_input), false, false) = (&device_input, on_transfer_queue, rows_on_device) {
                 rec.copy(&input, 0, device_input, 0, bytes)?;
                 rec.barrier();
             }
@@ -800,7 +839,7 @@ impl ForestLane {
                 None => self.upload = Some(transfer.record(copy)?),
             }
         }
-        self.recorded = Some((n_rows, want_scores));
+        self.recorded = Some((n_rows, want_scores, rows_on_device));
         Ok(())
     }
 
@@ -831,6 +870,10 @@ impl ForestLane {
 
     /// Starts the first `n_rows` staged rows on the GPU. Wait with [`ForestLane::finish`].
     pub fn submit(&mut self, n_rows: usize, want_scores: bool) -> Result<(), ForestError> {
+        self.submit_batch(n_rows, want_scores, false)
+    }
+
+    fn submit_batch(&mut self, n_rows: usize, want_scores: bool, rows_on_device: bool) -> Result<(), ForestError> {
         if self.pending.is_some() {
             return Err(ForestError::Input(
                 "the lane already has a batch in flight; finish it first".into(),
@@ -842,8 +885,8 @@ impl ForestLane {
                 self.max_rows
             )));
         }
-        self.record(n_rows, want_scores)?;
-        let on_transfer_queue = self.uses_transfer_queue(self.input_bytes(n_rows));
+        self.record(n_rows, want_scores, rows_on_device)?;
+        let on_transfer_queue = self.uses_transfer_queue(self.input_bytes(n_rows)) && !rows_on_device;
         let work = self.work.as_mut().expect("recorded above");
         let ticket = match (&mut self.transfer, &mut self.upload) {
             (Some(transfer), Some(upload)) if on_transfer_queue => {
@@ -1009,6 +1052,14 @@ impl ForestLane {
             ));
         }
         if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
+            // A lane that writes shares of large batches into device memory writes a small batch there
+            // whole: no copy to wait for (as on the direct path).
+            if let Some(target) = self.direct_target() {
+                self.check_fits(0, rows)?;
+                copy_rows(&target, 0, rows)?;
+                self.submit_batch(n_rows, want_scores, true)?;
+                return self.finish(BATCH_DEADLINE);
+            }
             self.write_rows(0, rows)?;
             return self.run(n_rows, want_scores);
         }

@@ -249,9 +249,14 @@ fn predict_splits_only_large_batches_into_pipelined_dispatches() {
     let rows_for = |mib: usize| (mib << 20).div_ceil(row_bytes);
     assert_eq!(kernel.pipeline_chunks(1), 1);
     assert_eq!(kernel.pipeline_chunks(rows_for(7)), 1, "7 MiB of rows: one dispatch");
-    assert_eq!(kernel.pipeline_chunks(rows_for(8)), 2, "8 MiB: one dispatch per 4 MiB");
-    assert_eq!(kernel.pipeline_chunks(rows_for(32)), 8);
-    assert_eq!(kernel.pipeline_chunks(rows_for(400)), 8, "at most 8 by default");
+    assert_eq!(kernel.pipeline_chunks(rows_for(11)), 1, "11 MiB: still one");
+    assert_eq!(
+        kernel.pipeline_chunks(rows_for(13)),
+        2,
+        "13 MiB: one dispatch per 8 MiB, rounded"
+    );
+    assert_eq!(kernel.pipeline_chunks(rows_for(30)), 4, "the wide forest's 32 MB");
+    assert_eq!(kernel.pipeline_chunks(rows_for(400)), 4, "at most 4 by default");
     let fixed = ForestOptions {
         pipeline_chunks: Some(3),
         ..ForestOptions::default()
@@ -342,4 +347,83 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     }
     let errors = gpu.instance.take_validation_errors();
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
+/// A lane that writes a share of large batches into device memory writes a small batch (below 1 MiB)
+/// there whole, with no copy: the results are the CPU reference's bits, and the pinned memory the DMA
+/// would read keeps what was there (a copy from it would have fed the kernel the poison).
+#[test]
+fn small_batches_on_a_direct_share_lane_are_written_into_device_memory_whole() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let mut checked = 0;
+    for case in &cases {
+        let forest = case.import().unwrap();
+        // Fixed-point classifiers (their scores are compared bit for bit) whose rows all predict.
+        if forest.fixed_point().is_none() || (!case.meta.nan_rows.is_empty() && !case.meta.nan_routing) {
+            continue;
+        }
+        let rows = &case.x;
+        let nf = rows.n_features;
+        let options = ForestOptions {
+            input_path: Some(InputPath::Staged),
+            transfer_stream: Some(true),
+            ..ForestOptions::for_whole_batches()
+        };
+        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+        let mut lane = kernel.lane(rows.n_rows).unwrap();
+        if lane.direct_share().is_none() {
+            // No host-visible device memory on this driver: every row takes the DMA.
+            continue;
+        }
+        let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
+        for n_rows in [1, 2, rows.n_rows.min(100), rows.n_rows] {
+            assert!(n_rows * nf * 4 < 1 << 20, "{}: a small batch", case.meta.name);
+            lane.write_rows(0, &poison[..n_rows * nf]).unwrap();
+            let batch = Rows {
+                n_rows,
+                n_features: nf,
+                data: rows.data[..n_rows * nf].to_vec(),
+            };
+            let prediction = lane.predict(&batch.data, true).unwrap();
+            same_bits_as_the_cpu_reference(&forest, &batch, &prediction);
+            let pinned = lane.input().unwrap();
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(
+                bits(&pinned[..n_rows * nf]),
+                bits(&poison[..n_rows * nf]),
+                "{}: {n_rows} rows went through the pinned memory",
+                case.meta.name
+            );
+            checked += 1;
+        }
+    }
+    if checked == 0 {
+        eprintln!("no host-visible device memory on this driver: nothing to check");
+    }
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
+/// `for_whole_batches` takes the staged path with the default share only where a transfer queue can
+/// carry the DMA's part; elsewhere (lavapipe) the direct path.
+#[test]
+fn whole_batches_take_the_staged_path_only_with_a_transfer_queue() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let forest = cases[0].import().unwrap();
+    let kernel = ForestKernel::new(&gpu.device, &forest, &ForestOptions::for_whole_batches()).unwrap();
+    let config = kernel.config();
+    if gpu.device.has_dedicated_transfer() {
+        assert_eq!(config.input_path, InputPath::Staged);
+        assert_eq!(config.direct_share, vknf_functions::forest::DEFAULT_DIRECT_SHARE);
+    } else {
+        assert_eq!(config.input_path, InputPath::Direct);
+    }
+    let served = ForestKernel::new(&gpu.device, &forest, &ForestOptions::default()).unwrap();
+    assert_eq!(
+        served.config().input_path,
+        InputPath::Direct,
+        "served functions keep the direct path"
+    );
 }

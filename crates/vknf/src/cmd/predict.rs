@@ -36,12 +36,16 @@ pub struct PredictArgs {
     /// Rows per GPU batch.
     #[arg(long, default_value_t = 65_536)]
     batch_rows: usize,
-    /// Copy rows to device memory by DMA before the kernel runs, instead of letting the kernel read them
-    /// straight from host-visible memory (the default). Batches of a MiB or more then also have a share
-    /// of their rows written straight into the GPU's memory while the DMA brings the rest: the fastest
-    /// end to end for such batches on an H200 (bench/RESULTS.md, "Both ways into the GPU").
-    #[arg(long)]
+    /// Copy rows to device memory by DMA before the kernel runs, batches of a MiB or more with a share of
+    /// their rows written straight into the GPU's memory while the DMA brings the rest: the fastest end
+    /// to end for such batches on an H200 (bench/RESULTS.md, "Both ways into the GPU"). The default
+    /// where the device has a dedicated transfer queue; this flag asks for it on any device.
+    #[arg(long, conflicts_with = "direct_input")]
     staged_input: bool,
+    /// Write every row into memory the kernel reads directly (the default on devices without a dedicated
+    /// transfer queue).
+    #[arg(long)]
+    direct_input: bool,
     /// Walk the trees in node blocks (a node and both its children in one 32-byte load, two levels a
     /// load) instead of one node a load. Opt-in until it is measured on GPUs (docs/forest-kernel.md).
     #[arg(long)]
@@ -99,17 +103,15 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
         let instance = global.instance()?;
         let device = global.device(&instance, args.device.as_deref())?;
         let options = ForestOptions {
-            input_path: Some(if args.staged_input {
-                InputPath::Staged
+            input_path: if args.staged_input {
+                Some(InputPath::Staged)
+            } else if args.direct_input {
+                Some(InputPath::Direct)
             } else {
-                InputPath::Direct
-            }),
-            // Whole batches: part of each written straight into the GPU's memory while DMA brings the rest.
-            direct_share: args
-                .staged_input
-                .then_some(vknf_functions::forest::DEFAULT_DIRECT_SHARE),
+                None
+            },
             node_blocks: args.node_blocks.then_some(true),
-            ..ForestOptions::default()
+            ..ForestOptions::for_whole_batches()
         };
         let kernel = ForestKernel::new(&device, &forest, &options)?;
         let mut lane = kernel.lane(args.batch_rows.min(rows.n_rows.max(1)))?;
