@@ -109,7 +109,7 @@ impl ForestOptions {
 }
 
 /// The direct share that measured best for whole batches on the H200 (0.3-0.5 alike; bench/RESULTS.md,
-/// "Both ways into the GPU"); what `vknf predict --staged-input` uses.
+/// "Both ways into the GPU"); what [`ForestOptions::for_whole_batches`] (so `vknf predict`) uses.
 pub const DEFAULT_DIRECT_SHARE: f32 = 0.4;
 
 /// Whether kernels walk node blocks by default ([`ForestOptions::node_blocks`]): not, since they lengthened
