@@ -555,7 +555,8 @@ pub struct ForestLane {
     // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch.
     chunk_uploads: Vec<CommandList>,
     chunks_recorded: Option<(usize, usize, bool)>,
-    // The batch in flight was pipelined: only its last chunk's kernel is left when finish() starts.
+    // The batch in flight is a whole batch of `run_pipelined`: only its last dispatch is left when
+    // finish() starts, so it polls for it (`WHOLE_BATCH_POLL`).
     poll_finish: bool,
 }
 
@@ -629,6 +630,13 @@ fn staged_target(device: &Device, bytes: u64, direct_share: f32) -> Result<Buffe
 /// How long a lane polls for the completion of a batch on the small-batch pipeline before it blocks
 /// (bulk batches poll for the runtime's default, then sleep in the driver).
 const SMALL_BATCH_POLL: Duration = Duration::from_micros(250);
+
+/// How long a whole batch handed to [`ForestLane::predict`] (or [`ForestLane::run_pipelined`]) polls for
+/// its completion, once its last rows are written, before it blocks in the driver: a caller that hands
+/// over a whole batch waits for it anyway, and a blocked wait wakes up later than a poll sees the end
+/// (what is left then is at most the last dispatch's copy and kernel, a few hundred microseconds on the
+/// named shapes).
+const WHOLE_BATCH_POLL: Duration = Duration::from_millis(5);
 
 /// Rows per pipelined chunk: whole workgroups, so that no workgroup straddles two dispatches.
 fn rows_per_chunk(n_rows: usize, chunks: usize, rows_per_group: usize) -> usize {
@@ -905,7 +913,9 @@ impl ForestLane {
             .pending
             .take()
             .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
-        if std::mem::take(&mut self.poll_finish) || self.kernel.config().uses_small_batch(n_rows) {
+        if std::mem::take(&mut self.poll_finish) {
+            ticket.wait_polling(deadline, WHOLE_BATCH_POLL)?;
+        } else if self.kernel.config().uses_small_batch(n_rows) {
             ticket.wait_polling(deadline, SMALL_BATCH_POLL)?;
         } else {
             ticket.wait(deadline)?;
@@ -1054,14 +1064,19 @@ impl ForestLane {
         if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
             // A lane that writes shares of large batches into device memory writes a small batch there
             // whole: no copy to wait for (as on the direct path).
-            if let Some(target) = self.direct_target() {
-                self.check_fits(0, rows)?;
-                copy_rows(&target, 0, rows)?;
-                self.submit_batch(n_rows, want_scores, true)?;
-                return self.finish(BATCH_DEADLINE);
+            match self.direct_target() {
+                Some(target) => {
+                    self.check_fits(0, rows)?;
+                    copy_rows(&target, 0, rows)?;
+                    self.submit_batch(n_rows, want_scores, true)?;
+                }
+                None => {
+                    self.write_rows(0, rows)?;
+                    self.submit(n_rows, want_scores)?;
+                }
             }
-            self.write_rows(0, rows)?;
-            return self.run(n_rows, want_scores);
+            self.poll_finish = true;
+            return self.finish(BATCH_DEADLINE);
         }
         if rows.len() % nf != 0 || n_rows > self.max_rows {
             return Err(ForestError::Input(format!(
@@ -1164,7 +1179,7 @@ impl ForestLane {
             Ok(last)
         })?;
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
-        // After the last write only the last chunk's kernel is left: poll for it rather than sleep.
+        // After the last write only the last chunk's copy and kernel are left: poll rather than sleep.
         self.poll_finish = true;
         self.finish(BATCH_DEADLINE)
     }
