@@ -146,15 +146,27 @@ fn links(
         }
         Ok(lanes)
     };
-    let run_dma = |lanes: &mut Vec<(vknf_vulkan::Stream, vknf_vulkan::CommandList)>| -> anyhow::Result<()> {
+    // Submits every lane's copy, runs `meanwhile` on the host, then waits for the copies.
+    let run_dma = |lanes: &mut Vec<(vknf_vulkan::Stream, vknf_vulkan::CommandList)>,
+                   meanwhile: &dyn Fn() -> anyhow::Result<()>|
+     -> anyhow::Result<()> {
         let tickets = lanes
             .iter_mut()
             .map(|(stream, list)| stream.submit(list))
             .collect::<Result<Vec<_>, _>>()?;
+        meanwhile()?;
         for ticket in tickets {
             ticket.wait(deadline)?;
         }
         Ok(())
+    };
+    let mut report = |name: String, stats: Stats| {
+        println!(
+            "links: {name}: {:.1} us ({:.1} GB/s)",
+            stats.median_us,
+            gbps(stats.median_us)
+        );
+        out.insert(name, json!({"stats": stats, "gbps": gbps(stats.median_us)}));
     };
     let transfer_queues = if device.has_dedicated_transfer() {
         device.queue_count(QueueKind::Transfer)
@@ -173,13 +185,8 @@ fn links(
     }
     for (name, kinds) in &queue_sets {
         let mut lanes = dma(kinds, 0, bytes)?;
-        let stats = Stats::of(time_runs(5, args.transfers, || run_dma(&mut lanes))?);
-        println!(
-            "links: {name}: {:.1} us ({:.1} GB/s)",
-            stats.median_us,
-            gbps(stats.median_us)
-        );
-        out.insert(name.clone(), json!({"stats": stats, "gbps": gbps(stats.median_us)}));
+        let stats = Stats::of(time_runs(5, args.transfers, || run_dma(&mut lanes, &|| Ok(())))?);
+        report(name.clone(), stats);
     }
     // Host threads writing [0, to) of the BAR buffer with streaming stores.
     let write_bar = |pool: &rayon::ThreadPool, to: usize| -> anyhow::Result<()> {
@@ -197,13 +204,7 @@ fn links(
     for &threads in &args.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
         let stats = Stats::of(time_runs(5, args.transfers, || write_bar(&pool, bytes as usize))?);
-        let name = format!("bar writes, {threads} thread(s)");
-        println!(
-            "links: {name}: {:.1} us ({:.1} GB/s)",
-            stats.median_us,
-            gbps(stats.median_us)
-        );
-        out.insert(name, json!({"stats": stats, "gbps": gbps(stats.median_us)}));
+        report(format!("bar writes, {threads} thread(s)"), stats);
     }
     // Both at once: threads write `share` of the buffer through the BAR while the DMA carries the rest.
     let both_threads = args.threads.iter().copied().filter(|&t| t <= 8).max().unwrap_or(1);
@@ -216,23 +217,9 @@ fn links(
             let split = ((bytes as f64 * share) as u64).next_multiple_of(256).min(bytes);
             let mut lanes = dma(kinds, split, bytes)?;
             let stats = Stats::of(time_runs(5, args.transfers, || {
-                let tickets = lanes
-                    .iter_mut()
-                    .map(|(stream, list)| stream.submit(list))
-                    .collect::<Result<Vec<_>, _>>()?;
-                write_bar(&pool, split as usize)?;
-                for ticket in tickets {
-                    ticket.wait(deadline)?;
-                }
-                Ok(())
+                run_dma(&mut lanes, &|| write_bar(&pool, split as usize))
             })?);
-            let label = format!("{name} + bar share {share} by {both_threads} thread(s)");
-            println!(
-                "links: {label}: {:.1} us ({:.1} GB/s)",
-                stats.median_us,
-                gbps(stats.median_us)
-            );
-            out.insert(label, json!({"stats": stats, "gbps": gbps(stats.median_us)}));
+            report(format!("{name} + bar share {share} by {both_threads} thread(s)"), stats);
         }
     }
     Ok(serde_json::Value::Object(out))
