@@ -140,6 +140,10 @@ fn links(
         for (i, kind) in kinds.iter().enumerate() {
             let start = (from + i as u64 * piece).min(to);
             let end = (start + piece).min(to);
+            if end <= start {
+                // Rounding the pieces up left nothing for this queue (a copy may not be empty).
+                continue;
+            }
             let stream = device.stream(*kind)?;
             let list = stream.record(|rec| rec.copy(pinned, start, &on_device, start, end - start))?;
             lanes.push((stream, list));
@@ -190,6 +194,9 @@ fn links(
     }
     // Host threads writing [0, to) of the BAR buffer with streaming stores.
     let write_bar = |pool: &rayon::ThreadPool, to: usize| -> anyhow::Result<()> {
+        if to == 0 {
+            return Ok(());
+        }
         let mut mapped = bar.map::<u8>()?;
         let share = to.div_ceil(pool.current_num_threads()).next_multiple_of(64);
         let target: &mut [u8] = &mut mapped[..to];

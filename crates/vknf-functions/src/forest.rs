@@ -77,9 +77,11 @@ pub struct ForestOptions {
     /// [`ForestLane::run_pipelined`]) with a transfer stream: the share (0 to 1) of each dispatch's rows the
     /// host writes straight into the GPU's memory while the rest is copied there by DMA, so that both ways
     /// into the GPU carry rows at once. Such lanes keep their device buffer in host-visible device memory
-    /// (resizable BAR) where the driver has it; elsewhere every row takes the DMA. `None` or 0: no split,
-    /// and the device buffer stays ordinary device memory (as serving lanes want: they write each
-    /// request's rows into pinned memory and never split). [`DEFAULT_DIRECT_SHARE`] is the measured choice.
+    /// (resizable BAR) where the driver has it (elsewhere every row takes the DMA), and write smaller
+    /// `predict` batches there whole. `None` or 0: no split, and the device buffer stays ordinary device
+    /// memory (as serving lanes want: they write each request's rows into pinned memory and never split).
+    /// With no [`input_path`](Self::input_path) named, a share selects the staged path where
+    /// [`splits_whole_batches`] holds, else the direct path. [`DEFAULT_DIRECT_SHARE`] is the measured choice.
     pub direct_share: Option<f32>,
     /// Staged path: copy rows on a transfer stream of their own (`None`: where the device has a
     /// dedicated transfer queue family; elsewhere the copy is part of the kernel's command list, which
@@ -92,9 +94,26 @@ pub struct ForestOptions {
     pub node_blocks: Option<bool>,
 }
 
+/// Whether whole batches on `device` can be split between the DMA and the host's writes into device
+/// memory: a dedicated transfer queue to carry the DMA's part, and host-visible device memory beyond the
+/// classic 256 MiB BAR window (resizable BAR) for the host's part. Without the second, a staged lane
+/// would copy every row once more than the direct path does.
+pub fn splits_whole_batches(device: &Device) -> bool {
+    const CLASSIC_BAR_BYTES: u64 = 256 << 20;
+    device.has_dedicated_transfer()
+        && device.info().memory_heaps.iter().any(|heap| {
+            heap.device_local
+                && heap.size > CLASSIC_BAR_BYTES
+                && heap
+                    .memory_types
+                    .iter()
+                    .any(|flags| flags.contains(&"device-local") && flags.contains(&"host-visible"))
+        })
+}
+
 impl ForestOptions {
     /// For whole batches handed to [`ForestLane::predict`] (what `vknf predict` uses): the staged path
-    /// with the [`DEFAULT_DIRECT_SHARE`] where the device has a dedicated transfer queue, so that a large
+    /// with the [`DEFAULT_DIRECT_SHARE`] where the device [`splits_whole_batches`], so that a large
     /// batch reaches the GPU both by DMA and by the host's writes into its memory, and a small one (below
     /// 1 MiB) is written there whole; elsewhere the direct path. On the H200 this took W1a's and the deep
     /// forest's 6.9 MB batches 10-15% faster end to end than the direct path (bench/RESULTS.md, "Both
@@ -343,9 +362,9 @@ impl ForestKernel {
         let input_path = match options.input_path {
             Some(InputPath::HostMemory) if !stage_input => InputPath::Staged,
             Some(path) => path,
-            // A direct share without a path named: the staged path, where a transfer queue can carry the
-            // rest of each batch ([`ForestOptions::for_whole_batches`]).
-            None if options.direct_share.is_some_and(|share| share > 0.0) && device.has_dedicated_transfer() => {
+            // A direct share without a path named: the staged path, where it can split batches
+            // ([`ForestOptions::for_whole_batches`]).
+            None if options.direct_share.is_some_and(|share| share > 0.0) && splits_whole_batches(device) => {
                 InputPath::Staged
             }
             None => InputPath::Direct,
@@ -761,7 +780,9 @@ impl ForestLane {
     }
 
     /// The staging memory rows are written into (row-major, `max_rows * n_features` floats and a few
-    /// padding rows). Zero-copy: this is the memory the GPU reads or copies from.
+    /// padding rows). Zero-copy: this is the memory the GPU reads or copies from on [`submit`](Self::submit).
+    /// (`predict` on a lane with a direct share writes its rows, or a share of them, into device memory
+    /// instead, so this memory does not hold a `predict` batch afterwards.)
     pub fn input(&self) -> Result<vknf_vulkan::Mapped<'_, f32>, ForestError> {
         Ok(self.input.map::<f32>()?)
     }
@@ -795,6 +816,9 @@ impl ForestLane {
         if self.recorded == Some((n_rows, want_scores, rows_on_device)) {
             return Ok(());
         }
+        // Until both lists are recorded again, none matches a key (a failure below may leave one of them
+        // recorded for this batch and the other for the previous one).
+        self.recorded = None;
         let r = self.kernel.resident.clone();
         let bytes = self.input_bytes(n_rows);
         // Small batches: one row per workgroup, a thread per tree.
@@ -868,9 +892,9 @@ impl ForestLane {
     }
 
     /// The direct share a `predict` batch of `n_rows` takes: only batches of at least 1 MiB (the lane has
-    /// a share only with a transfer stream). A small batch's copy runs in its kernel's own command list,
-    /// which costs less than a pipelined copy on a second queue saves (the tiny forest's 68 KB batch took
-    /// 63-115 us with a share instead of 35 us without, on the H200; bench/RESULTS.md).
+    /// a share only with a transfer stream). A smaller batch is written into device memory whole: a copy
+    /// on a second queue would cost it more than it saves (the tiny forest's 68 KB batch took 63-115 us
+    /// with a split instead of 35 us without, on the H200; bench/RESULTS.md).
     fn batch_direct_share(&self, n_rows: usize) -> Option<f32> {
         self.direct_share()
             .filter(|_| self.input_bytes(n_rows) >= TRANSFER_QUEUE_BYTES)

@@ -387,14 +387,29 @@ fn small_batches_on_a_direct_share_lane_are_written_into_device_memory_whole() {
             };
             let prediction = lane.predict(&batch.data, true).unwrap();
             same_bits_as_the_cpu_reference(&forest, &batch, &prediction);
-            let pinned = lane.input().unwrap();
-            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-            assert_eq!(
-                bits(&pinned[..n_rows * nf]),
-                bits(&poison[..n_rows * nf]),
-                "{}: {n_rows} rows went through the pinned memory",
-                case.meta.name
-            );
+            {
+                let pinned = lane.input().unwrap();
+                let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(
+                    bits(&pinned[..n_rows * nf]),
+                    bits(&poison[..n_rows * nf]),
+                    "{}: {n_rows} rows went through the pinned memory",
+                    case.meta.name
+                );
+            }
+            // The other way on the same lane and row count: rows written into pinned memory and run
+            // must be copied over what `predict` left in device memory (a command list recorded for
+            // the one way and reused for the other would run the poison).
+            lane.predict(&poison[..n_rows * nf], true).unwrap();
+            lane.write_rows(0, &batch.data).unwrap();
+            let result = lane.run(n_rows, true).unwrap();
+            let run = Prediction {
+                n_rows,
+                n_outputs: forest.n_outputs as usize,
+                scores: result.scores.unwrap_or_default(),
+                labels: result.labels,
+            };
+            same_bits_as_the_cpu_reference(&forest, &batch, &run);
             checked += 1;
         }
     }
@@ -405,16 +420,70 @@ fn small_batches_on_a_direct_share_lane_are_written_into_device_memory_whole() {
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
 }
 
-/// `for_whole_batches` takes the staged path with the default share only where a transfer queue can
-/// carry the DMA's part; elsewhere (lavapipe) the direct path.
+/// A model without missing-value routing rejects a NaN row of a small batch written into device memory
+/// whole, naming the row and feature the kernel read there.
 #[test]
-fn whole_batches_take_the_staged_path_only_with_a_transfer_queue() {
+fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let case = cases
+        .iter()
+        .find(|case| case.import().unwrap().fixed_point().is_some())
+        .expect("a classifier fixture");
+    // The fixture's forest without its missing-value routing: the kernel rejects rows with NaN.
+    let mut forest = case.import().unwrap();
+    forest.missing = vknf_forest::MissingPolicy::Reject;
+    let nf = case.x.n_features;
+    let n_rows = case.x.n_rows.min(50);
+    let mut data: Vec<f32> = case.x.data[..n_rows * nf]
+        .iter()
+        .map(|v| if v.is_nan() { 0.0 } else { *v })
+        .collect();
+    let (row, feature) = (n_rows / 2, nf - 1);
+    data[row * nf + feature] = f32::NAN;
+    let options = ForestOptions {
+        input_path: Some(InputPath::Staged),
+        transfer_stream: Some(true),
+        ..ForestOptions::for_whole_batches()
+    };
+    let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+    let mut lane = kernel.lane(n_rows).unwrap();
+    if lane.direct_share().is_none() {
+        eprintln!("no host-visible device memory on this driver: nothing to check");
+        return;
+    }
+    // Pinned memory holds clean rows: a report read from there would name no NaN.
+    lane.write_rows(
+        0,
+        &case.x.data[..n_rows * nf]
+            .iter()
+            .map(|v| if v.is_nan() { 0.0 } else { *v })
+            .collect::<Vec<f32>>(),
+    )
+    .unwrap();
+    let err = lane.predict(&data, false).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("row {row} feature {feature} is NaN")),
+        "{}: {err}",
+        case.meta.name
+    );
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
+/// `for_whole_batches` takes the staged path with the default share only where batches can be split (a
+/// transfer queue for the DMA's part, resizable BAR for the host's); elsewhere (lavapipe: no transfer
+/// queue) the direct path.
+#[test]
+fn whole_batches_take_the_staged_path_only_where_they_can_be_split() {
     let gpu = gpu();
     let cases = parity::load_cases(&fixture_dir()).unwrap();
     let forest = cases[0].import().unwrap();
     let kernel = ForestKernel::new(&gpu.device, &forest, &ForestOptions::for_whole_batches()).unwrap();
     let config = kernel.config();
-    if gpu.device.has_dedicated_transfer() {
+    let splits = vknf_functions::forest::splits_whole_batches(&gpu.device);
+    assert!(!splits || gpu.device.has_dedicated_transfer());
+    if splits {
         assert_eq!(config.input_path, InputPath::Staged);
         assert_eq!(config.direct_share, vknf_functions::forest::DEFAULT_DIRECT_SHARE);
     } else {

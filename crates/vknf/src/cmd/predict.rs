@@ -39,11 +39,12 @@ pub struct PredictArgs {
     /// Copy rows to device memory by DMA before the kernel runs, batches of a MiB or more with a share of
     /// their rows written straight into the GPU's memory while the DMA brings the rest: the fastest end
     /// to end for such batches on an H200 (bench/RESULTS.md, "Both ways into the GPU"). The default
-    /// where the device has a dedicated transfer queue; this flag asks for it on any device.
+    /// where the device has a dedicated transfer queue and resizable BAR; this flag asks for the staged
+    /// path on any device (without a transfer queue every row then takes the DMA, no share).
     #[arg(long, conflicts_with = "direct_input")]
     staged_input: bool,
     /// Write every row into memory the kernel reads directly (the default on devices without a dedicated
-    /// transfer queue).
+    /// transfer queue or resizable BAR).
     #[arg(long)]
     direct_input: bool,
     /// Walk the trees in node blocks (a node and both its children in one 32-byte load, two levels a
