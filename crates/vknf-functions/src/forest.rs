@@ -63,7 +63,7 @@ pub struct ForestOptions {
     /// Stage each workgroup's rows in shared memory.
     pub stage_input: Option<bool>,
     /// How rows reach the GPU (default: direct, the fastest for served requests; with a
-    /// [`direct_share`](Self::direct_share), staged where the device has a dedicated transfer queue).
+    /// [`direct_share`](Self::direct_share), staged where the device [`splits_whole_batches`]).
     pub input_path: Option<InputPath>,
     /// Batches of at most this many rows run on a second pipeline with one row per workgroup and one
     /// thread per tree (up to the device's workgroup limit), so that a lone row's tree walks run side by
@@ -1088,17 +1088,10 @@ impl ForestLane {
         if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
             // A lane that writes shares of large batches into device memory writes a small batch there
             // whole: no copy to wait for (as on the direct path).
-            match self.direct_target() {
-                Some(target) => {
-                    self.check_fits(0, rows)?;
-                    copy_rows(&target, 0, rows)?;
-                    self.submit_batch(n_rows, want_scores, true)?;
-                }
-                None => {
-                    self.write_rows(0, rows)?;
-                    self.submit(n_rows, want_scores)?;
-                }
-            }
+            let on_device = self.direct_target();
+            self.check_fits(0, rows)?;
+            copy_rows(on_device.as_ref().unwrap_or(&self.input), 0, rows)?;
+            self.submit_batch(n_rows, want_scores, on_device.is_some())?;
             self.poll_finish = true;
             return self.finish(BATCH_DEADLINE);
         }

@@ -435,10 +435,11 @@ fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
     forest.missing = vknf_forest::MissingPolicy::Reject;
     let nf = case.x.n_features;
     let n_rows = case.x.n_rows.min(50);
-    let mut data: Vec<f32> = case.x.data[..n_rows * nf]
+    let clean: Vec<f32> = case.x.data[..n_rows * nf]
         .iter()
         .map(|v| if v.is_nan() { 0.0 } else { *v })
         .collect();
+    let mut data = clean.clone();
     let (row, feature) = (n_rows / 2, nf - 1);
     data[row * nf + feature] = f32::NAN;
     let options = ForestOptions {
@@ -453,14 +454,7 @@ fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
         return;
     }
     // Pinned memory holds clean rows: a report read from there would name no NaN.
-    lane.write_rows(
-        0,
-        &case.x.data[..n_rows * nf]
-            .iter()
-            .map(|v| if v.is_nan() { 0.0 } else { *v })
-            .collect::<Vec<f32>>(),
-    )
-    .unwrap();
+    lane.write_rows(0, &clean).unwrap();
     let err = lane.predict(&data, false).unwrap_err().to_string();
     assert!(
         err.contains(&format!("row {row} feature {feature} is NaN")),
