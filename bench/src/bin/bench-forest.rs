@@ -13,6 +13,7 @@ use clap::Parser;
 use serde_json::json;
 use vknf_bench::{Stats, open_device, time_runs};
 use vknf_forest::{GpuForest, ImportOptions, Rows};
+use vknf_functions::forest::{BatchTimeline, ChunkTimeline};
 use vknf_functions::{ForestKernel, ForestLane, ForestOptions, InputPath};
 
 #[derive(Parser)]
@@ -77,6 +78,14 @@ struct Args {
     /// (default: the kernel's choice); the headline also times the other layout, and `--sweep` both.
     #[arg(long)]
     node_blocks: Option<bool>,
+    /// Where a pipelined batch's time goes: for each pipelined dispatch count of --chunk-counts (the
+    /// chosen configuration otherwise), end to end, then the median timeline of each dispatch (host writes
+    /// and submissions, GPU copies and kernels).
+    #[arg(long)]
+    timeline: bool,
+    /// Pipelined dispatch counts for --timeline (default: the chosen count).
+    #[arg(long, value_delimiter = ',')]
+    chunk_counts: Vec<usize>,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -349,6 +358,11 @@ fn main() -> anyhow::Result<()> {
         chosen,
         &args.direct_shares,
     )?;
+    let timelines = if args.timeline {
+        timeline_table(&device, &forest, &rows, &reference.labels, &args, chosen)?
+    } else {
+        Vec::new()
+    };
     let small_batches = if args.small_batches {
         small_batch_table(&device, &forest, &rows, &reference.labels, args.runs, chosen)?
     } else {
@@ -372,6 +386,7 @@ fn main() -> anyhow::Result<()> {
         "gpu": results,
         "input_paths": input_paths,
         "small_batches": small_batches,
+        "timelines": timelines,
         "finished_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
     });
     if let Some(path) = &args.json {
@@ -551,4 +566,110 @@ fn input_path_table(
         );
     }
     Ok(table)
+}
+
+/// End to end and the median per-dispatch timeline of the whole batch for each dispatch count
+/// asked for (`--timeline`), with the chosen configuration otherwise; labels checked every time.
+fn timeline_table(
+    device: &vknf_vulkan::Device,
+    forest: &GpuForest,
+    rows: &Rows,
+    reference: &[u32],
+    args: &Args,
+    chosen: ForestOptions,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let chosen_chunks = ForestKernel::new(device, forest, &chosen)?.pipeline_chunks(rows.n_rows);
+    let counts = if args.chunk_counts.is_empty() {
+        vec![chosen_chunks]
+    } else {
+        args.chunk_counts.clone()
+    };
+    let mut table = Vec::new();
+    println!("timelines (us; host from the batch's start, GPU from its first timestamp; medians):");
+    for &chunks in &counts {
+        let options = ForestOptions {
+            pipeline_chunks: Some(chunks),
+            ..chosen
+        };
+        let kernel = ForestKernel::new(device, forest, &options)?;
+        let mut lane = kernel.lane(rows.n_rows)?;
+        let mut labels = Vec::new();
+        let e2e = Stats::of(time_runs(3, args.runs, || {
+            labels = lane.predict(&rows.data, false)?.labels;
+            Ok(())
+        })?);
+        let wrong = labels.iter().zip(reference).filter(|(a, b)| a != b).count();
+        lane.record_timeline(true)?;
+        let mut timelines = Vec::new();
+        time_runs(3, args.runs, || {
+            lane.predict(&rows.data, false)?;
+            timelines.extend(lane.last_timeline().cloned());
+            Ok(())
+        })?;
+        let median = median_timeline(&timelines);
+        let with_timeline = match timelines.is_empty() {
+            true => "no timeline: one dispatch of rows written whole".to_string(),
+            false => format!("with the timeline: {:.1} us", median.total_us),
+        };
+        println!(
+            "  {chunks} dispatch(es): e2e {:.1} us ({with_timeline}), mismatches {wrong}",
+            e2e.median_us
+        );
+        for (index, chunk) in median.chunks.iter().enumerate() {
+            println!(
+                "    #{index} {:>6} rows | host: write {:>6.1}..{:>6.1} (staged {:>6.1}), dispatch submitted {:>6.1} | gpu: copy {} list {:>6.1} kernel {:>6.1}..{:>6.1}",
+                chunk.rows,
+                chunk.write_start_us,
+                chunk.written_us,
+                chunk.staged_written_us,
+                chunk.dispatch_submitted_us,
+                chunk
+                    .copy_gpu_us
+                    .map_or("-".to_string(), |(start, end)| format!("{start:>6.1}..{end:>6.1}")),
+                chunk.list_start_gpu_us,
+                chunk.kernel_gpu_us.0,
+                chunk.kernel_gpu_us.1,
+            );
+        }
+        table.push(json!({
+            "chunks": chunks, "config": kernel.config(), "end_to_end": e2e,
+            "label_mismatches_vs_cpu_reference": wrong, "median_timeline": median,
+            "timeline_runs": timelines.len(),
+        }));
+    }
+    Ok(table)
+}
+
+/// The field-by-field median of timelines of one batch shape (the same dispatches in each).
+fn median_timeline(timelines: &[BatchTimeline]) -> BatchTimeline {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let Some(first) = timelines.first() else {
+        return BatchTimeline::default();
+    };
+    let field = |get: &dyn Fn(&BatchTimeline) -> Option<f64>| median(timelines.iter().filter_map(get).collect());
+    let chunks = (0..first.chunks.len())
+        .map(|i| {
+            let at = |get: fn(&ChunkTimeline) -> f64| field(&|t: &BatchTimeline| t.chunks.get(i).map(get));
+            let copy = |end: bool| {
+                field(&|t: &BatchTimeline| t.chunks.get(i)?.copy_gpu_us.map(|c| if end { c.1 } else { c.0 }))
+            };
+            ChunkTimeline {
+                rows: first.chunks[i].rows,
+                write_start_us: at(|c| c.write_start_us),
+                staged_written_us: at(|c| c.staged_written_us),
+                written_us: at(|c| c.written_us),
+                dispatch_submitted_us: at(|c| c.dispatch_submitted_us),
+                copy_gpu_us: first.chunks[i].copy_gpu_us.map(|_| (copy(false), copy(true))),
+                list_start_gpu_us: at(|c| c.list_start_gpu_us),
+                kernel_gpu_us: (at(|c| c.kernel_gpu_us.0), at(|c| c.kernel_gpu_us.1)),
+            }
+        })
+        .collect();
+    BatchTimeline {
+        total_us: field(&|t: &BatchTimeline| Some(t.total_us)),
+        chunks,
+    }
 }

@@ -1,7 +1,8 @@
 //! Runtime benchmark: dispatch round trip (empty kernel, submit to host-visible completion) and
 //! upload / readback bandwidth of a 7 MB buffer (the paper workload's input size), and with `--links`
 //! every way of moving such a buffer into device memory at once: the DMA split over several queues, host
-//! threads writing device memory through the BAR, and both together (how close each gets to the bus).
+//! threads writing device memory through the BAR or pinned memory, and both together (how close each
+//! gets to the bus).
 
 use std::time::Duration;
 
@@ -27,10 +28,11 @@ struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// Also time the ways into device memory at once (queues, BAR-writing threads, both).
+    /// Also time the ways into device memory at once (queues, threads writing the BAR or pinned memory,
+    /// both).
     #[arg(long)]
     links: bool,
-    /// Host threads to write the BAR with in `--links`.
+    /// Host threads to write the BAR and pinned memory with in `--links`.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16])]
     threads: Vec<usize>,
 }
@@ -192,26 +194,46 @@ fn links(
         let stats = Stats::of(time_runs(5, args.transfers, || run_dma(&mut lanes, &|| Ok(())))?);
         report(name.clone(), stats);
     }
-    // Host threads writing [0, to) of the BAR buffer with streaming stores.
-    let write_bar = |pool: &rayon::ThreadPool, to: usize| -> anyhow::Result<()> {
-        if to == 0 {
-            return Ok(());
-        }
-        let mut mapped = bar.map::<u8>()?;
-        let share = to.div_ceil(pool.current_num_threads()).next_multiple_of(64);
-        let target: &mut [u8] = &mut mapped[..to];
-        pool.install(|| {
-            target
-                .par_chunks_mut(share)
-                .zip(host_data[..to].par_chunks(share))
-                .for_each(|(dst, src)| vknf_vulkan::copy_streaming(dst, src))
-        });
-        Ok(())
-    };
+    // Host threads writing [from, to) of a mapped buffer with streaming stores (as lanes write rows).
+    let write =
+        |buffer: &vknf_vulkan::Buffer, pool: &rayon::ThreadPool, from: usize, to: usize| -> anyhow::Result<()> {
+            if to <= from {
+                return Ok(());
+            }
+            let mut mapped = buffer.map::<u8>()?;
+            let share = (to - from).div_ceil(pool.current_num_threads()).next_multiple_of(64);
+            let target: &mut [u8] = &mut mapped[from..to];
+            pool.install(|| {
+                target
+                    .par_chunks_mut(share)
+                    .zip(host_data[from..to].par_chunks(share))
+                    .for_each(|(dst, src)| vknf_vulkan::copy_streaming(dst, src))
+            });
+            Ok(())
+        };
+    let write_bar = |pool: &rayon::ThreadPool, to: usize| write(bar, pool, 0, to);
     for &threads in &args.threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
         let stats = Stats::of(time_runs(5, args.transfers, || write_bar(&pool, bytes as usize))?);
         report(format!("bar writes, {threads} thread(s)"), stats);
+        // The staged path's host side: rows written into the pinned memory the DMA reads.
+        let stats = Stats::of(time_runs(5, args.transfers, || {
+            write(pinned, &pool, 0, bytes as usize)
+        })?);
+        report(format!("pinned writes, {threads} thread(s)"), stats);
+        // Its steady state: the host writes the next half of the pinned memory while the DMA carries the
+        // first (GB/s of the whole buffer: each half moves once).
+        if transfer_queues > 0 {
+            let half = (bytes / 2).next_multiple_of(256);
+            let mut lanes = dma(&[QueueKind::Transfer], 0, half)?;
+            let stats = Stats::of(time_runs(5, args.transfers, || {
+                run_dma(&mut lanes, &|| write(pinned, &pool, half as usize, bytes as usize))
+            })?);
+            report(
+                format!("dma of one half while {threads} thread(s) write the other into pinned memory"),
+                stats,
+            );
+        }
     }
     // Both at once: threads write `share` of the buffer through the BAR while the DMA carries the rest.
     let both_threads = args.threads.iter().copied().filter(|&t| t <= 8).max().unwrap_or(1);

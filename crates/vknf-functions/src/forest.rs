@@ -15,6 +15,11 @@ use vknf_vulkan::{
     Stream, Ticket, Timestamps, copy_streaming,
 };
 
+mod timeline;
+
+use timeline::HostMoment;
+pub use timeline::{BatchTimeline, ChunkTimeline};
+
 /// Errors of the GPU forest.
 #[derive(Debug, thiserror::Error)]
 pub enum ForestError {
@@ -574,6 +579,10 @@ pub struct ForestLane {
     // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch.
     chunk_uploads: Vec<CommandList>,
     chunks_recorded: Option<(usize, usize, bool)>,
+    // The row ranges of the recorded chunks.
+    chunk_bounds: Vec<(usize, usize)>,
+    // Per-chunk timestamps and host moments, when asked for (`record_timeline`).
+    timeline: Option<timeline::Timeline>,
     // The batch in flight is a whole batch of `run_pipelined`: only its last dispatch is left when
     // finish() starts, so it polls for it (`WHOLE_BATCH_POLL`).
     poll_finish: bool,
@@ -597,6 +606,9 @@ const TRANSFER_QUEUE_BYTES: u64 = 1 << 20;
 
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
+/// Most threads writing rows into device memory through the BAR at once: on the H200 such writes peaked
+/// at 4 threads (26-27 GB/s) and fell to 20 GB/s with 16 (bench/RESULTS.md, `bench-runtime --links`).
+const BAR_WRITERS: usize = 4;
 /// Least bytes one thread of a parallel copy takes: a few threads already fill the bus when the
 /// staging memory is across PCIe, and smaller shares cost more in hand-offs than they save.
 const PARALLEL_COPY_SHARE: usize = 256 << 10;
@@ -618,12 +630,30 @@ fn copy_rows(buffer: &Buffer, offset: usize, rows: &[f32]) -> Result<(), ForestE
         copy_streaming(bytemuck::cast_slice_mut(target), bytemuck::cast_slice(rows));
         return Ok(());
     }
-    let chunk = (rows.len() / rayon::current_num_threads().max(1)).max(PARALLEL_COPY_SHARE / 4);
+    // Writes into device memory through the BAR take fewer threads: they peak at a few and slow down with
+    // more, which also leaves the rest of the pool to a concurrent write into pinned memory.
+    let threads = match buffer.is_device_local() {
+        true => rayon::current_num_threads().min(BAR_WRITERS),
+        false => rayon::current_num_threads(),
+    };
+    let chunk = (rows.len() / threads.max(1)).max(PARALLEL_COPY_SHARE / 4);
     target
         .par_chunks_mut(chunk)
         .zip(rows.par_chunks(chunk))
         .for_each(|(dst, src)| copy_streaming(bytemuck::cast_slice_mut(dst), bytemuck::cast_slice(src)));
     Ok(())
+}
+
+/// Appends one batch's results to a prediction's: the first batch's are moved, not copied, with room
+/// reserved for the `total` (a 100,000-row batch's labels copied again cost a second 400 KB buffer's
+/// page faults and a copy).
+fn append_batch<T: Copy>(all: &mut Vec<T>, batch: Vec<T>, total: usize) {
+    if all.is_empty() {
+        *all = batch;
+        all.reserve_exact(total.saturating_sub(all.len()));
+    } else {
+        all.extend_from_slice(&batch);
+    }
 }
 
 /// Rows of a dispatch of `n_rows` written straight into device memory with a direct `share`: at least one
@@ -657,9 +687,17 @@ const SMALL_BATCH_POLL: Duration = Duration::from_micros(250);
 /// named shapes).
 const WHOLE_BATCH_POLL: Duration = Duration::from_millis(5);
 
-/// Rows per pipelined chunk: whole workgroups, so that no workgroup straddles two dispatches.
-fn rows_per_chunk(n_rows: usize, chunks: usize, rows_per_group: usize) -> usize {
-    n_rows.div_ceil(chunks.max(1)).next_multiple_of(rows_per_group)
+/// The row ranges of a batch's pipelined dispatches, into `bounds` (its capacity reused): `chunks`
+/// dispatches of whole workgroups (no workgroup straddles two), as equal as whole workgroups allow; fewer
+/// where the batch has fewer workgroups.
+fn chunk_bounds(n_rows: usize, chunks: usize, rows_per_group: usize, bounds: &mut Vec<(usize, usize)>) {
+    bounds.clear();
+    let groups = n_rows.div_ceil(rows_per_group.max(1));
+    let chunks = chunks.clamp(1, groups.max(1));
+    for i in 0..chunks {
+        let (first, end) = (groups * i / chunks, groups * (i + 1) / chunks);
+        bounds.push((first * rows_per_group, (end * rows_per_group).min(n_rows)));
+    }
 }
 
 /// Whether a kernel declares the node-block binding: kernels from before node blocks (a manifest may
@@ -754,6 +792,8 @@ impl ForestLane {
             chunk_lists: Vec::new(),
             chunk_uploads: Vec::new(),
             chunks_recorded: None,
+            chunk_bounds: Vec::new(),
+            timeline: None,
             poll_finish: false,
         })
     }
@@ -995,6 +1035,26 @@ impl ForestLane {
         Some(ts[1] - ts[0])
     }
 
+    /// Records (or stops recording) a timeline of each pipelined batch ([`run_pipelined`](Self::run_pipelined),
+    /// so `predict`'s large batches): host moments and GPU timestamps per dispatch, read with
+    /// [`last_timeline`](Self::last_timeline). For measurement: it adds a reset and a read of the
+    /// timestamps to every batch. Fails where the device cannot reset timestamps from the host or has
+    /// none on a queue the lane uses.
+    pub fn record_timeline(&mut self, on: bool) -> Result<(), ForestError> {
+        if on {
+            let probe = self.kernel.resident.device.create_timestamps(1)?;
+            probe.reset_on_host()?;
+        }
+        self.timeline = on.then(timeline::Timeline::default);
+        self.chunks_recorded = None;
+        Ok(())
+    }
+
+    /// The timeline of the last pipelined batch, when [`record_timeline`](Self::record_timeline) is on.
+    pub fn last_timeline(&self) -> Option<&BatchTimeline> {
+        self.timeline.as_ref()?.last()
+    }
+
     /// Runs one batch of staged rows: submit, then finish.
     pub fn run(&mut self, n_rows: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         self.submit(n_rows, want_scores)?;
@@ -1009,16 +1069,19 @@ impl ForestLane {
         self.chunks_recorded = None;
         let r = self.kernel.resident.clone();
         let rows_per_group = r.config.rows_per_group as usize;
-        let per_chunk = rows_per_chunk(n_rows, chunks, rows_per_group);
+        let mut bounds = std::mem::take(&mut self.chunk_bounds);
+        chunk_bounds(n_rows, chunks, rows_per_group, &mut bounds);
         let mut lists = std::mem::take(&mut self.chunk_lists);
         let mut uploads = std::mem::take(&mut self.chunk_uploads);
         // Staged input copies each chunk on the transfer queue where there is one, so that the copies
         // run back to back beside the kernels; otherwise in the chunk's own command list.
         let on_transfer_queue = self.device_input.is_some() && self.transfer.is_some();
-        let mut first = 0;
+        let stamps = match &mut self.timeline {
+            Some(timeline) => Some(timeline.slots_for(&r.device, bounds.len())?),
+            None => None,
+        };
         let mut index = 0;
-        while first < n_rows {
-            let end = (first + per_chunk).min(n_rows);
+        for &(first, end) in &bounds {
             let params = Params {
                 n_rows: end as u32,
                 n_trees: r.n_trees,
@@ -1042,12 +1105,25 @@ impl ForestLane {
                 (device_input, start, self.input_bytes(end) - start)
             });
             let input = &self.input;
+            let stamps = stamps
+                .as_ref()
+                .map(|(compute, transfer)| (&compute[index], &transfer[index]));
             let record = |rec: &mut vknf_vulkan::Recorder<'_>| {
+                if let Some((compute, _)) = stamps {
+                    rec.write_start_timestamp(compute, 0)?;
+                }
                 if let (Some((device_input, offset, bytes)), false) = (copy, on_transfer_queue) {
                     rec.copy(input, offset, device_input, offset, bytes)?;
                     rec.barrier();
                 }
-                rec.dispatch(&bind_group, &params, [groups, 1, 1])
+                if let Some((compute, _)) = stamps {
+                    rec.write_timestamp(compute, 1)?;
+                }
+                rec.dispatch(&bind_group, &params, [groups, 1, 1])?;
+                if let Some((compute, _)) = stamps {
+                    rec.write_timestamp(compute, 2)?;
+                }
+                Ok(())
             };
             match lists.get_mut(index) {
                 Some(list) => list.rerecord(record)?,
@@ -1056,15 +1132,24 @@ impl ForestLane {
             if let (Some((device_input, offset, bytes)), Some(transfer), true) =
                 (copy, &self.transfer, on_transfer_queue)
             {
-                let upload = |rec: &mut vknf_vulkan::Recorder<'_>| rec.copy(input, offset, device_input, offset, bytes);
+                let upload = |rec: &mut vknf_vulkan::Recorder<'_>| {
+                    if let Some((_, transfer)) = stamps {
+                        rec.write_start_timestamp(transfer, 0)?;
+                    }
+                    rec.copy(input, offset, device_input, offset, bytes)?;
+                    if let Some((_, transfer)) = stamps {
+                        rec.write_timestamp(transfer, 1)?;
+                    }
+                    Ok(())
+                };
                 match uploads.get_mut(index) {
                     Some(list) => list.rerecord(upload)?,
                     None => uploads.push(transfer.record(upload)?),
                 }
             }
-            first = end;
             index += 1;
         }
+        self.chunk_bounds = bounds;
         lists.truncate(index);
         uploads.truncate(if on_transfer_queue { index } else { 0 });
         self.chunk_lists = lists;
@@ -1103,8 +1188,13 @@ impl ForestLane {
             )));
         }
         self.record_chunks(n_rows, chunks, want_scores)?;
-        let per_chunk = rows_per_chunk(n_rows, chunks, self.kernel.config().rows_per_group as usize);
-        let n_chunks = n_rows.div_ceil(per_chunk);
+        let bounds = &self.chunk_bounds;
+        let n_chunks = bounds.len();
+        let marks = match &mut self.timeline {
+            Some(timeline) => Some(timeline.start_batch(n_chunks)?),
+            None => None,
+        };
+        let marks = marks.as_ref();
         let input = self.input.clone();
         let share = self.batch_direct_share(n_rows);
         let direct = self.device_input.clone().filter(|_| share.is_some());
@@ -1120,12 +1210,18 @@ impl ForestLane {
                                 transfer: &mut Option<Stream>,
                                 upload: Option<&mut CommandList>|
          -> Result<Option<Ticket>, ForestError> {
-            let first_row = index * per_chunk;
-            let end_row = (first_row + per_chunk).min(n_rows);
+            let (first_row, end_row) = bounds[index];
             let staged_from = first_row + direct_rows(share, end_row - first_row);
             let values = |from: usize, to: usize| &rows[from * nf..to * nf];
+            let mark = |moment: HostMoment| {
+                if let Some(marks) = marks {
+                    marks.mark(index, moment);
+                }
+            };
+            mark(HostMoment::WriteStart);
             let write_then_upload = || -> Result<Option<Ticket>, ForestError> {
                 copy_rows(&input, staged_from * nf, values(staged_from, end_row))?;
+                mark(HostMoment::StagedWritten);
                 match (upload, transfer.as_mut()) {
                     (Some(upload), Some(transfer)) => Ok(Some(transfer.submit(upload)?)),
                     _ => Ok(None),
@@ -1137,6 +1233,7 @@ impl ForestLane {
                         || copy_rows(target, first_row * nf, values(first_row, staged_from)),
                         write_then_upload,
                     );
+                    mark(HostMoment::AllWritten);
                     match (written, uploaded) {
                         (Ok(()), uploaded) => uploaded,
                         (Err(err), uploaded) => {
@@ -1148,7 +1245,11 @@ impl ForestLane {
                         }
                     }
                 }
-                _ => write_then_upload(),
+                _ => {
+                    let uploaded = write_then_upload();
+                    mark(HostMoment::AllWritten);
+                    uploaded
+                }
             }
         };
         // Each chunk's dispatch is submitted once its rows are written (after its DMA, if any), while the
@@ -1162,9 +1263,15 @@ impl ForestLane {
             for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
                 let next_upload = uploads.get_mut(index + 1);
                 let (submitted, next) = rayon::join(
-                    || match &uploaded {
-                        Some(uploaded) => compute.submit_after(list, &[uploaded]),
-                        None => compute.submit(list),
+                    || {
+                        let submitted = match &uploaded {
+                            Some(uploaded) => compute.submit_after(list, &[uploaded]),
+                            None => compute.submit(list),
+                        };
+                        if let Some(marks) = marks {
+                            marks.mark(index, HostMoment::DispatchSubmitted);
+                        }
+                        submitted
                     },
                     || {
                         if index + 1 < n_chunks {
@@ -1198,7 +1305,12 @@ impl ForestLane {
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
         // After the last write only the last chunk's copy and kernel are left: poll rather than sleep.
         self.poll_finish = true;
-        self.finish(BATCH_DEADLINE)
+        let result = self.finish(BATCH_DEADLINE)?;
+        if let (Some(marks), Some(timeline)) = (marks, &mut self.timeline) {
+            let copied = self.device_input.is_some() && self.transfer.is_some();
+            timeline.finish_batch(marks, &self.chunk_bounds, copied)?;
+        }
+        Ok(result)
     }
 
     /// Predicts any number of rows (in batches of the lane's size), like the CPU reference does.
@@ -1212,8 +1324,8 @@ impl ForestLane {
         }
         let n_rows = rows.len() / nf;
         let n_outputs = self.kernel.n_outputs();
-        let mut labels = Vec::with_capacity(n_rows);
-        let mut scores = Vec::with_capacity(if want_scores { n_rows * n_outputs } else { 0 });
+        let mut labels: Vec<u32> = Vec::new();
+        let mut scores: Vec<f32> = Vec::new();
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
             // One dispatch where that is best: `run_pipelined` then writes the rows and runs them.
             let chunks = self.kernel.pipeline_chunks(chunk.len() / nf);
@@ -1225,9 +1337,9 @@ impl ForestLane {
                     }
                     other => other,
                 })?;
-            labels.extend_from_slice(&result.labels);
-            if let Some(s) = result.scores {
-                scores.extend_from_slice(&s);
+            append_batch(&mut labels, result.labels, n_rows);
+            if let Some(batch) = result.scores {
+                append_batch(&mut scores, batch, n_rows * n_outputs);
             }
         }
         Ok(Prediction {
@@ -1294,6 +1406,33 @@ impl ForestLane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_bounds_cover_the_batch_in_equal_whole_workgroups() {
+        let mut bounds = Vec::new();
+        for (n_rows, chunks, group) in [
+            (100_000usize, 4usize, 16usize),
+            (100_000, 3, 16),
+            (5788, 2, 24),
+            (5788, 7, 24),
+            (50, 8, 16),
+            (1, 4, 16),
+            (97, 1, 8),
+        ] {
+            chunk_bounds(n_rows, chunks, group, &mut bounds);
+            let case = format!("{n_rows} rows, {chunks} chunks of groups of {group}: {bounds:?}");
+            assert_eq!(bounds.len(), chunks.min(n_rows.div_ceil(group)), "{case}");
+            assert_eq!(bounds.first().unwrap().0, 0, "{case}");
+            assert_eq!(bounds.last().unwrap().1, n_rows, "{case}");
+            for pair in bounds.windows(2) {
+                assert_eq!(pair[0].1, pair[1].0, "contiguous: {case}");
+                assert_eq!(pair[0].1 % group, 0, "whole workgroups: {case}");
+            }
+            let groups: Vec<usize> = bounds.iter().map(|(a, b)| (b - a).div_ceil(group)).collect();
+            let (least, most) = (groups.iter().min().unwrap(), groups.iter().max().unwrap());
+            assert!(*least >= 1 && most - least <= 1, "equal within a workgroup: {case}");
+        }
+    }
 
     #[test]
     fn kernels_without_the_node_block_binding_keep_single_nodes() {

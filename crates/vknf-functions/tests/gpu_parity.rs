@@ -349,6 +349,82 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
 }
 
+/// A pipelined batch's timeline, where the lane records one: a dispatch per chunk, the chunks' rows adding
+/// up to the batch, host moments in the order the lane goes through them, and on the GPU each chunk's copy
+/// before its dispatch (the dispatch waits for the copy's semaphore; lavapipe's timestamps of both queues
+/// read one clock). Off again, the lane records none.
+#[test]
+fn pipelined_batches_record_their_timeline_when_asked() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let forest = cases
+        .iter()
+        .map(|case| case.import().unwrap())
+        .find(|forest| forest.fixed_point().is_some())
+        .expect("a classifier fixture");
+    let n_features = forest.n_features as usize;
+    let n_rows = (3usize << 20).div_ceil(n_features * 4);
+    let data: Vec<f32> = (0..n_rows * n_features)
+        .map(|i| ((i * 7919) % 1000) as f32 / 125.0 - 4.0)
+        .collect();
+    let rows = Rows {
+        n_rows,
+        n_features,
+        data,
+    };
+    let options = ForestOptions {
+        input_path: Some(InputPath::Staged),
+        direct_share: Some(0.4),
+        transfer_stream: Some(true),
+        ..ForestOptions::default()
+    };
+    let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+    let mut lane = kernel.lane(n_rows).unwrap();
+    lane.record_timeline(true).unwrap();
+    for _ in 0..2 {
+        let result = lane.run_pipelined(&rows.data, 3, true).unwrap();
+        let prediction = Prediction {
+            n_rows: result.n_rows,
+            n_outputs: forest.n_outputs as usize,
+            scores: result.scores.unwrap_or_default(),
+            labels: result.labels,
+        };
+        same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
+        let timeline = lane.last_timeline().expect("a timeline").clone();
+        assert_eq!(timeline.chunks.len(), 3, "{timeline:#?}");
+        assert_eq!(timeline.chunks.iter().map(|c| c.rows).sum::<usize>(), n_rows);
+        let mut host_before = 0.0;
+        for chunk in &timeline.chunks {
+            let host = [
+                chunk.write_start_us,
+                chunk.staged_written_us,
+                chunk.written_us,
+                chunk.dispatch_submitted_us,
+            ];
+            assert!(host[0] >= host_before, "{timeline:#?}");
+            assert!(host.windows(2).all(|w| w[0] <= w[1]), "{timeline:#?}");
+            host_before = chunk.written_us;
+            let (copy_start, copy_end) = chunk.copy_gpu_us.expect("copied on the transfer stream");
+            let (kernel_start, kernel_end) = chunk.kernel_gpu_us;
+            assert!(copy_start >= 0.0 && copy_start <= copy_end, "{timeline:#?}");
+            assert!(
+                copy_end <= chunk.list_start_gpu_us,
+                "dispatch list before its copy: {timeline:#?}"
+            );
+            assert!(
+                chunk.list_start_gpu_us <= kernel_start && kernel_start < kernel_end,
+                "{timeline:#?}"
+            );
+        }
+        assert!(timeline.total_us >= timeline.chunks[2].dispatch_submitted_us);
+    }
+    lane.record_timeline(false).unwrap();
+    lane.run_pipelined(&rows.data, 3, false).unwrap();
+    assert!(lane.last_timeline().is_none());
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
 /// A lane that writes a share of large batches into device memory writes a small batch (below 1 MiB)
 /// there whole, with no copy: the results are the CPU reference's bits, and the pinned memory the DMA
 /// would read keeps what was there (a copy from it would have fed the kernel the poison).

@@ -70,6 +70,9 @@ pub(crate) struct DeviceShared {
     pub(crate) lost: AtomicBool,
     pub(crate) pipeline_cache: PipelineCache,
     pub(crate) spirv_env: crate::validate::TargetEnv,
+    /// `hostQueryReset` is enabled: timestamp slots can be reset by the host (a transfer queue cannot
+    /// reset them itself).
+    pub(crate) host_query_reset: bool,
 }
 
 /// How many queues of one family the runtime opens at most.
@@ -120,7 +123,9 @@ impl Device {
             .timeline_semaphore(true)
             .shader_int8(vk12.shader_int8 == vk::TRUE)
             .storage_buffer8_bit_access(vk12.storage_buffer8_bit_access == vk::TRUE)
-            .uniform_and_storage_buffer8_bit_access(vk12.uniform_and_storage_buffer8_bit_access == vk::TRUE);
+            .uniform_and_storage_buffer8_bit_access(vk12.uniform_and_storage_buffer8_bit_access == vk::TRUE)
+            .host_query_reset(vk12.host_query_reset == vk::TRUE);
+        let host_query_reset = vk12.host_query_reset == vk::TRUE;
         let mut extension_names = Vec::new();
         // MoltenVK requires portability-subset to be enabled when it is offered.
         // SAFETY: `physical` belongs to this instance.
@@ -184,6 +189,7 @@ impl Device {
                 lost: AtomicBool::new(false),
                 pipeline_cache,
                 spirv_env,
+                host_query_reset,
             }),
             lease: None,
         })

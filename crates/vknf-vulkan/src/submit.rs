@@ -348,6 +348,23 @@ impl Timestamps {
         let period = inner.device.info.timestamp_period_ns as f64;
         Ok(ticks.into_iter().map(|t| t as f64 * period).collect())
     }
+
+    /// Resets every slot from the host, for slots written on a queue that cannot reset them itself
+    /// (a transfer queue). No list that writes them may be pending. Fails where the device lacks
+    /// `hostQueryReset`.
+    pub fn reset_on_host(&self) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.device.host_query_reset {
+            return Err(Error::Unsupported {
+                device: inner.device.info.name.clone(),
+                reason: "no host query reset (hostQueryReset)".into(),
+            });
+        }
+        // SAFETY: live pool, the whole range, the feature enabled at device creation; callers keep
+        // lists writing these slots from being pending.
+        unsafe { inner.device.raw.reset_query_pool(inner.pool, 0, inner.count) };
+        Ok(())
+    }
 }
 
 impl CommandList {
@@ -504,20 +521,40 @@ impl Recorder<'_> {
 
     /// Writes slot `index` once all previously recorded work has completed.
     pub fn write_timestamp(&mut self, timestamps: &Timestamps, index: u32) -> Result<()> {
+        self.timestamp_at(timestamps, index, vk::PipelineStageFlags::BOTTOM_OF_PIPE)
+    }
+
+    /// Writes slot `index` as soon as the queue reaches it, without waiting for earlier work to
+    /// complete: the moment a list starts executing (after the semaphores it waits for).
+    pub fn write_start_timestamp(&mut self, timestamps: &Timestamps, index: u32) -> Result<()> {
+        self.timestamp_at(timestamps, index, vk::PipelineStageFlags::TOP_OF_PIPE)
+    }
+
+    fn timestamp_at(&mut self, timestamps: &Timestamps, index: u32, stage: vk::PipelineStageFlags) -> Result<()> {
         if index >= timestamps.inner.count {
             return Err(Error::Binding(format!(
                 "timestamp slot {index} of {}",
                 timestamps.inner.count
             )));
         }
-        // SAFETY: live pool, slot in range, reset earlier in the list by the caller's protocol.
+        let valid_bits = self
+            .device
+            .info
+            .queue_families
+            .get(self.list.family as usize)
+            .map_or(0, |f| f.timestamp_valid_bits);
+        if valid_bits == 0 {
+            return Err(Error::Unsupported {
+                device: self.device.info.name.clone(),
+                reason: format!("no timestamps on the {:?} queue", self.list.kind),
+            });
+        }
+        // SAFETY: live pool, slot in range, reset earlier (in the list or on the host) by the caller's
+        // protocol; the list's family has timestamps (checked above).
         unsafe {
-            self.device.raw.cmd_write_timestamp(
-                self.list.raw,
-                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                timestamps.inner.pool,
-                index,
-            )
+            self.device
+                .raw
+                .cmd_write_timestamp(self.list.raw, stage, timestamps.inner.pool, index)
         };
         self.list.keep.push(Keep::Timestamps(timestamps.clone()));
         Ok(())

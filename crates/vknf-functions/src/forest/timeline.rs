@@ -1,0 +1,156 @@
+//! Where the time of a pipelined batch goes, chunk by chunk: the host's writes and submissions and the
+//! GPU's copies and dispatches ([`ForestLane::record_timeline`](super::ForestLane::record_timeline)),
+//! for finding what a batch waits for (bench-forest `--timeline`). Off by default: it costs a host reset
+//! of the timestamp slots and a read of them per batch.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+use vknf_vulkan::{Device, Timestamps};
+
+use super::ForestError;
+
+/// One pipelined batch's timeline: host moments in microseconds from the start of
+/// [`run_pipelined`](super::ForestLane::run_pipelined), GPU moments in microseconds from the batch's
+/// first GPU timestamp (the two clocks are not related: compare durations and gaps within each).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BatchTimeline {
+    /// Host: from the start of the batch to its results read.
+    pub total_us: f64,
+    /// The batch's dispatches in order.
+    pub chunks: Vec<ChunkTimeline>,
+}
+
+/// One dispatch of a pipelined batch.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChunkTimeline {
+    /// Its rows.
+    pub rows: usize,
+    /// Host: the host starts writing its rows.
+    pub write_start_us: f64,
+    /// Host: the rows its DMA carries are written (the DMA is submitted right after).
+    pub staged_written_us: f64,
+    /// Host: all its rows are written (the direct share into device memory too).
+    pub written_us: f64,
+    /// Host: its dispatch is submitted.
+    pub dispatch_submitted_us: f64,
+    /// GPU: its copy on the transfer queue, start and end (none where the copy is part of the dispatch's
+    /// own list or there is no copy).
+    pub copy_gpu_us: Option<(f64, f64)>,
+    /// GPU: its command list starts (once the semaphore of its copy is signalled).
+    pub list_start_gpu_us: f64,
+    /// GPU: the dispatch's start (after the copy in its own list, if any) and end.
+    pub kernel_gpu_us: (f64, f64),
+}
+
+/// Host moments a chunk records.
+#[derive(Clone, Copy)]
+pub(super) enum HostMoment {
+    WriteStart = 0,
+    StagedWritten = 1,
+    AllWritten = 2,
+    DispatchSubmitted = 3,
+}
+
+/// The host moments of the batch in progress.
+pub(super) struct HostMarks {
+    start: Instant,
+    chunks: Mutex<Vec<[f64; 4]>>,
+}
+
+impl HostMarks {
+    pub(super) fn mark(&self, chunk: usize, moment: HostMoment) {
+        let at = self.start.elapsed().as_secs_f64() * 1e6;
+        let mut chunks = self.chunks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(marks) = chunks.get_mut(chunk) {
+            marks[moment as usize] = at;
+        }
+    }
+}
+
+/// A lane's timestamp slots per chunk (three on the compute queue: list start, dispatch start, dispatch
+/// end; two on the transfer queue: copy start and end) and the last batch's timeline.
+#[derive(Default)]
+pub(super) struct Timeline {
+    compute: Vec<Timestamps>,
+    transfer: Vec<Timestamps>,
+    last: Option<BatchTimeline>,
+}
+
+impl Timeline {
+    /// The slots of `chunks` chunks (created once, then reused), for recording the chunks' lists.
+    pub(super) fn slots_for(
+        &mut self,
+        device: &Device,
+        chunks: usize,
+    ) -> Result<(Vec<Timestamps>, Vec<Timestamps>), ForestError> {
+        while self.compute.len() < chunks {
+            self.compute.push(device.create_timestamps(3)?);
+            self.transfer.push(device.create_timestamps(2)?);
+        }
+        Ok((self.compute.clone(), self.transfer.clone()))
+    }
+
+    /// Resets the slots for a new batch (no list writing them is pending) and starts its host clock.
+    pub(super) fn start_batch(&mut self, chunks: usize) -> Result<HostMarks, ForestError> {
+        self.last = None;
+        for stamps in self.compute.iter().chain(&self.transfer) {
+            stamps.reset_on_host()?;
+        }
+        Ok(HostMarks {
+            start: Instant::now(),
+            chunks: Mutex::new(vec![[0.0; 4]; chunks]),
+        })
+    }
+
+    /// Reads the finished batch's slots into its timeline; `copied`: its chunks' copies ran on the
+    /// transfer queue.
+    pub(super) fn finish_batch(
+        &mut self,
+        marks: &HostMarks,
+        bounds: &[(usize, usize)],
+        copied: bool,
+    ) -> Result<(), ForestError> {
+        let total_us = marks.start.elapsed().as_secs_f64() * 1e6;
+        let host = marks.chunks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut gpu = Vec::with_capacity(bounds.len());
+        for (index, _) in bounds.iter().enumerate() {
+            let compute = self.compute[index].read_ns()?;
+            let transfer = if copied {
+                Some(self.transfer[index].read_ns()?)
+            } else {
+                None
+            };
+            gpu.push((compute, transfer));
+        }
+        let origin = gpu
+            .iter()
+            .flat_map(|(compute, transfer)| compute.iter().chain(transfer.iter().flatten()))
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let us = |ns: f64| (ns - origin) / 1e3;
+        let chunks = bounds
+            .iter()
+            .zip(host.iter())
+            .zip(&gpu)
+            .map(|((&(first, end), host), (compute, transfer))| ChunkTimeline {
+                rows: end - first,
+                write_start_us: host[HostMoment::WriteStart as usize],
+                staged_written_us: host[HostMoment::StagedWritten as usize],
+                written_us: host[HostMoment::AllWritten as usize],
+                dispatch_submitted_us: host[HostMoment::DispatchSubmitted as usize],
+                copy_gpu_us: transfer.as_ref().map(|t| (us(t[0]), us(t[1]))),
+                list_start_gpu_us: us(compute[0]),
+                kernel_gpu_us: (us(compute[1]), us(compute[2])),
+            })
+            .collect();
+        self.last = Some(BatchTimeline { total_us, chunks });
+        Ok(())
+    }
+
+    /// The last finished batch's timeline.
+    pub(super) fn last(&self) -> Option<&BatchTimeline> {
+        self.last.as_ref()
+    }
+}
