@@ -224,13 +224,8 @@ fn main() -> anyhow::Result<()> {
         let config = kernel.config();
         let chunks = kernel.pipeline_chunks(rows.n_rows);
         let mut lane = kernel.lane(rows.n_rows)?;
-        let mut labels = Vec::new();
-        let e2e = Stats::of(time_runs(3, args.runs, || {
-            labels = lane.predict(&rows.data, false)?.labels;
-            Ok(())
-        })?);
+        let (e2e, labels, wrong) = time_predict(&mut lane, &rows, &reference.labels, args.runs)?;
         let kernel_stats = one_dispatch_kernel(&mut lane, &rows, args.runs)?;
-        let wrong = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
         println!(
             "{label}: {config:?}, {chunks} chunk(s): predict e2e median {:.1} us (p90 {:.1}), kernel {:?} us, label mismatches vs CPU {wrong}",
             e2e.median_us,
@@ -467,6 +462,23 @@ fn small_batch_table(
     Ok(table)
 }
 
+/// `predict` of the whole batch end to end (3 unmeasured runs first): its statistics, the last run's
+/// labels and how many differ from `reference`.
+fn time_predict(
+    lane: &mut ForestLane,
+    rows: &Rows,
+    reference: &[u32],
+    runs: usize,
+) -> anyhow::Result<(Stats, Vec<u32>, usize)> {
+    let mut labels = Vec::new();
+    let e2e = Stats::of(time_runs(3, runs, || {
+        labels = lane.predict(&rows.data, false)?.labels;
+        Ok(())
+    })?);
+    let wrong = labels.iter().zip(reference).filter(|(a, b)| a != b).count();
+    Ok((e2e, labels, wrong))
+}
+
 /// The kernel alone: the whole batch as one dispatch, from GPU timestamps (`None` where the device has
 /// none).
 fn one_dispatch_kernel(lane: &mut ForestLane, rows: &Rows, runs: usize) -> anyhow::Result<Option<Stats>> {
@@ -593,12 +605,7 @@ fn timeline_table(
         };
         let kernel = ForestKernel::new(device, forest, &options)?;
         let mut lane = kernel.lane(rows.n_rows)?;
-        let mut labels = Vec::new();
-        let e2e = Stats::of(time_runs(3, args.runs, || {
-            labels = lane.predict(&rows.data, false)?.labels;
-            Ok(())
-        })?);
-        let wrong = labels.iter().zip(reference).filter(|(a, b)| a != b).count();
+        let (e2e, _, wrong) = time_predict(&mut lane, rows, reference, args.runs)?;
         lane.record_timeline(true)?;
         let mut timelines = Vec::new();
         time_runs(3, args.runs, || {

@@ -1042,15 +1042,24 @@ impl ForestLane {
     /// none on a queue the lane uses.
     pub fn record_timeline(&mut self, on: bool) -> Result<(), ForestError> {
         if on {
-            let probe = self.kernel.resident.device.create_timestamps(1)?;
+            let device = &self.kernel.resident.device;
+            let probe = device.create_timestamps(1)?;
             probe.reset_on_host()?;
+            let transfer_bits = device.info().transfer_family().map(|f| f.timestamp_valid_bits);
+            if self.transfer.is_some() && transfer_bits == Some(0) {
+                return Err(ForestError::Unsupported(
+                    "the transfer queue has no timestamps: no timeline of its copies".into(),
+                ));
+            }
         }
         self.timeline = on.then(timeline::Timeline::default);
         self.chunks_recorded = None;
         Ok(())
     }
 
-    /// The timeline of the last pipelined batch, when [`record_timeline`](Self::record_timeline) is on.
+    /// The timeline of the last pipelined batch, when [`record_timeline`](Self::record_timeline) is on
+    /// (`None` after a batch written whole into device memory in one dispatch, which has no chunks, or
+    /// whose timestamps could not be read).
     pub fn last_timeline(&self) -> Option<&BatchTimeline> {
         self.timeline.as_ref()?.last()
     }
@@ -1172,7 +1181,10 @@ impl ForestLane {
         }
         if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
             // A lane that writes shares of large batches into device memory writes a small batch there
-            // whole: no copy to wait for (as on the direct path).
+            // whole: no copy to wait for (as on the direct path). It has no chunks to time.
+            if let Some(timeline) = &mut self.timeline {
+                timeline.forget_last();
+            }
             let on_device = self.direct_target();
             self.check_fits(0, rows)?;
             copy_rows(on_device.as_ref().unwrap_or(&self.input), 0, rows)?;
@@ -1308,7 +1320,10 @@ impl ForestLane {
         let result = self.finish(BATCH_DEADLINE)?;
         if let (Some(marks), Some(timeline)) = (marks, &mut self.timeline) {
             let copied = self.device_input.is_some() && self.transfer.is_some();
-            timeline.finish_batch(marks, &self.chunk_bounds, copied)?;
+            // A measurement that fails costs the batch its timeline, not its results.
+            if let Err(err) = timeline.finish_batch(marks, &self.chunk_bounds, copied) {
+                tracing::warn!(%err, "no timeline for this batch");
+            }
         }
         Ok(result)
     }

@@ -200,12 +200,7 @@ fn pipelined_batches_match_scikit_learn() {
                     .filter(|share| *share > 0.0 && input_path == InputPath::Staged && transfer_stream == Some(true));
                 assert_eq!(lane.direct_share(), expected);
                 let result = lane.run_pipelined(&rows.data, chunks, true)?;
-                let prediction = Prediction {
-                    n_rows: result.n_rows,
-                    n_outputs: forest.n_outputs as usize,
-                    scores: result.scores.unwrap_or_default(),
-                    labels: result.labels,
-                };
+                let prediction = prediction_of(result, forest.n_outputs as usize);
                 same_bits_as_the_cpu_reference(forest, rows, &prediction);
                 Ok(prediction)
             };
@@ -274,22 +269,31 @@ fn forests_served_on_several_devices_default_to_the_staged_path() {
     assert_eq!(default_input_path(8), Some(InputPath::Staged));
 }
 
-/// A batch of several MiB (large enough for the direct share) on the staged path with its own transfer
-/// stream: each chunk's first rows written by the host into device memory, the rest copied there on
-/// the transfer stream while the next chunk is written. Scores must be the CPU reference's bits for
-/// every share and chunk count (a copy of the wrong range, or a dispatch before its copy, would not).
-#[test]
-fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
-    let gpu = gpu();
+/// A lane's result as a [`Prediction`] of `n_outputs` scores a row, for comparing with the CPU reference.
+fn prediction_of(result: vknf_functions::forest::LaneResult, n_outputs: usize) -> Prediction {
+    Prediction {
+        n_rows: result.n_rows,
+        n_outputs,
+        scores: result.scores.unwrap_or_default(),
+        labels: result.labels,
+    }
+}
+
+/// The first fixture whose forest has fixed-point scores (a classifier whose scores the GPU must match
+/// bit for bit).
+fn fixed_point_classifier() -> GpuForest {
     let cases = parity::load_cases(&fixture_dir()).unwrap();
-    let forest = cases
+    cases
         .iter()
         .map(|case| case.import().unwrap())
         .find(|forest| forest.fixed_point().is_some())
-        .expect("a classifier fixture");
+        .expect("a classifier fixture")
+}
+
+/// About `bytes` of pseudo-random rows in [-4, 4) for `forest` (xorshift, fixed seed).
+fn random_rows(forest: &GpuForest, bytes: usize) -> Rows {
     let n_features = forest.n_features as usize;
-    // About 5 MiB of rows: the transfer stream's copies take longer than a tiny batch's.
-    let n_rows = (5usize << 20).div_ceil(n_features * 4);
+    let n_rows = bytes.div_ceil(n_features * 4);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let data: Vec<f32> = (0..n_rows * n_features)
         .map(|_| {
@@ -299,11 +303,24 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             (state >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
         })
         .collect();
-    let rows = Rows {
+    Rows {
         n_rows,
         n_features,
         data,
-    };
+    }
+}
+
+/// A batch of several MiB (large enough for the direct share) on the staged path with its own transfer
+/// stream: each chunk's first rows written by the host into device memory, the rest copied there on
+/// the transfer stream while the next chunk is written. Scores must be the CPU reference's bits for
+/// every share and chunk count (a copy of the wrong range, or a dispatch before its copy, would not).
+#[test]
+fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
+    let gpu = gpu();
+    let forest = fixed_point_classifier();
+    // About 5 MiB of rows: the transfer stream's copies take longer than a tiny batch's.
+    let rows = random_rows(&forest, 5 << 20);
+    let n_rows = rows.n_rows;
     // Other rows, written through the unsplit path first, so that a copy that misses rows leaves
     // stale values the kernel would read (a fresh lane's memory may still hold the previous lane's).
     let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
@@ -332,12 +349,7 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             lane.write_rows(0, &poison).unwrap();
             lane.run(n_rows, false).unwrap();
             let result = lane.run_pipelined(&rows.data, chunks, true).unwrap();
-            let prediction = Prediction {
-                n_rows: result.n_rows,
-                n_outputs: forest.n_outputs as usize,
-                scores: result.scores.unwrap_or_default(),
-                labels: result.labels,
-            };
+            let prediction = prediction_of(result, forest.n_outputs as usize);
             same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
             assert_eq!(
                 prediction.n_rows, n_rows,
@@ -356,22 +368,9 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
 #[test]
 fn pipelined_batches_record_their_timeline_when_asked() {
     let gpu = gpu();
-    let cases = parity::load_cases(&fixture_dir()).unwrap();
-    let forest = cases
-        .iter()
-        .map(|case| case.import().unwrap())
-        .find(|forest| forest.fixed_point().is_some())
-        .expect("a classifier fixture");
-    let n_features = forest.n_features as usize;
-    let n_rows = (3usize << 20).div_ceil(n_features * 4);
-    let data: Vec<f32> = (0..n_rows * n_features)
-        .map(|i| ((i * 7919) % 1000) as f32 / 125.0 - 4.0)
-        .collect();
-    let rows = Rows {
-        n_rows,
-        n_features,
-        data,
-    };
+    let forest = fixed_point_classifier();
+    let rows = random_rows(&forest, 3 << 20);
+    let n_rows = rows.n_rows;
     let options = ForestOptions {
         input_path: Some(InputPath::Staged),
         direct_share: Some(0.4),
@@ -383,12 +382,7 @@ fn pipelined_batches_record_their_timeline_when_asked() {
     lane.record_timeline(true).unwrap();
     for _ in 0..2 {
         let result = lane.run_pipelined(&rows.data, 3, true).unwrap();
-        let prediction = Prediction {
-            n_rows: result.n_rows,
-            n_outputs: forest.n_outputs as usize,
-            scores: result.scores.unwrap_or_default(),
-            labels: result.labels,
-        };
+        let prediction = prediction_of(result, forest.n_outputs as usize);
         same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
         let timeline = lane.last_timeline().expect("a timeline").clone();
         assert_eq!(timeline.chunks.len(), 3, "{timeline:#?}");
@@ -418,6 +412,9 @@ fn pipelined_batches_record_their_timeline_when_asked() {
         }
         assert!(timeline.total_us >= timeline.chunks[2].dispatch_submitted_us);
     }
+    // A batch without chunks (one dispatch, written whole) leaves no timeline behind it.
+    lane.run_pipelined(&rows.data[..rows.n_features * 2], 1, false).unwrap();
+    assert!(lane.last_timeline().is_none(), "a stale timeline");
     lane.record_timeline(false).unwrap();
     lane.run_pipelined(&rows.data, 3, false).unwrap();
     assert!(lane.last_timeline().is_none());

@@ -178,22 +178,16 @@ fn wrong_specialization_and_push_constants_are_rejected() {
 fn transfer_and_compute_streams_chain_with_tickets() {
     let gpu = Gpu::new();
     let device = &gpu.device;
-    let kernel = Kernel::new(device, vknf_kernels::ADD, "main").unwrap();
-    let pipeline = device.create_pipeline(&kernel, &Specialization::new()).unwrap();
     let n = 10_000usize;
-    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
-    let staging = device.create_buffer_with("staging", &a, MemoryKind::Readback).unwrap();
-    let on_device = device
-        .create_buffer("a", (n * 4) as u64, MemoryKind::DeviceLocal)
-        .unwrap();
-    let result = device
-        .create_buffer("result", (n * 4) as u64, MemoryKind::DeviceLocal)
-        .unwrap();
+    let Doubling {
+        pipeline,
+        staging,
+        on_device,
+        result,
+        group,
+    } = doubling(device, n);
     let readback = device
         .create_buffer("readback", (n * 4) as u64, MemoryKind::Readback)
-        .unwrap();
-    let group = pipeline
-        .bind(&[(0, &on_device), (1, &on_device), (2, &result)])
         .unwrap();
 
     let mut transfer = device.stream(QueueKind::Transfer).unwrap();
@@ -221,5 +215,97 @@ fn transfer_and_compute_streams_chain_with_tickets() {
     // A list recorded for the transfer family cannot go to another family's stream.
     if device.has_dedicated_transfer() {
         assert!(compute.submit(&mut upload).is_err());
+    }
+}
+
+/// Timestamps written on a transfer stream (which cannot reset them itself) and a compute stream, reset
+/// from the host before each round: each round's stamps are new, a list's start stamp precedes its end
+/// stamp, and the dispatch waiting for the copy starts after the copy ended (both streams' stamps read
+/// one device clock on lavapipe).
+#[test]
+fn timestamps_on_a_transfer_stream_reset_from_the_host() {
+    let gpu = Gpu::new();
+    let device = &gpu.device;
+    let n = 1 << 16;
+    let Doubling {
+        pipeline,
+        staging,
+        on_device,
+        group,
+        ..
+    } = doubling(device, n);
+    let copy_stamps = device.create_timestamps(2).unwrap();
+    let kernel_stamps = device.create_timestamps(2).unwrap();
+    let mut transfer = device.stream(QueueKind::Transfer).unwrap();
+    let mut compute = device.stream(QueueKind::Compute).unwrap();
+    let mut upload = transfer
+        .record(|rec| {
+            rec.write_start_timestamp(&copy_stamps, 0)?;
+            rec.copy(&staging, 0, &on_device, 0, (n * 4) as u64)?;
+            rec.write_timestamp(&copy_stamps, 1)
+        })
+        .unwrap();
+    let mut work = compute
+        .record(|rec| {
+            rec.write_start_timestamp(&kernel_stamps, 0)?;
+            rec.dispatch(&group, &(n as u32), [pipeline.groups_for(n as u64), 1, 1])?;
+            rec.write_timestamp(&kernel_stamps, 1)
+        })
+        .unwrap();
+    let mut last_end = 0.0;
+    for round in 0..3 {
+        copy_stamps.reset_on_host().unwrap();
+        kernel_stamps.reset_on_host().unwrap();
+        let uploaded = transfer.submit(&mut upload).unwrap();
+        compute
+            .submit_after(&mut work, &[&uploaded])
+            .unwrap()
+            .wait(DEADLINE)
+            .unwrap();
+        let copy = copy_stamps.read_ns().unwrap();
+        let dispatch = kernel_stamps.read_ns().unwrap();
+        assert!(
+            copy[0] <= copy[1] && dispatch[0] <= dispatch[1],
+            "round {round}: {copy:?} {dispatch:?}"
+        );
+        assert!(
+            copy[1] <= dispatch[0],
+            "round {round}: the dispatch started before its copy ended"
+        );
+        assert!(copy[0] > last_end, "round {round}: stamps of an earlier round");
+        last_end = dispatch[1];
+    }
+}
+
+/// The element-wise add kernel doubling `n` floats: their values (0, 1, 2, ...) in host-visible staging
+/// memory, the device buffer they are copied into (bound as both inputs) and the result buffer.
+struct Doubling {
+    pipeline: vknf_vulkan::Pipeline,
+    staging: vknf_vulkan::Buffer,
+    on_device: vknf_vulkan::Buffer,
+    result: vknf_vulkan::Buffer,
+    group: vknf_vulkan::BindGroup,
+}
+
+fn doubling(device: &vknf_vulkan::Device, n: usize) -> Doubling {
+    let kernel = Kernel::new(device, vknf_kernels::ADD, "main").unwrap();
+    let pipeline = device.create_pipeline(&kernel, &Specialization::new()).unwrap();
+    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let staging = device.create_buffer_with("staging", &a, MemoryKind::Readback).unwrap();
+    let on_device = device
+        .create_buffer("a", (n * 4) as u64, MemoryKind::DeviceLocal)
+        .unwrap();
+    let result = device
+        .create_buffer("result", (n * 4) as u64, MemoryKind::DeviceLocal)
+        .unwrap();
+    let group = pipeline
+        .bind(&[(0, &on_device), (1, &on_device), (2, &result)])
+        .unwrap();
+    Doubling {
+        pipeline,
+        staging,
+        on_device,
+        result,
+        group,
     }
 }

@@ -149,6 +149,11 @@ impl Timeline {
         Ok(())
     }
 
+    /// Forgets the last batch's timeline (a batch without one follows).
+    pub(super) fn forget_last(&mut self) {
+        self.last = None;
+    }
+
     /// The last finished batch's timeline.
     pub(super) fn last(&self) -> Option<&BatchTimeline> {
         self.last.as_ref()
