@@ -132,9 +132,11 @@ impl ForestOptions {
     }
 }
 
-/// The direct share that measured best for whole batches on the H200 (0.3-0.5 alike; bench/RESULTS.md,
-/// "Both ways into the GPU"); what [`ForestOptions::for_whole_batches`] (so `vknf predict`) uses.
-pub const DEFAULT_DIRECT_SHARE: f32 = 0.4;
+/// The direct share that measured best for whole batches on the H200 (with BAR writes on at most four
+/// threads: 0.5 faster than 0.4 on W1a, deep and the wide forest in both rounds;
+/// bench/RESULTS.md, "Where a pipelined batch's time goes"); what [`ForestOptions::for_whole_batches`]
+/// (so `vknf predict`) uses.
+pub const DEFAULT_DIRECT_SHARE: f32 = 0.5;
 
 /// Whether kernels walk node blocks by default ([`ForestOptions::node_blocks`]): not, since they lengthened
 /// the wide forest's kernel while shortening W1a's (bench/RESULTS.md, "Node blocks against single nodes").
