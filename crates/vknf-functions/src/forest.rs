@@ -608,8 +608,10 @@ const TRANSFER_QUEUE_BYTES: u64 = 1 << 20;
 
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
-/// Most threads writing rows into device memory through the BAR at once: on the H200 such writes peaked
-/// at 4 threads (26-27 GB/s) and fell to 20 GB/s with 16 (bench/RESULTS.md, `bench-runtime --links`).
+/// Most threads writing rows into device-local memory at once (through the BAR on a discrete GPU; on a
+/// device whose memory is all host memory, e.g. lavapipe, every copy): on the H200 such writes peaked at
+/// 4 threads, 25.7 GB/s for W1a's 6.9 MB, and fell to 20 GB/s with 16; for 32 MB, 16 threads gained
+/// nothing over 4 (bench/RESULTS.md, `bench-runtime --links`).
 const BAR_WRITERS: usize = 4;
 /// Least bytes one thread of a parallel copy takes: a few threads already fill the bus when the
 /// staging memory is across PCIe, and smaller shares cost more in hand-offs than they save.
@@ -638,7 +640,7 @@ fn copy_rows(buffer: &Buffer, offset: usize, rows: &[f32]) -> Result<(), ForestE
         true => rayon::current_num_threads().min(BAR_WRITERS),
         false => rayon::current_num_threads(),
     };
-    let chunk = (rows.len() / threads.max(1)).max(PARALLEL_COPY_SHARE / 4);
+    let chunk = rows.len().div_ceil(threads.max(1)).max(PARALLEL_COPY_SHARE / 4);
     target
         .par_chunks_mut(chunk)
         .zip(rows.par_chunks(chunk))
@@ -887,7 +889,7 @@ impl ForestLane {
         let timestamps = self.timestamps.clone();
         let record_work = |rec: &mut vknf_vulkan::Recorder<'_>| -> vknf_vulkan::Result<()> {
             if let Some(ts) = &timestamps {
-                rec.reset_timestamps(ts);
+                rec.reset_timestamps(ts)?;
             }
             if let (Some(device_input), false, false) = (&device_input, on_transfer_queue, rows_on_device) {
                 rec.copy(&input, 0, device_input, 0, bytes)?;

@@ -207,6 +207,18 @@ impl Stream {
             )));
         }
         let value = self.next_value;
+        let ticket = Ticket {
+            timeline: self.timeline.clone(),
+            value,
+        };
+        // Timestamp slots the list writes are in use until it has run: no host reset before (a failed
+        // submission leaves them marked, as its value is never signalled; the device is then lost or out
+        // of memory).
+        for kept in &list.keep {
+            if let Keep::Timestamps(timestamps) = kept {
+                *timestamps.inner.in_use_until.lock() = Some(ticket.clone());
+            }
+        }
         let mut wait_semaphores = [vk::Semaphore::null(); MAX_WAITS];
         let mut wait_values = [0u64; MAX_WAITS];
         for (i, ticket) in after.iter().enumerate() {
@@ -241,10 +253,6 @@ impl Stream {
             return Err(error);
         }
         self.next_value += 1;
-        let ticket = Ticket {
-            timeline: self.timeline.clone(),
-            value,
-        };
         // The semaphores waited for must outlive the submission (their streams may be dropped first).
         list.waited.clear();
         list.waited.extend(after.iter().map(|t| (*t).clone()));
@@ -288,6 +296,10 @@ struct TimestampsInner {
     device: Arc<DeviceShared>,
     pool: vk::QueryPool,
     count: u32,
+    /// The last submission of a list that writes these slots (set before it is submitted), so that the
+    /// host resets and reads them only once it has run; held while they are reset or read, since the
+    /// host must not reset slots that another thread reads.
+    in_use_until: parking_lot::Mutex<Option<Ticket>>,
 }
 
 impl Drop for TimestampsInner {
@@ -324,6 +336,7 @@ impl Device {
                 device: shared.clone(),
                 pool,
                 count: count.max(1),
+                in_use_until: parking_lot::Mutex::new(None),
             }),
         })
     }
@@ -335,7 +348,10 @@ impl Timestamps {
     pub fn read_ns(&self) -> Result<Vec<f64>> {
         let inner = &self.inner;
         let mut ticks = vec![0u64; inner.count as usize];
-        // SAFETY: the pool has `count` timestamp queries; results are 64-bit and waited for.
+        // No reset from another thread while the slots are read.
+        let _in_use = inner.in_use_until.lock();
+        // SAFETY: the pool has `count` timestamp queries; results are 64-bit and waited for; the lock
+        // keeps host resets of these slots out meanwhile.
         unsafe {
             inner.device.raw.get_query_pool_results(
                 inner.pool,
@@ -350,8 +366,8 @@ impl Timestamps {
     }
 
     /// Resets every slot from the host, for slots written on a queue that cannot reset them itself
-    /// (a transfer queue). No list that writes them may be pending. Fails where the device lacks
-    /// `hostQueryReset`.
+    /// (a transfer queue). Fails with [`Error::StillExecuting`] while a submitted list that writes them
+    /// has not run, and where the device lacks `hostQueryReset`.
     pub fn reset_on_host(&self) -> Result<()> {
         let inner = &self.inner;
         if !inner.device.host_query_reset {
@@ -360,8 +376,17 @@ impl Timestamps {
                 reason: "no host query reset (hostQueryReset)".into(),
             });
         }
-        // SAFETY: live pool, the whole range, the feature enabled at device creation; callers keep
-        // lists writing these slots from being pending.
+        // Submissions record themselves here before they are submitted: holding the lock, a list that
+        // writes these slots either has been submitted (and is checked) or waits until the reset is done.
+        let in_use = inner.in_use_until.lock();
+        if let Some(ticket) = in_use.as_ref()
+            && !ticket.is_done()?
+        {
+            return Err(Error::StillExecuting);
+        }
+        // SAFETY: live pool, the whole range, the feature enabled at device creation; no submitted
+        // command that writes the slots is pending and none is submitted nor any read made until the
+        // lock is released (checked and held above).
         unsafe { inner.device.raw.reset_query_pool(inner.pool, 0, inner.count) };
         Ok(())
     }
@@ -508,15 +533,23 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// Resets every timestamp slot (record before writing them in this list).
-    pub fn reset_timestamps(&mut self, timestamps: &Timestamps) {
-        // SAFETY: live pool owned by `timestamps`, kept by the list.
+    /// Resets every timestamp slot (record before writing them in this list). Not on a transfer-only
+    /// queue, which cannot reset them: use [`Timestamps::reset_on_host`] there.
+    pub fn reset_timestamps(&mut self, timestamps: &Timestamps) -> Result<()> {
+        if self.is_transfer_only() {
+            return Err(Error::Unsupported {
+                device: self.device.info.name.clone(),
+                reason: "a transfer queue cannot reset timestamps (reset them on the host)".into(),
+            });
+        }
+        // SAFETY: live pool owned by `timestamps`, kept by the list; a compute queue's list.
         unsafe {
             self.device
                 .raw
                 .cmd_reset_query_pool(self.list.raw, timestamps.inner.pool, 0, timestamps.inner.count)
         };
         self.list.keep.push(Keep::Timestamps(timestamps.clone()));
+        Ok(())
     }
 
     /// Writes slot `index` once all previously recorded work has completed.

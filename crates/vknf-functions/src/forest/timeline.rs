@@ -11,12 +11,15 @@ use vknf_vulkan::{Device, Timestamps};
 
 use super::ForestError;
 
-/// One pipelined batch's timeline: host moments in microseconds from the start of
-/// [`run_pipelined`](super::ForestLane::run_pipelined), GPU moments in microseconds from the batch's
-/// first GPU timestamp (the two clocks are not related: compare durations and gaps within each).
+/// One pipelined batch's timeline: host moments in microseconds from the start of the batch's writes
+/// in [`run_pipelined`](super::ForestLane::run_pipelined) (after its lists are recorded and its slots
+/// reset), GPU moments in microseconds from the batch's first GPU timestamp. The host and GPU clocks are
+/// not related: compare durations and gaps within each. GPU moments of the two queues compare only where
+/// the device's queues share one clock, which Vulkan does not promise (NVIDIA's and lavapipe's do);
+/// elsewhere read the copies and the dispatches each on their own.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BatchTimeline {
-    /// Host: from the start of the batch to its results read.
+    /// Host: from the start of the batch's writes to its results read.
     pub total_us: f64,
     /// The batch's dispatches in order.
     pub chunks: Vec<ChunkTimeline>,
