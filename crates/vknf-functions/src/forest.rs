@@ -884,7 +884,7 @@ impl ForestLane {
         };
         let input = self.input.clone();
         let device_input = self.device_input.clone();
-        let on_transfer_queue = self.uses_transfer_queue(bytes);
+        let on_transfer_queue = self.copies_on_transfer_queue(n_rows, rows_on_device);
         let bind_group = small.unwrap_or_else(|| self.bind_group.clone());
         let timestamps = self.timestamps.clone();
         let record_work = |rec: &mut vknf_vulkan::Recorder<'_>| -> vknf_vulkan::Result<()> {
@@ -919,12 +919,12 @@ impl ForestLane {
         Ok(())
     }
 
-    /// Whether a staged batch of `bytes` input bytes is copied on the dedicated transfer queue (where the
-    /// device has one) rather than in the kernel's own command list: only large copies, which then run
-    /// beside other lanes' kernels; a small batch's copy in its own command list costs it no semaphore
-    /// between two queues.
-    fn uses_transfer_queue(&self, bytes: u64) -> bool {
-        self.transfer.is_some() && bytes >= TRANSFER_QUEUE_BYTES
+    /// Whether a staged batch of `n_rows` is copied on the dedicated transfer queue (where the device has
+    /// one) rather than in the kernel's own command list: only large copies, which then run beside other
+    /// lanes' kernels (a small batch's copy in its own command list costs it no semaphore between two
+    /// queues), and none where the host wrote the rows into the device buffer itself.
+    fn copies_on_transfer_queue(&self, n_rows: usize, rows_on_device: bool) -> bool {
+        self.transfer.is_some() && self.input_bytes(n_rows) >= TRANSFER_QUEUE_BYTES && !rows_on_device
     }
 
     /// Input bytes a batch of `n_rows` occupies: whole workgroups of rows, as the kernel stages them.
@@ -962,7 +962,7 @@ impl ForestLane {
             )));
         }
         self.record(n_rows, want_scores, rows_on_device)?;
-        let on_transfer_queue = self.uses_transfer_queue(self.input_bytes(n_rows)) && !rows_on_device;
+        let on_transfer_queue = self.copies_on_transfer_queue(n_rows, rows_on_device);
         let work = self.work.as_mut().expect("recorded above");
         let ticket = match (&mut self.transfer, &mut self.upload) {
             (Some(transfer), Some(upload)) if on_transfer_queue => {
@@ -1229,11 +1229,7 @@ impl ForestLane {
             let (first_row, end_row) = bounds[index];
             let staged_from = first_row + direct_rows(share, end_row - first_row);
             let values = |from: usize, to: usize| &rows[from * nf..to * nf];
-            let mark = |moment: HostMoment| {
-                if let Some(marks) = marks {
-                    marks.mark(index, moment);
-                }
-            };
+            let mark = |moment: HostMoment| timeline::mark(marks, index, moment);
             mark(HostMoment::WriteStart);
             let write_then_upload = || -> Result<Option<Ticket>, ForestError> {
                 copy_rows(&input, staged_from * nf, values(staged_from, end_row))?;
@@ -1284,9 +1280,7 @@ impl ForestLane {
                             Some(uploaded) => compute.submit_after(list, &[uploaded]),
                             None => compute.submit(list),
                         };
-                        if let Some(marks) = marks {
-                            marks.mark(index, HostMoment::DispatchSubmitted);
-                        }
+                        timeline::mark(marks, index, HostMoment::DispatchSubmitted);
                         submitted
                     },
                     || {
@@ -1323,7 +1317,8 @@ impl ForestLane {
         self.poll_finish = true;
         let result = self.finish(BATCH_DEADLINE)?;
         if let (Some(marks), Some(timeline)) = (marks, &mut self.timeline) {
-            let copied = self.device_input.is_some() && self.transfer.is_some();
+            // Chunks whose copies ran on the transfer queue have upload lists (and their timestamps).
+            let copied = !self.chunk_uploads.is_empty();
             // A measurement that fails costs the batch its timeline, not its results.
             if let Err(err) = timeline.finish_batch(marks, &self.chunk_bounds, copied) {
                 tracing::warn!(%err, "no timeline for this batch");

@@ -14,6 +14,14 @@ struct Gpu {
     device: Device,
 }
 
+impl Gpu {
+    /// Fails the test if the validation layer reported errors since the last check.
+    fn assert_no_validation_errors(&self) {
+        let errors = self.instance.take_validation_errors();
+        assert!(errors.is_empty(), "validation errors: {errors:#?}");
+    }
+}
+
 fn gpu() -> Gpu {
     let instance = Instance::new(&InstanceOptions {
         validation: true,
@@ -64,8 +72,7 @@ fn check_all(gpu: &Gpu, cases: &[ParityCase], options: ForestOptions, lane_rows:
             .unwrap_or_else(|err| panic!("{options:?}: {err}"));
         assert!(report.rows_compared > 0, "{}: nothing compared", case.meta.name);
     }
-    let errors = gpu.instance.take_validation_errors();
-    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+    gpu.assert_no_validation_errors();
 }
 
 fn fixture_dir() -> PathBuf {
@@ -208,7 +215,7 @@ fn pipelined_batches_match_scikit_learn() {
                 .unwrap_or_else(|err| panic!("{chunks} chunks, {input_path:?}, {direct_share:?}: {err}"));
         }
     }
-    assert!(gpu.instance.take_validation_errors().is_empty());
+    gpu.assert_no_validation_errors();
 }
 
 #[test]
@@ -357,8 +364,7 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             );
         }
     }
-    let errors = gpu.instance.take_validation_errors();
-    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+    gpu.assert_no_validation_errors();
 }
 
 /// A pipelined batch's timeline, where the lane records one: a dispatch per chunk, the chunks' rows adding
@@ -421,8 +427,7 @@ fn pipelined_batches_record_their_timeline_when_asked() {
     lane.record_timeline(false).unwrap();
     lane.run_pipelined(&rows.data, 3, false).unwrap();
     assert!(lane.last_timeline().is_none());
-    let errors = gpu.instance.take_validation_errors();
-    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+    gpu.assert_no_validation_errors();
 }
 
 /// A lane that writes a share of large batches into device memory writes a small batch (below 1 MiB)
@@ -492,8 +497,7 @@ fn small_batches_on_a_direct_share_lane_are_written_into_device_memory_whole() {
     if checked == 0 {
         eprintln!("no host-visible device memory on this driver: nothing to check");
     }
-    let errors = gpu.instance.take_validation_errors();
-    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+    gpu.assert_no_validation_errors();
 }
 
 /// A model without missing-value routing rejects a NaN row of a small batch written into device memory
@@ -537,8 +541,7 @@ fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
         "{}: {err}",
         case.meta.name
     );
-    let errors = gpu.instance.take_validation_errors();
-    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+    gpu.assert_no_validation_errors();
 }
 
 /// `for_whole_batches` takes the staged path with the default share only where batches can be split (a

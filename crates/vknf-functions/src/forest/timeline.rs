@@ -62,13 +62,13 @@ pub(super) struct HostMarks {
     chunks: Mutex<Vec<[f64; 4]>>,
 }
 
-impl HostMarks {
-    pub(super) fn mark(&self, chunk: usize, moment: HostMoment) {
-        let at = self.start.elapsed().as_secs_f64() * 1e6;
-        let mut chunks = self.chunks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(marks) = chunks.get_mut(chunk) {
-            marks[moment as usize] = at;
-        }
+/// Notes `moment` of `chunk` in the batch's marks, where a timeline is recorded (`marks` is `Some`).
+pub(super) fn mark(marks: Option<&HostMarks>, chunk: usize, moment: HostMoment) {
+    let Some(marks) = marks else { return };
+    let at = marks.start.elapsed().as_secs_f64() * 1e6;
+    let mut chunks = marks.chunks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(times) = chunks.get_mut(chunk) {
+        times[moment as usize] = at;
     }
 }
 
