@@ -86,6 +86,30 @@ struct Args {
     /// Pipelined dispatch counts for --timeline (default: the chosen count).
     #[arg(long, value_delimiter = ',')]
     chunk_counts: Vec<usize>,
+    /// The direct share of the chosen configuration (`ForestOptions::direct_share`; default: what
+    /// `ForestOptions::for_whole_batches` takes).
+    #[arg(long)]
+    chosen_share: Option<f32>,
+    /// Pieces of each dispatch's DMA in the chosen configuration (`ForestOptions::upload_pieces`;
+    /// default: the kernel's choice).
+    #[arg(long)]
+    upload_pieces: Option<usize>,
+    /// Microseconds the pool's threads are kept awake after each batch in the chosen configuration
+    /// (`ForestOptions::keep_writers_awake`; default: the kernel's choice).
+    #[arg(long)]
+    writers_awake_us: Option<u64>,
+    /// The writes table: end to end of the chosen configuration with each of these DMA piece counts ...
+    #[arg(long, value_delimiter = ',')]
+    piece_counts: Vec<usize>,
+    /// ... and each of these keep-awake times (us) ...
+    #[arg(long, value_delimiter = ',')]
+    awake_us: Vec<u64>,
+    /// ... and each of these direct shares; `--rounds` rounds, the combinations alternating.
+    #[arg(long, value_delimiter = ',')]
+    write_shares: Vec<f32>,
+    /// Rounds of the writes table.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -205,7 +229,13 @@ fn main() -> anyhow::Result<()> {
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
+        upload_pieces: args.upload_pieces,
+        keep_writers_awake: args.writers_awake_us.map(std::time::Duration::from_micros),
         ..ForestOptions::for_whole_batches()
+    };
+    let chosen = ForestOptions {
+        direct_share: args.chosen_share.or(chosen.direct_share),
+        ..chosen
     };
     // vknf's own kernel declares the node-block binding: the default applies as it is.
     let chosen_blocks = chosen.node_blocks.unwrap_or(vknf_functions::DEFAULT_NODE_BLOCKS);
@@ -353,6 +383,11 @@ fn main() -> anyhow::Result<()> {
         chosen,
         &args.direct_shares,
     )?;
+    let writes = if args.piece_counts.is_empty() && args.awake_us.is_empty() && args.write_shares.is_empty() {
+        Vec::new()
+    } else {
+        writes_table(&device, &forest, &rows, &reference.labels, &args, chosen)?
+    };
     let timelines = if args.timeline {
         timeline_table(&device, &forest, &rows, &reference.labels, &args, chosen)?
     } else {
@@ -382,6 +417,7 @@ fn main() -> anyhow::Result<()> {
         "input_paths": input_paths,
         "small_batches": small_batches,
         "timelines": timelines,
+        "writes": writes,
         "finished_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
     });
     if let Some(path) = &args.json {
@@ -645,6 +681,69 @@ fn timeline_table(
             "label_mismatches_vs_cpu_reference": wrong, "median_timeline": median,
             "timeline_runs": timelines.len(),
         }));
+    }
+    Ok(table)
+}
+
+/// End to end of the whole batch with the chosen configuration for each combination of direct share, DMA
+/// pieces and keep-awake time asked for (`--write-shares`, `--piece-counts`, `--awake-us`; each defaults
+/// to the chosen value),
+/// `--rounds` times, the combinations alternating within each round; labels checked every time.
+fn writes_table(
+    device: &vknf_vulkan::Device,
+    forest: &GpuForest,
+    rows: &Rows,
+    reference: &[u32],
+    args: &Args,
+    chosen: ForestOptions,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let config = ForestKernel::new(device, forest, &chosen)?.config();
+    let pieces = match args.piece_counts.is_empty() {
+        true => vec![config.upload_pieces as usize],
+        false => args.piece_counts.clone(),
+    };
+    let awake = match args.awake_us.is_empty() {
+        true => vec![u64::from(config.writers_awake_us)],
+        false => args.awake_us.clone(),
+    };
+    let shares = match args.write_shares.is_empty() {
+        true => vec![config.direct_share],
+        false => args.write_shares.clone(),
+    };
+    let mut lanes = Vec::new();
+    for &share in &shares {
+        for &p in &pieces {
+            for &a in &awake {
+                let options = ForestOptions {
+                    direct_share: Some(share),
+                    upload_pieces: Some(p),
+                    keep_writers_awake: Some(std::time::Duration::from_micros(a)),
+                    ..chosen
+                };
+                let kernel = ForestKernel::new(device, forest, &options)?;
+                let chunks = kernel.pipeline_chunks(rows.n_rows);
+                lanes.push((share, p, a, chunks, kernel.lane(rows.n_rows)?));
+            }
+        }
+    }
+    let mut table = Vec::new();
+    println!("writes (e2e median us, p90; by direct share, DMA pieces and keep-awake us):");
+    for round in 1..=args.rounds {
+        let mut line = String::new();
+        for (share, p, a, chunks, lane) in &mut lanes {
+            let (e2e, _, wrong) = time_predict(lane, rows, reference, args.runs)?;
+            line.push_str(&format!(
+                " s{share}/p{p}/a{a}:{:.0}({:.0}){}",
+                e2e.median_us,
+                e2e.p90_us,
+                if wrong > 0 { "!" } else { "" }
+            ));
+            table.push(json!({
+                "round": round, "direct_share": share, "upload_pieces": p, "writers_awake_us": a,
+                "chunks": chunks, "end_to_end": e2e, "label_mismatches_vs_cpu_reference": wrong,
+            }));
+        }
+        println!("  round {round}:{line}");
     }
     Ok(table)
 }
