@@ -90,18 +90,12 @@ struct Args {
     /// `ForestOptions::for_whole_batches` takes).
     #[arg(long)]
     chosen_share: Option<f32>,
-    /// Pieces of each dispatch's DMA in the chosen configuration (`ForestOptions::upload_pieces`;
-    /// default: the kernel's choice).
-    #[arg(long)]
-    upload_pieces: Option<usize>,
     /// Microseconds the pool's threads are kept awake after each batch in the chosen configuration
-    /// (`ForestOptions::keep_writers_awake`; default: the kernel's choice).
+    /// (`ForestOptions::keep_writers_awake`; default: what `ForestOptions::for_whole_batches` takes).
     #[arg(long)]
     writers_awake_us: Option<u64>,
-    /// The writes table: end to end of the chosen configuration with each of these DMA piece counts ...
-    #[arg(long, value_delimiter = ',')]
-    piece_counts: Vec<usize>,
-    /// ... and each of these keep-awake times (us) ...
+    /// The writes table: end to end of the chosen configuration with each of these keep-awake times (us)
+    /// ...
     #[arg(long, value_delimiter = ',')]
     awake_us: Vec<u64>,
     /// ... and each of these direct shares; `--rounds` rounds, the combinations alternating.
@@ -229,16 +223,20 @@ fn main() -> anyhow::Result<()> {
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
-        upload_pieces: args.upload_pieces,
-        keep_writers_awake: args.writers_awake_us.map(std::time::Duration::from_micros),
         ..ForestOptions::for_whole_batches()
     };
     let chosen = ForestOptions {
         direct_share: args.chosen_share.or(chosen.direct_share),
+        keep_writers_awake: args
+            .writers_awake_us
+            .map(std::time::Duration::from_micros)
+            .or(chosen.keep_writers_awake),
         ..chosen
     };
     // vknf's own kernel declares the node-block binding: the default applies as it is.
-    let chosen_blocks = chosen.node_blocks.unwrap_or(vknf_functions::DEFAULT_NODE_BLOCKS);
+    let chosen_blocks = chosen
+        .node_blocks
+        .unwrap_or_else(|| vknf_functions::forest::node_blocks_by_default(&forest));
     let other_layout = ForestOptions {
         node_blocks: Some(!chosen_blocks),
         ..chosen
@@ -383,7 +381,7 @@ fn main() -> anyhow::Result<()> {
         chosen,
         &args.direct_shares,
     )?;
-    let writes = if args.piece_counts.is_empty() && args.awake_us.is_empty() && args.write_shares.is_empty() {
+    let writes = if args.awake_us.is_empty() && args.write_shares.is_empty() {
         Vec::new()
     } else {
         writes_table(&device, &forest, &rows, &reference.labels, &args, chosen)?
@@ -685,9 +683,8 @@ fn timeline_table(
     Ok(table)
 }
 
-/// End to end of the whole batch with the chosen configuration for each combination of direct share, DMA
-/// pieces and keep-awake time asked for (`--write-shares`, `--piece-counts`, `--awake-us`; each defaults
-/// to the chosen value),
+/// End to end of the whole batch with the chosen configuration for each combination of direct share and
+/// keep-awake time asked for (`--write-shares`, `--awake-us`; each defaults to the chosen value),
 /// `--rounds` times, the combinations alternating within each round; labels checked every time.
 fn writes_table(
     device: &vknf_vulkan::Device,
@@ -698,10 +695,6 @@ fn writes_table(
     chosen: ForestOptions,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let config = ForestKernel::new(device, forest, &chosen)?.config();
-    let pieces = match args.piece_counts.is_empty() {
-        true => vec![config.upload_pieces as usize],
-        false => args.piece_counts.clone(),
-    };
     let awake = match args.awake_us.is_empty() {
         true => vec![u64::from(config.writers_awake_us)],
         false => args.awake_us.clone(),
@@ -712,34 +705,31 @@ fn writes_table(
     };
     let mut lanes = Vec::new();
     for &share in &shares {
-        for &p in &pieces {
-            for &a in &awake {
-                let options = ForestOptions {
-                    direct_share: Some(share),
-                    upload_pieces: Some(p),
-                    keep_writers_awake: Some(std::time::Duration::from_micros(a)),
-                    ..chosen
-                };
-                let kernel = ForestKernel::new(device, forest, &options)?;
-                let chunks = kernel.pipeline_chunks(rows.n_rows);
-                lanes.push((share, p, a, chunks, kernel.lane(rows.n_rows)?));
-            }
+        for &a in &awake {
+            let options = ForestOptions {
+                direct_share: Some(share),
+                keep_writers_awake: Some(std::time::Duration::from_micros(a)),
+                ..chosen
+            };
+            let kernel = ForestKernel::new(device, forest, &options)?;
+            let chunks = kernel.pipeline_chunks(rows.n_rows);
+            lanes.push((share, a, chunks, kernel.lane(rows.n_rows)?));
         }
     }
     let mut table = Vec::new();
-    println!("writes (e2e median us, p90; by direct share, DMA pieces and keep-awake us):");
+    println!("writes (e2e median us, p90; by direct share and keep-awake us):");
     for round in 1..=args.rounds {
         let mut line = String::new();
-        for (share, p, a, chunks, lane) in &mut lanes {
+        for (share, a, chunks, lane) in &mut lanes {
             let (e2e, _, wrong) = time_predict(lane, rows, reference, args.runs)?;
             line.push_str(&format!(
-                " s{share}/p{p}/a{a}:{:.0}({:.0}){}",
+                " s{share}/a{a}:{:.0}({:.0}){}",
                 e2e.median_us,
                 e2e.p90_us,
                 if wrong > 0 { "!" } else { "" }
             ));
             table.push(json!({
-                "round": round, "direct_share": share, "upload_pieces": p, "writers_awake_us": a,
+                "round": round, "direct_share": share, "writers_awake_us": a,
                 "chunks": chunks, "end_to_end": e2e, "label_mismatches_vs_cpu_reference": wrong,
             }));
         }

@@ -15,8 +15,8 @@ use vknf_vulkan::{
     Stream, Ticket, Timestamps, copy_streaming,
 };
 
+mod pool;
 mod timeline;
-mod writers;
 
 use timeline::HostMoment;
 pub use timeline::{BatchTimeline, ChunkTimeline};
@@ -98,15 +98,11 @@ pub struct ForestOptions {
     /// sector, two levels a load) instead of one node a load. `None`: blocks where the kernel declares
     /// their binding. `Some(true)` with a kernel that does not is an error.
     pub node_blocks: Option<bool>,
-    /// Staged path with a transfer stream, whole batches: each dispatch's DMA in this many pieces (at
-    /// most 64, of whole 64 KiB blocks), each submitted as soon as the pool's threads, which write the
-    /// rows in order, have written it, so that the copy runs beside the host's writes instead of after
-    /// them. `None`: [`DEFAULT_UPLOAD_PIECES`].
-    pub upload_pieces: Option<usize>,
-    /// After each whole batch's writes, keep the thread pool's threads spinning for up to this long, or
-    /// until the next batch starts, so that its writes start without waking them (for callers sending
-    /// whole batches back to back; it costs that much CPU time on every thread of the pool).
-    /// `None`: [`DEFAULT_WRITERS_AWAKE`].
+    /// After each whole batch's writes ([`ForestLane::predict`], [`ForestLane::run_pipelined`]), keep the
+    /// thread pool's threads spinning for up to this long, or until the next batch starts, so that its
+    /// writes start without waking them: for callers sending whole batches back to back (it costs up to
+    /// that much CPU time on every thread of the pool per batch). `None` or zero: they sleep as the pool
+    /// has them; [`ForestOptions::for_whole_batches`] takes [`WHOLE_BATCH_WRITERS_AWAKE`].
     pub keep_writers_awake: Option<Duration>,
 }
 
@@ -138,6 +134,7 @@ impl ForestOptions {
     pub fn for_whole_batches() -> ForestOptions {
         ForestOptions {
             direct_share: Some(DEFAULT_DIRECT_SHARE),
+            keep_writers_awake: Some(WHOLE_BATCH_WRITERS_AWAKE),
             ..ForestOptions::default()
         }
     }
@@ -149,15 +146,27 @@ impl ForestOptions {
 /// (so `vknf predict`) uses.
 pub const DEFAULT_DIRECT_SHARE: f32 = 0.5;
 
-/// Whether kernels walk node blocks by default ([`ForestOptions::node_blocks`]): not, since they lengthened
-/// the wide forest's kernel while shortening W1a's (bench/RESULTS.md, "Node blocks against single nodes").
-pub const DEFAULT_NODE_BLOCKS: bool = false;
+/// Whether a kernel for `forest` walks node blocks by default ([`ForestOptions::node_blocks`]): yes, but
+/// for forests that take the few-outputs workgroup ([`FEW_OUTPUTS_TREE_LANES`]: at least 64 trees, at
+/// most two outputs). Measured on the H200 with both layouts in the same runs, blocks shortened W1a's
+/// kernel (61 -> 55 us, 10 us end to end), kept the deep forest's and the tiny one's (within 2-4 us of
+/// kernel, none end to end), and lengthened the wide binary forest's by half (614 -> 912 us), in every
+/// call since they exist (bench/RESULTS.md, "Node blocks against single nodes" and "The thread pool
+/// kept awake").
+pub fn node_blocks_by_default(forest: &GpuForest) -> bool {
+    !takes_few_outputs_shape(forest.n_outputs as usize, forest.n_trees as usize)
+}
 
-/// Default of [`ForestOptions::upload_pieces`].
-pub const DEFAULT_UPLOAD_PIECES: usize = 1;
+/// Whether a forest of `n_outputs` and `n_trees` takes the few-outputs workgroup shape.
+fn takes_few_outputs_shape(n_outputs: usize, n_trees: usize) -> bool {
+    n_outputs <= FEW_OUTPUTS && n_trees >= FEW_OUTPUTS_MIN_TREES
+}
 
-/// Default of [`ForestOptions::keep_writers_awake`].
-pub const DEFAULT_WRITERS_AWAKE: Duration = Duration::ZERO;
+/// How long [`ForestOptions::for_whole_batches`] keeps the pool's threads awake after each batch's writes:
+/// longer than what is left of a batch after its last write on the named shapes (its last copy, kernel
+/// and completion: at most ~0.4 ms on the H200), so that the next batch of a caller sending them back to
+/// back finds them awake (bench/RESULTS.md, "The thread pool kept awake").
+pub const WHOLE_BATCH_WRITERS_AWAKE: Duration = Duration::from_micros(500);
 
 /// The kernel's binding of the node buffer read as node blocks.
 const NODE_BLOCKS_BINDING: u32 = 7;
@@ -222,8 +231,6 @@ pub struct KernelConfig {
     pub transfer_stream: bool,
     /// The kernel walks node blocks ([`ForestOptions::node_blocks`]).
     pub node_blocks: bool,
-    /// Pieces of each dispatch's DMA of a whole batch ([`ForestOptions::upload_pieces`]).
-    pub upload_pieces: u32,
     /// How long the pool's threads are kept awake after a whole batch's writes, in microseconds
     /// ([`ForestOptions::keep_writers_awake`]).
     pub writers_awake_us: u32,
@@ -349,7 +356,7 @@ impl ForestKernel {
         // Tree lanes are the lever for latency (a row's tree walks are a chain of dependent loads; the W1
         // sweep in bench/RESULTS.md), but lanes beyond the tree count only idle: a forest of 10 trees gets
         // 10 lanes, and the threads go to more rows.
-        let few_outputs = n_outputs <= FEW_OUTPUTS && n_trees >= FEW_OUTPUTS_MIN_TREES;
+        let few_outputs = takes_few_outputs_shape(n_outputs, n_trees);
         let (lane_cap, group_threads) = if few_outputs {
             (FEW_OUTPUTS_TREE_LANES, FEW_OUTPUTS_GROUP_THREADS)
         } else {
@@ -408,7 +415,11 @@ impl ForestKernel {
             _ => 0.0,
         };
         let kernel = Kernel::new(device, spirv, entry_point)?;
-        let node_blocks = choose_node_blocks(options.node_blocks, declares_node_blocks(kernel.info()))?;
+        let node_blocks = choose_node_blocks(
+            options.node_blocks,
+            declares_node_blocks(kernel.info()),
+            node_blocks_by_default(forest),
+        )?;
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
@@ -421,13 +432,9 @@ impl ForestKernel {
             direct_share,
             transfer_stream,
             node_blocks,
-            upload_pieces: options
-                .upload_pieces
-                .unwrap_or(DEFAULT_UPLOAD_PIECES)
-                .clamp(1, writers::MAX_PIECES) as u32,
             writers_awake_us: options
                 .keep_writers_awake
-                .unwrap_or(DEFAULT_WRITERS_AWAKE)
+                .unwrap_or_default()
                 .as_micros()
                 .min(u32::MAX as u128) as u32,
         };
@@ -609,11 +616,8 @@ pub struct ForestLane {
     pending: Option<(Ticket, usize, bool)>,
     // One command list per chunk of a pipelined batch, recorded for (rows, chunks, scores).
     chunk_lists: Vec<CommandList>,
-    // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch, in
-    // pieces (`chunk_pieces`): chunk i's are `chunk_uploads[piece_start(i)..][..chunk_pieces[i].len()]`.
+    // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch.
     chunk_uploads: Vec<CommandList>,
-    // Per chunk, the float ranges of its DMA's pieces relative to its first staged value.
-    chunk_pieces: Vec<Vec<(usize, usize)>>,
     chunks_recorded: Option<(usize, usize, bool)>,
     // The row ranges of the recorded chunks.
     chunk_bounds: Vec<(usize, usize)>,
@@ -642,6 +646,11 @@ const TRANSFER_QUEUE_BYTES: u64 = 1 << 20;
 
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
+/// Most threads writing rows into device-local memory at once (through the BAR on a discrete GPU; on a
+/// device whose memory is all host memory, e.g. lavapipe, every copy): on the H200 such writes peaked at
+/// 4 threads, 25.7 GB/s for W1a's 6.9 MB, and fell to 20 GB/s with 16; for 32 MB, 16 threads gained
+/// nothing over 4 (bench/RESULTS.md, `bench-runtime --links`).
+const BAR_WRITERS: usize = 4;
 /// Least bytes one thread of a parallel copy takes: a few threads already fill the bus when the
 /// staging memory is across PCIe, and smaller shares cost more in hand-offs than they save.
 const PARALLEL_COPY_SHARE: usize = 256 << 10;
@@ -666,7 +675,7 @@ fn copy_rows(buffer: &Buffer, offset: usize, rows: &[f32]) -> Result<(), ForestE
     // Writes into device memory through the BAR take fewer threads: they peak at a few and slow down with
     // more, which also leaves the rest of the pool to a concurrent write into pinned memory.
     let threads = match buffer.is_device_local() {
-        true => rayon::current_num_threads().min(writers::BAR_WRITERS),
+        true => rayon::current_num_threads().min(BAR_WRITERS),
         false => rayon::current_num_threads(),
     };
     let chunk = rows.len().div_ceil(threads.max(1)).max(PARALLEL_COPY_SHARE / 4);
@@ -741,15 +750,15 @@ fn declares_node_blocks(info: &KernelInfo) -> bool {
         .any(|b| b.set == 0 && b.binding == NODE_BLOCKS_BINDING)
 }
 
-/// Whether a kernel walks node blocks: as asked, else by default where the kernel declares their binding
+/// Whether a kernel walks node blocks: as asked, else `by_default` where the kernel declares their binding
 /// (kernels from before them keep single nodes); asking for them with such a kernel is an error.
-fn choose_node_blocks(asked: Option<bool>, kernel_has_blocks: bool) -> Result<bool, ForestError> {
+fn choose_node_blocks(asked: Option<bool>, kernel_has_blocks: bool, by_default: bool) -> Result<bool, ForestError> {
     match asked {
         Some(true) if !kernel_has_blocks => Err(ForestError::Unsupported(format!(
             "node blocks were asked for, but the kernel declares no node-block binding {NODE_BLOCKS_BINDING}"
         ))),
         Some(wanted) => Ok(wanted),
-        None => Ok(DEFAULT_NODE_BLOCKS && kernel_has_blocks),
+        None => Ok(by_default && kernel_has_blocks),
     }
 }
 
@@ -824,7 +833,6 @@ impl ForestLane {
             pending: None,
             chunk_lists: Vec::new(),
             chunk_uploads: Vec::new(),
-            chunk_pieces: Vec::new(),
             chunks_recorded: None,
             chunk_bounds: Vec::new(),
             timeline: None,
@@ -1116,9 +1124,6 @@ impl ForestLane {
         chunk_bounds(n_rows, chunks, rows_per_group, &mut bounds);
         let mut lists = std::mem::take(&mut self.chunk_lists);
         let mut uploads = std::mem::take(&mut self.chunk_uploads);
-        let mut pieces = std::mem::take(&mut self.chunk_pieces);
-        pieces.resize_with(bounds.len(), Vec::new);
-        let mut n_uploads = 0;
         // Staged input copies each chunk on the transfer queue where there is one, so that the copies
         // run back to back beside the kernels; otherwise in the chunk's own command list.
         let on_transfer_queue = self.device_input.is_some() && self.transfer.is_some();
@@ -1146,11 +1151,6 @@ impl ForestLane {
             // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
             // to device memory before its dispatch, but for its direct share, which the host writes there.
             let staged_from = first + direct_rows(self.batch_direct_share(n_rows), end - first);
-            writers::piece_bounds(
-                (end - staged_from) * r.n_features,
-                r.config.upload_pieces as usize,
-                &mut pieces[index],
-            );
             let copy = self.device_input.as_ref().map(|device_input| {
                 let start = (staged_from * r.n_features * 4) as u64;
                 (device_input, start, self.input_bytes(end) - start)
@@ -1183,39 +1183,28 @@ impl ForestLane {
             if let (Some((device_input, offset, bytes)), Some(transfer), true) =
                 (copy, &self.transfer, on_transfer_queue)
             {
-                // Piece k copies its own floats; the last one to the end of the chunk's whole workgroups.
-                let n_pieces = pieces[index].len();
-                for (k, &(from, to)) in pieces[index].iter().enumerate() {
-                    let start = offset + (from * 4) as u64;
-                    let length = match k + 1 == n_pieces {
-                        true => offset + bytes - start,
-                        false => ((to - from) * 4) as u64,
-                    };
-                    let upload = |rec: &mut vknf_vulkan::Recorder<'_>| {
-                        if let (Some((_, transfer)), 0) = (stamps, k) {
-                            rec.write_start_timestamp(transfer, 0)?;
-                        }
-                        rec.copy(input, start, device_input, start, length)?;
-                        if let Some((_, transfer)) = stamps.filter(|_| k + 1 == n_pieces) {
-                            rec.write_timestamp(transfer, 1)?;
-                        }
-                        Ok(())
-                    };
-                    match uploads.get_mut(n_uploads) {
-                        Some(list) => list.rerecord(upload)?,
-                        None => uploads.push(transfer.record(upload)?),
+                let upload = |rec: &mut vknf_vulkan::Recorder<'_>| {
+                    if let Some((_, transfer)) = stamps {
+                        rec.write_start_timestamp(transfer, 0)?;
                     }
-                    n_uploads += 1;
+                    rec.copy(input, offset, device_input, offset, bytes)?;
+                    if let Some((_, transfer)) = stamps {
+                        rec.write_timestamp(transfer, 1)?;
+                    }
+                    Ok(())
+                };
+                match uploads.get_mut(index) {
+                    Some(list) => list.rerecord(upload)?,
+                    None => uploads.push(transfer.record(upload)?),
                 }
             }
             index += 1;
         }
         self.chunk_bounds = bounds;
         lists.truncate(index);
-        uploads.truncate(n_uploads);
+        uploads.truncate(if on_transfer_queue { index } else { 0 });
         self.chunk_lists = lists;
         self.chunk_uploads = uploads;
-        self.chunk_pieces = pieces;
         self.chunks_recorded = Some((n_rows, chunks, want_scores));
         Ok(())
     }
@@ -1232,9 +1221,7 @@ impl ForestLane {
                 "the lane already has a batch in flight; finish it first".into(),
             ));
         }
-        // One dispatch without a share takes the simple path, unless its DMA goes in pieces.
-        let in_pieces = self.kernel.config().upload_pieces > 1 && self.copies_on_transfer_queue(n_rows, false);
-        if (chunks <= 1 && self.batch_direct_share(n_rows).is_none() && !in_pieces) || n_rows < 2 {
+        if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
             // A lane that writes shares of large batches into device memory writes a small batch there
             // whole: no copy to wait for (as on the direct path). It has no chunks to time.
             if let Some(timeline) = &mut self.timeline {
@@ -1242,11 +1229,11 @@ impl ForestLane {
             }
             let on_device = self.direct_target();
             self.check_fits(0, rows)?;
-            writers::batch_starts();
+            pool::batch_starts();
             copy_rows(on_device.as_ref().unwrap_or(&self.input), 0, rows)?;
             self.submit_batch(n_rows, want_scores, on_device.is_some())?;
             if rows.len() * 4 >= PARALLEL_COPY_BYTES {
-                writers::keep_awake(self.writers_awake());
+                pool::keep_awake(self.writers_awake());
             }
             self.poll_finish = true;
             return self.finish(BATCH_DEADLINE);
@@ -1271,65 +1258,52 @@ impl ForestLane {
         let direct = self.device_input.clone().filter(|_| share.is_some());
         let compute = &mut self.compute;
         let transfer = &mut self.transfer;
+        pool::batch_starts();
         let lists = &mut self.chunk_lists;
-        let chunk_pieces = &self.chunk_pieces;
-        // Each chunk's piece lists, where its copy runs on the transfer queue (else none).
-        let mut piece_lists: Vec<&mut [CommandList]> = Vec::with_capacity(n_chunks);
-        let mut rest = self.chunk_uploads.as_mut_slice();
-        for pieces in chunk_pieces.iter().take(n_chunks) {
-            let (chunk, after) = rest.split_at_mut(pieces.len().min(rest.len()));
-            piece_lists.push(chunk);
-            rest = after;
-        }
-        writers::batch_starts();
+        let uploads = &mut self.chunk_uploads;
         // A chunk's rows: its direct share written into device memory while the rest goes to the pinned
-        // memory its DMA reads (both at once, over the pool's threads); each piece of the DMA is
-        // submitted as soon as its rows are written, so that it runs while the host still writes.
-        // Returns the DMA's last ticket where the copy runs on the transfer queue (a semaphore signal
-        // covers every command submitted before it on its queue, so waiting for the last piece waits
-        // for all).
+        // memory its DMA reads (both at once, each copy split over threads); the chunk's DMA is submitted
+        // as soon as its own rows are written, so that it runs while the host still writes the direct
+        // share. Returns the DMA's ticket where the copy runs on the transfer queue.
         let write_and_upload = |index: usize,
                                 transfer: &mut Option<Stream>,
-                                uploads: &mut [CommandList]|
+                                upload: Option<&mut CommandList>|
          -> Result<Option<Ticket>, ForestError> {
             let (first_row, end_row) = bounds[index];
             let staged_from = first_row + direct_rows(share, end_row - first_row);
             let values = |from: usize, to: usize| &rows[from * nf..to * nf];
             let mark = |moment: HostMoment| timeline::mark(marks, index, moment);
             mark(HostMoment::WriteStart);
-            let direct = direct
-                .as_ref()
-                .filter(|_| staged_from > first_row)
-                .map(|target| writers::Rows {
-                    target,
-                    offset: first_row * nf,
-                    values: values(first_row, staged_from),
-                });
-            let staged = writers::Rows {
-                target: &input,
-                offset: staged_from * nf,
-                values: values(staged_from, end_row),
+            let write_then_upload = || -> Result<Option<Ticket>, ForestError> {
+                copy_rows(&input, staged_from * nf, values(staged_from, end_row))?;
+                mark(HostMoment::StagedWritten);
+                match (upload, transfer.as_mut()) {
+                    (Some(upload), Some(transfer)) => Ok(Some(transfer.submit(upload)?)),
+                    _ => Ok(None),
+                }
             };
-            let pieces = &chunk_pieces[index];
-            let mut uploaded: Option<Ticket> = None;
-            let written = writers::write_batch(direct, staged, pieces, |piece| {
-                if piece + 1 == pieces.len() {
-                    mark(HostMoment::StagedWritten);
-                }
-                if let (Some(transfer), Some(list)) = (transfer.as_mut(), uploads.get_mut(piece)) {
-                    uploaded = Some(transfer.submit(list)?);
-                }
-                Ok(())
-            });
-            mark(HostMoment::AllWritten);
-            match written {
-                Ok(()) => Ok(uploaded),
-                Err(err) => {
-                    // Pieces already copying read the lane's buffer: let them end before it is reused.
-                    if let Some(ticket) = uploaded {
-                        let _ = ticket.wait(BATCH_DEADLINE);
+            match &direct {
+                Some(target) if staged_from > first_row => {
+                    let (written, uploaded) = rayon::join(
+                        || copy_rows(target, first_row * nf, values(first_row, staged_from)),
+                        write_then_upload,
+                    );
+                    mark(HostMoment::AllWritten);
+                    match (written, uploaded) {
+                        (Ok(()), uploaded) => uploaded,
+                        (Err(err), uploaded) => {
+                            // The copy writes the lane's buffer: let it end before the lane is reused.
+                            if let Ok(Some(ticket)) = uploaded {
+                                let _ = ticket.wait(BATCH_DEADLINE);
+                            }
+                            Err(err)
+                        }
                     }
-                    Err(err)
+                }
+                _ => {
+                    let uploaded = write_then_upload();
+                    mark(HostMoment::AllWritten);
+                    uploaded
                 }
             }
         };
@@ -1339,11 +1313,10 @@ impl ForestLane {
         // The loop runs on a worker of the pool, so that each join below costs a push to its local queue
         // rather than a hand-off from an outside thread.
         let last = rayon::scope(|_| -> Result<Option<Ticket>, ForestError> {
-            let mut piece_lists = piece_lists.into_iter();
-            let mut uploaded = write_and_upload(0, transfer, piece_lists.next().unwrap_or_default())?;
+            let mut uploaded = write_and_upload(0, transfer, uploads.get_mut(0))?;
             let mut last: Option<Ticket> = None;
             for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
-                let next_upload = piece_lists.next().unwrap_or_default();
+                let next_upload = uploads.get_mut(index + 1);
                 let (submitted, next) = rayon::join(
                     || {
                         let submitted = match &uploaded {
@@ -1383,7 +1356,7 @@ impl ForestLane {
             Ok(last)
         })?;
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
-        writers::keep_awake(self.writers_awake());
+        pool::keep_awake(self.writers_awake());
         // After the last write only the last chunk's copy and kernel are left: poll rather than sleep.
         self.poll_finish = true;
         let result = self.finish(BATCH_DEADLINE)?;
@@ -1527,14 +1500,16 @@ mod tests {
     #[test]
     fn kernels_without_the_node_block_binding_keep_single_nodes() {
         // A kernel from before node blocks: single nodes unless blocks are asked for, which is refused.
-        assert!(!choose_node_blocks(None, false).unwrap());
-        assert!(!choose_node_blocks(Some(false), false).unwrap());
-        let refusal = choose_node_blocks(Some(true), false).unwrap_err();
-        assert!(matches!(refusal, ForestError::Unsupported(_)), "{refusal}");
-        assert!(refusal.to_string().contains("binding 7"), "{refusal}");
-        // Today's kernel: as asked, else the default.
-        assert!(choose_node_blocks(Some(true), true).unwrap());
-        assert!(!choose_node_blocks(Some(false), true).unwrap());
-        assert_eq!(choose_node_blocks(None, true).unwrap(), DEFAULT_NODE_BLOCKS);
+        for by_default in [false, true] {
+            assert!(!choose_node_blocks(None, false, by_default).unwrap());
+            assert!(!choose_node_blocks(Some(false), false, by_default).unwrap());
+            let refusal = choose_node_blocks(Some(true), false, by_default).unwrap_err();
+            assert!(matches!(refusal, ForestError::Unsupported(_)), "{refusal}");
+            assert!(refusal.to_string().contains("binding 7"), "{refusal}");
+            // Today's kernel: as asked, else the forest's default.
+            assert!(choose_node_blocks(Some(true), true, by_default).unwrap());
+            assert!(!choose_node_blocks(Some(false), true, by_default).unwrap());
+            assert_eq!(choose_node_blocks(None, true, by_default).unwrap(), by_default);
+        }
     }
 }

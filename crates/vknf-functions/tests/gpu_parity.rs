@@ -319,9 +319,8 @@ fn random_rows(forest: &GpuForest, bytes: usize) -> Rows {
 
 /// A batch of several MiB (large enough for the direct share) on the staged path with its own transfer
 /// stream: each chunk's first rows written by the host into device memory, the rest copied there on
-/// the transfer stream (in pieces, each submitted as soon as it is written) while the next chunk is
-/// written. Scores must be the CPU reference's bits for every share, chunk and piece count (a copy of
-/// the wrong range, a piece never copied, or a dispatch before its copy would not).
+/// the transfer stream while the next chunk is written. Scores must be the CPU reference's bits for
+/// every share and chunk count (a copy of the wrong range, or a dispatch before its copy, would not).
 #[test]
 fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     let gpu = gpu();
@@ -332,25 +331,21 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     // Other rows, written through the unsplit path first, so that a copy that misses rows leaves
     // stale values the kernel would read (a fresh lane's memory may still hold the previous lane's).
     let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
-    for (chunks, direct_share, transfer_stream, pieces) in [
-        (1usize, 0.0f32, true, 1usize),
-        (1, 0.4, true, 1),
-        (3, 0.0, true, 1),
-        (3, 0.4, true, 1),
-        (2, 1.0, true, 1),
-        (3, 0.4, false, 1),
-        (1, 0.5, true, 4),
-        (1, 0.0, true, 3),
-        (3, 0.0, true, 5),
-        (2, 0.4, true, 64),
-        (3, 0.4, false, 4),
+    for (chunks, direct_share, transfer_stream) in [
+        (1usize, 0.0f32, true),
+        (1, 0.4, true),
+        (3, 0.0, true),
+        (3, 0.4, true),
+        (2, 1.0, true),
+        (3, 0.4, false),
     ] {
+        // The pool kept awake between batches, as `ForestOptions::for_whole_batches` has it.
         let options = ForestOptions {
             input_path: Some(InputPath::Staged),
             direct_share: Some(direct_share),
             transfer_stream: Some(transfer_stream),
             small_batch_rows: Some(0),
-            upload_pieces: Some(pieces),
+            keep_writers_awake: Some(std::time::Duration::from_micros(500)),
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
@@ -367,7 +362,7 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
             assert_eq!(
                 prediction.n_rows, n_rows,
-                "{chunks} chunks, share {direct_share}, {pieces} pieces, round {round}"
+                "{chunks} chunks, share {direct_share}, round {round}"
             );
         }
     }
@@ -385,13 +380,10 @@ fn pipelined_batches_record_their_timeline_when_asked() {
     let forest = fixed_point_classifier();
     let rows = random_rows(&forest, 3 << 20);
     let n_rows = rows.n_rows;
-    // Each chunk's copy in three pieces: its copy's GPU moments span the first piece's start to the last
-    // piece's end.
     let options = ForestOptions {
         input_path: Some(InputPath::Staged),
         direct_share: Some(0.4),
         transfer_stream: Some(true),
-        upload_pieces: Some(3),
         ..ForestOptions::default()
     };
     let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();

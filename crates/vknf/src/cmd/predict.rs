@@ -48,9 +48,11 @@ pub struct PredictArgs {
     #[arg(long)]
     direct_input: bool,
     /// Walk the trees in node blocks (a node and both its children in one 32-byte load, two levels a
-    /// load) instead of one node a load. Opt-in until it is measured on GPUs (docs/forest-kernel.md).
-    #[arg(long)]
-    node_blocks: bool,
+    /// load: `--node-blocks` or `--node-blocks=true`) or one node a load (`--node-blocks=false`).
+    /// Default: blocks, but for forests of at least 64 trees and at most two outputs, whose kernel they
+    /// measured slower (docs/forest-kernel.md).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    node_blocks: Option<bool>,
 }
 
 /// Loads a model from `.onnx` or `.vkf`, with a progress bar for long loads.
@@ -111,7 +113,7 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
             } else {
                 None
             },
-            node_blocks: args.node_blocks.then_some(true),
+            node_blocks: args.node_blocks,
             ..ForestOptions::for_whole_batches()
         };
         let kernel = ForestKernel::new(&device, &forest, &options)?;
