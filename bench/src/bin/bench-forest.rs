@@ -115,6 +115,15 @@ fn parse_input_path(text: &str) -> Result<InputPath, String> {
     }
 }
 
+/// What every table times: the forest on the device, its rows and the CPU reference's labels.
+#[derive(Clone, Copy)]
+struct Workload<'a> {
+    device: &'a vknf_vulkan::Device,
+    forest: &'a GpuForest,
+    rows: &'a Rows,
+    reference: &'a [u32],
+}
+
 /// The fixed configuration vknf used for every forest before it chose by shape and batch: 24 rows x 32
 /// tree lanes, one node a load, one dispatch per batch (bench/RESULTS.md, W1 sweep).
 fn previous_default() -> ForestOptions {
@@ -372,27 +381,25 @@ fn main() -> anyhow::Result<()> {
             "label_mismatches_vs_cpu_reference": mismatches,
         }));
     }
-    let input_paths = input_path_table(
-        &device,
-        &forest,
-        &rows,
-        &reference.labels,
-        args.runs,
-        chosen,
-        &args.direct_shares,
-    )?;
+    let workload = Workload {
+        device: &device,
+        forest: &forest,
+        rows: &rows,
+        reference: &reference.labels,
+    };
+    let input_paths = input_path_table(workload, args.runs, chosen, &args.direct_shares)?;
     let writes = if args.awake_us.is_empty() && args.write_shares.is_empty() {
         Vec::new()
     } else {
-        writes_table(&device, &forest, &rows, &reference.labels, &args, chosen)?
+        writes_table(workload, &args, chosen)?
     };
     let timelines = if args.timeline {
-        timeline_table(&device, &forest, &rows, &reference.labels, &args, chosen)?
+        timeline_table(workload, &args, chosen)?
     } else {
         Vec::new()
     };
     let small_batches = if args.small_batches {
-        small_batch_table(&device, &forest, &rows, &reference.labels, args.runs, chosen)?
+        small_batch_table(workload, args.runs, chosen)?
     } else {
         Vec::new()
     };
@@ -427,13 +434,16 @@ fn main() -> anyhow::Result<()> {
 /// Latency of small batches (the server's one-row requests) with the chosen configuration, the
 /// previous fixed default, and the bulk and small-batch pipelines forced.
 fn small_batch_table(
-    device: &vknf_vulkan::Device,
-    forest: &GpuForest,
-    rows: &Rows,
-    reference: &[u32],
+    workload: Workload<'_>,
     runs: usize,
     chosen: ForestOptions,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Workload {
+        device,
+        forest,
+        rows,
+        reference,
+    } = workload;
     let nf = forest.n_features as usize;
     let mut table = Vec::new();
     let variants = [
@@ -534,14 +544,17 @@ fn one_dispatch_kernel(lane: &mut ForestLane, rows: &Rows, runs: usize) -> anyho
 /// command line fixes parts of it); the kernel's GPU time per path (the host-memory path's kernel pulls
 /// the rows over the bus); labels checked every time.
 fn input_path_table(
-    device: &vknf_vulkan::Device,
-    forest: &GpuForest,
-    rows: &Rows,
-    reference: &[u32],
+    workload: Workload<'_>,
     runs: usize,
     chosen: ForestOptions,
     direct_shares: &[f32],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Workload {
+        device,
+        forest,
+        rows,
+        reference,
+    } = workload;
     let mut table = Vec::new();
     println!("input paths (e2e median us by pipelined chunks; kernel us of one dispatch):");
     let variants = [(InputPath::Direct, None), (InputPath::HostMemory, None)]
@@ -617,13 +630,16 @@ fn input_path_table(
 /// End to end and the median per-dispatch timeline of the whole batch for each dispatch count
 /// asked for (`--timeline`), with the chosen configuration otherwise; labels checked every time.
 fn timeline_table(
-    device: &vknf_vulkan::Device,
-    forest: &GpuForest,
-    rows: &Rows,
-    reference: &[u32],
+    workload: Workload<'_>,
     args: &Args,
     chosen: ForestOptions,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Workload {
+        device,
+        forest,
+        rows,
+        reference,
+    } = workload;
     let chosen_chunks = ForestKernel::new(device, forest, &chosen)?.pipeline_chunks(rows.n_rows);
     let counts = if args.chunk_counts.is_empty() {
         vec![chosen_chunks]
@@ -686,14 +702,13 @@ fn timeline_table(
 /// End to end of the whole batch with the chosen configuration for each combination of direct share and
 /// keep-awake time asked for (`--write-shares`, `--awake-us`; each defaults to the chosen value),
 /// `--rounds` times, the combinations alternating within each round; labels checked every time.
-fn writes_table(
-    device: &vknf_vulkan::Device,
-    forest: &GpuForest,
-    rows: &Rows,
-    reference: &[u32],
-    args: &Args,
-    chosen: ForestOptions,
-) -> anyhow::Result<Vec<serde_json::Value>> {
+fn writes_table(workload: Workload<'_>, args: &Args, chosen: ForestOptions) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Workload {
+        device,
+        forest,
+        rows,
+        reference,
+    } = workload;
     let config = ForestKernel::new(device, forest, &chosen)?.config();
     let awake = match args.awake_us.is_empty() {
         true => vec![u64::from(config.writers_awake_us)],
