@@ -95,8 +95,8 @@ pub struct ForestOptions {
     /// the compute family, e.g. to exercise the transfer-queue path on a CPU driver.
     pub transfer_stream: Option<bool>,
     /// Walk node blocks ([`vknf_forest::NodeBlocks`]: a node and both its children in one 32-byte
-    /// sector, two levels a load) instead of one node a load. `None`: blocks where the kernel declares
-    /// their binding. `Some(true)` with a kernel that does not is an error.
+    /// sector, two levels a load) instead of one node a load. `None`: [`node_blocks_by_default`] where the
+    /// kernel declares their binding. `Some(true)` with a kernel that does not is an error.
     pub node_blocks: Option<bool>,
     /// After each whole batch's writes ([`ForestLane::predict`], [`ForestLane::run_pipelined`]), keep the
     /// thread pool's threads spinning for up to this long, or until the next batch starts, so that its
@@ -1495,6 +1495,15 @@ mod tests {
             let (least, most) = (groups.iter().min().unwrap(), groups.iter().max().unwrap());
             assert!(*least >= 1 && most - least <= 1, "equal within a workgroup: {case}");
         }
+    }
+
+    #[test]
+    fn forests_of_many_trees_and_few_outputs_take_their_own_shape_and_single_nodes() {
+        assert!(takes_few_outputs_shape(2, 300), "the wide binary forest");
+        assert!(takes_few_outputs_shape(1, FEW_OUTPUTS_MIN_TREES));
+        assert!(!takes_few_outputs_shape(198, 150), "W1");
+        assert!(!takes_few_outputs_shape(2, 10), "the tiny forest");
+        assert!(!takes_few_outputs_shape(3, 300));
     }
 
     #[test]
