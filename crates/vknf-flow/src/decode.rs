@@ -114,6 +114,19 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<TcpSegment<'_>, DropReason
     decode_with_etherparse(link, frame)
 }
 
+/// Decodes one frame and hands the segment to `then` by reference: [`decode`] for a caller that
+/// only looks at the segment. On the packet path this matters: a segment returned by value is
+/// built on the stack and then copied, in 8-byte words over fields written a byte or two at a time,
+/// and such a copy stalls (the loads cannot be forwarded from the pending stores); handed out
+/// where it was built, it is not copied.
+#[inline]
+pub fn decode_then<R>(link: LinkType, frame: &[u8], then: impl FnOnce(&TcpSegment<'_>) -> R) -> Result<R, DropReason> {
+    match fast_path(link, frame) {
+        Some(segment) => Ok(then(&segment)),
+        None => decode_with_etherparse(link, frame).map(|segment| then(&segment)),
+    }
+}
+
 const ETHER_IPV4: u16 = 0x0800;
 const ETHER_IPV6: u16 = 0x86dd;
 const ETHER_VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];

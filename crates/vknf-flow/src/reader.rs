@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::decode::{DropReason, decode};
+use crate::decode::{DropReason, decode_then};
 use crate::flow::{FlowConfig, FlowEvent, FlowTable};
 use crate::source::{PacketSource, SourceError};
 use crate::stats::Stats;
@@ -62,15 +62,16 @@ impl<S: PacketSource> Iterator for FlowReader<S> {
             }
             match self.source.next_packet() {
                 Ok(Some(packet)) => {
-                    let stats = self.table.stats_mut();
-                    stats.frames += 1;
-                    match packet
-                        .link
-                        .ok_or(DropReason::UnsupportedLink)
-                        .and_then(|link| decode(link, packet.data))
-                    {
-                        Ok(segment) => self.table.process(packet.ts_ns, &segment, &mut self.scratch),
-                        Err(reason) => stats.count_drop(reason),
+                    let table = &mut self.table;
+                    let scratch = &mut self.scratch;
+                    table.stats_mut().frames += 1;
+                    let processed = packet.link.ok_or(DropReason::UnsupportedLink).and_then(|link| {
+                        decode_then(link, packet.data, |segment| {
+                            table.process(packet.ts_ns, segment, scratch)
+                        })
+                    });
+                    if let Err(reason) = processed {
+                        table.stats_mut().count_drop(reason);
                     }
                     if !self.scratch.is_empty() {
                         self.pending.extend(self.scratch.drain(..));
