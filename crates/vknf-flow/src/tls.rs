@@ -44,10 +44,24 @@ pub struct RecordTracker {
     header: [u8; 5],
     have: usize,
     records: u64,
-    /// Body of the first record when it is a handshake record, while it is being read.
-    first_handshake: Option<Vec<u8>>,
-    /// Its complete body, once read, until taken.
-    done_handshake: Option<Vec<u8>>,
+    /// Where the first record's hello stands; its bytes are in `hello_buf`.
+    hello: Hello,
+    /// The first handshake message of the first record when that record is a handshake one:
+    /// collected while `hello` is [`Hello::Reading`], whole once [`Hello::Done`]. Otherwise empty,
+    /// possibly with capacity lent by [`RecordTracker::lend_buffer`] for that message.
+    hello_buf: Vec<u8>,
+}
+
+/// The first record's hello, as far as it was read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Hello {
+    /// Not being read (not started, not a handshake record, given up, or taken).
+    #[default]
+    Idle,
+    /// The first record is a handshake record and its body is being read.
+    Reading,
+    /// Its first message was read (the record ended), until taken.
+    Done,
 }
 
 impl RecordTracker {
@@ -68,8 +82,8 @@ impl RecordTracker {
                 }
                 State::Body { len, remaining } => {
                     let take = usize::from(remaining).min(data.len());
-                    if let Some(buf) = self.first_handshake.as_mut() {
-                        buf.extend_from_slice(&data[..take]);
+                    if self.hello == Hello::Reading {
+                        self.collect_hello(&data[..take], usize::from(remaining));
                     }
                     data = &data[take..];
                     // `take` <= `remaining` <= u16::MAX.
@@ -94,9 +108,9 @@ impl RecordTracker {
                     return;
                 }
                 State::Body { len, remaining } => {
-                    if self.first_handshake.is_some() {
+                    if self.hello == Hello::Reading {
                         // The hello cannot be parsed with a hole in it; framing goes on.
-                        self.first_handshake = None;
+                        self.hello = Hello::Idle;
                     }
                     let take = u64::from(remaining).min(n);
                     n -= take;
@@ -114,7 +128,9 @@ impl RecordTracker {
     pub fn stop(&mut self, why: Stop) {
         if !matches!(self.state, State::Stopped(_)) {
             self.state = State::Stopped(why);
-            self.first_handshake = None;
+            if self.hello == Hello::Reading {
+                self.hello = Hello::Idle;
+            }
         }
     }
 
@@ -136,9 +152,55 @@ impl RecordTracker {
         self.records
     }
 
-    /// The body of the direction's first handshake record, once, when it was read whole.
+    /// The first handshake message of the direction's first record (where the ClientHello or
+    /// ServerHello lives), once, when the record was read whole: the record's body up to the
+    /// end of its first message, which is all that the hello parsers read of it (a message
+    /// longer than the record is given as the whole body). Give the buffer back with
+    /// [`RecordTracker::lend_buffer`] or drop it.
     pub fn take_first_handshake(&mut self) -> Option<Vec<u8>> {
-        self.done_handshake.take()
+        if self.hello != Hello::Done {
+            return None;
+        }
+        self.hello = Hello::Idle;
+        Some(std::mem::take(&mut self.hello_buf))
+    }
+
+    /// True while the first record has not been framed and no buffer is held for its hello:
+    /// a buffer lent now ([`RecordTracker::lend_buffer`]) would be used for it.
+    pub fn wants_buffer(&self) -> bool {
+        self.records == 0 && self.hello_buf.capacity() == 0 && !matches!(self.state, State::Stopped(_))
+    }
+
+    /// Lends an empty buffer (its contents are cleared) to collect the first hello into, so
+    /// that a table reuses a few buffers instead of allocating one for each direction of each flow.
+    pub fn lend_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.hello == Hello::Idle {
+            buf.clear();
+            self.hello_buf = buf;
+        }
+    }
+
+    /// Appends record body bytes to the hello, up to the end of the record's first handshake
+    /// message (the 4-byte header's 24-bit length): the rest of the record (a TLS 1.2 server's
+    /// certificates, for one) is never copied. `record_left` is what the record still holds,
+    /// `data` included.
+    fn collect_hello(&mut self, mut data: &[u8], mut record_left: usize) {
+        while !data.is_empty() {
+            let buf = &self.hello_buf;
+            let wanted = match buf.get(1..4) {
+                Some(&[a, b, c]) => 4 + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c)),
+                _ => 4,
+            };
+            let Some(room) = wanted.checked_sub(buf.len()).filter(|&room| room > 0) else {
+                return;
+            };
+            // Room for the whole message at once, as far as the record can hold it.
+            self.hello_buf.reserve(room.min(record_left));
+            let n = room.min(data.len());
+            self.hello_buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            record_left -= n;
+        }
     }
 
     fn start_record(&mut self, on_record: &mut impl FnMut(u8, u16)) {
@@ -152,7 +214,8 @@ impl RecordTracker {
             return;
         }
         if self.records == 0 && content_type == 22 {
-            self.first_handshake = Some(Vec::with_capacity(usize::from(len)));
+            self.hello = Hello::Reading;
+            self.hello_buf.clear();
         }
         self.state = State::Body { len, remaining: len };
         if len == 0 {
@@ -163,8 +226,8 @@ impl RecordTracker {
     fn finish_record(&mut self, on_record: &mut impl FnMut(u8, u16)) {
         if let State::Body { len, .. } = self.state {
             self.records += 1;
-            if let Some(body) = self.first_handshake.take() {
-                self.done_handshake = Some(body);
+            if self.hello == Hello::Reading {
+                self.hello = Hello::Done;
             }
             self.state = State::Header;
             on_record(self.header[0], len);
@@ -382,6 +445,52 @@ mod tests {
         let mut data = (list.len() as u16).to_be_bytes().to_vec();
         data.extend(list);
         data
+    }
+
+    proptest! {
+        /// The first record's hello is its body up to the end of the first handshake message
+        /// (the whole body when the message is longer), however the stream is cut into
+        /// pieces, with or without a lent buffer; and a parser reading only the first message
+        /// answers on it what it answers on the whole body.
+        #[test]
+        fn first_hello_is_the_first_message(
+            message_len in 0usize..300,
+            record_extra in prop_oneof![Just(0usize), 1usize..400],
+            short_by in prop_oneof![Just(0usize), 1usize..50],
+            cuts in prop::collection::vec(1usize..120, 0..12),
+            lend in prop::option::of(0usize..600),
+        ) {
+            let mut message = vec![1u8];
+            message.extend(&(message_len as u32).to_be_bytes()[1..]);
+            message.extend((0..message_len).map(|i| i as u8));
+            let mut body = message.clone();
+            body.extend(std::iter::repeat_n(0xab, record_extra));
+            // A message longer than its record: the record ends `short_by` bytes early.
+            body.truncate(body.len().saturating_sub(short_by).max(1));
+            let mut stream = vec![22, 3, 3];
+            stream.extend((body.len() as u16).to_be_bytes());
+            stream.extend(&body);
+            stream.extend([23, 3, 3, 0, 1, 0]);
+            let mut tracker = RecordTracker::default();
+            if let Some(capacity) = lend {
+                prop_assert!(tracker.wants_buffer());
+                tracker.lend_buffer(vec![7u8; capacity]);
+            }
+            let mut records = Vec::new();
+            let mut rest = &stream[..];
+            for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+                let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+                tracker.push(piece, |kind, len| records.push((kind, len)));
+                rest = tail;
+            }
+            prop_assert_eq!(records, vec![(22, body.len() as u16), (23, 1)]);
+            let hello = tracker.take_first_handshake().unwrap();
+            let expected = &body[..body.len().min(message.len())];
+            prop_assert_eq!(&hello[..], expected);
+            prop_assert!(tracker.take_first_handshake().is_none());
+            prop_assert_eq!(parse_client_hello(&hello), parse_client_hello(&body));
+            prop_assert_eq!(parse_server_hello_version(&hello), parse_server_hello_version(&body));
+        }
     }
 
     proptest! {

@@ -241,7 +241,16 @@ pub struct FlowTable {
     buffered: usize,
     now: u64,
     stats: Stats,
+    /// Buffers of hellos already parsed, lent to the next streams that start one: a hello is
+    /// read within a packet or a few, so a few buffers serve every flow instead of two
+    /// allocations a flow.
+    spare_hellos: Vec<Vec<u8>>,
 }
+
+/// Spare hello buffers a table keeps, and the largest it keeps (a ClientHello with a
+/// post-quantum key share is under 2 KiB).
+const SPARE_HELLOS: usize = 32;
+const SPARE_HELLO_BYTES: usize = 4096;
 
 impl FlowTable {
     /// An empty table.
@@ -257,6 +266,7 @@ impl FlowTable {
             buffered: 0,
             now: 0,
             stats: Stats::default(),
+            spare_hellos: Vec::new(),
         }
     }
 
@@ -393,6 +403,12 @@ impl FlowTable {
             }
         };
         let stream = if from_client { &mut flow.c2s } else { &mut flow.s2c };
+        if !seg.payload.is_empty()
+            && stream.tracker.wants_buffer()
+            && let Some(buf) = self.spare_hellos.pop()
+        {
+            stream.tracker.lend_buffer(buf);
+        }
         let before = stream.pending_bytes();
         let outcome = stream.segment(
             seg.syn,
@@ -427,6 +443,9 @@ impl FlowTable {
                 }
             } else {
                 flow.tls_version = parse_server_hello_version(&body);
+            }
+            if self.spare_hellos.len() < SPARE_HELLOS && body.capacity() <= SPARE_HELLO_BYTES {
+                self.spare_hellos.push(body);
             }
         }
 
