@@ -373,7 +373,27 @@ pub fn parse_client_hello_with_tls_parser(body: &[u8]) -> Option<ClientHelloInfo
 }
 
 /// The TLS version a ServerHello selects (`supported_versions` for 1.3), as `"1.2"`, `"1.3"`, ...
+///
+/// A common hello (TLS 1.0 to 1.2 in its version field, extensions that `tls-parser` reads
+/// without fail) is read by a short reader; anything else goes to `tls-parser`, whose answer
+/// the short reader gives wherever it answers (a property test checks it).
 pub fn parse_server_hello_version(body: &[u8]) -> Option<String> {
+    let version = match server_hello_version_lean(body) {
+        Some(version) => version,
+        None => server_hello_version_with_tls_parser(body)?,
+    };
+    Some(match version {
+        0x0300 => "ssl3".to_string(),
+        0x0301 => "1.0".to_string(),
+        0x0302 => "1.1".to_string(),
+        0x0303 => "1.2".to_string(),
+        0x0304 => "1.3".to_string(),
+        other => format!("0x{other:04x}"),
+    })
+}
+
+/// The selected version by `tls-parser` alone (`None` when the body is not a ServerHello).
+fn server_hello_version_with_tls_parser(body: &[u8]) -> Option<u16> {
     let (_, message) = parse_tls_message_handshake(body).ok()?;
     let TlsMessage::Handshake(TlsMessageHandshake::ServerHello(hello)) = message else {
         return None;
@@ -390,11 +410,64 @@ pub fn parse_server_hello_version(body: &[u8]) -> Option<String> {
             }
         }
     }
-    Some(match version {
-        0x0300 => "ssl3".to_string(),
-        0x0301..=0x0304 => format!("1.{}", (version & 0xff) - 1),
-        other => format!("0x{other:04x}"),
-    })
+    Some(version)
+}
+
+/// The selected version of a well-formed ServerHello of version 1.0 to 1.2 whose extensions are
+/// all of kinds that `tls-parser` is known to read (so none of them stops its reading of the
+/// list early); `None` for anything else, left to `tls-parser`.
+fn server_hello_version_lean(body: &[u8]) -> Option<u16> {
+    let mut message = Fields(body);
+    if message.u8()? != 2 {
+        return None;
+    }
+    let len = message.take(3)?;
+    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
+    let mut hello = Fields(message.take(len)?);
+    let mut version = hello.u16()?;
+    if !(0x0301..=0x0303).contains(&version) {
+        return None;
+    }
+    hello.take(32)?; // random
+    let session_id = hello.vec8()?;
+    if session_id.len() > 32 {
+        return None;
+    }
+    hello.take(2 + 1)?; // cipher suite, compression method
+    // tls-parser reads the extension block only when it is all there, else it reads none.
+    let Some(block) = hello.vec16() else {
+        return Some(version);
+    };
+    let mut extensions = Fields(block);
+    while !extensions.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vec16()?;
+        let known_good = match kind {
+            // GREASE values, and kinds tls-parser does not know: kept as opaque.
+            _ if kind & 0x0f0f == 0x0a0a => true,
+            // supported_versions in a ServerHello: the one selected version.
+            43 if data.len() == 2 => {
+                version = u16::from_be_bytes([data[0], data[1]]);
+                true
+            }
+            // key_share, session_ticket: opaque to tls-parser.
+            51 | 35 => true,
+            // encrypt_then_mac, extended_master_secret: empty.
+            22 | 23 => data.is_empty(),
+            // ec_point_formats, renegotiation_info: one length-prefixed byte string.
+            11 | 0xff01 => data.first().is_some_and(|&n| usize::from(n) < data.len()),
+            // ALPN: a 16-bit length-prefixed list that fits.
+            16 => data.len() >= 2 && usize::from(u16::from_be_bytes([data[0], data[1]])) <= data.len() - 2,
+            // server_name in a ServerHello: empty.
+            0 => data.is_empty(),
+            1 | 5 | 10 | 13 | 15 | 18 | 21 | 28 | 40..=45 | 48 | 49 | 13172 | 0xffce => false,
+            _ => true,
+        };
+        if !known_good {
+            return None;
+        }
+    }
+    Some(version)
 }
 
 #[cfg(test)]
@@ -445,6 +518,65 @@ mod tests {
         let mut data = (list.len() as u16).to_be_bytes().to_vec();
         data.extend(list);
         data
+    }
+
+    /// A ServerHello handshake message: version, session id length, then `tail` (cipher
+    /// suite, compression and the extension block, or any bytes).
+    fn server_hello(version: u16, session_id: u8, tail: &[u8]) -> Vec<u8> {
+        let mut hello = version.to_be_bytes().to_vec();
+        hello.extend([9u8; 32]);
+        hello.push(session_id);
+        hello.extend(std::iter::repeat_n(5u8, usize::from(session_id)));
+        hello.extend(tail);
+        let mut message = vec![2];
+        message.extend(&(hello.len() as u32).to_be_bytes()[1..]);
+        message.extend(hello);
+        message
+    }
+
+    proptest! {
+        /// The short ServerHello reader answers what tls-parser answers, wherever it answers,
+        /// and the whole parse always does: on well-formed hellos with extensions of every kind
+        /// the short reader knows and some it leaves to tls-parser, cut anywhere or not.
+        #[test]
+        fn lean_server_hello_equals_tls_parser(
+            version in prop_oneof![Just(0x0303u16), Just(0x0301u16), Just(0x0300u16), Just(0x7f12u16), any::<u16>()],
+            session_id in prop_oneof![Just(32u8), Just(0u8), 0u8..40],
+            extensions in prop::collection::vec((
+                prop_oneof![Just(43u16), Just(51u16), Just(35u16), Just(22u16), Just(23u16), Just(11u16),
+                    Just(0xff01u16), Just(16u16), Just(0u16), Just(0x1a1au16), Just(5u16), Just(44u16), any::<u16>()],
+                prop_oneof![prop::collection::vec(any::<u8>(), 0..3), prop::collection::vec(any::<u8>(), 0..12)],
+            ), 0..5),
+            block_len_delta in prop_oneof![Just(0i32), -3i32..3],
+            cut in prop::option::of(0usize..160),
+            first_byte in prop_oneof![Just(2u8), any::<u8>()],
+        ) {
+            let mut block = Vec::new();
+            for (kind, data) in &extensions {
+                block.extend(kind.to_be_bytes());
+                block.extend((data.len() as u16).to_be_bytes());
+                block.extend(data);
+            }
+            let mut tail = vec![0x13, 0x01, 0];
+            let declared = (block.len() as i32 + block_len_delta).max(0) as u16;
+            tail.extend(declared.to_be_bytes());
+            tail.extend(block);
+            let mut body = server_hello(version, session_id, &tail);
+            body[0] = first_byte;
+            if let Some(cut) = cut {
+                body.truncate(cut);
+            }
+            let reference = server_hello_version_with_tls_parser(&body);
+            if let Some(lean) = server_hello_version_lean(&body) {
+                prop_assert_eq!(Some(lean), reference);
+            }
+            let text = |v: Option<u16>| v.map(|v| match v {
+                0x0300 => "ssl3".to_string(),
+                0x0301..=0x0304 => format!("1.{}", (v & 0xff) - 1),
+                other => format!("0x{other:04x}"),
+            });
+            prop_assert_eq!(parse_server_hello_version(&body), text(reference));
+        }
     }
 
     proptest! {
