@@ -50,9 +50,31 @@ pub struct RowScratch {
     bursts: Vec<f64>,
     chunks: Vec<f64>,
     rare: Vec<(u64, u32)>,
-    /// Run-length view of a sorted size list: (size, records of that size).
-    runs: Vec<(u32, u64)>,
+    /// Run-length views of the sorted size lists, server's and client's.
+    runs: Vec<Run>,
+    runs_client: Vec<Run>,
     pub(super) base: Vec<f64>,
+}
+
+/// Records of one size in a trace, with the size's place in the vocabulary.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    size: u32,
+    /// Records of this size in the trace.
+    len: u64,
+    /// The size's histogram bin and training count; `None` outside the vocabulary.
+    known: Option<(usize, u64)>,
+}
+
+/// The runs of equal sizes of a sorted list, each looked up in the vocabulary once (the
+/// distinct count, the rarest sizes and the histogram all read them).
+fn runs_into(sorted: &[u32], vocabulary: &SizeCounts, runs: &mut Vec<Run>) {
+    runs.clear();
+    runs.extend(sorted.chunk_by(|a, b| a == b).map(|run| Run {
+        size: run[0],
+        len: run.len() as u64,
+        known: vocabulary.find(run[0]),
+    }));
 }
 
 /// The base feature vector (all features, before selection) of a signed record sequence.
@@ -78,6 +100,7 @@ pub fn base_features_into(
         chunks,
         rare,
         runs,
+        runs_client,
         base: _,
     } = scratch;
     rec_serv.clear();
@@ -125,16 +148,18 @@ pub fn base_features_into(
     // Distinct sizes: each list sorted, then read as runs of equal sizes.
     rec_serv.sort_unstable();
     rec_cli.sort_unstable();
-    let distinct = |v: &[u32]| v.chunk_by(|a, b| a == b).count() as f64;
-    out.push(distinct(rec_serv));
-    out.push(distinct(rec_cli));
-    rarest_into(rec_serv, server, rare, out);
-    rarest_into(rec_cli, client, rare, out);
-    histogram_into(rec_serv, server, runs, out);
-    histogram_into(rec_cli, client, runs, out);
+    runs_into(rec_serv, server, runs);
+    runs_into(rec_cli, client, runs_client);
+    out.push(runs.len() as f64);
+    out.push(runs_client.len() as f64);
+    rarest_into(runs, rare, out);
+    rarest_into(runs_client, rare, out);
+    histogram_into(runs, server.len(), out);
+    histogram_into(runs_client, client.len(), out);
 }
 
-/// mean, max, min, population std, median; zeros for an empty list. Sorts `values`.
+/// mean, max, min, population std, median; zeros for an empty list. Reorders `values` (the
+/// sums are taken first, in the given order).
 fn five_stats(values: &mut [f64]) -> [f64; 5] {
     if values.is_empty() {
         return [0.0; 5];
@@ -144,24 +169,25 @@ fn five_stats(values: &mut [f64]) -> [f64; 5] {
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-    values.sort_by(f64::total_cmp);
+    // The median's one or two values by selection, not a sort: the element `mid` of the sorted
+    // order, and for an even count the largest of those before it (the sorted order's `mid - 1`).
     let mid = values.len() / 2;
-    let median = if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
+    let odd = values.len() % 2 == 1;
+    let (below, &mut upper, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    let median = match below.iter().copied().max_by(f64::total_cmp) {
+        Some(lower) if !odd => (lower + upper) / 2.0,
+        _ => upper,
     };
     [mean, max, min, var.sqrt(), median]
 }
 
-/// The trace's distinct sizes (`sorted`), rarest in training first (ties: smaller size first),
+/// The trace's distinct sizes (`runs`), rarest in training first (ties: smaller size first),
 /// padded to [`RARE_SIZES`].
-fn rarest_into(sorted: &[u32], vocabulary: &SizeCounts, sizes: &mut Vec<(u64, u32)>, out: &mut Vec<f64>) {
+fn rarest_into(runs: &[Run], sizes: &mut Vec<(u64, u32)>, out: &mut Vec<f64>) {
     sizes.clear();
     sizes.extend(
-        sorted
-            .chunk_by(|a, b| a == b)
-            .map(|run| (vocabulary.count(run[0]), run[0])),
+        runs.iter()
+            .map(|run| (run.known.map_or(0, |(_, count)| count), run.size)),
     );
     sizes.sort_unstable();
     let kept = sizes.len().min(RARE_SIZES);
@@ -169,18 +195,38 @@ fn rarest_into(sorted: &[u32], vocabulary: &SizeCounts, sizes: &mut Vec<(u64, u3
     out.extend(std::iter::repeat_n(0.0, RARE_SIZES - kept));
 }
 
-/// How many records of each vocabulary size the trace (`sorted`) has; sizes outside the
-/// vocabulary are not counted.
-fn histogram_into(sorted: &[u32], vocabulary: &SizeCounts, runs: &mut Vec<(u32, u64)>, out: &mut Vec<f64>) {
+/// How many records of each of the vocabulary's `bins` sizes the trace (`runs`) has; sizes
+/// outside the vocabulary are not counted.
+fn histogram_into(runs: &[Run], bins: usize, out: &mut Vec<f64>) {
     let start = out.len();
-    out.resize(start + vocabulary.len(), 0.0);
-    runs.clear();
-    runs.extend(sorted.chunk_by(|a, b| a == b).map(|run| (run[0], run.len() as u64)));
-    for &(size, count) in runs.iter() {
-        if let Some(index) = vocabulary.index(size) {
-            out[start + index] = count as f64;
+    out.resize(start + bins, 0.0);
+    for run in runs {
+        if let Some((index, _)) = run.known {
+            out[start + index] = run.len as f64;
         }
     }
+}
+
+/// [`five_stats`] as numpy computes it: sums in order, the median from the sorted list.
+#[cfg(test)]
+fn five_stats_reference(values: &[f64]) -> [f64; 5] {
+    if values.is_empty() {
+        return [0.0; 5];
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    };
+    [mean, max, min, var.sqrt(), median]
 }
 
 /// The original computation, kept to check the fast one against (it follows the Python line by line).
@@ -224,8 +270,8 @@ fn base_features_reference(records: &[i32], server: &SizeCounts, client: &SizeCo
     out.push(records.len() as f64);
     out.push(rec_cli.len() as f64);
     out.push((sum(&rec_cli) + sum(&rec_serv)) as f64);
-    out.extend(five_stats(&mut bursts.clone()));
-    out.extend(five_stats(&mut chunks.clone()));
+    out.extend(five_stats_reference(&bursts));
+    out.extend(five_stats_reference(&chunks));
     let set_serv: BTreeSet<u32> = rec_serv.iter().copied().collect();
     let set_cli: BTreeSet<u32> = rec_cli.iter().copied().collect();
     out.push(set_serv.len() as f64);

@@ -60,6 +60,13 @@ impl SizeCounts {
         self.0.binary_search_by_key(&size, |&(s, _)| s).ok()
     }
 
+    /// The position of `size` among the sizes and how often it was seen in training, `None`
+    /// when never: [`SizeCounts::index`] and [`SizeCounts::count`] with one search.
+    pub fn find(&self, size: u32) -> Option<(usize, u64)> {
+        let i = self.0.binary_search_by_key(&size, |&(s, _)| s).ok()?;
+        Some((i, self.0[i].1))
+    }
+
     /// How often `size` was seen in training (0 when never).
     pub fn count(&self, size: u32) -> u64 {
         self.0
