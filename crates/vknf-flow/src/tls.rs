@@ -382,14 +382,24 @@ pub fn parse_server_hello_version(body: &[u8]) -> Option<String> {
         Some(version) => version,
         None => server_hello_version_with_tls_parser(body)?,
     };
-    Some(match version {
+    Some(version_name(version))
+}
+
+/// [`parse_server_hello_version`] by `tls-parser` alone: the reference the short reader answers as
+/// (the `tls_hello` fuzz target checks them against each other).
+pub fn parse_server_hello_version_with_tls_parser(body: &[u8]) -> Option<String> {
+    server_hello_version_with_tls_parser(body).map(version_name)
+}
+
+fn version_name(version: u16) -> String {
+    match version {
         0x0300 => "ssl3".to_string(),
         0x0301 => "1.0".to_string(),
         0x0302 => "1.1".to_string(),
         0x0303 => "1.2".to_string(),
         0x0304 => "1.3".to_string(),
         other => format!("0x{other:04x}"),
-    })
+    }
 }
 
 /// The selected version by `tls-parser` alone (`None` when the body is not a ServerHello).
