@@ -148,10 +148,10 @@ pub const DEFAULT_DIRECT_SHARE: f32 = 0.5;
 
 /// Whether a kernel for `forest` walks node blocks by default ([`ForestOptions::node_blocks`]): yes, but
 /// for forests that take the few-outputs workgroup ([`FEW_OUTPUTS_TREE_LANES`]: at least 64 trees, at
-/// most two outputs). Measured on the H200 with both layouts in the same runs, blocks shortened W1a's
-/// kernel (61 -> 55 us, 10 us end to end), kept the deep forest's and the tiny one's (within 2-4 us of
-/// kernel, none end to end), and lengthened the wide binary forest's by half (614 -> 912 us), in every
-/// call since they exist (bench/RESULTS.md, "Node blocks against single nodes" and "The thread pool
+/// most two outputs). Measured on the H200 with both layouts in the same calls, blocks shortened W1a's
+/// kernel (61 -> 55 us; end to end 1-11 us in seven of eight runs), kept the deep forest's and the tiny
+/// one's (within 2-4 us of kernel, end to end within the spread), and lengthened the wide binary
+/// forest's by half (614 -> 912 us), in every call since they exist (bench/RESULTS.md, "Node blocks against single nodes" and "The thread pool
 /// kept awake").
 pub fn node_blocks_by_default(forest: &GpuForest) -> bool {
     !takes_few_outputs_shape(forest.n_outputs as usize, forest.n_trees as usize)

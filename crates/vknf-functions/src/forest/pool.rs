@@ -1,8 +1,9 @@
 //! The thread pool that writes whole batches' rows ([`super::ForestLane::predict`]), kept awake between
 //! batches where asked ([`super::ForestOptions::keep_writers_awake`]): once its threads sleep, waking
-//! them for the next batch's writes delays the writes, and on the H200's 16-core host whole batches
-//! sent back to back ran 10-25% faster end to end with the threads kept awake (bench/RESULTS.md,
-//! "The thread pool kept awake").
+//! them for the next batch's writes delays the writes (the first write started 12 us after the batch
+//! instead of 3-4), and on the H200's 16-core host whole batches sent back to back ran faster end to
+//! end with the threads kept awake in 25 of 27 paired runs (W1a by 4-5%, the deep forest by up to 13%;
+//! bench/RESULTS.md, "The thread pool kept awake").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
