@@ -227,20 +227,18 @@ fn main() -> anyhow::Result<()> {
 
     // The headline: `predict` with the configuration vknf chooses (shape and batch), against the
     // previous fixed default on the same rows.
+    let whole_batches = ForestOptions::for_whole_batches();
     let chosen = ForestOptions {
         input_path: args.input_path,
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
-        ..ForestOptions::for_whole_batches()
-    };
-    let chosen = ForestOptions {
-        direct_share: args.chosen_share.or(chosen.direct_share),
+        direct_share: args.chosen_share.or(whole_batches.direct_share),
         keep_writers_awake: args
             .writers_awake_us
             .map(std::time::Duration::from_micros)
-            .or(chosen.keep_writers_awake),
-        ..chosen
+            .or(whole_batches.keep_writers_awake),
+        ..whole_batches
     };
     // vknf's own kernel declares the node-block binding: the default applies as it is.
     let chosen_blocks = chosen
