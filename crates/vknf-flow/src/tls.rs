@@ -168,16 +168,30 @@ impl RecordTracker {
     /// True while the first record has not been framed and no buffer is held for its hello:
     /// a buffer lent now ([`RecordTracker::lend_buffer`]) would be used for it.
     pub fn wants_buffer(&self) -> bool {
-        self.records == 0 && self.hello_buf.capacity() == 0 && !matches!(self.state, State::Stopped(_))
+        self.records == 0
+            && self.hello_buf.capacity() == 0
+            && self.hello != Hello::Done
+            && !matches!(self.state, State::Stopped(_))
     }
 
     /// Lends an empty buffer (its contents are cleared) to collect the first hello into, so
     /// that a table reuses a few buffers instead of allocating one for each direction of each flow.
+    /// Taken where [`RecordTracker::wants_buffer`] holds; else dropped.
     pub fn lend_buffer(&mut self, mut buf: Vec<u8>) {
-        if self.hello == Hello::Idle {
+        if self.hello_buf.capacity() == 0 && self.hello != Hello::Done {
             buf.clear();
             self.hello_buf = buf;
         }
+    }
+
+    /// The lent buffer back, once no hello will be read into it: framing stopped, or the first
+    /// record was framed without a whole hello (not a handshake record, or a hole in it). A table
+    /// puts it back among its spares, so that streams that never carry a hello (flows picked up
+    /// mid-stream, non-TLS traffic) do not each hold one.
+    pub fn unused_buffer(&mut self) -> Option<Vec<u8>> {
+        let over = self.records > 0 || matches!(self.state, State::Stopped(_));
+        (self.hello == Hello::Idle && over && self.hello_buf.capacity() > 0)
+            .then(|| std::mem::take(&mut self.hello_buf))
     }
 
     /// Appends record body bytes to the hello, up to the end of the record's first handshake
@@ -587,6 +601,47 @@ mod tests {
             });
             prop_assert_eq!(parse_server_hello_version(&body), text(reference));
         }
+    }
+
+    /// A lent buffer comes back (for a table's spares) from streams that never read a hello into it:
+    /// non-TLS bytes, a first record that is not a handshake one, a hole in the hello; and not from
+    /// one still reading it.
+    #[test]
+    fn buffers_lent_to_streams_without_a_hello_come_back() {
+        let lent = || vec![0u8; 1024];
+        let cases: [(&str, &[u8]); 3] = [
+            ("not TLS", b"GET / HTTP/1.1\r\n"),
+            ("application data first", &[23, 3, 3, 0, 2, 9, 9]),
+            ("a ChangeCipherSpec first", &[20, 3, 3, 0, 1, 1]),
+        ];
+        for (what, bytes) in cases {
+            let mut tracker = RecordTracker::default();
+            assert!(tracker.wants_buffer(), "{what}");
+            tracker.lend_buffer(lent());
+            tracker.push(bytes, |_, _| {});
+            let back = tracker.unused_buffer().unwrap_or_else(|| panic!("{what}: kept"));
+            assert_eq!(back.capacity(), 1024, "{what}");
+            assert!(tracker.unused_buffer().is_none(), "{what}: twice");
+            assert!(!tracker.wants_buffer(), "{what}");
+        }
+        // A hole in the hello: its record is framed without it, and the buffer comes back.
+        let mut tracker = RecordTracker::default();
+        tracker.lend_buffer(lent());
+        tracker.push(&[22, 3, 3, 0, 8, 1, 0, 0], |_, _| {});
+        assert!(tracker.unused_buffer().is_none(), "still reading the hello");
+        tracker.skip(5, |_, _| {});
+        assert_eq!(tracker.records(), 1);
+        assert!(tracker.take_first_handshake().is_none());
+        assert!(tracker.unused_buffer().is_some());
+        // A buffer lent once the hello's header is read, before any of its body, is used.
+        let mut tracker = RecordTracker::default();
+        tracker.push(&[22, 3, 3, 0, 6], |_, _| {});
+        assert!(tracker.wants_buffer());
+        tracker.lend_buffer(lent());
+        tracker.push(&[2, 0, 0, 2, 3, 3], |_, _| {});
+        let hello = tracker.take_first_handshake().expect("the hello");
+        assert_eq!(hello, [2, 0, 0, 2, 3, 3]);
+        assert_eq!(hello.capacity(), 1024);
     }
 
     proptest! {

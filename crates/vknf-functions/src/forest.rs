@@ -98,11 +98,13 @@ pub struct ForestOptions {
     /// sector, two levels a load) instead of one node a load. `None`: [`node_blocks_by_default`] where the
     /// kernel declares their binding. `Some(true)` with a kernel that does not is an error.
     pub node_blocks: Option<bool>,
-    /// After each whole batch's writes ([`ForestLane::predict`], [`ForestLane::run_pipelined`]), keep the
-    /// thread pool's threads spinning for up to this long, or until the next batch starts, so that its
-    /// writes start without waking them: for callers sending whole batches back to back (it costs up to
-    /// that much CPU time on every thread of the pool per batch). `None` or zero: they sleep as the pool
-    /// has them; [`ForestOptions::for_whole_batches`] takes [`WHOLE_BATCH_WRITERS_AWAKE`].
+    /// After each whole batch's writes by the thread pool ([`ForestLane::predict`],
+    /// [`ForestLane::run_pipelined`]: split batches, and unsplit ones of at least 1 MiB), keep the pool's
+    /// threads spinning for up to this long, or until the next batch starts, so that its writes start
+    /// without waking them: for callers sending whole batches back to back (it costs up to that much CPU
+    /// time on every thread of the pool per batch; not while another lane's batch is being written).
+    /// `None` or zero: they sleep as the pool has them; [`ForestOptions::for_whole_batches`] takes
+    /// [`WHOLE_BATCH_WRITERS_AWAKE`]. Measured on the H200's host only, not with CPU devices.
     pub keep_writers_awake: Option<Duration>,
 }
 
@@ -151,8 +153,9 @@ pub const DEFAULT_DIRECT_SHARE: f32 = 0.5;
 /// most two outputs). Measured on the H200 with both layouts in the same calls, blocks shortened W1a's
 /// kernel (61 -> 55 us; end to end 1-11 us in seven of eight runs), kept the deep forest's and the tiny
 /// one's (within 2-4 us of kernel, end to end within the spread), and lengthened the wide binary
-/// forest's by half (614 -> 912 us), in every call since they exist (bench/RESULTS.md, "Node blocks against single nodes" and "The thread pool
-/// kept awake").
+/// forest's by half (614 -> 912 us), in every call since they exist (bench/RESULTS.md, "Node blocks
+/// against single nodes" and "The thread pool kept awake"). Served functions take it too: one-row and
+/// small-batch latency with blocks was not measured apart.
 pub fn node_blocks_by_default(forest: &GpuForest) -> bool {
     !takes_few_outputs_shape(forest.n_outputs as usize, forest.n_trees as usize)
 }
@@ -1229,9 +1232,11 @@ impl ForestLane {
             }
             let on_device = self.direct_target();
             self.check_fits(0, rows)?;
-            pool::batch_starts();
+            let writing = pool::batch_starts();
             copy_rows(on_device.as_ref().unwrap_or(&self.input), 0, rows)?;
             self.submit_batch(n_rows, want_scores, on_device.is_some())?;
+            drop(writing);
+            // Smaller batches are written by the calling thread alone.
             if rows.len() * 4 >= PARALLEL_COPY_BYTES {
                 pool::keep_awake(self.writers_awake());
             }
@@ -1258,7 +1263,7 @@ impl ForestLane {
         let direct = self.device_input.clone().filter(|_| share.is_some());
         let compute = &mut self.compute;
         let transfer = &mut self.transfer;
-        pool::batch_starts();
+        let writing = pool::batch_starts();
         let lists = &mut self.chunk_lists;
         let uploads = &mut self.chunk_uploads;
         // A chunk's rows: its direct share written into device memory while the rest goes to the pinned
@@ -1356,6 +1361,7 @@ impl ForestLane {
             Ok(last)
         })?;
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
+        drop(writing);
         pool::keep_awake(self.writers_awake());
         // After the last write only the last chunk's copy and kernel are left: poll rather than sleep.
         self.poll_finish = true;

@@ -369,6 +369,43 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     gpu.assert_no_validation_errors();
 }
 
+/// Without a layout asked for, a kernel walks node blocks as `node_blocks_by_default` says for its
+/// forest: blocks for the classifier fixture (12 trees, 5 classes), single nodes for its trees
+/// repeated to 64 with two outputs (the few-outputs workgroup); as asked otherwise.
+#[test]
+fn kernels_take_the_node_layout_their_forest_calls_for() {
+    let gpu = gpu();
+    let forest = fixed_point_classifier();
+    assert!(forest.n_trees < 64, "the fixture has {} trees", forest.n_trees);
+    assert!(vknf_functions::forest::node_blocks_by_default(&forest));
+    let layout = |options: ForestOptions, forest: &GpuForest| {
+        ForestKernel::new(&gpu.device, forest, &options)
+            .unwrap()
+            .config()
+            .node_blocks
+    };
+    assert!(layout(ForestOptions::default(), &forest));
+    let single = ForestOptions {
+        node_blocks: Some(false),
+        ..ForestOptions::default()
+    };
+    assert!(!layout(single, &forest));
+    // The fixture's trees repeated to 64, its leaves' weights all on two outputs.
+    let mut many = forest.clone();
+    many.n_trees = 64;
+    many.tree_roots = (0..64)
+        .map(|t| forest.tree_roots[t % forest.tree_roots.len()])
+        .collect();
+    many.n_outputs = 2;
+    many.base_values.truncate(0);
+    for pair in many.leaf_entries.chunks_mut(2) {
+        pair[0] %= 2;
+    }
+    assert!(!vknf_functions::forest::node_blocks_by_default(&many));
+    assert!(!layout(ForestOptions::default(), &many));
+    gpu.assert_no_validation_errors();
+}
+
 /// A pipelined batch's timeline, where the lane records one: a dispatch per chunk, the chunks' rows adding
 /// up to the batch, host moments in the order the lane goes through them, and on the GPU each chunk's copy
 /// before its dispatch (the dispatch waits for the copy's semaphore; compared across the two streams only

@@ -105,6 +105,12 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
         &predict(&["--cpu", "--proba"]),
         "served scores vs the CPU reference",
     );
+    // The other node layout than the default (blocks, for this forest), both ways of asking.
+    same_lines(
+        &served_scores,
+        &predict(&["--node-blocks=false", "--proba"]),
+        "served scores vs the GPU in process walking single nodes",
+    );
     same_lines(
         &served_scores,
         &predict(&["--node-blocks", "--proba"]),

@@ -247,10 +247,18 @@ pub struct FlowTable {
     spare_hellos: Vec<Vec<u8>>,
 }
 
-/// Spare hello buffers a table keeps, and the largest it keeps (a ClientHello with a
-/// post-quantum key share is under 2 KiB).
+/// Spare hello buffers a table keeps.
 const SPARE_HELLOS: usize = 32;
+/// The largest spare hello buffer a table keeps (a ClientHello with a post-quantum key share is
+/// under 2 KiB).
 const SPARE_HELLO_BYTES: usize = 4096;
+
+/// Keeps a hello buffer among a table's `spares` where there is room and it is not too large.
+fn keep_spare_hello(spares: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
+    if spares.len() < SPARE_HELLOS && buf.capacity() <= SPARE_HELLO_BYTES {
+        spares.push(buf);
+    }
+}
 
 impl FlowTable {
     /// An empty table.
@@ -444,9 +452,10 @@ impl FlowTable {
             } else {
                 flow.tls_version = parse_server_hello_version(&body);
             }
-            if self.spare_hellos.len() < SPARE_HELLOS && body.capacity() <= SPARE_HELLO_BYTES {
-                self.spare_hellos.push(body);
-            }
+            keep_spare_hello(&mut self.spare_hellos, body);
+        }
+        if let Some(buf) = stream.tracker.unused_buffer() {
+            keep_spare_hello(&mut self.spare_hellos, buf);
         }
 
         if let Some(n) = self.config.early_records

@@ -2,37 +2,57 @@
 //! batches where asked ([`super::ForestOptions::keep_writers_awake`]): once its threads sleep, waking
 //! them for the next batch's writes delays the writes (the first write started 12 us after the batch
 //! instead of 3-4), and on the H200's 16-core host whole batches sent back to back ran faster end to
-//! end with the threads kept awake in 25 of 27 paired runs (W1a by 4-5%, the deep forest by up to 13%;
-//! bench/RESULTS.md, "The thread pool kept awake").
+//! end with the threads kept awake: at the default direct share W1a by 4-5%, the deep forest by up to
+//! 13%, the wide forest by up to 6%, and in 25 of 27 paired runs over shares 0.4-0.6 (bench/RESULTS.md,
+//! "The thread pool kept awake").
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bumped as each whole batch starts ([`batch_starts`]), so that threads kept awake ([`keep_awake`])
 /// return to the pool.
 static BATCH_EPOCH: AtomicU64 = AtomicU64::new(0);
 
+/// Whole batches whose rows are being written (by any lane of the process): while one is, no threads
+/// are kept awake, since spinning threads would take the pool from its writes.
+static WRITING: AtomicUsize = AtomicUsize::new(0);
+
+/// A whole batch's writes under way, from [`batch_starts`] until dropped.
+pub(super) struct Writing(());
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Marks a whole batch's writes as under way and returns threads kept awake ([`keep_awake`]) to the
+/// pool: called by the thread handing a batch to the pool before it does (the batch's own work would
+/// otherwise wait for the spinning threads). Drop the guard once the batch's rows are written.
+pub(super) fn batch_starts() -> Writing {
+    WRITING.fetch_add(1, Ordering::SeqCst);
+    BATCH_EPOCH.fetch_add(1, Ordering::SeqCst);
+    Writing(())
+}
+
 /// Keeps the pool's threads from sleeping for up to `awake` or until the next batch starts
-/// ([`batch_starts`]), whichever comes first. They spin, so this spends up to `awake` of CPU time on every
-/// thread of the pool after each batch, and work other than a batch handed to the pool meanwhile waits
-/// up to `awake`: for callers sending whole batches back to back. Nothing is spawned for a zero `awake`.
+/// ([`batch_starts`]), whichever comes first; nothing while another batch is being written (another
+/// lane's, in another thread), or for a zero `awake`. They spin, so this spends up to `awake` of CPU
+/// time on every thread of the pool after each batch, and work other than a batch handed to the pool
+/// meanwhile waits up to `awake`: for callers sending whole batches back to back.
 pub(super) fn keep_awake(awake: Duration) {
-    if awake.is_zero() {
+    // The epoch is read before the count: a batch starting in between bumps the epoch the spinning
+    // threads watch, one starting before is counted.
+    let epoch = BATCH_EPOCH.load(Ordering::SeqCst);
+    if awake.is_zero() || WRITING.load(Ordering::SeqCst) > 0 {
         return;
     }
-    let epoch = BATCH_EPOCH.load(Ordering::Relaxed);
     let since = Instant::now();
     rayon::spawn_broadcast(move |_| {
         while BATCH_EPOCH.load(Ordering::Relaxed) == epoch && since.elapsed() < awake {
             std::hint::spin_loop();
         }
     });
-}
-
-/// Returns threads kept awake ([`keep_awake`]) to the pool: called by the thread handing a batch to the
-/// pool before it does (the batch's own work would otherwise wait for the spinning threads).
-pub(super) fn batch_starts() {
-    BATCH_EPOCH.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -44,7 +64,7 @@ mod tests {
     #[test]
     fn threads_kept_awake_return_to_the_pool_when_a_batch_starts() {
         keep_awake(Duration::from_secs(60));
-        batch_starts();
+        drop(batch_starts());
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let threads = rayon::broadcast(|context| context.index()).len();
@@ -54,5 +74,23 @@ mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("the pool's threads still spin after the batch started");
         assert_eq!(threads, rayon::current_num_threads());
+    }
+
+    /// While another batch is being written, no threads are kept awake: they would take the pool from
+    /// its writes (the broadcast below would wait a minute for them, and the test fail first).
+    #[test]
+    fn no_threads_are_kept_awake_while_another_batch_is_written() {
+        let writing = batch_starts();
+        keep_awake(Duration::from_secs(60));
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let threads = rayon::broadcast(|context| context.index()).len();
+            let _ = done.send(threads);
+        });
+        let threads = finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("threads were kept awake while a batch was written");
+        assert_eq!(threads, rayon::current_num_threads());
+        drop(writing);
     }
 }
