@@ -62,6 +62,9 @@ enum Hello {
     Reading,
     /// Its first message was read (the record ended), until taken.
     Done,
+    /// No hello will be read (framing stopped, or the first record ended without a whole hello:
+    /// not a handshake record, or a hole in it), and a lent buffer is held, until taken back.
+    Unused,
 }
 
 impl RecordTracker {
@@ -128,9 +131,17 @@ impl RecordTracker {
     pub fn stop(&mut self, why: Stop) {
         if !matches!(self.state, State::Stopped(_)) {
             self.state = State::Stopped(why);
-            if self.hello == Hello::Reading {
-                self.hello = Hello::Idle;
+            if matches!(self.hello, Hello::Reading | Hello::Idle) {
+                self.hello = self.no_hello();
             }
+        }
+    }
+
+    /// Where the hello stands once none will be read: a lent buffer is to be taken back.
+    fn no_hello(&self) -> Hello {
+        match self.hello_buf.capacity() {
+            0 => Hello::Idle,
+            _ => Hello::Unused,
         }
     }
 
@@ -170,7 +181,7 @@ impl RecordTracker {
     pub fn wants_buffer(&self) -> bool {
         self.records == 0
             && self.hello_buf.capacity() == 0
-            && self.hello != Hello::Done
+            && matches!(self.hello, Hello::Idle | Hello::Reading)
             && !matches!(self.state, State::Stopped(_))
     }
 
@@ -178,7 +189,7 @@ impl RecordTracker {
     /// that a table reuses a few buffers instead of allocating one for each direction of each flow.
     /// Taken where [`RecordTracker::wants_buffer`] holds; else dropped.
     pub fn lend_buffer(&mut self, mut buf: Vec<u8>) {
-        if self.hello_buf.capacity() == 0 && self.hello != Hello::Done {
+        if self.wants_buffer() {
             buf.clear();
             self.hello_buf = buf;
         }
@@ -189,9 +200,11 @@ impl RecordTracker {
     /// puts it back among its spares, so that streams that never carry a hello (flows picked up
     /// mid-stream, non-TLS traffic) do not each hold one.
     pub fn unused_buffer(&mut self) -> Option<Vec<u8>> {
-        let over = self.records > 0 || matches!(self.state, State::Stopped(_));
-        (self.hello == Hello::Idle && over && self.hello_buf.capacity() > 0)
-            .then(|| std::mem::take(&mut self.hello_buf))
+        if self.hello != Hello::Unused {
+            return None;
+        }
+        self.hello = Hello::Idle;
+        Some(std::mem::take(&mut self.hello_buf))
     }
 
     /// Appends record body bytes to the hello, up to the end of the record's first handshake
@@ -242,6 +255,8 @@ impl RecordTracker {
             self.records += 1;
             if self.hello == Hello::Reading {
                 self.hello = Hello::Done;
+            } else if self.records == 1 && self.hello == Hello::Idle {
+                self.hello = self.no_hello();
             }
             self.state = State::Header;
             on_record(self.header[0], len);
