@@ -164,11 +164,7 @@ fn five_stats(values: &mut [f64]) -> [f64; 5] {
     if values.is_empty() {
         return [0.0; 5];
     }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let [mean, max, min, std] = four_stats(values);
     // The median's one or two values by selection, not a sort: the element `mid` of the sorted
     // order, and for an even count the largest of those before it (the sorted order's `mid - 1`).
     let mid = values.len() / 2;
@@ -178,7 +174,17 @@ fn five_stats(values: &mut [f64]) -> [f64; 5] {
         Some(lower) if !odd => (lower + upper) / 2.0,
         _ => upper,
     };
-    [mean, max, min, var.sqrt(), median]
+    [mean, max, min, std, median]
+}
+
+/// mean, max, min and population std of a non-empty list, the sums taken in its order.
+fn four_stats(values: &[f64]) -> [f64; 4] {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    [mean, max, min, var.sqrt()]
 }
 
 /// The trace's distinct sizes (`runs`), rarest in training first (ties: smaller size first),
@@ -207,17 +213,13 @@ fn histogram_into(runs: &[Run], bins: usize, out: &mut Vec<f64>) {
     }
 }
 
-/// [`five_stats`] as numpy computes it: sums in order, the median from the sorted list.
+/// [`five_stats`] with the median from the sorted list, as numpy computes it.
 #[cfg(test)]
 fn five_stats_reference(values: &[f64]) -> [f64; 5] {
     if values.is_empty() {
         return [0.0; 5];
     }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let [mean, max, min, std] = four_stats(values);
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
@@ -226,7 +228,7 @@ fn five_stats_reference(values: &[f64]) -> [f64; 5] {
     } else {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     };
-    [mean, max, min, var.sqrt(), median]
+    [mean, max, min, std, median]
 }
 
 /// The original computation, kept to check the fast one against (it follows the Python line by line).
