@@ -214,10 +214,7 @@ impl RecordTracker {
     fn collect_hello(&mut self, mut data: &[u8], mut record_left: usize) {
         while !data.is_empty() {
             let buf = &self.hello_buf;
-            let wanted = match buf.get(1..4) {
-                Some(&[a, b, c]) => 4 + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c)),
-                _ => 4,
-            };
+            let wanted = buf.get(1..4).map_or(4, |len| 4 + u24(len));
             let Some(room) = wanted.checked_sub(buf.len()).filter(|&room| room > 0) else {
                 return;
             };
@@ -285,6 +282,11 @@ pub fn parse_client_hello(body: &[u8]) -> Option<ClientHelloInfo> {
     client_hello_lean(body).or_else(|| parse_client_hello_with_tls_parser(body))
 }
 
+/// A big-endian 24-bit length (a handshake message's), from its three bytes.
+fn u24(bytes: &[u8]) -> usize {
+    bytes.iter().fold(0, |len, &b| len << 8 | usize::from(b))
+}
+
 /// Big-endian fields of a TLS structure, each read only when it is all there.
 struct Fields<'a>(&'a [u8]);
 
@@ -312,6 +314,10 @@ impl<'a> Fields<'a> {
         let n = self.u16()?;
         self.take(usize::from(n))
     }
+    fn vec24(&mut self) -> Option<&'a [u8]> {
+        let n = u24(self.take(3)?);
+        self.take(n)
+    }
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -320,9 +326,7 @@ impl<'a> Fields<'a> {
 fn client_hello_lean(body: &[u8]) -> Option<ClientHelloInfo> {
     let mut message = Fields(body);
     message.u8()?;
-    let len = message.take(3)?;
-    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
-    let mut hello = Fields(message.take(len)?);
+    let mut hello = Fields(message.vec24()?);
     hello.take(2 + 32)?; // version, random
     hello.vec8()?; // session id
     hello.vec16()?; // cipher suites
@@ -460,9 +464,7 @@ fn server_hello_version_lean(body: &[u8]) -> Option<u16> {
     if message.u8()? != 2 {
         return None;
     }
-    let len = message.take(3)?;
-    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
-    let mut hello = Fields(message.take(len)?);
+    let mut hello = Fields(message.vec24()?);
     let mut version = hello.u16()?;
     if !(0x0301..=0x0303).contains(&version) {
         return None;

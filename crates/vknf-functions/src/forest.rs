@@ -649,6 +649,12 @@ const TRANSFER_QUEUE_BYTES: u64 = 1 << 20;
 
 /// Inputs at least this large are copied into staging memory by several threads.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
+/// Whether [`copy_rows`] hands a copy of `values` floats to the thread pool rather than doing it on the
+/// calling thread.
+fn copied_by_pool(values: usize) -> bool {
+    values * 4 >= PARALLEL_COPY_BYTES
+}
 /// Most threads writing rows into device-local memory at once (through the BAR on a discrete GPU; on a
 /// device whose memory is all host memory, e.g. lavapipe, every copy): on the H200 such writes peaked at
 /// 4 threads, 25.7 GB/s for W1a's 6.9 MB, and fell to 20 GB/s with 16; for 32 MB, 16 threads gained
@@ -671,7 +677,7 @@ fn copy_rows(buffer: &Buffer, offset: usize, rows: &[f32]) -> Result<(), ForestE
             buffer.name()
         ))
     })?;
-    if rows.len() * 4 < PARALLEL_COPY_BYTES {
+    if !copied_by_pool(rows.len()) {
         copy_streaming(bytemuck::cast_slice_mut(target), bytemuck::cast_slice(rows));
         return Ok(());
     }
@@ -1236,8 +1242,7 @@ impl ForestLane {
             copy_rows(on_device.as_ref().unwrap_or(&self.input), 0, rows)?;
             self.submit_batch(n_rows, want_scores, on_device.is_some())?;
             drop(writing);
-            // Smaller batches are written by the calling thread alone.
-            if rows.len() * 4 >= PARALLEL_COPY_BYTES {
+            if copied_by_pool(rows.len()) {
                 pool::keep_awake(self.writers_awake());
             }
             self.poll_finish = true;

@@ -119,13 +119,13 @@ impl Device {
                 reason: "timeline semaphores".into(),
             });
         }
+        let host_query_reset = vk12.host_query_reset == vk::TRUE;
         let mut enabled12 = vk::PhysicalDeviceVulkan12Features::default()
             .timeline_semaphore(true)
             .shader_int8(vk12.shader_int8 == vk::TRUE)
             .storage_buffer8_bit_access(vk12.storage_buffer8_bit_access == vk::TRUE)
             .uniform_and_storage_buffer8_bit_access(vk12.uniform_and_storage_buffer8_bit_access == vk::TRUE)
-            .host_query_reset(vk12.host_query_reset == vk::TRUE);
-        let host_query_reset = vk12.host_query_reset == vk::TRUE;
+            .host_query_reset(host_query_reset);
         let mut extension_names = Vec::new();
         // MoltenVK requires portability-subset to be enabled when it is offered.
         // SAFETY: `physical` belongs to this instance.

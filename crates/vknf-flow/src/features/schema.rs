@@ -57,7 +57,7 @@ impl SizeCounts {
 
     /// The position of `size` among the sizes (its histogram bin), `None` when never seen.
     pub fn index(&self, size: u32) -> Option<usize> {
-        self.0.binary_search_by_key(&size, |&(s, _)| s).ok()
+        self.find(size).map(|(index, _)| index)
     }
 
     /// The position of `size` among the sizes and how often it was seen in training, `None`
@@ -69,9 +69,7 @@ impl SizeCounts {
 
     /// How often `size` was seen in training (0 when never).
     pub fn count(&self, size: u32) -> u64 {
-        self.0
-            .binary_search_by_key(&size, |&(s, _)| s)
-            .map_or(0, |i| self.0[i].1)
+        self.find(size).map_or(0, |(_, count)| count)
     }
 
     /// Sizes and counts, by size.
