@@ -1,6 +1,7 @@
 //! A logical device: its queues (a dedicated compute family and a transfer-only family where the
 //! hardware has them), its memory allocator and its on-disk pipeline cache.
 
+pub(crate) mod clock;
 pub(crate) mod queues;
 
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub(crate) struct DeviceShared {
     /// `hostQueryReset` is enabled: timestamp slots can be reset by the host (a transfer queue cannot
     /// reset them itself).
     pub(crate) host_query_reset: bool,
+    /// The calibrated-timestamp entry point, where the device offers one ([`Device::read_clocks`]).
+    pub(crate) calibration: Option<clock::Calibration>,
 }
 
 /// How many queues of one family the runtime opens at most.
@@ -137,6 +140,11 @@ impl Device {
         }) {
             extension_names.push(ash::khr::portability_subset::NAME.as_ptr());
         }
+        // For placing GPU timestamps on the host's clock (timelines); enabled wherever offered.
+        let calibration_extension = clock::Calibration::extension(&extensions);
+        if let Some(name) = calibration_extension {
+            extension_names.push(name.as_ptr());
+        }
         let create_info = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queue_infos)
             .enabled_extension_names(&extension_names)
@@ -153,6 +161,7 @@ impl Device {
             next: AtomicUsize::new(0),
             owners: Mutex::new(vec![0; count.min(MAX_QUEUES_PER_FAMILY) as usize]),
         };
+        let calibration = calibration_extension.map(|name| clock::Calibration::load(raw_instance, &raw, name));
         let compute = open_family(compute_family.index, compute_family.count);
         let transfer = transfer_family.map(|f| open_family(f.index, f.count));
 
@@ -190,6 +199,7 @@ impl Device {
                 pipeline_cache,
                 spirv_env,
                 host_query_reset,
+                calibration,
             }),
             lease: None,
         })

@@ -349,3 +349,55 @@ fn timestamps_are_not_reset_on_the_host_while_a_list_writes_them() {
     assert!(ns[0] <= ns[1], "{ns:?}");
     stamps.reset_on_host().unwrap();
 }
+
+/// Where the device reads its clock beside the host's, GPU timestamps placed on the host's clock fall
+/// within what the host saw: a list's timestamps after the host submitted it and before the host saw
+/// it finish (within the reading's uncertainty), and two readings agree on the clocks' offset.
+#[test]
+fn device_timestamps_placed_on_the_host_clock_fall_between_submission_and_completion() {
+    let gpu = Gpu::new();
+    let device = &gpu.device;
+    let Some(first) = device.read_clocks().unwrap() else {
+        eprintln!("{}: no calibrated timestamps; nothing to check", device.info().name);
+        return;
+    };
+    let n = 1 << 16;
+    let Doubling { pipeline, group, .. } = doubling(device, n);
+    let stamps = device.create_timestamps(2).unwrap();
+    let mut compute = device.stream(QueueKind::Compute).unwrap();
+    let mut work = compute
+        .record(|rec| {
+            rec.write_start_timestamp(&stamps, 0)?;
+            rec.dispatch(&group, &(n as u32), [pipeline.groups_for(n as u64), 1, 1])?;
+            rec.write_timestamp(&stamps, 1)
+        })
+        .unwrap();
+    for round in 0..3 {
+        stamps.reset_on_host().unwrap();
+        let submitted = std::time::Instant::now();
+        compute.submit(&mut work).unwrap().wait(DEADLINE).unwrap();
+        let finished = std::time::Instant::now();
+        let reading = device.read_clocks().unwrap().expect("the device read its clock before");
+        let slack = Duration::from_nanos(reading.uncertainty_ns as u64) + Duration::from_micros(50);
+        let ns = stamps.read_ns().unwrap();
+        let (start, end) = (reading.host_moment(ns[0]), reading.host_moment(ns[1]));
+        assert!(start <= end, "round {round}");
+        assert!(
+            start + slack >= submitted,
+            "round {round}: the list started {:?} before it was submitted",
+            submitted - start
+        );
+        assert!(
+            end <= finished + slack,
+            "round {round}: the list ended {:?} after the host saw it finish",
+            end - finished
+        );
+        // Both readings place the same device moment at (about) the same host moment.
+        let (a, b) = (first.host_moment(ns[0]), reading.host_moment(ns[0]));
+        let apart = if a > b { a - b } else { b - a };
+        assert!(
+            apart <= slack + Duration::from_nanos(first.uncertainty_ns as u64),
+            "round {round}: {apart:?}"
+        );
+    }
+}

@@ -23,6 +23,12 @@ pub struct BatchTimeline {
     pub total_us: f64,
     /// The batch's dispatches in order.
     pub chunks: Vec<ChunkTimeline>,
+    /// Host: the moment of the GPU moments' origin (the batch's first GPU timestamp), where the device
+    /// reads its clock beside the host's ([`vknf_vulkan::Device::read_clocks`]); add it to a GPU moment
+    /// to place it on the host's timeline.
+    pub gpu_origin_us: Option<f64>,
+    /// How far off `gpu_origin_us` may be, in microseconds (the clock reading's uncertainty).
+    pub gpu_origin_uncertainty_us: Option<f64>,
 }
 
 /// One dispatch of a pipelined batch.
@@ -34,6 +40,8 @@ pub struct ChunkTimeline {
     pub write_start_us: f64,
     /// Host: the rows its DMA carries are written (the DMA is submitted right after).
     pub staged_written_us: f64,
+    /// Host: its DMA's submission returned (0 where it has none).
+    pub copy_submitted_us: f64,
     /// Host: all its rows are written (the direct share into device memory too).
     pub written_us: f64,
     /// Host: its dispatch is submitted.
@@ -54,12 +62,13 @@ pub(super) enum HostMoment {
     StagedWritten = 1,
     AllWritten = 2,
     DispatchSubmitted = 3,
+    CopySubmitted = 4,
 }
 
 /// The host moments of the batch in progress.
 pub(super) struct HostMarks {
     start: Instant,
-    chunks: Mutex<Vec<[f64; 4]>>,
+    chunks: Mutex<Vec<[f64; 5]>>,
 }
 
 /// Notes `moment` of `chunk` in the batch's marks, where a timeline is recorded (`marks` is `Some`).
@@ -103,7 +112,7 @@ impl Timeline {
         }
         Ok(HostMarks {
             start: Instant::now(),
-            chunks: Mutex::new(vec![[0.0; 4]; chunks]),
+            chunks: Mutex::new(vec![[0.0; 5]; chunks]),
         })
     }
 
@@ -111,11 +120,15 @@ impl Timeline {
     /// transfer queue.
     pub(super) fn finish_batch(
         &mut self,
+        device: &Device,
         marks: &HostMarks,
         bounds: &[(usize, usize)],
         copied: bool,
     ) -> Result<(), ForestError> {
         let total_us = marks.start.elapsed().as_secs_f64() * 1e6;
+        // Read after the batch, so that it costs the batch nothing; the clocks drift apart by far less
+        // than a microsecond in the milliseconds since.
+        let clocks = device.read_clocks()?;
         let host = marks.chunks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut gpu = Vec::with_capacity(bounds.len());
         for (index, _) in bounds.iter().enumerate() {
@@ -141,6 +154,7 @@ impl Timeline {
                 rows: end - first,
                 write_start_us: host[HostMoment::WriteStart as usize],
                 staged_written_us: host[HostMoment::StagedWritten as usize],
+                copy_submitted_us: host[HostMoment::CopySubmitted as usize],
                 written_us: host[HostMoment::AllWritten as usize],
                 dispatch_submitted_us: host[HostMoment::DispatchSubmitted as usize],
                 copy_gpu_us: transfer.as_ref().map(|t| (us(t[0]), us(t[1]))),
@@ -148,7 +162,16 @@ impl Timeline {
                 kernel_gpu_us: (us(compute[1]), us(compute[2])),
             })
             .collect();
-        self.last = Some(BatchTimeline { total_us, chunks });
+        let gpu_origin_us = clocks.map(|reading| {
+            let reading_us = reading.host.duration_since(marks.start).as_secs_f64() * 1e6;
+            reading_us + (origin - reading.device_ns) / 1e3
+        });
+        self.last = Some(BatchTimeline {
+            total_us,
+            chunks,
+            gpu_origin_us,
+            gpu_origin_uncertainty_us: clocks.map(|reading| reading.uncertainty_ns / 1e3),
+        });
         Ok(())
     }
 
