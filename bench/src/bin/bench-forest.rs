@@ -79,36 +79,14 @@ struct Args {
     #[arg(long)]
     node_blocks: Option<bool>,
     /// Where a pipelined batch's time goes: for each pipelined dispatch count of --chunk-counts (the
-    /// chosen configuration otherwise), end to end, then the median timeline of each dispatch (host writes
-    /// and submissions, GPU copies and kernels).
+    /// chosen configuration otherwise), end to end over --rounds rounds, then the median timeline of each
+    /// dispatch (host writes and submissions, GPU copies and kernels, on the host's clock where the
+    /// device has calibrated timestamps).
     #[arg(long)]
     timeline: bool,
     /// Pipelined dispatch counts for --timeline (default: the chosen count).
     #[arg(long, value_delimiter = ',')]
     chunk_counts: Vec<usize>,
-    /// Compute streams for --timeline, each combined with every dispatch count and tail (default: the
-    /// chosen configuration's).
-    #[arg(long, value_delimiter = ',')]
-    stream_counts: Vec<usize>,
-    /// Tail dispatch rows for --timeline (0: none; default: the chosen configuration's).
-    #[arg(long, value_delimiter = ',')]
-    tails: Vec<usize>,
-    /// Second-copy shares for --timeline (0: one copy; default: the chosen configuration's).
-    #[arg(long, value_delimiter = ',')]
-    second_copies: Vec<f32>,
-    /// The share of each dispatch's DMA rows a second copy carries in the chosen configuration
-    /// (`ForestOptions::second_copy_share`; default: what `ForestOptions::for_whole_batches` takes).
-    #[arg(long)]
-    second_copy_share: Option<f32>,
-
-    /// Compute streams a pipelined batch's dispatches are spread over in the chosen configuration
-    /// (`ForestOptions::compute_streams`; default: what `ForestOptions::for_whole_batches` takes).
-    #[arg(long)]
-    compute_streams: Option<usize>,
-    /// Rows of a pipelined batch's last dispatch in the chosen configuration (`ForestOptions::tail_rows`;
-    /// default: what `ForestOptions::for_whole_batches` takes).
-    #[arg(long)]
-    tail_rows: Option<usize>,
     /// The direct share of the chosen configuration (`ForestOptions::direct_share`; default: what
     /// `ForestOptions::for_whole_batches` takes).
     #[arg(long)]
@@ -124,7 +102,7 @@ struct Args {
     /// ... and each of these direct shares; `--rounds` rounds, the combinations alternating.
     #[arg(long, value_delimiter = ',')]
     write_shares: Vec<f32>,
-    /// Rounds of the writes table.
+    /// Rounds of the writes table and of the timeline's end-to-end runs.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
 }
@@ -261,9 +239,6 @@ fn main() -> anyhow::Result<()> {
             .writers_awake_us
             .map(std::time::Duration::from_micros)
             .or(whole_batches.keep_writers_awake),
-        compute_streams: args.compute_streams.or(whole_batches.compute_streams),
-        tail_rows: args.tail_rows.or(whole_batches.tail_rows),
-        second_copy_share: args.second_copy_share.or(whole_batches.second_copy_share),
         ..whole_batches
     };
     // vknf's own kernel declares the node-block binding: the default applies as it is.
@@ -651,11 +626,10 @@ fn input_path_table(
     Ok(table)
 }
 
-/// End to end and the median per-dispatch timeline of the whole batch for each combination of dispatch
-/// count, compute streams and tail asked for (`--timeline`, `--chunk-counts`, `--stream-counts`,
-/// `--tails`; each the chosen configuration's otherwise): `--rounds` rounds of end-to-end runs, the
-/// combinations alternating within each round, then each combination's timelines; labels checked
-/// every time.
+/// End to end and the median per-dispatch timeline of the whole batch for each dispatch count asked for
+/// (`--timeline`, `--chunk-counts`; the chosen count otherwise): `--rounds` rounds of end-to-end runs,
+/// the counts alternating within each round, then each count's timelines, with the GPU's moments on
+/// the host's clock where the device reads both clocks; labels checked every time.
 fn timeline_table(
     workload: Workload<'_>,
     args: &Args,
@@ -667,62 +641,37 @@ fn timeline_table(
         rows,
         reference,
     } = workload;
-    let chosen_kernel = ForestKernel::new(device, forest, &chosen)?;
-    let chosen_config = chosen_kernel.config();
-    let or_chosen = |asked: &[usize], chosen: usize| match asked.is_empty() {
-        true => vec![chosen],
-        false => asked.to_vec(),
-    };
-    let counts = or_chosen(&args.chunk_counts, chosen_kernel.pipeline_chunks(rows.n_rows));
-    let streams = or_chosen(&args.stream_counts, chosen_config.compute_streams as usize);
-    let tails = or_chosen(&args.tails, chosen_config.tail_rows as usize);
-    let seconds = match args.second_copies.is_empty() {
-        true => vec![chosen_config.second_copy_share],
-        false => args.second_copies.clone(),
+    let counts = match args.chunk_counts.is_empty() {
+        true => vec![ForestKernel::new(device, forest, &chosen)?.pipeline_chunks(rows.n_rows)],
+        false => args.chunk_counts.clone(),
     };
     let mut lanes = Vec::new();
     for &chunks in &counts {
-        for &stream_count in &streams {
-            for &tail in &tails {
-                for &second in &seconds {
-                    let options = ForestOptions {
-                        pipeline_chunks: Some(chunks),
-                        compute_streams: Some(stream_count),
-                        tail_rows: Some(tail),
-                        second_copy_share: Some(second),
-                        ..chosen
-                    };
-                    let kernel = ForestKernel::new(device, forest, &options)?;
-                    let lane = kernel.lane(rows.n_rows)?;
-                    let name = match second > 0.0 {
-                        true => format!("d{chunks}/s{stream_count}/t{tail}/c{second}"),
-                        false => format!("d{chunks}/s{stream_count}/t{tail}"),
-                    };
-                    lanes.push((name, kernel.config(), lane, Vec::new()));
-                }
-            }
-        }
+        let options = ForestOptions {
+            pipeline_chunks: Some(chunks),
+            ..chosen
+        };
+        let kernel = ForestKernel::new(device, forest, &options)?;
+        lanes.push((chunks, kernel.config(), kernel.lane(rows.n_rows)?, Vec::new()));
     }
-    println!(
-        "dispatches (e2e median us, p90; d = dispatches before the tail, s = compute streams, t = tail rows, c = second copy's share):"
-    );
+    println!("dispatches (e2e median us, p90, by dispatch count):");
     for round in 1..=args.rounds {
         let mut line = String::new();
-        for (name, _, lane, medians) in &mut lanes {
+        for (chunks, _, lane, rounds) in &mut lanes {
             let (e2e, _, wrong) = time_predict(lane, rows, reference, args.runs)?;
             line.push_str(&format!(
-                " {name}:{:.0}({:.0}){}",
+                " {chunks}:{:.0}({:.0}){}",
                 e2e.median_us,
                 e2e.p90_us,
                 if wrong > 0 { "!" } else { "" }
             ));
-            medians.push(json!({"round": round, "end_to_end": e2e, "label_mismatches_vs_cpu_reference": wrong}));
+            rounds.push(json!({"round": round, "end_to_end": e2e, "label_mismatches_vs_cpu_reference": wrong}));
         }
         println!("  round {round}:{line}");
     }
     let mut table = Vec::new();
-    println!("timelines (us; host from the batch's start, GPU from its first timestamp; medians):");
-    for (name, config, mut lane, rounds) in lanes {
+    println!("timelines (us from the batch's start; medians):");
+    for (chunks, config, mut lane, rounds) in lanes {
         lane.record_timeline(true)?;
         let mut timelines = Vec::new();
         let mut wrong = 0;
@@ -735,22 +684,21 @@ fn timeline_table(
         // The warm-up runs' timelines (the first re-records the lists) are not medians' material.
         timelines.drain(..3.min(timelines.len()));
         let median = median_timeline(&timelines);
-        match timelines.is_empty() {
-            true => println!("  {name}: no timeline (one dispatch of rows written whole), mismatches {wrong}"),
-            false => println!(
-                "  {name}: with the timeline {:.1} us, mismatches {wrong}; {}",
-                median.total_us,
-                match (median.gpu_origin_us, median.gpu_origin_uncertainty_us) {
-                    (Some(_), Some(within)) => format!("GPU moments on the host's clock (+/- {within:.1} us)"),
-                    _ => "GPU moments from the first GPU timestamp (no calibrated clocks)".into(),
-                }
+        match (timelines.is_empty(), median.gpu_origin_uncertainty_us) {
+            (true, _) => println!("  {chunks} dispatch(es): no timeline (one dispatch of rows written whole)"),
+            (false, Some(within)) => println!(
+                "  {chunks} dispatch(es): {:.1} us with the timeline, mismatches {wrong}; GPU moments on the host's clock (+/- {within:.1} us)",
+                median.total_us
+            ),
+            (false, None) => println!(
+                "  {chunks} dispatch(es): {:.1} us with the timeline, mismatches {wrong}; GPU moments from the batch's first GPU timestamp (no calibrated clocks)",
+                median.total_us
             ),
         }
-        // On the host's clock where the device reads both clocks.
         let shift = median.gpu_origin_us.unwrap_or(0.0);
         for (index, chunk) in median.chunks.iter().enumerate() {
             println!(
-                "    #{index} {:>6} rows | host: write {:>6.1}..{:>6.1} (staged {:>6.1}, copy submitted {:>6.1}), dispatch submitted {:>6.1} | gpu: copy {} list {:>6.1} kernel {:>6.1}..{:>6.1}",
+                "    #{index} {:>6} rows | host: write {:>6.1}..{:>6.1} (DMA rows {:>6.1}, DMA submitted {:>6.1}), dispatch submitted {:>6.1} | gpu: copy {} list {:>6.1} kernel {:>6.1}..{:>6.1}",
                 chunk.rows,
                 chunk.write_start_us,
                 chunk.written_us,
@@ -768,7 +716,7 @@ fn timeline_table(
             );
         }
         table.push(json!({
-            "name": name, "config": config, "rounds": rounds,
+            "chunks": chunks, "config": config, "rounds": rounds,
             "timeline_label_mismatches_vs_cpu_reference": wrong, "median_timeline": median,
             "timeline_runs": timelines.len(),
         }));

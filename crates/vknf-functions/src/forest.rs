@@ -106,23 +106,6 @@ pub struct ForestOptions {
     /// `None` or zero: they sleep as the pool has them; [`ForestOptions::for_whole_batches`] takes
     /// [`WHOLE_BATCH_WRITERS_AWAKE`]. Measured on the H200's host only, not with CPU devices.
     pub keep_writers_awake: Option<Duration>,
-    /// Compute streams a pipelined batch's dispatches are spread over, round robin (at most
-    /// [`MAX_COMPUTE_STREAMS`]), so that the GPU can start a dispatch while the one before it still
-    /// runs: a driver runs the command lists of one queue one after another. Each stream takes a
-    /// queue of the compute family (streams share queues where the family has fewer). `None`: one.
-    pub compute_streams: Option<usize>,
-    /// Pipelined batches ([`ForestLane::predict`], [`ForestLane::run_pipelined`]): the last dispatch
-    /// takes at most this many rows (from the first whole workgroup at or after the batch's end less
-    /// this many) instead of an equal share, so that a dispatch small enough for the small-batch
-    /// pipeline is what is left after the last copy, while the dispatches before it run. Batches of
-    /// fewer than twice this many rows are not given a tail. `None` or zero: equal dispatches.
-    pub tail_rows: Option<usize>,
-    /// Staged path with a transfer stream, pipelined batches: the share (0 to 0.9) of each dispatch's
-    /// DMA rows carried by a second copy, submitted once they are written, while the first copy,
-    /// submitted as soon as the rows before them are, already runs: the first submission's cost (on the
-    /// H200 ~15 us of the host's time before the copy can start) then overlaps the host's writes of
-    /// the last rows. `None` or 0: one copy.
-    pub second_copy_share: Option<f32>,
 }
 
 /// Whether whole batches on `device` can be split between the DMA and the host's writes into device
@@ -171,8 +154,9 @@ pub const DEFAULT_DIRECT_SHARE: f32 = 0.5;
 /// kernel (61 -> 55 us; end to end 1-11 us in seven of eight runs), kept the deep forest's and the tiny
 /// one's (within 2-4 us of kernel, end to end within the spread), and lengthened the wide binary
 /// forest's by half (614 -> 912 us), in every call since they exist (bench/RESULTS.md, "Node blocks
-/// against single nodes" and "The thread pool kept awake"). Served functions take it too: one-row and
-/// small-batch latency with blocks was not measured apart.
+/// against single nodes" and "The thread pool kept awake"). Served functions take it too: batches of 1 to
+/// 64 rows ran as fast or faster with blocks on W1a, deep and tiny (bench/RESULTS.md, "small batches
+/// with node blocks").
 pub fn node_blocks_by_default(forest: &GpuForest) -> bool {
     !takes_few_outputs_shape(forest.n_outputs as usize, forest.n_trees as usize)
 }
@@ -218,11 +202,6 @@ const MAX_PIPELINE_CHUNKS: usize = 32;
 /// half of a large GPU's cores per dispatch, which the overlap of its writes with its kernel does not
 /// pay back (bench/RESULTS.md, "Input paths" and "The chunk rule refitted").
 const PIPELINE_CHUNK_BYTES: usize = 8 << 20;
-/// Most of a dispatch's DMA rows a second copy carries ([`ForestOptions::second_copy_share`]).
-const MAX_SECOND_COPY_SHARE: f32 = 0.9;
-/// Most compute streams one lane spreads a pipelined batch's dispatches over
-/// ([`ForestOptions::compute_streams`]).
-pub const MAX_COMPUTE_STREAMS: usize = 4;
 /// Most dispatches chosen by default: the wide forest's 32 MB batches ran fastest in 3-4 (each dispatch
 /// costs a submission; more only help while the host's writes are much longer than the kernel).
 const MAX_DEFAULT_PIPELINE_CHUNKS: usize = 4;
@@ -259,12 +238,6 @@ pub struct KernelConfig {
     /// How long the pool's threads are kept awake after a whole batch's writes, in microseconds
     /// ([`ForestOptions::keep_writers_awake`]).
     pub writers_awake_us: u32,
-    /// Compute streams a pipelined batch's dispatches are spread over ([`ForestOptions::compute_streams`]).
-    pub compute_streams: u32,
-    /// Rows of a pipelined batch's last dispatch, 0 for equal dispatches ([`ForestOptions::tail_rows`]).
-    pub tail_rows: u32,
-    /// The share of each dispatch's DMA rows carried by a second copy ([`ForestOptions::second_copy_share`]).
-    pub second_copy_share: f32,
 }
 
 impl KernelConfig {
@@ -468,12 +441,6 @@ impl ForestKernel {
                 .unwrap_or_default()
                 .as_micros()
                 .min(u32::MAX as u128) as u32,
-            compute_streams: options.compute_streams.unwrap_or(1).clamp(1, MAX_COMPUTE_STREAMS) as u32,
-            tail_rows: options.tail_rows.unwrap_or(0).min(u32::MAX as usize) as u32,
-            second_copy_share: match options.second_copy_share {
-                Some(share) if share.is_finite() => share.clamp(0.0, MAX_SECOND_COPY_SHARE),
-                _ => 0.0,
-            },
         };
 
         let shape = ShaderShape {
@@ -645,22 +612,16 @@ pub struct ForestLane {
     bind_group: BindGroup,
     small_bind_group: Option<BindGroup>,
     compute: Stream,
-    // Further compute streams a pipelined batch's dispatches are spread over (`compute_streams` - 1).
-    more_compute: Vec<Stream>,
     transfer: Option<Stream>,
     work: Option<CommandList>,
     upload: Option<CommandList>,
     recorded: Option<(usize, bool, bool)>,
     timestamps: Option<Timestamps>,
     pending: Option<(Ticket, usize, bool)>,
-    // The batch in flight's last submissions on the other compute streams, waited for with `pending`.
-    pending_also: Vec<Ticket>,
     // One command list per chunk of a pipelined batch, recorded for (rows, chunks, scores).
     chunk_lists: Vec<CommandList>,
     // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch.
     chunk_uploads: Vec<CommandList>,
-    // Copies per chunk in `chunk_uploads` (2 where each chunk's DMA is split in two).
-    copies_per_chunk: usize,
     chunks_recorded: Option<(usize, usize, bool)>,
     // The row ranges of the recorded chunks.
     chunk_bounds: Vec<(usize, usize)>,
@@ -755,27 +716,6 @@ fn direct_rows(share: Option<f32>, n_rows: usize) -> usize {
     })
 }
 
-/// A dispatch's copies in flight: the first of two, and the last (or only) one.
-type Copies = [Option<Ticket>; 2];
-
-/// Waits for `copies` (after an error, before the lane's buffers can be reused).
-fn wait_all(copies: &Copies) {
-    for ticket in copies.iter().flatten() {
-        let _ = ticket.wait(BATCH_DEADLINE);
-    }
-}
-
-/// Where a dispatch's second copy starts, for DMA rows `staged_from..end` and a second-copy `share`:
-/// `None` for one copy (no share, or fewer than two rows, so that neither copy is empty).
-fn second_copy_from(staged_from: usize, end: usize, share: f32) -> Option<usize> {
-    let rows = end.saturating_sub(staged_from);
-    if share <= 0.0 || rows < 2 {
-        return None;
-    }
-    let second = ((rows as f32 * share).round() as usize).clamp(1, rows - 1);
-    Some(end - second)
-}
-
 /// The device buffer staged rows are copied into: host-visible device memory where the lane writes a
 /// share of each batch there itself, and where the driver has it (resizable BAR); else device memory.
 fn staged_target(device: &Device, bytes: u64, direct_share: f32) -> Result<Buffer, ForestError> {
@@ -801,32 +741,14 @@ const WHOLE_BATCH_POLL: Duration = Duration::from_millis(5);
 
 /// The row ranges of a batch's pipelined dispatches, into `bounds` (its capacity reused): `chunks`
 /// dispatches of whole workgroups (no workgroup straddles two), as equal as whole workgroups allow; fewer
-/// where the batch has fewer workgroups. With `tail_rows` (and a batch of at least twice that many rows),
-/// one more dispatch ends the batch: at most `tail_rows` rows, from the first whole workgroup at or after
-/// `n_rows - tail_rows`, the `chunks` before it sharing the rest.
-fn chunk_bounds(
-    n_rows: usize,
-    chunks: usize,
-    rows_per_group: usize,
-    tail_rows: usize,
-    bounds: &mut Vec<(usize, usize)>,
-) {
+/// where the batch has fewer workgroups.
+fn chunk_bounds(n_rows: usize, chunks: usize, rows_per_group: usize, bounds: &mut Vec<(usize, usize)>) {
     bounds.clear();
-    let rows_per_group = rows_per_group.max(1);
-    // The rows before the tail (all of them without one).
-    let body = match tail_rows {
-        0 => n_rows,
-        tail if n_rows < 2 * tail => n_rows,
-        tail => (n_rows - tail).next_multiple_of(rows_per_group).min(n_rows),
-    };
-    let groups = body.div_ceil(rows_per_group);
+    let groups = n_rows.div_ceil(rows_per_group.max(1));
     let chunks = chunks.clamp(1, groups.max(1));
     for i in 0..chunks {
         let (first, end) = (groups * i / chunks, groups * (i + 1) / chunks);
-        bounds.push((first * rows_per_group, (end * rows_per_group).min(body)));
-    }
-    if body < n_rows {
-        bounds.push((body, n_rows));
+        bounds.push((first * rows_per_group, (end * rows_per_group).min(n_rows)));
     }
 }
 
@@ -899,9 +821,6 @@ impl ForestLane {
         let bind_group = r.pipeline.bind(&bindings)?;
         let small_bind_group = r.small_pipeline.as_ref().map(|p| p.bind(&bindings)).transpose()?;
         let compute = device.stream(QueueKind::Compute)?;
-        let more_compute = (1..r.config.compute_streams)
-            .map(|_| device.stream(QueueKind::Compute))
-            .collect::<Result<Vec<_>, _>>()?;
         let transfer = (device_input.is_some() && r.config.transfer_stream)
             .then(|| device.stream(QueueKind::Transfer))
             .transpose()?;
@@ -916,17 +835,14 @@ impl ForestLane {
             bind_group,
             small_bind_group,
             compute,
-            more_compute,
             transfer,
             work: None,
             upload: None,
             recorded: None,
             timestamps,
             pending: None,
-            pending_also: Vec::with_capacity(MAX_COMPUTE_STREAMS),
             chunk_lists: Vec::new(),
             chunk_uploads: Vec::new(),
-            copies_per_chunk: 1,
             chunks_recorded: None,
             chunk_bounds: Vec::new(),
             timeline: None,
@@ -1113,7 +1029,6 @@ impl ForestLane {
             .pending
             .take()
             .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
-        self.wait_other_streams(deadline)?;
         if std::mem::take(&mut self.poll_finish) {
             ticket.wait_polling(deadline, WHOLE_BATCH_POLL)?;
         } else if self.kernel.config().uses_small_batch(n_rows) {
@@ -1158,15 +1073,6 @@ impl ForestLane {
             None
         };
         Ok(LaneResult { n_rows, labels, scores })
-    }
-
-    /// Waits for the batch in flight's last submissions on the lane's other compute streams, if any
-    /// (only a pipelined batch over several streams has them).
-    fn wait_other_streams(&mut self, deadline: Duration) -> Result<(), ForestError> {
-        for ticket in self.pending_also.drain(..) {
-            ticket.wait_polling(deadline, WHOLE_BATCH_POLL)?;
-        }
-        Ok(())
     }
 
     /// Reads the results of the last finished batch into caller-owned memory, without allocating.
@@ -1225,25 +1131,12 @@ impl ForestLane {
         let r = self.kernel.resident.clone();
         let rows_per_group = r.config.rows_per_group as usize;
         let mut bounds = std::mem::take(&mut self.chunk_bounds);
-        chunk_bounds(n_rows, chunks, rows_per_group, r.config.tail_rows as usize, &mut bounds);
+        chunk_bounds(n_rows, chunks, rows_per_group, &mut bounds);
         let mut lists = std::mem::take(&mut self.chunk_lists);
         let mut uploads = std::mem::take(&mut self.chunk_uploads);
         // Staged input copies each chunk on the transfer queue where there is one, so that the copies
         // run back to back beside the kernels; otherwise in the chunk's own command list.
         let on_transfer_queue = self.device_input.is_some() && self.transfer.is_some();
-        let share = self.batch_direct_share(n_rows);
-        let second_share = r.config.second_copy_share;
-        // Two copies a chunk only where every chunk's DMA rows split in two.
-        let split = on_transfer_queue
-            && bounds.iter().all(|&(first, end)| {
-                second_copy_from(first + direct_rows(share, end - first), end, second_share).is_some()
-            });
-        let copies_per_chunk = if split { 2 } else { 1 };
-        if copies_per_chunk != self.copies_per_chunk {
-            // The lists are laid out by chunk and copy: record them anew.
-            uploads.clear();
-            self.copies_per_chunk = copies_per_chunk;
-        }
         let stamps = match &mut self.timeline {
             Some(timeline) => Some(timeline.slots_for(&r.device, bounds.len())?),
             None => None,
@@ -1267,7 +1160,7 @@ impl ForestLane {
             };
             // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
             // to device memory before its dispatch, but for its direct share, which the host writes there.
-            let staged_from = first + direct_rows(share, end - first);
+            let staged_from = first + direct_rows(self.batch_direct_share(n_rows), end - first);
             let copy = self.device_input.as_ref().map(|device_input| {
                 let start = (staged_from * r.n_features * 4) as u64;
                 (device_input, start, self.input_bytes(end) - start)
@@ -1300,38 +1193,26 @@ impl ForestLane {
             if let (Some((device_input, offset, bytes)), Some(transfer), true) =
                 (copy, &self.transfer, on_transfer_queue)
             {
-                // The chunk's copies in order, as (offset, bytes): the second from its row on, with the
-                // padding rows; the first's start and the last's end stamped.
-                let row_bytes = (r.n_features * 4) as u64;
-                let pieces = match second_copy_from(staged_from, end, second_share).filter(|_| split) {
-                    Some(from) => {
-                        let at = from as u64 * row_bytes;
-                        [(offset, at - offset), (at, offset + bytes - at)]
+                let upload = |rec: &mut vknf_vulkan::Recorder<'_>| {
+                    if let Some((_, transfer)) = stamps {
+                        rec.write_start_timestamp(transfer, 0)?;
                     }
-                    None => [(offset, bytes), (0, 0)],
+                    rec.copy(input, offset, device_input, offset, bytes)?;
+                    if let Some((_, transfer)) = stamps {
+                        rec.write_timestamp(transfer, 1)?;
+                    }
+                    Ok(())
                 };
-                for (piece, &(piece_offset, piece_bytes)) in pieces.iter().take(copies_per_chunk).enumerate() {
-                    let upload = |rec: &mut vknf_vulkan::Recorder<'_>| {
-                        if let (Some((_, transfer)), 0) = (stamps, piece) {
-                            rec.write_start_timestamp(transfer, 0)?;
-                        }
-                        rec.copy(input, piece_offset, device_input, piece_offset, piece_bytes)?;
-                        if let Some((_, transfer)) = stamps.filter(|_| piece + 1 == copies_per_chunk) {
-                            rec.write_timestamp(transfer, 1)?;
-                        }
-                        Ok(())
-                    };
-                    match uploads.get_mut(index * copies_per_chunk + piece) {
-                        Some(list) => list.rerecord(upload)?,
-                        None => uploads.push(transfer.record(upload)?),
-                    }
+                match uploads.get_mut(index) {
+                    Some(list) => list.rerecord(upload)?,
+                    None => uploads.push(transfer.record(upload)?),
                 }
             }
             index += 1;
         }
         self.chunk_bounds = bounds;
         lists.truncate(index);
-        uploads.truncate(if on_transfer_queue { index * copies_per_chunk } else { 0 });
+        uploads.truncate(if on_transfer_queue { index } else { 0 });
         self.chunk_lists = lists;
         self.chunk_uploads = uploads;
         self.chunks_recorded = Some((n_rows, chunks, want_scores));
@@ -1350,9 +1231,7 @@ impl ForestLane {
                 "the lane already has a batch in flight; finish it first".into(),
             ));
         }
-        let tail_rows = self.kernel.config().tail_rows as usize;
-        let has_tail = tail_rows > 0 && n_rows >= 2 * tail_rows;
-        if (chunks <= 1 && !has_tail && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
+        if (chunks <= 1 && self.batch_direct_share(n_rows).is_none()) || n_rows < 2 {
             // A lane that writes shares of large batches into device memory writes a small batch there
             // whole: no copy to wait for (as on the direct path). It has no chunks to time.
             if let Some(timeline) = &mut self.timeline {
@@ -1387,11 +1266,8 @@ impl ForestLane {
         let marks = marks.as_ref();
         let input = self.input.clone();
         let share = self.batch_direct_share(n_rows);
-        let second_share = self.kernel.config().second_copy_share;
         let direct = self.device_input.clone().filter(|_| share.is_some());
         let compute = &mut self.compute;
-        let more_compute = &mut self.more_compute;
-        let streams = 1 + more_compute.len();
         let transfer = &mut self.transfer;
         let writing = pool::batch_starts();
         let lists = &mut self.chunk_lists;
@@ -1401,46 +1277,25 @@ impl ForestLane {
         // as soon as its own rows are written, so that it runs while the host still writes the direct
         // share. Returns the DMA's ticket where the copy runs on the transfer queue.
         let write_and_upload = |index: usize,
-                                copier: Option<&mut Stream>,
-                                uploads: Option<&mut [CommandList]>|
-         -> Result<Copies, ForestError> {
+                                transfer: &mut Option<Stream>,
+                                upload: Option<&mut CommandList>|
+         -> Result<Option<Ticket>, ForestError> {
             let (first_row, end_row) = bounds[index];
             let staged_from = first_row + direct_rows(share, end_row - first_row);
             let values = |from: usize, to: usize| &rows[from * nf..to * nf];
             let mark = |moment: HostMoment| timeline::mark(marks, index, moment);
             mark(HostMoment::WriteStart);
-            let write_then_upload = || -> Result<Copies, ForestError> {
-                let mut copies: Copies = [None, None];
-                let (Some(uploads), Some(copier)) = (uploads, copier) else {
-                    copy_rows(&input, staged_from * nf, values(staged_from, end_row))?;
-                    mark(HostMoment::StagedWritten);
-                    return Ok(copies);
-                };
-                // With two copies, the first is submitted as soon as its rows are written and runs while
-                // the host writes the second's.
-                let second_from = match uploads.len() {
-                    2 => second_copy_from(staged_from, end_row, second_share),
-                    _ => None,
-                };
-                let first_end = second_from.unwrap_or(end_row);
-                copy_rows(&input, staged_from * nf, values(staged_from, first_end))?;
-                if let Some(from) = second_from {
-                    copies[0] = Some(copier.submit(&mut uploads[0])?);
-                    if let Err(err) = copy_rows(&input, from * nf, values(from, end_row)) {
-                        wait_all(&copies);
-                        return Err(err);
-                    }
-                }
+            let write_then_upload = || -> Result<Option<Ticket>, ForestError> {
+                copy_rows(&input, staged_from * nf, values(staged_from, end_row))?;
                 mark(HostMoment::StagedWritten);
-                match copier.submit(&mut uploads[uploads.len() - 1]) {
-                    Ok(ticket) => copies[1] = Some(ticket),
-                    Err(err) => {
-                        wait_all(&copies);
-                        return Err(err.into());
+                match (upload, transfer.as_mut()) {
+                    (Some(upload), Some(transfer)) => {
+                        let ticket = transfer.submit(upload)?;
+                        mark(HostMoment::CopySubmitted);
+                        Ok(Some(ticket))
                     }
+                    _ => Ok(None),
                 }
-                mark(HostMoment::CopySubmitted);
-                Ok(copies)
             };
             match &direct {
                 Some(target) if staged_from > first_row => {
@@ -1452,9 +1307,9 @@ impl ForestLane {
                     match (written, uploaded) {
                         (Ok(()), uploaded) => uploaded,
                         (Err(err), uploaded) => {
-                            // The copies write the lane's buffer: let them end before the lane is reused.
-                            if let Ok(copies) = uploaded {
-                                wait_all(&copies);
+                            // The copy writes the lane's buffer: let it end before the lane is reused.
+                            if let Ok(Some(ticket)) = uploaded {
+                                let _ = ticket.wait(BATCH_DEADLINE);
                             }
                             Err(err)
                         }
@@ -1472,34 +1327,25 @@ impl ForestLane {
         // was measured slower on the H200: the driver holds such submissions back, bench/RESULTS.md.)
         // The loop runs on a worker of the pool, so that each join below costs a push to its local queue
         // rather than a hand-off from an outside thread.
-        // The last submission on each compute stream: all of them are the batch's end.
-        let mut last_by_stream: [Option<Ticket>; MAX_COMPUTE_STREAMS] = Default::default();
-        let copies_per_chunk = self.copies_per_chunk;
         let last = rayon::scope(|_| -> Result<Option<Ticket>, ForestError> {
-            let mut uploaded = write_and_upload(0, transfer.as_mut(), uploads.get_mut(..copies_per_chunk))?;
+            let mut uploaded = write_and_upload(0, transfer, uploads.get_mut(0))?;
             let mut last: Option<Ticket> = None;
             for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
-                let next_upload = uploads.get_mut((index + 1) * copies_per_chunk..(index + 2) * copies_per_chunk);
-                let stream_index = index % streams;
-                let stream = match stream_index {
-                    0 => &mut *compute,
-                    other => &mut more_compute[other - 1],
-                };
+                let next_upload = uploads.get_mut(index + 1);
                 let (submitted, next) = rayon::join(
                     || {
                         let submitted = match &uploaded {
-                            [Some(first), Some(second)] => stream.submit_after(list, &[first, second]),
-                            [Some(copy), None] | [None, Some(copy)] => stream.submit_after(list, &[copy]),
-                            [None, None] => stream.submit(list),
+                            Some(uploaded) => compute.submit_after(list, &[uploaded]),
+                            None => compute.submit(list),
                         };
                         timeline::mark(marks, index, HostMoment::DispatchSubmitted);
                         submitted
                     },
                     || {
                         if index + 1 < n_chunks {
-                            write_and_upload(index + 1, transfer.as_mut(), next_upload)
+                            write_and_upload(index + 1, transfer, next_upload)
                         } else {
-                            Ok([None, None])
+                            Ok(None)
                         }
                     },
                 );
@@ -1507,20 +1353,15 @@ impl ForestLane {
                 // writes the lane's buffers: let it finish before the lane can be reused.
                 match (submitted, next) {
                     (Ok(ticket), Ok(next)) => {
-                        last_by_stream[stream_index] = Some(ticket.clone());
                         last = Some(ticket);
                         uploaded = next;
                     }
                     (Ok(ticket), Err(err)) => {
                         let _ = ticket.wait(BATCH_DEADLINE);
-                        for ticket in last_by_stream.iter().flatten() {
-                            let _ = ticket.wait(BATCH_DEADLINE);
-                        }
                         return Err(err);
                     }
                     (Err(err), next) => {
-                        let next = next.unwrap_or_default();
-                        for ticket in uploaded.iter().chain(&next).chain(&last_by_stream).flatten() {
+                        for ticket in [uploaded, next.ok().flatten(), last].into_iter().flatten() {
                             let _ = ticket.wait(BATCH_DEADLINE);
                         }
                         return Err(err.into());
@@ -1529,16 +1370,6 @@ impl ForestLane {
             }
             Ok(last)
         })?;
-        // Other streams' last dispatches may end after the batch's last one: finish waits for them too.
-        let last_stream = (n_chunks.max(1) - 1) % streams;
-        self.pending_also.clear();
-        self.pending_also.extend(
-            last_by_stream
-                .into_iter()
-                .enumerate()
-                .filter(|(stream, _)| *stream != last_stream)
-                .filter_map(|(_, ticket)| ticket),
-        );
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
         drop(writing);
         pool::keep_awake(self.writers_awake());
@@ -1609,7 +1440,6 @@ impl ForestLane {
             .pending
             .take()
             .ok_or_else(|| ForestError::Input("no batch in flight".into()))?;
-        self.wait_other_streams(deadline)?;
         if self.kernel.config().uses_small_batch(n_rows) {
             ticket.wait_polling(deadline, SMALL_BATCH_POLL)?;
         } else {
@@ -1668,7 +1498,7 @@ mod tests {
             (1, 4, 16),
             (97, 1, 8),
         ] {
-            chunk_bounds(n_rows, chunks, group, 0, &mut bounds);
+            chunk_bounds(n_rows, chunks, group, &mut bounds);
             let case = format!("{n_rows} rows, {chunks} chunks of groups of {group}: {bounds:?}");
             assert_eq!(bounds.len(), chunks.min(n_rows.div_ceil(group)), "{case}");
             assert_eq!(bounds.first().unwrap().0, 0, "{case}");
@@ -1681,38 +1511,6 @@ mod tests {
             let (least, most) = (groups.iter().min().unwrap(), groups.iter().max().unwrap());
             assert!(*least >= 1 && most - least <= 1, "equal within a workgroup: {case}");
         }
-    }
-
-    #[test]
-    fn a_tail_is_the_last_dispatch_of_at_most_its_rows_from_a_whole_workgroup() {
-        let mut bounds = Vec::new();
-        // W1a's 5788 rows in groups of 24, a tail of 1024: the body ends at 4776 (199 groups).
-        chunk_bounds(5788, 1, 24, 1024, &mut bounds);
-        assert_eq!(bounds, vec![(0, 4776), (4776, 5788)]);
-        chunk_bounds(5788, 2, 24, 1024, &mut bounds);
-        assert_eq!(bounds, vec![(0, 2376), (2376, 4776), (4776, 5788)]);
-        for (n_rows, chunks, group, tail) in [
-            (100_000usize, 4usize, 16usize, 1024usize),
-            (5788, 3, 24, 512),
-            (2048, 1, 24, 1024),
-            (97, 2, 8, 20),
-        ] {
-            chunk_bounds(n_rows, chunks, group, tail, &mut bounds);
-            let case = format!("{n_rows} rows, {chunks} chunks of groups of {group}, tail {tail}: {bounds:?}");
-            assert_eq!(bounds.len(), chunks + 1, "{case}");
-            let (first, end) = *bounds.last().unwrap();
-            assert_eq!(end, n_rows, "{case}");
-            assert!(end - first <= tail && end - first + group > tail, "{case}");
-            for pair in bounds.windows(2) {
-                assert_eq!(pair[0].1, pair[1].0, "contiguous: {case}");
-                assert_eq!(pair[0].1 % group, 0, "whole workgroups: {case}");
-            }
-        }
-        // No tail where the batch has fewer than twice its rows, or no whole workgroup before it.
-        chunk_bounds(2047, 1, 24, 1024, &mut bounds);
-        assert_eq!(bounds, vec![(0, 2047)]);
-        chunk_bounds(30, 1, 64, 15, &mut bounds);
-        assert_eq!(bounds, vec![(0, 30)]);
     }
 
     #[test]
