@@ -659,12 +659,7 @@ fn timeline_table(
         let mut line = String::new();
         for (chunks, _, lane, rounds) in &mut lanes {
             let (e2e, _, wrong) = time_predict(lane, rows, reference, args.runs)?;
-            line.push_str(&format!(
-                " {chunks}:{:.0}({:.0}){}",
-                e2e.median_us,
-                e2e.p90_us,
-                if wrong > 0 { "!" } else { "" }
-            ));
+            line.push_str(&round_cell(chunks, &e2e, wrong));
             rounds.push(json!({"round": round, "end_to_end": e2e, "label_mismatches_vs_cpu_reference": wrong}));
         }
         println!("  round {round}:{line}");
@@ -762,12 +757,7 @@ fn writes_table(workload: Workload<'_>, args: &Args, chosen: ForestOptions) -> a
         let mut line = String::new();
         for (share, a, chunks, lane) in &mut lanes {
             let (e2e, _, wrong) = time_predict(lane, rows, reference, args.runs)?;
-            line.push_str(&format!(
-                " s{share}/a{a}:{:.0}({:.0}){}",
-                e2e.median_us,
-                e2e.p90_us,
-                if wrong > 0 { "!" } else { "" }
-            ));
+            line.push_str(&round_cell(format_args!("s{share}/a{a}"), &e2e, wrong));
             table.push(json!({
                 "round": round, "direct_share": share, "writers_awake_us": a,
                 "chunks": chunks, "end_to_end": e2e, "label_mismatches_vs_cpu_reference": wrong,
@@ -776,6 +766,13 @@ fn writes_table(workload: Workload<'_>, args: &Args, chosen: ForestOptions) -> a
         println!("  round {round}:{line}");
     }
     Ok(table)
+}
+
+/// One configuration's figure in a round's line: ` name:median(p90)`, marked `!` where labels differed
+/// from the CPU reference.
+fn round_cell(name: impl std::fmt::Display, e2e: &Stats, wrong: usize) -> String {
+    let mark = if wrong > 0 { "!" } else { "" };
+    format!(" {name}:{:.0}({:.0}){mark}", e2e.median_us, e2e.p90_us)
 }
 
 /// The field-by-field median of timelines of one batch shape (the same dispatches in each).

@@ -178,10 +178,20 @@ const NODE_BLOCKS_BINDING: u32 = 7;
 /// Default of [`ForestOptions::small_batch_rows`].
 pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
 
-/// Tree lanes per row by default (fewer when the forest has fewer trees).
+/// Tree lanes per row by default for forests of at most this many trees (fewer when the forest has
+/// fewer trees: lanes beyond the tree count only idle).
 const DEFAULT_TREE_LANES: usize = 32;
 /// Threads per bulk workgroup the default row count aims at (24 rows x 32 lanes).
 const DEFAULT_GROUP_THREADS: usize = 768;
+/// Tree lanes per row, and threads per workgroup (22 rows x 45 lanes), of forests of more trees than
+/// [`DEFAULT_TREE_LANES`]. A workgroup lasts as long as its threads' longest chain of tree walks (a
+/// thread walks its trees one after another): on the H200 a lone workgroup of the deep forest took 148 us
+/// with 32 lanes (at most 5 of its 150 trees a thread), 122 us with 45 (at most 4), and its whole
+/// 5788-row batch 166.7 against 155.6 us in every round (end to end 2-4% faster); W1a's kernel took 0.5 us
+/// more (56 against 55.4 us). 45 lanes and 22 rows still fit such a batch's workgroups on the GPU at once,
+/// where 48 or 50 lanes needed a second wave (bench/RESULTS.md, "What sets the kernel's time").
+const MANY_TREES_TREE_LANES: usize = 45;
+const MANY_TREES_GROUP_THREADS: usize = 990;
 /// Tree lanes per row, and threads per workgroup, of a large forest with at most two outputs: 16 rows x
 /// 8 lanes measured fastest on the wide binary forest (bench/RESULTS.md, the node-block sweep: 625
 /// against 822 us at 24 x 32), likely because every lane of a row adds its leaves to the same one or
@@ -363,13 +373,15 @@ impl ForestKernel {
         let few_outputs = takes_few_outputs_shape(n_outputs, n_trees);
         let (lane_cap, group_threads) = if few_outputs {
             (FEW_OUTPUTS_TREE_LANES, FEW_OUTPUTS_GROUP_THREADS)
+        } else if n_trees > DEFAULT_TREE_LANES {
+            (MANY_TREES_TREE_LANES, MANY_TREES_GROUP_THREADS)
         } else {
             (DEFAULT_TREE_LANES, DEFAULT_GROUP_THREADS)
         };
         let default_lanes = n_trees.min(lane_cap);
         let tree_lanes_wanted = options.tree_lanes.map_or(default_lanes, |lanes| lanes.max(1) as usize);
-        // Rows per workgroup: 24 with 32 lanes (the W1 sweep's best, 768 threads); narrower lane counts
-        // take more rows so that a workgroup keeps about as many threads, up to 128 rows.
+        // Rows per workgroup: 24 with 32 lanes (768 threads), 22 with 45 (990); narrower lane counts take
+        // more rows so that a workgroup keeps about as many threads, up to 128 rows.
         let default_rows = (group_threads / tree_lanes_wanted).clamp(1, MAX_DEFAULT_ROWS);
         let preferred_rows = options.rows_per_group.map_or(default_rows, |rows| rows.max(1) as usize);
         // As many rows as fit (accumulators are needed; staging only if asked), capped by preference.
