@@ -680,7 +680,9 @@ fn timeline_table(
         timelines.drain(..3.min(timelines.len()));
         let median = median_timeline(&timelines);
         match (timelines.is_empty(), median.gpu_origin_uncertainty_us) {
-            (true, _) => println!("  {chunks} dispatch(es): no timeline (one dispatch of rows written whole)"),
+            (true, _) => println!(
+                "  {chunks} dispatch(es): no timeline (one dispatch of rows written whole), mismatches {wrong}"
+            ),
             (false, Some(within)) => println!(
                 "  {chunks} dispatch(es): {:.1} us with the timeline, mismatches {wrong}; GPU moments on the host's clock (+/- {within:.1} us)",
                 median.total_us
@@ -784,12 +786,22 @@ fn median_timeline(timelines: &[BatchTimeline]) -> BatchTimeline {
     let Some(first) = timelines.first() else {
         return BatchTimeline::default();
     };
+    // Where every run placed its GPU moments on the host's clock, each run's are moved there before the
+    // medians are taken (a median of moments plus a median of origins could order them as no run did),
+    // and the median's origin is 0.
+    let placed = timelines.iter().all(|t| t.gpu_origin_us.is_some());
+    let shift = |t: &BatchTimeline| if placed { t.gpu_origin_us.unwrap_or(0.0) } else { 0.0 };
     let field = |get: &dyn Fn(&BatchTimeline) -> Option<f64>| median(timelines.iter().filter_map(get).collect());
     let chunks = (0..first.chunks.len())
         .map(|i| {
             let at = |get: fn(&ChunkTimeline) -> f64| field(&|t: &BatchTimeline| t.chunks.get(i).map(get));
+            let gpu_at =
+                |get: fn(&ChunkTimeline) -> f64| field(&|t: &BatchTimeline| Some(get(t.chunks.get(i)?) + shift(t)));
             let copy = |end: bool| {
-                field(&|t: &BatchTimeline| t.chunks.get(i)?.copy_gpu_us.map(|c| if end { c.1 } else { c.0 }))
+                field(&|t: &BatchTimeline| {
+                    let copy = t.chunks.get(i)?.copy_gpu_us?;
+                    Some(if end { copy.1 } else { copy.0 } + shift(t))
+                })
             };
             ChunkTimeline {
                 rows: first.chunks[i].rows,
@@ -799,17 +811,16 @@ fn median_timeline(timelines: &[BatchTimeline]) -> BatchTimeline {
                 written_us: at(|c| c.written_us),
                 dispatch_submitted_us: at(|c| c.dispatch_submitted_us),
                 copy_gpu_us: first.chunks[i].copy_gpu_us.map(|_| (copy(false), copy(true))),
-                list_start_gpu_us: at(|c| c.list_start_gpu_us),
-                kernel_gpu_us: (at(|c| c.kernel_gpu_us.0), at(|c| c.kernel_gpu_us.1)),
+                list_start_gpu_us: gpu_at(|c| c.list_start_gpu_us),
+                kernel_gpu_us: (gpu_at(|c| c.kernel_gpu_us.0), gpu_at(|c| c.kernel_gpu_us.1)),
             }
         })
         .collect();
-    let origin = field(&|t: &BatchTimeline| t.gpu_origin_us);
     let within = field(&|t: &BatchTimeline| t.gpu_origin_uncertainty_us);
     BatchTimeline {
         total_us: field(&|t: &BatchTimeline| Some(t.total_us)),
         chunks,
-        gpu_origin_us: origin.is_finite().then_some(origin),
+        gpu_origin_us: placed.then_some(0.0),
         gpu_origin_uncertainty_us: within.is_finite().then_some(within),
     }
 }

@@ -178,13 +178,12 @@ const NODE_BLOCKS_BINDING: u32 = 7;
 /// Default of [`ForestOptions::small_batch_rows`].
 pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
 
-/// Tree lanes per row by default for forests of at most this many trees (fewer when the forest has
-/// fewer trees: lanes beyond the tree count only idle).
+/// Up to this many tree lanes a row, a workgroup aims at [`DEFAULT_GROUP_THREADS`] threads (24 rows x
+/// 32 lanes, the W1 sweep's best).
 const DEFAULT_TREE_LANES: usize = 32;
-/// Threads per bulk workgroup the default row count aims at (24 rows x 32 lanes).
 const DEFAULT_GROUP_THREADS: usize = 768;
-/// Tree lanes per row, and threads per workgroup (22 rows x 45 lanes), of forests of more trees than
-/// [`DEFAULT_TREE_LANES`]. A workgroup lasts as long as its threads' longest chain of tree walks (a
+/// Tree lanes a row at most by default (a lane a tree below that; the few-outputs shape excepted), and
+/// threads a workgroup with more than [`DEFAULT_TREE_LANES`] lanes (22 rows x 45 lanes). A workgroup lasts as long as its threads' longest chain of tree walks (a
 /// thread walks its trees one after another): on the H200 a lone workgroup of the deep forest took 148 us
 /// with 32 lanes (at most 5 of its 150 trees a thread), 122 us with 45 (at most 4), and its whole
 /// 5788-row batch 166.7 against 155.6 us in every round (end to end 2-4% faster); W1a's kernel took 0.5 us
@@ -371,15 +370,21 @@ impl ForestKernel {
         // sweep in bench/RESULTS.md), but lanes beyond the tree count only idle: a forest of 10 trees gets
         // 10 lanes, and the threads go to more rows.
         let few_outputs = takes_few_outputs_shape(n_outputs, n_trees);
-        let (lane_cap, group_threads) = if few_outputs {
-            (FEW_OUTPUTS_TREE_LANES, FEW_OUTPUTS_GROUP_THREADS)
-        } else if n_trees > DEFAULT_TREE_LANES {
-            (MANY_TREES_TREE_LANES, MANY_TREES_GROUP_THREADS)
-        } else {
-            (DEFAULT_TREE_LANES, DEFAULT_GROUP_THREADS)
+        let lane_cap = match few_outputs {
+            true => FEW_OUTPUTS_TREE_LANES,
+            false => MANY_TREES_TREE_LANES,
         };
         let default_lanes = n_trees.min(lane_cap);
         let tree_lanes_wanted = options.tree_lanes.map_or(default_lanes, |lanes| lanes.max(1) as usize);
+        // The workgroup's threads follow its lanes (asked for or not): more than 32 lanes take the larger
+        // workgroup they were measured with.
+        let group_threads = if few_outputs {
+            FEW_OUTPUTS_GROUP_THREADS
+        } else if tree_lanes_wanted > DEFAULT_TREE_LANES {
+            MANY_TREES_GROUP_THREADS
+        } else {
+            DEFAULT_GROUP_THREADS
+        };
         // Rows per workgroup: 24 with 32 lanes (768 threads), 22 with 45 (990); narrower lane counts take
         // more rows so that a workgroup keeps about as many threads, up to 128 rows.
         let default_rows = (group_threads / tree_lanes_wanted).clamp(1, MAX_DEFAULT_ROWS);
@@ -1102,7 +1107,8 @@ impl ForestLane {
     /// Records (or stops recording) a timeline of each pipelined batch ([`run_pipelined`](Self::run_pipelined),
     /// so `predict`'s large batches): host moments and GPU timestamps per dispatch, read with
     /// [`last_timeline`](Self::last_timeline). For measurement: it adds a reset and a read of the
-    /// timestamps to every batch. Fails where the device cannot reset timestamps from the host or has
+    /// timestamps and a reading of the device's clock (where it has one beside the host's) to every
+    /// batch. Fails where the device cannot reset timestamps from the host or has
     /// none on a queue the lane uses.
     pub fn record_timeline(&mut self, on: bool) -> Result<(), ForestError> {
         if on {

@@ -351,31 +351,46 @@ fn wide_nodes_match_bit_for_bit_in_every_configuration() {
 }
 
 /// A large forest of at most two outputs takes its own default shape (8 tree lanes, 16 rows a
-/// workgroup); a forest of more outputs, or of fewer trees, takes the general ones (more than 32 trees:
-/// up to 45 lanes, about 990 threads a workgroup). Scores stay the CPU reference's bits.
+/// workgroup); a forest of more outputs, or of fewer trees, takes a lane a tree up to 45 lanes, with
+/// about 990 threads a workgroup beyond 32 lanes (768 up to 32), and asking for 32 lanes gives 24 rows.
+/// Scores stay the CPU reference's bits on the small-batch pipeline (where built) and the bulk one.
 #[test]
 fn large_forests_of_few_outputs_default_to_fewer_tree_lanes() {
     let gpu = gpu();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    for (n_trees, n_outputs, lanes, rows) in [(64, 2, 8, 16), (64, 1, 8, 16), (64, 3, 45, 22), (40, 2, 40, 24)] {
+    let asked = |lanes: u32| ForestOptions {
+        tree_lanes: Some(lanes),
+        ..ForestOptions::default()
+    };
+    for (n_trees, n_outputs, options, lanes, rows) in [
+        (64, 2, ForestOptions::default(), 8, 16),
+        (64, 1, ForestOptions::default(), 8, 16),
+        (64, 3, ForestOptions::default(), 45, 22),
+        (150, 5, ForestOptions::default(), 45, 22),
+        (150, 5, asked(32), 32, 24),
+        (40, 2, ForestOptions::default(), 40, 24),
+        (20, 3, ForestOptions::default(), 20, 38),
+    ] {
         let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
         shape.n_trees = n_trees;
         shape.n_outputs = n_outputs;
         shape.binary_complement = false;
         shape.depth = 5;
         let forest = build(&shape);
-        let kernel = ForestKernel::new(&gpu.device, &forest, &ForestOptions::default()).unwrap();
+        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
         let config = kernel.config();
         assert_eq!(
             (config.tree_lanes, config.rows_per_group),
             (lanes, rows),
-            "{n_trees} trees, {n_outputs} outputs"
+            "{n_trees} trees, {n_outputs} outputs, {options:?}"
         );
-        let n_rows = 53;
-        let rows = rows_for(&shape, n_rows, n_trees as u64);
-        let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
-        let got = kernel.lane(37).unwrap().predict(&rows, true).unwrap();
-        assert_eq!(bits(&got.scores), bits(&cpu.scores), "{config:?}");
+        // Batches of 37 and 16 rows, then one of 1100 (past the small-batch pipeline's 1024).
+        for (n_rows, lane_rows) in [(53, 37), (1100, 1100)] {
+            let rows = rows_for(&shape, n_rows, n_trees as u64);
+            let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
+            let got = kernel.lane(lane_rows).unwrap().predict(&rows, true).unwrap();
+            assert_eq!(bits(&got.scores), bits(&cpu.scores), "{config:?}, {n_rows} rows");
+        }
     }
     let errors = gpu.instance.take_validation_errors();
     assert!(errors.is_empty(), "validation errors: {errors:#?}");

@@ -406,48 +406,6 @@ fn kernels_take_the_node_layout_their_forest_calls_for() {
     gpu.assert_no_validation_errors();
 }
 
-/// Forests of more than 32 trees get 45 tree lanes a row by default (at most 4 of 150 trees a thread
-/// instead of 5), smaller ones a lane a tree; both keep the CPU reference's bits, on the bulk pipeline
-/// and the small-batch one.
-#[test]
-fn forests_of_many_trees_get_more_tree_lanes() {
-    let gpu = gpu();
-    let forest = fixed_point_classifier();
-    let n_trees = forest.n_trees as usize;
-    assert!(n_trees <= 32, "the fixture has {n_trees} trees");
-    // The fixture's trees repeated to 150 (its outputs kept: not the few-outputs shape), walked as single
-    // nodes (node blocks want each tree stored once).
-    let mut many = forest.clone();
-    many.n_trees = 150;
-    many.tree_roots = (0..150).map(|t| forest.tree_roots[t % n_trees]).collect();
-    assert!(many.n_outputs > 2);
-    let rows = random_rows(&many, 256 << 10);
-    let single_nodes = ForestOptions {
-        node_blocks: Some(false),
-        ..ForestOptions::default()
-    };
-    for (tree_forest, options, lanes) in [
-        (&forest, ForestOptions::default(), n_trees as u32),
-        (&many, single_nodes, 45),
-    ] {
-        let kernel = ForestKernel::new(&gpu.device, tree_forest, &options).unwrap();
-        let config = kernel.config();
-        assert_eq!(config.tree_lanes, lanes, "{config:?}");
-        assert!(config.rows_per_group * config.tree_lanes <= 1024, "{config:?}");
-        let mut lane = kernel.lane(rows.n_rows).unwrap();
-        for n_rows in [1, rows.n_rows] {
-            let batch = Rows {
-                n_rows,
-                n_features: rows.n_features,
-                data: rows.data[..n_rows * rows.n_features].to_vec(),
-            };
-            let prediction = lane.predict(&batch.data, true).unwrap();
-            same_bits_as_the_cpu_reference(tree_forest, &batch, &prediction);
-        }
-    }
-    gpu.assert_no_validation_errors();
-}
-
 /// A pipelined batch's timeline, where the lane records one: a dispatch per chunk, the chunks' rows adding
 /// up to the batch, host moments in the order the lane goes through them, and on the GPU each chunk's copy
 /// before its dispatch (the dispatch waits for the copy's semaphore; compared across the two streams only
@@ -503,6 +461,11 @@ fn pipelined_batches_record_their_timeline_when_asked() {
         }
         assert!(timeline.total_us >= timeline.chunks[2].dispatch_submitted_us);
         let Some(origin) = timeline.gpu_origin_us else {
+            // lavapipe, CI's driver, reads its clock beside the host's: there a missing origin fails.
+            assert!(
+                !gpu.device.info().name.contains("llvmpipe"),
+                "no clock reading on lavapipe"
+            );
             eprintln!("no calibrated timestamps: GPU moments not placed on the host's clock");
             continue;
         };
@@ -516,7 +479,7 @@ fn pipelined_batches_record_their_timeline_when_asked() {
                 "a copy started before its rows were written: {timeline:#?}"
             );
             assert!(
-                origin + chunk.list_start_gpu_us + slack >= chunk.dispatch_submitted_us.min(chunk.written_us),
+                origin + chunk.list_start_gpu_us + slack >= chunk.written_us,
                 "a dispatch started before its rows were written: {timeline:#?}"
             );
             assert!(

@@ -141,7 +141,8 @@ impl Device {
             extension_names.push(ash::khr::portability_subset::NAME.as_ptr());
         }
         // For placing GPU timestamps on the host's clock (timelines); enabled wherever offered.
-        let calibration_extension = clock::Calibration::extension(&extensions);
+        let calibration_extension =
+            clock::Calibration::extension(&instance.shared.entry, raw_instance, physical, &extensions);
         if let Some(name) = calibration_extension {
             extension_names.push(name.as_ptr());
         }

@@ -49,7 +49,7 @@ pub struct Instance {
 
 pub(crate) struct InstanceShared {
     // Never read, but the instance's function pointers live in this loaded library.
-    _entry: ash::Entry,
+    pub(crate) entry: ash::Entry,
     pub(crate) raw: ash::Instance,
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     // Boxed so that its address, handed to the driver as callback user data, never moves.
@@ -143,7 +143,7 @@ impl Instance {
         };
 
         let mut shared = InstanceShared {
-            _entry: entry,
+            entry,
             raw,
             debug,
             log,

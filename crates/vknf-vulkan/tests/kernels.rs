@@ -358,6 +358,11 @@ fn device_timestamps_placed_on_the_host_clock_fall_between_submission_and_comple
     let gpu = Gpu::new();
     let device = &gpu.device;
     let Some(first) = device.read_clocks().unwrap() else {
+        // lavapipe, CI's driver, offers them: there a missing reading is the failure.
+        assert!(
+            !device.info().name.contains("llvmpipe"),
+            "lavapipe reads its clock beside the host's"
+        );
         eprintln!("{}: no calibrated timestamps; nothing to check", device.info().name);
         return;
     };

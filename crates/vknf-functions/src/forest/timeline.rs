@@ -1,7 +1,7 @@
 //! Where the time of a pipelined batch goes, chunk by chunk: the host's writes and submissions and the
 //! GPU's copies and dispatches ([`ForestLane::record_timeline`](super::ForestLane::record_timeline)),
 //! for finding what a batch waits for (bench-forest `--timeline`). Off by default: it costs a host reset
-//! of the timestamp slots and a read of them per batch.
+//! of the timestamp slots, a read of them and a reading of the device's clock per batch.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -13,10 +13,13 @@ use super::ForestError;
 
 /// One pipelined batch's timeline: host moments in microseconds from the start of the batch's writes
 /// in [`run_pipelined`](super::ForestLane::run_pipelined) (after its lists are recorded and its slots
-/// reset), GPU moments in microseconds from the batch's first GPU timestamp. The host and GPU clocks are
-/// not related: compare durations and gaps within each. GPU moments of the two queues compare only where
-/// the device's queues share one clock, which Vulkan does not promise (NVIDIA's and lavapipe's do);
-/// elsewhere read the copies and the dispatches each on their own.
+/// reset), GPU moments in microseconds from the batch's first GPU timestamp (of either queue). Where
+/// the device reads its clock beside the host's, [`gpu_origin_us`](Self::gpu_origin_us) places that
+/// origin on the host's timeline (with one reading of the device's clock, so for both queues' moments
+/// only where the queues share one clock); elsewhere the two clocks are not related: compare durations
+/// and gaps within each. GPU moments of the two queues compare only where the device's queues share one
+/// clock, which Vulkan does not promise (NVIDIA's and lavapipe's do); elsewhere read the copies and the
+/// dispatches each on their own.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BatchTimeline {
     /// Host: from the start of the batch's writes to its results read.

@@ -17,15 +17,32 @@ pub(crate) enum Calibration {
 }
 
 impl Calibration {
-    /// The extension to enable among `offered`, KHR first.
-    pub(crate) fn extension(offered: &[vk::ExtensionProperties]) -> Option<&'static std::ffi::CStr> {
+    /// The extension to enable among those `physical` offers (`offered`), KHR first: only where the
+    /// device's own clock is among its calibrateable time domains, as reading it requires.
+    pub(crate) fn extension(
+        entry: &ash::Entry,
+        instance: &ash::Instance,
+        physical: vk::PhysicalDevice,
+        offered: &[vk::ExtensionProperties],
+    ) -> Option<&'static std::ffi::CStr> {
         let has = |name: &std::ffi::CStr| offered.iter().any(|e| e.extension_name_as_c_str() == Ok(name));
-        [
+        let name = [
             ash::khr::calibrated_timestamps::NAME,
             ash::ext::calibrated_timestamps::NAME,
         ]
         .into_iter()
-        .find(|name| has(name))
+        .find(|name| has(name))?;
+        let domains = if name == ash::khr::calibrated_timestamps::NAME {
+            let loaded = ash::khr::calibrated_timestamps::Instance::new(entry, instance);
+            // SAFETY: `physical` belongs to `instance`, which offers the extension's command through the
+            // device extension `physical` reports; the query writes only into the returned vector.
+            unsafe { loaded.get_physical_device_calibrateable_time_domains(physical) }
+        } else {
+            let loaded = ash::ext::calibrated_timestamps::Instance::new(entry, instance);
+            // SAFETY: as above, for the EXT original.
+            unsafe { loaded.get_physical_device_calibrateable_time_domains(physical) }
+        };
+        domains.ok()?.contains(&vk::TimeDomainKHR::DEVICE).then_some(name)
     }
 
     /// Loads the entry point of `extension` (as [`Calibration::extension`] chose and the device enabled).
@@ -73,10 +90,12 @@ impl Device {
         shared.check_lost()?;
         let info = [vk::CalibratedTimestampInfoKHR::default().time_domain(vk::TimeDomainKHR::DEVICE)];
         let before = Instant::now();
-        // SAFETY: the extension was enabled on this device and its entry point loaded from it; the
-        // info array is valid for the call.
         let (stamps, deviation) = match calibration {
+            // SAFETY: the extension was enabled on this device (only where the device's clock is a
+            // calibrateable time domain, `Calibration::extension`) and its entry point loaded from it;
+            // the info array is valid for the call.
             Calibration::Khr(loaded) => unsafe { loaded.get_calibrated_timestamps(&info) },
+            // SAFETY: as above, for the EXT original.
             Calibration::Ext(loaded) => unsafe { loaded.get_calibrated_timestamps(&info) },
         }
         .call("vkGetCalibratedTimestamps")?;
