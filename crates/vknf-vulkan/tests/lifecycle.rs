@@ -16,13 +16,15 @@ fn a_kernel_past_its_deadline_times_out_and_a_new_device_works() {
     let out = device.create_buffer_with("out", &[1u32], MemoryKind::Readback).unwrap();
     let group = pipeline.bind(&[(0, &out)]).unwrap();
     let mut stream = device.stream(QueueKind::Compute).unwrap();
-    // Long-running but bounded, so the device always finishes it.
+    // Long-running but bounded, so the device always finishes it: a billion dependent steps, about a
+    // second on lavapipe, so that the test's thread, descheduled between the submission and the wait on
+    // a loaded 2-core CI machine, still finds it running (with 100 million, ~0.1 s, it once did not).
     let mut list = stream
-        .record(|rec| rec.dispatch(&group, &100_000_000u32, [1, 1, 1]))
+        .record(|rec| rec.dispatch(&group, &1_000_000_000u32, [1, 1, 1]))
         .unwrap();
     let ticket = stream.submit(&mut list).unwrap();
     // A zero deadline: the wait checks once, right after the submission, when no device can have run
-    // 100 million dependent steps yet (a longer deadline would race the device's speed).
+    // a billion dependent steps yet (a longer deadline would race the device's speed).
     match ticket.wait(Duration::ZERO) {
         Err(Error::Timeout(deadline)) => assert_eq!(deadline, Duration::ZERO),
         other => panic!(
