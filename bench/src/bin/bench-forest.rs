@@ -692,7 +692,7 @@ fn timeline_table(
                 median.total_us
             ),
         }
-        let shift = median.gpu_origin_us.unwrap_or(0.0);
+        // `median_timeline` already moved the GPU moments to the host's clock where it could.
         for (index, chunk) in median.chunks.iter().enumerate() {
             println!(
                 "    #{index} {:>6} rows | host: write {:>6.1}..{:>6.1} (DMA rows {:>6.1}, DMA submitted {:>6.1}), dispatch submitted {:>6.1} | gpu: copy {} list {:>6.1} kernel {:>6.1}..{:>6.1}",
@@ -702,14 +702,12 @@ fn timeline_table(
                 chunk.staged_written_us,
                 chunk.copy_submitted_us,
                 chunk.dispatch_submitted_us,
-                chunk.copy_gpu_us.map_or("-".to_string(), |(start, end)| format!(
-                    "{:>6.1}..{:>6.1}",
-                    start + shift,
-                    end + shift
-                )),
-                chunk.list_start_gpu_us + shift,
-                chunk.kernel_gpu_us.0 + shift,
-                chunk.kernel_gpu_us.1 + shift,
+                chunk
+                    .copy_gpu_us
+                    .map_or("-".to_string(), |(start, end)| format!("{start:>6.1}..{end:>6.1}")),
+                chunk.list_start_gpu_us,
+                chunk.kernel_gpu_us.0,
+                chunk.kernel_gpu_us.1,
             );
         }
         table.push(json!({

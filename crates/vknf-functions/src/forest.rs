@@ -183,8 +183,8 @@ pub const DEFAULT_SMALL_BATCH_ROWS: usize = 1024;
 const DEFAULT_TREE_LANES: usize = 32;
 const DEFAULT_GROUP_THREADS: usize = 768;
 /// Tree lanes a row at most by default (a lane a tree below that; the few-outputs shape excepted), and
-/// threads a workgroup with more than [`DEFAULT_TREE_LANES`] lanes (22 rows x 45 lanes). A workgroup lasts as long as its threads' longest chain of tree walks (a
-/// thread walks its trees one after another): on the H200 a lone workgroup of the deep forest took 148 us
+/// threads a workgroup with more than [`DEFAULT_TREE_LANES`] lanes (22 rows x 45 lanes). A workgroup
+/// lasts as long as its threads' longest chain of tree walks (a thread walks its trees one after another): on the H200 a lone workgroup of the deep forest took 148 us
 /// with 32 lanes (at most 5 of its 150 trees a thread), 122 us with 45 (at most 4), and its whole
 /// 5788-row batch 166.7 against 155.6 us in every round (end to end 2-4% faster); W1a's kernel took 0.5 us
 /// more (56 against 55.4 us). 45 lanes and 22 rows still fit such a batch's workgroups on the GPU at once,

@@ -166,8 +166,8 @@ impl Timeline {
             })
             .collect();
         let gpu_origin_us = clocks.map(|reading| {
-            let reading_us = reading.host.duration_since(marks.start).as_secs_f64() * 1e6;
-            reading_us + (origin - reading.device_ns) / 1e3
+            let at = reading.host_moment(origin);
+            at.saturating_duration_since(marks.start).as_secs_f64() * 1e6
         });
         self.last = Some(BatchTimeline {
             total_us,
