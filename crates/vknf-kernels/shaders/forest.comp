@@ -56,22 +56,22 @@ const uint COMPACT_DELTA_MASK = 0x3ffffu;
 const uint COMPACT_FEATURE_SHIFT = 18u;
 const uint COMPACT_FEATURE_MASK = 0xfffu;
 
-layout(set = 0, binding = 0) readonly buffer Rows { float rows[]; };
+layout(set = 0, binding = 0) restrict readonly buffer Rows { float rows[]; };
 // Nodes and leaf entries are read as word pairs: a compact node (or the first half of a wide one) and an
 // (output, weight) entry each come in one 8-byte load instead of two 4-byte ones. Weights (and base
 // values) are fixed-point i32 bits, or f32 bits when FLOAT_ACCUMULATE. Traversal loads are
 // divergent (each row of a subgroup at its own node), so this halves the memory transactions per step.
-layout(set = 0, binding = 1) readonly buffer Nodes { uvec2 nodes[]; };
-layout(set = 0, binding = 2) readonly buffer TreeRoots { uint tree_roots[]; };
-layout(set = 0, binding = 3) readonly buffer LeafEntries { uvec2 leaf_entries[]; };
-layout(set = 0, binding = 4) readonly buffer BaseValues { uint base_values[]; };
-layout(set = 0, binding = 5) writeonly buffer Labels { uint labels[]; };
-layout(set = 0, binding = 6) writeonly buffer Scores { float scores[]; };
+layout(set = 0, binding = 1) restrict readonly buffer Nodes { uvec2 nodes[]; };
+layout(set = 0, binding = 2) restrict readonly buffer TreeRoots { uint tree_roots[]; };
+layout(set = 0, binding = 3) restrict readonly buffer LeafEntries { uvec2 leaf_entries[]; };
+layout(set = 0, binding = 4) restrict readonly buffer BaseValues { uint base_values[]; };
+layout(set = 0, binding = 5) restrict writeonly buffer Labels { uint labels[]; };
+layout(set = 0, binding = 6) restrict writeonly buffer Scores { float scores[]; };
 // The same node buffer read as node blocks (NODE_WORDS == 8, vknf_forest::NodeBlocks): 32 bytes holding an
 // internal node, both its children and the index of its grandchildren's blocks, read as two 16-byte
 // loads from one sector, so that one dependent load decides two levels of a walk. Other node formats
 // bind the node buffer here too and never read it.
-layout(set = 0, binding = 7) readonly buffer NodeBlocks { uvec4 node_blocks[]; };
+layout(set = 0, binding = 7) restrict readonly buffer NodeBlocks { uvec4 node_blocks[]; };
 
 layout(push_constant) uniform Params {
     uint n_rows;      // end of this dispatch's rows (exclusive), counted from the buffer's start
