@@ -110,11 +110,10 @@ struct Args {
     /// `first-row` (every row a copy of the first: no divergence at all).
     #[arg(long, default_value = "given", value_parser = ["given", "by-label", "first-row"])]
     row_order: String,
-    /// The order of the trees: `given`, or `by-walks`: the trees dealt to the chosen configuration's tree
-    /// lanes so that each lane's walks on these rows take about as long (a workgroup lasts as long as its
-    /// longest chain of walks); scores are integer sums, so labels do not change.
-    #[arg(long, default_value = "given", value_parser = ["given", "by-walks"])]
-    tree_order: String,
+    /// Walk node pairs in the chosen configuration and the tables (`ForestOptions::node_pairs`); the
+    /// headline's other layout is then the kernel's default one.
+    #[arg(long)]
+    node_pairs: bool,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -186,64 +185,6 @@ fn reorder_rows(forest: &GpuForest, rows: &mut Rows, order: &str) -> anyhow::Res
     Ok(())
 }
 
-/// Each tree's cost on these rows: for every workgroup of `rows_per_group` rows, its deepest walk in the
-/// tree (the workgroup's threads walking it wait for the slowest), summed over the workgroups.
-fn tree_costs(depths: &[u32], n_rows: usize, rows_per_group: u32) -> Vec<u64> {
-    let n_trees = depths.len() / n_rows.max(1);
-    let mut costs = vec![0u64; n_trees];
-    for group in depths.chunks(rows_per_group as usize * n_trees) {
-        for (tree, cost) in costs.iter_mut().enumerate() {
-            *cost += u64::from(group.chunks(n_trees).map(|row| row[tree]).max().unwrap_or(0));
-        }
-    }
-    costs
-}
-
-/// An order of the trees for a kernel whose tree lane `l` walks the trees at positions `l`, `l + lanes`,
-/// ...: the costliest tree first, each to the lane with the least cost so far that has a position left.
-fn balanced_tree_order(depths: &[u32], n_rows: usize, rows_per_group: u32, lanes: u32) -> Vec<u32> {
-    let costs = tree_costs(depths, n_rows, rows_per_group);
-    let n_trees = costs.len();
-    let lanes = (lanes as usize).clamp(1, n_trees.max(1));
-    let mut by_cost: Vec<usize> = (0..n_trees).collect();
-    by_cost.sort_by_key(|&t| std::cmp::Reverse(costs[t]));
-    let mut lane_trees: Vec<Vec<usize>> = vec![Vec::new(); lanes];
-    let mut lane_cost = vec![0u64; lanes];
-    for tree in by_cost {
-        let lane = (0..lanes)
-            .filter(|&l| lane_trees[l].len() < (n_trees - l).div_ceil(lanes))
-            .min_by_key(|&l| lane_cost[l])
-            .expect("a lane has a position left while trees remain");
-        lane_trees[lane].push(tree);
-        lane_cost[lane] += costs[tree];
-    }
-    (0..n_trees).map(|p| lane_trees[p % lanes][p / lanes] as u32).collect()
-}
-
-/// The modeled kernel: each workgroup's longest chain (the sum, over a lane's trees, of the group's
-/// deepest walk in each), its maximum and mean over the workgroups.
-fn modeled_chains(depths: &[u32], rows_per_group: u32, lanes: u32, order: &[u32]) -> (u64, f64) {
-    let n_trees = order.len();
-    let lanes = (lanes as usize).clamp(1, n_trees.max(1));
-    let chains: Vec<u64> = depths
-        .chunks(rows_per_group as usize * n_trees)
-        .map(|group| {
-            let deepest = |tree: usize| u64::from(group.chunks(n_trees).map(|row| row[tree]).max().unwrap_or(0));
-            (0..lanes)
-                .map(|l| {
-                    (l..n_trees)
-                        .step_by(lanes)
-                        .map(|p| deepest(order[p] as usize))
-                        .sum::<u64>()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let longest = chains.iter().copied().max().unwrap_or(0);
-    (longest, chains.iter().sum::<u64>() as f64 / chains.len().max(1) as f64)
-}
-
 fn load(args: &Args) -> anyhow::Result<(String, GpuForest, Rows, Option<f64>)> {
     if let Some(dir) = &args.paper_tree {
         let workload = vknf_forest::paper_workload(dir, args.trees, args.rows, 2021)?;
@@ -275,7 +216,7 @@ fn load(args: &Args) -> anyhow::Result<(String, GpuForest, Rows, Option<f64>)> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (name, mut forest, mut rows, mean_depth) = load(&args)?;
+    let (name, forest, mut rows, mean_depth) = load(&args)?;
     reorder_rows(&forest, &mut rows, &args.row_order)?;
     let name = args.name.clone().unwrap_or(name);
     let n_nodes = forest.nodes.len() / forest.node_format.words();
@@ -314,22 +255,6 @@ fn main() -> anyhow::Result<()> {
 
     let (_instance, device) = open_device(args.device.as_deref())?;
     let nf = forest.n_features as usize;
-    {
-        let config = ForestKernel::new(&device, &forest, &ForestOptions::for_whole_batches())?.config();
-        let depths = forest.walk_depths(&rows.data, rows.n_rows)?;
-        let given: Vec<u32> = (0..forest.n_trees).collect();
-        let balanced = balanced_tree_order(&depths, rows.n_rows, config.rows_per_group, config.tree_lanes);
-        for (label, order) in [("given", &given), ("by-walks", &balanced)] {
-            let (longest, mean) = modeled_chains(&depths, config.rows_per_group, config.tree_lanes, order);
-            println!(
-                "tree order {label}: a workgroup's longest chain of walks (levels, {}x{}): max {longest}, mean {mean:.1}",
-                config.rows_per_group, config.tree_lanes
-            );
-        }
-        if args.tree_order == "by-walks" {
-            forest.tree_roots = balanced.iter().map(|&t| forest.tree_roots[t as usize]).collect();
-        }
-    }
 
     // The headline: `predict` with the configuration vknf chooses (shape and batch), against the
     // previous fixed default on the same rows.
@@ -339,6 +264,7 @@ fn main() -> anyhow::Result<()> {
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
+        node_pairs: args.node_pairs.then_some(true),
         direct_share: args.chosen_share.or(whole_batches.direct_share),
         keep_writers_awake: args
             .writers_awake_us
@@ -350,9 +276,16 @@ fn main() -> anyhow::Result<()> {
     let chosen_blocks = chosen
         .node_blocks
         .unwrap_or_else(|| vknf_functions::forest::node_blocks_by_default(&forest));
-    let other_layout = ForestOptions {
-        node_blocks: Some(!chosen_blocks),
-        ..chosen
+    let other_layout = if args.node_pairs {
+        ForestOptions {
+            node_pairs: None,
+            ..chosen
+        }
+    } else {
+        ForestOptions {
+            node_blocks: Some(!chosen_blocks),
+            ..chosen
+        }
     };
     let mut chosen_labels = Vec::new();
     let mut headline = serde_json::Map::new();
@@ -518,7 +451,7 @@ fn main() -> anyhow::Result<()> {
         "trees": forest.n_trees, "nodes": n_nodes, "bytes_per_node": forest.node_format.words() * 4,
         "features": forest.n_features, "outputs": forest.n_outputs, "rows": rows.n_rows,
         "max_depth": forest.max_depth, "mean_depth": mean_depth, "n_features": nf,
-        "input_bytes": rows.data.len() * 4,
+        "input_bytes": rows.data.len() * 4, "row_order": args.row_order,
         "cpu_reference": cpu,
         "cpu_threads": std::thread::available_parallelism()?.get(),
         "predict": headline,

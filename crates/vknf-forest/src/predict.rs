@@ -139,26 +139,6 @@ impl GpuForest {
         Ok(total as f64 / (n_rows as f64 * self.tree_roots.len() as f64))
     }
 
-    /// The internal nodes each row passes on its way to a leaf in each tree, row by row (`n_rows x
-    /// n_trees`, trees in `tree_roots` order): the length of every walk a kernel takes on these rows.
-    pub fn walk_depths(&self, rows: &[f32], n_rows: usize) -> Result<Vec<u32>, PredictError> {
-        self.check_input(rows, n_rows)?;
-        let nf = self.n_features as usize;
-        if n_rows == 0 || self.tree_roots.is_empty() || nf == 0 {
-            return Ok(vec![0; n_rows * self.tree_roots.len()]);
-        }
-        let per_row: Vec<Vec<u32>> = rows
-            .par_chunks(nf)
-            .map(|row| {
-                self.tree_roots
-                    .iter()
-                    .map(|&root| self.find_leaf(root, row).map(|(_, depth)| depth))
-                    .collect::<Result<Vec<u32>, PredictError>>()
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(per_row.concat())
-    }
-
     fn check_input(&self, rows: &[f32], n_rows: usize) -> Result<(), PredictError> {
         let nf = self.n_features as usize;
         let expected = n_rows.checked_mul(nf);

@@ -56,22 +56,22 @@ const uint COMPACT_DELTA_MASK = 0x3ffffu;
 const uint COMPACT_FEATURE_SHIFT = 18u;
 const uint COMPACT_FEATURE_MASK = 0xfffu;
 
-layout(set = 0, binding = 0) restrict readonly buffer Rows { float rows[]; };
+layout(set = 0, binding = 0) readonly buffer Rows { float rows[]; };
 // Nodes and leaf entries are read as word pairs: a compact node (or the first half of a wide one) and an
 // (output, weight) entry each come in one 8-byte load instead of two 4-byte ones. Weights (and base
 // values) are fixed-point i32 bits, or f32 bits when FLOAT_ACCUMULATE. Traversal loads are
 // divergent (each row of a subgroup at its own node), so this halves the memory transactions per step.
-layout(set = 0, binding = 1) restrict readonly buffer Nodes { uvec2 nodes[]; };
-layout(set = 0, binding = 2) restrict readonly buffer TreeRoots { uint tree_roots[]; };
-layout(set = 0, binding = 3) restrict readonly buffer LeafEntries { uvec2 leaf_entries[]; };
-layout(set = 0, binding = 4) restrict readonly buffer BaseValues { uint base_values[]; };
-layout(set = 0, binding = 5) restrict writeonly buffer Labels { uint labels[]; };
-layout(set = 0, binding = 6) restrict writeonly buffer Scores { float scores[]; };
+layout(set = 0, binding = 1) readonly buffer Nodes { uvec2 nodes[]; };
+layout(set = 0, binding = 2) readonly buffer TreeRoots { uint tree_roots[]; };
+layout(set = 0, binding = 3) readonly buffer LeafEntries { uvec2 leaf_entries[]; };
+layout(set = 0, binding = 4) readonly buffer BaseValues { uint base_values[]; };
+layout(set = 0, binding = 5) writeonly buffer Labels { uint labels[]; };
+layout(set = 0, binding = 6) writeonly buffer Scores { float scores[]; };
 // The same node buffer read as node blocks (NODE_WORDS == 8, vknf_forest::NodeBlocks): 32 bytes holding an
 // internal node, both its children and the index of its grandchildren's blocks, read as two 16-byte
 // loads from one sector, so that one dependent load decides two levels of a walk. Other node formats
 // bind the node buffer here too and never read it.
-layout(set = 0, binding = 7) restrict readonly buffer NodeBlocks { uvec4 node_blocks[]; };
+layout(set = 0, binding = 7) readonly buffer NodeBlocks { uvec4 node_blocks[]; };
 
 layout(push_constant) uniform Params {
     uint n_rows;      // end of this dispatch's rows (exclusive), counted from the buffer's start
@@ -242,6 +242,12 @@ void main() {
     }
     barrier();
 
+    // Not `const`, and set in two steps: spirq evaluates no LogicalAnd or ordering of specialization
+    // constants.
+    bool single_nodes = NODE_WORDS != 8u;
+    if (NODE_WORDS == 16u) {
+        single_nodes = false;
+    }
     if (local_row < rows_here && lane < TREE_LANES) {
         for (uint tree = lane; tree < params.n_trees; tree += TREE_LANES) {
             uint node = tree_roots[tree];
@@ -266,7 +272,27 @@ void main() {
                 const uint skip = (!left && (upper.z & LEAF_BIT) == 0u) ? 2u : 0u;
                 node = lower.z + skip + (goes_left(head, head.x & LOW30, local_row, row) ? 0u : 1u);
             }
-            for (uint depth = 0u; NODE_WORDS != 8u && depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
+            // Node pairs (NODE_WORDS == 16, a layout code: vknf_forest::NodePairs): `node` is a pair index
+            // and n_nodes the pair count; one 16-byte load a step decides the head, and its left child
+            // too when the walk goes left, so MAX_DEPTH + 1 steps reach any leaf.
+            for (uint step = 0u; NODE_WORDS == 16u && step <= MAX_DEPTH && node < params.n_nodes; ++step) {
+                const uvec4 pair = node_blocks[node];
+                head = pair.xy;
+                if ((head.x & LEAF_BIT) != 0u) {
+                    break;
+                }
+                if (!goes_left(head, (head.x >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK, local_row, row)) {
+                    node += head.x & COMPACT_DELTA_MASK;
+                    continue;
+                }
+                head = pair.zw;
+                if ((head.x & LEAF_BIT) != 0u) {
+                    break;
+                }
+                const bool left = goes_left(head, (head.x >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK, local_row, row);
+                node += (head.x & COMPACT_DELTA_MASK) + (left ? 0u : 1u);
+            }
+            for (uint depth = 0u; single_nodes && depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
                 head = nodes[node * node_pairs];
                 if ((head.x & LEAF_BIT) != 0u) {
                     break;
