@@ -110,10 +110,6 @@ struct Args {
     /// `first-row` (every row a copy of the first: no divergence at all).
     #[arg(long, default_value = "given", value_parser = ["given", "by-label", "first-row"])]
     row_order: String,
-    /// Walk node pairs in the chosen configuration and the tables (`ForestOptions::node_pairs`); the
-    /// headline's other layout is then the kernel's default one.
-    #[arg(long)]
-    node_pairs: bool,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -264,7 +260,6 @@ fn main() -> anyhow::Result<()> {
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
-        node_pairs: args.node_pairs.then_some(true),
         direct_share: args.chosen_share.or(whole_batches.direct_share),
         keep_writers_awake: args
             .writers_awake_us
@@ -276,16 +271,9 @@ fn main() -> anyhow::Result<()> {
     let chosen_blocks = chosen
         .node_blocks
         .unwrap_or_else(|| vknf_functions::forest::node_blocks_by_default(&forest));
-    let other_layout = if args.node_pairs {
-        ForestOptions {
-            node_pairs: None,
-            ..chosen
-        }
-    } else {
-        ForestOptions {
-            node_blocks: Some(!chosen_blocks),
-            ..chosen
-        }
+    let other_layout = ForestOptions {
+        node_blocks: Some(!chosen_blocks),
+        ..chosen
     };
     let mut chosen_labels = Vec::new();
     let mut headline = serde_json::Map::new();

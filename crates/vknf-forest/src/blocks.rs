@@ -18,9 +18,7 @@
 //!   child follow them (`first + 2`, `first + 3`, or `first`, `first + 1` when the left child is a
 //!   leaf). A grandchild block always lies after its parent block, so every walk moves forward.
 
-use crate::layout::{
-    COMPACT_DELTA_MASK, COMPACT_FEATURE_SHIFT, CompileError, FLAG_BIT, GpuForest, LEAF_BIT, NodeFormat, NodeWords,
-};
+use crate::layout::{CompileError, FLAG_BIT, GpuForest, LEAF_BIT, NodeWords};
 
 /// Words per node block (32 bytes: one sector).
 pub const BLOCK_WORDS: usize = 8;
@@ -38,30 +36,6 @@ impl NodeBlocks {
     /// Number of blocks.
     pub fn n_blocks(&self) -> usize {
         self.words.len() / BLOCK_WORDS
-    }
-}
-
-/// Words per node pair (16 bytes: one load).
-pub const PAIR_WORDS: usize = 4;
-
-/// A compact forest's nodes regrouped into node pairs: pair `p` is words `[4p, 4p + 4)`, its head node
-/// and the head's left child, so that one 16-byte load decides one level, or two when the walk goes
-/// left at the head. Heads are the roots, every right child, and the children of a pair's second node.
-/// Both nodes keep the compact encoding ([`LEAF_BIT`], [`FLAG_BIT`], feature bits), with the delta
-/// counting pairs from their own: the head's leads to its right child's pair, the second node's to its
-/// left child's pair, whose right child's pair follows it. A leaf head leaves the second node zero.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodePairs {
-    /// `n_pairs * PAIR_WORDS` words.
-    pub words: Vec<u32>,
-    /// Pair index of each tree's root pair.
-    pub tree_roots: Vec<u32>,
-}
-
-impl NodePairs {
-    /// Number of pairs.
-    pub fn n_pairs(&self) -> usize {
-        self.words.len() / PAIR_WORDS
     }
 }
 
@@ -88,7 +62,18 @@ impl GpuForest {
                 tree_roots: Vec::new(),
             });
         }
-        self.check_regrouped_words(nodes)?;
+        self.check_layout()
+            .map_err(|err| CompileError::InvalidLayout(err.to_string()))?;
+        // `nodes` may differ from the forest's own (checked above) in inline leaf weights only (the
+        // fixed-point words), never in structure.
+        for (index, (given, own)) in nodes.chunks_exact(w).zip(self.nodes.chunks_exact(w)).enumerate() {
+            let inline_leaf = own[0] & LEAF_BIT != 0 && own[0] & FLAG_BIT != 0;
+            if given[0] != own[0] || (!inline_leaf && given[1] != own[1]) || given[2..] != own[2..] {
+                return Err(CompileError::InvalidLayout(format!(
+                    "node {index} differs from the forest's own in more than a leaf weight"
+                )));
+            }
+        }
         let n_nodes = nodes.len() / w;
         let decode = |index: usize| -> Result<NodeWords, CompileError> {
             self.node_format
@@ -149,108 +134,6 @@ impl GpuForest {
         }
         Ok(NodeBlocks { words, tree_roots })
     }
-
-    /// What both regroupings need of `nodes`: a forest that keeps the node rules, and words that differ
-    /// from its own in inline leaf weights only (the fixed-point words), never in structure.
-    fn check_regrouped_words(&self, nodes: &[u32]) -> Result<(), CompileError> {
-        let w = self.node_format.words();
-        self.check_layout()
-            .map_err(|err| CompileError::InvalidLayout(err.to_string()))?;
-        for (index, (given, own)) in nodes.chunks_exact(w).zip(self.nodes.chunks_exact(w)).enumerate() {
-            let inline_leaf = own[0] & LEAF_BIT != 0 && own[0] & FLAG_BIT != 0;
-            if given[0] != own[0] || (!inline_leaf && given[1] != own[1]) || given[2..] != own[2..] {
-                return Err(CompileError::InvalidLayout(format!(
-                    "node {index} differs from the forest's own in more than a leaf weight"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Regroups compact `nodes` into node pairs ([`NodePairs`]).
-    pub fn node_pairs(&self, nodes: &[u32]) -> Result<NodePairs, CompileError> {
-        if self.node_format != NodeFormat::Compact {
-            return Err(CompileError::InvalidLayout(
-                "node pairs need the compact node format".into(),
-            ));
-        }
-        if nodes.len() != self.nodes.len() {
-            return Err(CompileError::InvalidLayout(format!(
-                "{} node words given for a forest of {}",
-                nodes.len(),
-                self.nodes.len()
-            )));
-        }
-        if self.tree_roots.is_empty() {
-            return Ok(NodePairs {
-                words: Vec::new(),
-                tree_roots: Vec::new(),
-            });
-        }
-        self.check_regrouped_words(nodes)?;
-        let decode = |index: usize| -> Result<NodeWords, CompileError> {
-            self.node_format
-                .decode(nodes, index)
-                .ok_or_else(|| CompileError::InvalidLayout(format!("node {index} out of range")))
-        };
-        // A node's words in a pair: a leaf's as they are; an internal node's with its delta counting
-        // pairs from the one that holds it.
-        let pair_words = |node: NodeWords, delta: usize| -> Result<[u32; 2], CompileError> {
-            match node {
-                NodeWords::Leaf { w0, w1 } => Ok([w0, w1]),
-                NodeWords::Internal {
-                    feature,
-                    nan_left,
-                    threshold,
-                    ..
-                } => {
-                    if delta == 0 || delta > COMPACT_DELTA_MASK as usize {
-                        return Err(CompileError::InvalidLayout(format!(
-                            "a node pair's delta {delta} does not fit the compact format"
-                        )));
-                    }
-                    let nan = if nan_left { FLAG_BIT } else { 0 };
-                    Ok([nan | (feature << COMPACT_FEATURE_SHIFT) | delta as u32, threshold])
-                }
-            }
-        };
-        let mut words: Vec<u32> = Vec::with_capacity(nodes.len() * 2);
-        let mut tree_roots = Vec::with_capacity(self.tree_roots.len());
-        // (pair index, node index of its head), breadth first within each tree.
-        let mut pending = std::collections::VecDeque::new();
-        let allocate = |words: &mut Vec<u32>, count: usize| {
-            let first = words.len() / PAIR_WORDS;
-            words.resize(words.len() + count * PAIR_WORDS, 0);
-            first
-        };
-        for &root in &self.tree_roots {
-            let root_pair = allocate(&mut words, 1);
-            tree_roots.push(to_u32(root_pair)?);
-            pending.push_back((root_pair, root as usize));
-            while let Some((pair, head)) = pending.pop_front() {
-                let at = pair * PAIR_WORDS;
-                let head = decode(head)?;
-                let NodeWords::Internal { left, .. } = head else {
-                    words[at..at + 2].copy_from_slice(&pair_words(head, 0)?);
-                    continue;
-                };
-                let right_pair = allocate(&mut words, 1);
-                pending.push_back((right_pair, left + 1));
-                words[at..at + 2].copy_from_slice(&pair_words(head, right_pair - pair)?);
-                let second = decode(left)?;
-                let delta = if let NodeWords::Internal { left: grandchild, .. } = second {
-                    let first = allocate(&mut words, 2);
-                    pending.push_back((first, grandchild));
-                    pending.push_back((first + 1, grandchild + 1));
-                    first - pair
-                } else {
-                    0
-                };
-                words[at + 2..at + 4].copy_from_slice(&pair_words(second, delta)?);
-            }
-        }
-        Ok(NodePairs { words, tree_roots })
-    }
 }
 
 fn to_u32(index: usize) -> Result<u32, CompileError> {
@@ -289,33 +172,6 @@ mod tests {
             let left_child_internal = b[2] & LEAF_BIT == 0;
             let skip = if !left && left_child_internal { 2 } else { 0 };
             block = b[6] as usize + skip + usize::from(!goes_left(child));
-        }
-        None
-    }
-
-    /// The leaf words a walk over node pairs reaches for `row`, as the kernel walks them (one pair a
-    /// step, at most `max_depth + 1` steps), or `None` when it runs past them or out of range.
-    fn pair_leaf(forest: &GpuForest, pairs: &NodePairs, tree: usize, row: &[f32]) -> Option<[u32; 2]> {
-        let goes_left = |node: [u32; 2]| {
-            let x = row[((node[0] >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK) as usize];
-            x <= f32::from_bits(node[1]) || (x.is_nan() && node[0] & FLAG_BIT != 0)
-        };
-        let mut pair = pairs.tree_roots[tree] as usize;
-        for _ in 0..=forest.max_depth {
-            let p = pairs.words.get(pair * PAIR_WORDS..(pair + 1) * PAIR_WORDS)?;
-            let head = [p[0], p[1]];
-            if head[0] & LEAF_BIT != 0 {
-                return Some(head);
-            }
-            if !goes_left(head) {
-                pair += (head[0] & COMPACT_DELTA_MASK) as usize;
-                continue;
-            }
-            let second = [p[2], p[3]];
-            if second[0] & LEAF_BIT != 0 {
-                return Some(second);
-            }
-            pair += (second[0] & COMPACT_DELTA_MASK) as usize + usize::from(!goes_left(second));
         }
         None
     }
@@ -440,50 +296,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Every row reaches the same leaf, with the same words, through node pairs as through nodes,
-        /// and every node is in exactly one pair.
-        #[test]
-        fn pairs_reach_the_leaves_nodes_reach(
-            shapes in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..64), 1..6),
-            max_depth in 0u32..12,
-            rows in prop::collection::vec(prop::collection::vec(prop_oneof![-5.0f32..5.0, Just(f32::NAN)], 6), 1..16),
-        ) {
-            let forest = forest(&shapes, 6, max_depth);
-            let pairs = forest.node_pairs(&forest.nodes).unwrap();
-            let used = pairs.words.chunks_exact(PAIR_WORDS).map(|p| {
-                if p[0] & LEAF_BIT != 0 { 1 } else { 2 }
-            }).sum::<usize>();
-            prop_assert_eq!(used, forest.n_nodes());
-            for row in &rows {
-                for t in 0..shapes.len() {
-                    prop_assert_eq!(pair_leaf(&forest, &pairs, t, row), Some(node_leaf(&forest, t, row)));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn pairs_refuse_the_wide_format_and_broken_layouts() {
-        let wide = forest(&[vec![1, 9, 200, 1, 0, 0]], 4100, 2);
-        assert!(
-            wide.node_pairs(&wide.nodes)
-                .unwrap_err()
-                .to_string()
-                .contains("compact")
-        );
-        let mut forest = forest(&[vec![1, 9, 200, 1, 0, 0]], 6, 2);
-        forest.nodes[0] &= !COMPACT_DELTA_MASK;
-        assert!(
-            forest
-                .node_pairs(&forest.nodes.clone())
-                .unwrap_err()
-                .to_string()
-                .contains("would loop")
-        );
     }
 
     #[test]

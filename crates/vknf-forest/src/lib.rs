@@ -21,7 +21,7 @@ mod validate;
 mod vkf;
 pub mod wire;
 
-pub use blocks::{BLOCK_WORDS, NodeBlocks, NodePairs, PAIR_WORDS};
+pub use blocks::{BLOCK_WORDS, NodeBlocks};
 pub use exact::FixedPoint;
 pub use import::{ImportError, ImportOptions, NanRouting, Progress, Stage, read_file_with_progress};
 pub use layout::{

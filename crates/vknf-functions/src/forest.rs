@@ -98,10 +98,6 @@ pub struct ForestOptions {
     /// sector, two levels a load) instead of one node a load. `None`: [`node_blocks_by_default`] where the
     /// kernel declares their binding. `Some(true)` with a kernel that does not is an error.
     pub node_blocks: Option<bool>,
-    /// Walk node pairs ([`vknf_forest::NodePairs`]: a node and its left child in one 16-byte load) instead
-    /// of node blocks or single nodes; compact forests only, with a kernel that declares the node-block
-    /// binding (an error otherwise). `None`: no.
-    pub node_pairs: Option<bool>,
     /// After each whole batch's writes by the thread pool ([`ForestLane::predict`],
     /// [`ForestLane::run_pipelined`]: split batches, and unsplit ones of at least 1 MiB), keep the pool's
     /// threads spinning for up to this long, or until the next batch starts, so that its writes start
@@ -248,8 +244,6 @@ pub struct KernelConfig {
     pub transfer_stream: bool,
     /// The kernel walks node blocks ([`ForestOptions::node_blocks`]).
     pub node_blocks: bool,
-    /// The kernel walks node pairs ([`ForestOptions::node_pairs`]).
-    pub node_pairs: bool,
     /// How long the pool's threads are kept awake after a whole batch's writes, in microseconds
     /// ([`ForestOptions::keep_writers_awake`]).
     pub writers_awake_us: u32,
@@ -442,18 +436,11 @@ impl ForestKernel {
             _ => 0.0,
         };
         let kernel = Kernel::new(device, spirv, entry_point)?;
-        let node_pairs = options.node_pairs.unwrap_or(false);
-        if node_pairs && !declares_node_blocks(kernel.info()) {
-            return Err(ForestError::Unsupported(format!(
-                "node pairs were asked for, but the kernel declares no node-block binding {NODE_BLOCKS_BINDING}"
-            )));
-        }
-        let node_blocks = !node_pairs
-            && choose_node_blocks(
-                options.node_blocks,
-                declares_node_blocks(kernel.info()),
-                node_blocks_by_default(forest),
-            )?;
+        let node_blocks = choose_node_blocks(
+            options.node_blocks,
+            declares_node_blocks(kernel.info()),
+            node_blocks_by_default(forest),
+        )?;
         let config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
@@ -466,7 +453,6 @@ impl ForestKernel {
             direct_share,
             transfer_stream,
             node_blocks,
-            node_pairs,
             writers_awake_us: options
                 .keep_writers_awake
                 .unwrap_or_default()
@@ -477,9 +463,7 @@ impl ForestKernel {
         let shape = ShaderShape {
             forest,
             fixed: fixed.as_ref(),
-            node_words: if node_pairs {
-                NODE_PAIRS_CODE
-            } else if node_blocks {
+            node_words: if node_blocks {
                 BLOCK_WORDS as u32
             } else {
                 forest.node_format.words() as u32
@@ -520,13 +504,7 @@ impl ForestKernel {
                 )
             }
         };
-        let (mut node_words, roots, n_nodes) = if node_pairs {
-            let pairs = forest
-                .node_pairs(&node_words)
-                .map_err(|err| ForestError::Unsupported(err.to_string()))?;
-            let n_pairs = pairs.n_pairs();
-            (pairs.words, pairs.tree_roots, n_pairs)
-        } else if node_blocks {
+        let (mut node_words, roots, n_nodes) = if node_blocks {
             let blocks = forest
                 .node_blocks(&node_words)
                 .map_err(|err| ForestError::Unsupported(err.to_string()))?;
@@ -790,10 +768,6 @@ fn chunk_bounds(n_rows: usize, chunks: usize, rows_per_group: usize, bounds: &mu
         bounds.push((first * rows_per_group, (end * rows_per_group).min(n_rows)));
     }
 }
-
-/// The kernel's `NODE_WORDS` for node pairs: a layout code, not a word count (a pair takes 4 words, as a
-/// wide node does).
-const NODE_PAIRS_CODE: u32 = 16;
 
 /// Whether a kernel declares the node-block binding: kernels from before node blocks (a manifest may
 /// carry one) do not.

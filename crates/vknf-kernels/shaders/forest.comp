@@ -242,12 +242,6 @@ void main() {
     }
     barrier();
 
-    // Not `const`, and set in two steps: spirq evaluates no LogicalAnd or ordering of specialization
-    // constants.
-    bool single_nodes = NODE_WORDS != 8u;
-    if (NODE_WORDS == 16u) {
-        single_nodes = false;
-    }
     if (local_row < rows_here && lane < TREE_LANES) {
         for (uint tree = lane; tree < params.n_trees; tree += TREE_LANES) {
             uint node = tree_roots[tree];
@@ -272,27 +266,7 @@ void main() {
                 const uint skip = (!left && (upper.z & LEAF_BIT) == 0u) ? 2u : 0u;
                 node = lower.z + skip + (goes_left(head, head.x & LOW30, local_row, row) ? 0u : 1u);
             }
-            // Node pairs (NODE_WORDS == 16, a layout code: vknf_forest::NodePairs): `node` is a pair index
-            // and n_nodes the pair count; one 16-byte load a step decides the head, and its left child
-            // too when the walk goes left, so MAX_DEPTH + 1 steps reach any leaf.
-            for (uint step = 0u; NODE_WORDS == 16u && step <= MAX_DEPTH && node < params.n_nodes; ++step) {
-                const uvec4 pair = node_blocks[node];
-                head = pair.xy;
-                if ((head.x & LEAF_BIT) != 0u) {
-                    break;
-                }
-                if (!goes_left(head, (head.x >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK, local_row, row)) {
-                    node += head.x & COMPACT_DELTA_MASK;
-                    continue;
-                }
-                head = pair.zw;
-                if ((head.x & LEAF_BIT) != 0u) {
-                    break;
-                }
-                const bool left = goes_left(head, (head.x >> COMPACT_FEATURE_SHIFT) & COMPACT_FEATURE_MASK, local_row, row);
-                node += (head.x & COMPACT_DELTA_MASK) + (left ? 0u : 1u);
-            }
-            for (uint depth = 0u; single_nodes && depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
+            for (uint depth = 0u; NODE_WORDS != 8u && depth <= MAX_DEPTH && node < params.n_nodes; ++depth) {
                 head = nodes[node * node_pairs];
                 if ((head.x & LEAF_BIT) != 0u) {
                     break;
