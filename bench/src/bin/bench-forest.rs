@@ -110,6 +110,11 @@ struct Args {
     /// `first-row` (every row a copy of the first: no divergence at all).
     #[arg(long, default_value = "given", value_parser = ["given", "by-label", "first-row"])]
     row_order: String,
+    /// A diagnostic of what the kernel's time depends on: the forest's trees replaced by its first N,
+    /// repeated in turn (as many walks, of the same kinds, over a fraction of the nodes). The repeated
+    /// roots share their nodes, which node blocks refuse: give `--node-blocks false`.
+    #[arg(long)]
+    distinct_trees: Option<usize>,
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -212,8 +217,14 @@ fn load(args: &Args) -> anyhow::Result<(String, GpuForest, Rows, Option<f64>)> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (name, forest, mut rows, mean_depth) = load(&args)?;
+    let (name, mut forest, mut rows, mean_depth) = load(&args)?;
     reorder_rows(&forest, &mut rows, &args.row_order)?;
+    if let Some(distinct) = args.distinct_trees {
+        let distinct = distinct.clamp(1, forest.tree_roots.len().max(1));
+        forest.tree_roots = (0..forest.tree_roots.len())
+            .map(|t| forest.tree_roots[t % distinct])
+            .collect();
+    }
     let name = args.name.clone().unwrap_or(name);
     let n_nodes = forest.nodes.len() / forest.node_format.words();
     println!(
@@ -282,6 +293,10 @@ fn main() -> anyhow::Result<()> {
         ("other-node-layout", other_layout),
         ("previous-default", previous_default()),
     ] {
+        // Shared roots (--distinct-trees) are refused by node blocks: those layouts are not timed.
+        if args.distinct_trees.is_some() && options.node_blocks != Some(false) {
+            continue;
+        }
         let kernel = ForestKernel::new(&device, &forest, &options)?;
         let config = kernel.config();
         let chunks = kernel.pipeline_chunks(rows.n_rows);
@@ -439,7 +454,7 @@ fn main() -> anyhow::Result<()> {
         "trees": forest.n_trees, "nodes": n_nodes, "bytes_per_node": forest.node_format.words() * 4,
         "features": forest.n_features, "outputs": forest.n_outputs, "rows": rows.n_rows,
         "max_depth": forest.max_depth, "mean_depth": mean_depth, "n_features": nf,
-        "input_bytes": rows.data.len() * 4, "row_order": args.row_order,
+        "input_bytes": rows.data.len() * 4, "row_order": args.row_order, "distinct_trees": args.distinct_trees,
         "cpu_reference": cpu,
         "cpu_threads": std::thread::available_parallelism()?.get(),
         "predict": headline,
