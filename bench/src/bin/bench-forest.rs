@@ -220,11 +220,20 @@ fn main() -> anyhow::Result<()> {
     let (name, mut forest, mut rows, mean_depth) = load(&args)?;
     reorder_rows(&forest, &mut rows, &args.row_order)?;
     if let Some(distinct) = args.distinct_trees {
+        anyhow::ensure!(
+            args.node_blocks == Some(false) && !args.sweep,
+            "--distinct-trees shares nodes between roots, which node blocks refuse: give --node-blocks false, and no --sweep"
+        );
         let distinct = distinct.clamp(1, forest.tree_roots.len().max(1));
         forest.tree_roots = (0..forest.tree_roots.len())
             .map(|t| forest.tree_roots[t % distinct])
             .collect();
     }
+    let mean_depth = if args.row_order == "given" && args.distinct_trees.is_none() {
+        mean_depth
+    } else {
+        forest.mean_depth(&rows.data, rows.n_rows).ok()
+    };
     let name = args.name.clone().unwrap_or(name);
     let n_nodes = forest.nodes.len() / forest.node_format.words();
     println!(
@@ -293,7 +302,7 @@ fn main() -> anyhow::Result<()> {
         ("other-node-layout", other_layout),
         ("previous-default", previous_default()),
     ] {
-        // Shared roots (--distinct-trees) are refused by node blocks: those layouts are not timed.
+        // Shared roots (--distinct-trees) are refused by node blocks: the other layout is not timed.
         if args.distinct_trees.is_some() && options.node_blocks != Some(false) {
             continue;
         }
