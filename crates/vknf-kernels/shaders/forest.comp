@@ -97,6 +97,11 @@ float feature_value(uint local_row, uint global_row, uint feature) {
 // threshold's bits) splitting on `feature`.
 bool goes_left(uvec2 node_head, uint feature, uint local_row, uint row) {
     const float x = feature_value(local_row, row, min(feature, N_FEATURES - 1u));
+    if (REJECT_NAN) {
+        // Rows with a NaN get the NAN_ROW label whatever they walk, so a non-NaN value is all a walk
+        // compares: the NaN flag's test would only add instructions to every level.
+        return x <= uintBitsToFloat(node_head.y);
+    }
     return x <= uintBitsToFloat(node_head.y) || (isnan(x) && (node_head.x & FLAG_BIT) != 0u);
 }
 
