@@ -390,12 +390,12 @@ impl ForestKernel {
         let default_rows = (group_threads / tree_lanes_wanted).clamp(1, MAX_DEFAULT_ROWS);
         let preferred_rows = options.rows_per_group.map_or(default_rows, |rows| rows.max(1) as usize);
         // As many rows as fit (accumulators are needed; staging only if asked), capped by preference.
-        let per_row = accumulator_bytes + if stage_wanted { row_bytes } else { 0 };
+        let per_row = accumulator_bytes + ROW_SCRATCH_BYTES + if stage_wanted { row_bytes } else { 0 };
         let mut rows = preferred_rows.min(shared_budget / per_row.max(1));
         let mut stage_input = stage_wanted;
         if rows == 0 && stage_wanted {
             stage_input = false;
-            rows = preferred_rows.min(shared_budget / accumulator_bytes);
+            rows = preferred_rows.min(shared_budget / (accumulator_bytes + ROW_SCRATCH_BYTES));
         }
         if rows == 0 {
             return Err(ForestError::Unsupported(format!(
@@ -768,6 +768,10 @@ fn chunk_bounds(n_rows: usize, chunks: usize, rows_per_group: usize, bounds: &mu
         bounds.push((first * rows_per_group, (end * rows_per_group).min(n_rows)));
     }
 }
+
+/// Shared memory a workgroup row takes besides its accumulators and staged features: its NaN flag, and
+/// the largest total and label of the integer argmax (`forest.comp`).
+const ROW_SCRATCH_BYTES: usize = 12;
 
 /// Whether a kernel declares the node-block binding: kernels from before node blocks (a manifest may
 /// carry one) do not.

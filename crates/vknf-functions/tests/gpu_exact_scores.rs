@@ -310,6 +310,9 @@ proptest! {
             let got = lane.predict(&rows, true).unwrap();
             prop_assert_eq!(bits(&got.scores), bits(&cpu.scores), "{:?} {:?}", options, kernel.config());
             prop_assert_eq!(&got.labels, &cpu.labels, "{:?}", options);
+            // Labels alone: many-output rows take their argmax from the integer totals.
+            let labels = lane.predict(&rows, false).unwrap().labels;
+            prop_assert_eq!(&labels, &cpu.labels, "labels only, {:?}", options);
         }
         let errors = gpu.instance.take_validation_errors();
         prop_assert!(errors.is_empty(), "validation errors: {:#?}", errors);
@@ -486,6 +489,77 @@ fn averages_of_inexact_weights_match_bit_for_bit() {
         let got = kernel.lane(4).unwrap().predict(&[0.0], true).unwrap();
         assert_eq!(bits(&got.scores), bits(&cpu.scores), "{options:?}");
         assert_eq!(got.labels, cpu.labels);
+    }
+    assert!(gpu.instance.take_validation_errors().is_empty());
+}
+
+/// Two outputs whose fixed-point totals differ by one unit but round to the same f32: the label is the
+/// lower output, as the CPU reference's argmax of the scores has it, also when only labels are asked for
+/// and the kernel takes the argmax from the totals (more outputs than tree lanes).
+#[test]
+fn labels_only_break_ties_of_equal_scores_as_the_scores_do() {
+    let gpu = gpu();
+    let entry = |output, weight| RawEntry {
+        node: 0,
+        output,
+        weight,
+    };
+    let trees = vec![
+        RawTree {
+            id: 0,
+            nodes: vec![RawNode::Leaf],
+            entries: vec![entry(0, 0.75), entry(1, 0.75), entry(2, 0.25)],
+        },
+        RawTree {
+            id: 1,
+            nodes: vec![RawNode::Leaf],
+            // 2^-7 and 2^-7 + 2^-30: the second total is one unit larger, and both sums round to
+            // 0.7578125 in f32.
+            entries: vec![
+                entry(0, 1.0 / 128.0),
+                entry(1, 1.0 / 128.0 + 1.0 / f64::from(1u32 << 30)),
+                entry(2, 0.0),
+            ],
+        },
+    ];
+    let forest = RawForest {
+        task: Task::Classifier {
+            labels: ClassLabels::Int64(vec![0, 1, 2]),
+        },
+        n_features: 1,
+        n_outputs: 3,
+        trees,
+        aggregate: Aggregate::Sum,
+        post_transform: PostTransform::None,
+        base_values: vec![],
+        binary_complement: false,
+        missing: MissingPolicy::Reject,
+        max_depth_limit: 4,
+    }
+    .validate()
+    .unwrap()
+    .compile()
+    .unwrap();
+    let fixed = forest.fixed_point().expect("fixed point");
+    assert_eq!(fixed.scale_log2, 30, "the test needs units of 2^-30");
+    let cpu = forest.predict_cpu(&[0.0], 1).unwrap();
+    assert_eq!(cpu.scores[0], cpu.scores[1], "{:?}", cpu.scores);
+    assert_eq!(cpu.labels, vec![0]);
+    for tree_lanes in [1u32, 2] {
+        let options = ForestOptions {
+            tree_lanes: Some(tree_lanes),
+            small_batch_rows: Some(0),
+            ..Default::default()
+        };
+        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+        let mut lane = kernel.lane(4).unwrap();
+        let with_scores = lane.predict(&[0.0, 0.0, 0.0], true).unwrap();
+        assert_eq!(with_scores.labels, vec![0, 0, 0], "{options:?}");
+        assert_eq!(
+            lane.predict(&[0.0, 0.0, 0.0], false).unwrap().labels,
+            vec![0, 0, 0],
+            "{options:?}"
+        );
     }
     assert!(gpu.instance.take_validation_errors().is_empty());
 }

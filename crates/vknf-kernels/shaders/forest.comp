@@ -85,6 +85,10 @@ layout(push_constant) uniform Params {
 shared float staged[STAGED_FLOATS];
 shared int accumulators[ACCUMULATORS];
 shared uint row_has_nan[ROWS_PER_GROUP];
+// Labels from integer totals (the many-outputs argmax of a labels-only batch): each row's largest total
+// and its label.
+shared int row_top[ROWS_PER_GROUP];
+shared int row_label[ROWS_PER_GROUP];
 
 float feature_value(uint local_row, uint global_row, uint feature) {
     if (STAGE_INPUT) {
@@ -222,6 +226,8 @@ void main() {
     }
     if (local_id < ROWS_PER_GROUP) {
         row_has_nan[local_id] = 0u;
+        row_top[local_id] = int(0x80000000u);
+        row_label[local_id] = 0x7fffffff;
     }
     barrier();
     if (STAGE_INPUT) {
@@ -315,6 +321,48 @@ void main() {
         // accumulator of output TREE_LANES, which thread 0 has read by then): the same label as one
         // thread scanning every output in order.
         const bool owns_row = local_row < rows_here && lane < TREE_LANES;
+        // Labels only, in fixed point: the label is the lowest output whose value equals the largest, and
+        // values grow with totals (a correctly rounded division), so the largest total gives the largest
+        // value and only totals that can round to the same f32 need converting: those within 2^-22 of it
+        // (24 significant bits). One conversion a thread instead of one an output. Set in steps: spirq
+        // evaluates no LogicalAnd of specialization constants.
+        bool labels_from_totals = params.write_scores == 0u;
+        if (FLOAT_ACCUMULATE) {
+            labels_from_totals = false;
+        }
+        if (BINARY_COMPLEMENT) {
+            labels_from_totals = false;
+        }
+        if (labels_from_totals) {
+            if (owns_row) {
+                int top = fixed_total(acc_base, lane);
+                for (uint o = lane + TREE_LANES; o < N_OUTPUTS; o += TREE_LANES) {
+                    top = max(top, fixed_total(acc_base, o));
+                }
+                atomicMax(row_top[local_row], top);
+            }
+            barrier();
+            if (owns_row) {
+                const int top = row_top[local_row];
+                const float top_value = fixed_to_float(top);
+                // In unsigned arithmetic, which wraps: |top| (also of the smallest int), and top - total,
+                // which lies in [0, 2^32) since no total exceeds top.
+                const uint magnitude = top < 0 ? ~uint(top) + 1u : uint(top);
+                const uint near = (magnitude >> 22u) + 1u;
+                for (uint o = lane; o < N_OUTPUTS; o += TREE_LANES) {
+                    const int total = fixed_total(acc_base, o);
+                    if (total == top || (uint(top) - uint(total) <= near && fixed_to_float(total) == top_value)) {
+                        atomicMin(row_label[local_row], int(o));
+                        break;
+                    }
+                }
+            }
+            barrier();
+            if (lane == 0u && local_row < rows_here) {
+                labels[row] = row_has_nan[local_row] != 0u ? NAN_ROW : uint(row_label[local_row]);
+            }
+            return;
+        }
         float best = 0.0;
         uint best_index = 0u;
         if (owns_row) {
