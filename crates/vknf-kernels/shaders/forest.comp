@@ -226,6 +226,12 @@ void main() {
     }
     if (local_id < ROWS_PER_GROUP) {
         row_has_nan[local_id] = 0u;
+    }
+    // Only forests with more outputs than tree lanes use the integer argmax's arrays; others leave them
+    // untouched, so a driver may drop them. (Not `const`: spirq evaluates no ordering of specialization
+    // constants.)
+    uint lanes_of_a_row = TREE_LANES;
+    if (N_OUTPUTS > lanes_of_a_row && local_id < ROWS_PER_GROUP) {
         row_top[local_id] = int(0x80000000u);
         row_label[local_id] = 0x7fffffff;
     }
