@@ -184,11 +184,12 @@ const DEFAULT_TREE_LANES: usize = 32;
 const DEFAULT_GROUP_THREADS: usize = 768;
 /// Tree lanes a row at most by default (a lane a tree below that; the few-outputs shape excepted), and
 /// threads a workgroup with more than [`DEFAULT_TREE_LANES`] lanes (22 rows x 45 lanes). A workgroup
-/// lasts as long as its threads' longest chain of tree walks (a thread walks its trees one after another): on the H200 a lone workgroup of the deep forest took 148 us
-/// with 32 lanes (at most 5 of its 150 trees a thread), 122 us with 45 (at most 4), and its whole
-/// 5788-row batch 166.7 against 155.6 us in every round (end to end 2-4% faster); W1a's kernel took 0.5 us
-/// more (56 against 55.4 us). 45 lanes and 22 rows still fit such a batch's workgroups on the GPU at once,
-/// where 48 or 50 lanes needed a second wave (bench/RESULTS.md, "What sets the kernel's time").
+/// lasts as long as its threads' longest chain of tree walks (a thread walks its trees one after
+/// another): on the H200 a lone workgroup of the deep forest took 148 us with 32 lanes (at most 5 of its
+/// 150 trees a thread), 122 us with 45 (at most 4), and its whole 5788-row batch 166.7 against 155.6 us
+/// in every round (end to end 2-4% faster); W1a's kernel took 0.5 us more (56 against 55.4 us). 45 lanes
+/// and 22 rows still fit such a batch's workgroups on the GPU at once, where 48 or 50 lanes needed a
+/// second wave (bench/RESULTS.md, "What sets the kernel's time").
 const MANY_TREES_TREE_LANES: usize = 45;
 const MANY_TREES_GROUP_THREADS: usize = 990;
 /// Tree lanes per row, and threads per workgroup, of a large forest with at most two outputs: 16 rows x
@@ -370,9 +371,10 @@ impl ForestKernel {
         // sweep in bench/RESULTS.md), but lanes beyond the tree count only idle: a forest of 10 trees gets
         // 10 lanes, and the threads go to more rows.
         let few_outputs = takes_few_outputs_shape(n_outputs, n_trees);
-        let lane_cap = match few_outputs {
-            true => FEW_OUTPUTS_TREE_LANES,
-            false => MANY_TREES_TREE_LANES,
+        let lane_cap = if few_outputs {
+            FEW_OUTPUTS_TREE_LANES
+        } else {
+            MANY_TREES_TREE_LANES
         };
         let default_lanes = n_trees.min(lane_cap);
         let tree_lanes_wanted = options.tree_lanes.map_or(default_lanes, |lanes| lanes.max(1) as usize);
@@ -390,12 +392,13 @@ impl ForestKernel {
         let default_rows = (group_threads / tree_lanes_wanted).clamp(1, MAX_DEFAULT_ROWS);
         let preferred_rows = options.rows_per_group.map_or(default_rows, |rows| rows.max(1) as usize);
         // As many rows as fit (accumulators are needed; staging only if asked), capped by preference.
-        let per_row = accumulator_bytes + ROW_SCRATCH_BYTES + if stage_wanted { row_bytes } else { 0 };
-        let mut rows = preferred_rows.min(shared_budget / per_row.max(1));
+        let unstaged_row = accumulator_bytes + ROW_SCRATCH_BYTES;
+        let per_row = unstaged_row + if stage_wanted { row_bytes } else { 0 };
+        let mut rows = preferred_rows.min(shared_budget / per_row);
         let mut stage_input = stage_wanted;
         if rows == 0 && stage_wanted {
             stage_input = false;
-            rows = preferred_rows.min(shared_budget / (accumulator_bytes + ROW_SCRATCH_BYTES));
+            rows = preferred_rows.min(shared_budget / unstaged_row);
         }
         if rows == 0 {
             return Err(ForestError::Unsupported(format!(

@@ -438,6 +438,29 @@ fn float_accumulation_matches_the_cpu_reference_in_every_configuration() {
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
 }
 
+/// A classifier of one feature, classes `0..n_outputs` and `trees` (each a lone leaf whose entries set the
+/// weights).
+fn one_leaf_classifier(trees: Vec<RawTree>, n_outputs: u32, aggregate: Aggregate) -> GpuForest {
+    RawForest {
+        task: Task::Classifier {
+            labels: ClassLabels::Int64((0..i64::from(n_outputs)).collect()),
+        },
+        n_features: 1,
+        n_outputs: n_outputs.into(),
+        trees,
+        aggregate,
+        post_transform: PostTransform::None,
+        base_values: vec![],
+        binary_complement: false,
+        missing: MissingPolicy::Reject,
+        max_depth_limit: 4,
+    }
+    .validate()
+    .unwrap()
+    .compile()
+    .unwrap()
+}
+
 /// The sums whose f32 conversion used to round differently on the GPU: a 3-tree average of weights
 /// that are not multiples of any power of two (1/3, 0.1) lands between f32 values.
 #[test]
@@ -462,24 +485,7 @@ fn averages_of_inexact_weights_match_bit_for_bit() {
             ],
         })
         .collect();
-    let forest = RawForest {
-        task: Task::Classifier {
-            labels: ClassLabels::Int64(vec![0, 1]),
-        },
-        n_features: 1,
-        n_outputs: 2,
-        trees,
-        aggregate: Aggregate::Average,
-        post_transform: PostTransform::None,
-        base_values: vec![],
-        binary_complement: false,
-        missing: MissingPolicy::Reject,
-        max_depth_limit: 4,
-    }
-    .validate()
-    .unwrap()
-    .compile()
-    .unwrap();
+    let forest = one_leaf_classifier(trees, 2, Aggregate::Average);
     assert!(forest.fixed_point().is_some());
     let cpu = forest.predict_cpu(&[0.0], 1).unwrap();
     let exact_mean = (1.0f64 / 3.0 + 0.7 + 0.9) / 3.0;
@@ -522,24 +528,7 @@ fn labels_only_break_ties_of_equal_scores_as_the_scores_do() {
             ],
         },
     ];
-    let forest = RawForest {
-        task: Task::Classifier {
-            labels: ClassLabels::Int64(vec![0, 1, 2]),
-        },
-        n_features: 1,
-        n_outputs: 3,
-        trees,
-        aggregate: Aggregate::Sum,
-        post_transform: PostTransform::None,
-        base_values: vec![],
-        binary_complement: false,
-        missing: MissingPolicy::Reject,
-        max_depth_limit: 4,
-    }
-    .validate()
-    .unwrap()
-    .compile()
-    .unwrap();
+    let forest = one_leaf_classifier(trees, 3, Aggregate::Sum);
     let fixed = forest.fixed_point().expect("fixed point");
     assert_eq!(fixed.scale_log2, 30, "the test needs units of 2^-30");
     let cpu = forest.predict_cpu(&[0.0], 1).unwrap();

@@ -227,11 +227,13 @@ void main() {
     if (local_id < ROWS_PER_GROUP) {
         row_has_nan[local_id] = 0u;
     }
-    // Only forests with more outputs than tree lanes use the integer argmax's arrays; others leave them
-    // untouched, so a driver may drop them. (Not `const`: spirq evaluates no ordering of specialization
-    // constants.)
-    uint lanes_of_a_row = TREE_LANES;
-    if (N_OUTPUTS > lanes_of_a_row && local_id < ROWS_PER_GROUP) {
+    // More outputs than tree lanes: a row's threads share its argmax (below). Not `const`: an expression
+    // of specialization constants would become an OpSpecConstantOp, and spirq evaluates no ordering.
+    uint tree_lanes = TREE_LANES;
+    const bool many_outputs = N_OUTPUTS > tree_lanes;
+    // Only those forests use the integer argmax's arrays; others leave them untouched, so a driver may
+    // drop them.
+    if (many_outputs && local_id < ROWS_PER_GROUP) {
         row_top[local_id] = int(0x80000000u);
         row_label[local_id] = 0x7fffffff;
     }
@@ -317,9 +319,7 @@ void main() {
 
     const float divisor = AGGREGATE == 1u ? float(max(params.n_trees, 1u)) : 1.0;
     const uint acc_base = local_row * N_OUTPUTS;
-    // Not `const`: an expression of specialization constants would become an OpSpecConstantOp.
-    uint tree_lanes = TREE_LANES;
-    if (N_OUTPUTS > tree_lanes) {
+    if (many_outputs) {
         // Many outputs: a row's tree threads turn its totals into scores together (output o by thread
         // o % TREE_LANES). Each thread keeps its best (ties to the lowest index) and leaves its best
         // value in the accumulator of its first output; every thread then finds the row's best value

@@ -48,7 +48,8 @@ pub struct Instance {
 }
 
 pub(crate) struct InstanceShared {
-    // Never read, but the instance's function pointers live in this loaded library.
+    // The loaded library the instance's function pointers live in; devices load instance-level extension
+    // commands through it (calibrated timestamps).
     pub(crate) entry: ash::Entry,
     pub(crate) raw: ash::Instance,
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
