@@ -78,6 +78,11 @@ struct Args {
     /// (default: the kernel's choice); the headline also times the other layout, and `--sweep` both.
     #[arg(long)]
     node_blocks: Option<bool>,
+    /// The order of each tree's nodes (or blocks) in device memory, `depth-first` or `breadth-first`,
+    /// in the chosen configuration, the other layout's and the tables (default: what
+    /// `ForestOptions::for_whole_batches` takes, breadth first).
+    #[arg(long)]
+    node_order: Option<vknf_forest::NodeOrder>,
     /// Where a pipelined batch's time goes: for each pipelined dispatch count of --chunk-counts (the
     /// chosen configuration otherwise), end to end over --rounds rounds, then the median timeline of each
     /// dispatch (host writes and submissions, GPU copies and kernels, on the host's clock where the
@@ -280,6 +285,7 @@ fn main() -> anyhow::Result<()> {
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
+        node_order: args.node_order.or(whole_batches.node_order),
         direct_share: args.chosen_share.or(whole_batches.direct_share),
         keep_writers_awake: args
             .writers_awake_us
@@ -411,10 +417,11 @@ fn main() -> anyhow::Result<()> {
         }
         let mismatches = labels.iter().zip(&reference.labels).filter(|(a, b)| a != b).count();
         println!(
-            "  {}x{}{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
+            "  {}x{}{}{}{}{}: e2e {:.1} us, in place {:.1} us, kernel {:?} us, mismatches {}; pipelined us:{line}",
             config.rows_per_group,
             config.tree_lanes,
             if config.node_blocks { " blocks" } else { "" },
+            if config.breadth_first { " breadth-first" } else { "" },
             if config.stage_input { "" } else { " unstaged" },
             match config.small_batch {
                 Some(small) => format!(" small<={}", small.max_rows),

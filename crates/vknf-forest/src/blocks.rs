@@ -18,7 +18,10 @@
 //!   child follow them (`first + 2`, `first + 3`, or `first`, `first + 1` when the left child is a
 //!   leaf). A grandchild block always lies after its parent block, so every walk moves forward.
 
+use std::collections::VecDeque;
+
 use crate::layout::{CompileError, FLAG_BIT, GpuForest, LEAF_BIT, NodeWords};
+use crate::order::NodeOrder;
 
 /// Words per node block (32 bytes: one sector).
 pub const BLOCK_WORDS: usize = 8;
@@ -47,7 +50,10 @@ impl GpuForest {
     /// it in its tree, no deeper than `max_depth`; a hand-built `GpuForest` may) is an error, never a
     /// panic or an endless loop: those rules are what bound the blocks (one per node at most) and the
     /// walk (`max_depth / 2 + 1` blocks).
-    pub fn node_blocks(&self, nodes: &[u32]) -> Result<NodeBlocks, CompileError> {
+    ///
+    /// `order` places each tree's blocks depth first (a block's grandchildren are expanded as soon as
+    /// it is) or level by level ([`NodeOrder`]); a block's grandchild blocks are adjacent either way.
+    pub fn node_blocks(&self, nodes: &[u32], order: NodeOrder) -> Result<NodeBlocks, CompileError> {
         let w = self.node_format.words();
         if nodes.len() != self.nodes.len() {
             return Err(CompileError::InvalidLayout(format!(
@@ -94,15 +100,15 @@ impl GpuForest {
 
         let mut words: Vec<u32> = Vec::with_capacity(n_nodes * 4);
         let mut tree_roots = Vec::with_capacity(self.tree_roots.len());
-        // (block index, node index of its top), depth first: a block's grandchildren are laid out as
-        // soon as it is, next to each other, and the first of them is expanded next.
-        let mut pending: Vec<(usize, usize)> = Vec::new();
+        // (block index, node index of its top): a block's grandchildren are laid out as soon as it
+        // is, next to each other; depth first the first of them is expanded next.
+        let mut pending: VecDeque<(usize, usize)> = VecDeque::new();
         for &root in &self.tree_roots {
             let root_block = words.len() / BLOCK_WORDS;
             tree_roots.push(to_u32(root_block)?);
             words.resize(words.len() + BLOCK_WORDS, 0);
-            pending.push((root_block, root as usize));
-            while let Some((block, top)) = pending.pop() {
+            pending.push_back((root_block, root as usize));
+            while let Some((block, top)) = order.next(&mut pending) {
                 let at = block * BLOCK_WORDS;
                 let top = decode(top)?;
                 words[at..at + 2].copy_from_slice(&block_pair(top));
@@ -127,8 +133,13 @@ impl GpuForest {
                 let first = words.len() / BLOCK_WORDS;
                 words[at + 6] = to_u32(first)?;
                 words.resize(words.len() + count * BLOCK_WORDS, 0);
-                for (k, &node) in grandchildren[..count].iter().enumerate().rev() {
-                    pending.push((first + k, node));
+                let grandchildren = grandchildren[..count]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &node)| (first + k, node));
+                match order {
+                    NodeOrder::DepthFirst => pending.extend(grandchildren.rev()),
+                    NodeOrder::BreadthFirst => pending.extend(grandchildren),
                 }
             }
         }
@@ -271,9 +282,10 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Every row reaches the same leaf, with the same words, through blocks as through nodes, in
-        /// both node formats, for trees of odd and even depths, with NaN features routed both ways.
+        /// both node formats and both node orders, for trees of odd and even depths, with NaN features
+        /// routed both ways; breadth first, each tree's levels follow one another.
         #[test]
-        fn blocks_reach_the_leaves_nodes_reach(
+        fn blocks_and_orders_reach_the_leaves_nodes_reach(
             shapes in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..64), 1..6),
             wide in any::<bool>(),
             max_depth in 0u32..12,
@@ -282,20 +294,47 @@ mod tests {
             let n_features: u32 = if wide { 4100 } else { 6 };
             let forest = forest(&shapes, n_features, max_depth);
             prop_assert_eq!(forest.node_format, if wide { NodeFormat::Wide } else { NodeFormat::Compact });
-            let blocks = forest.node_blocks(&forest.nodes).unwrap();
-            // Every node is in exactly one block's pairs 0-2.
-            let used = blocks.words.chunks_exact(BLOCK_WORDS).map(|b| {
-                if b[0] & LEAF_BIT != 0 { 1 } else { 3 }
-            }).sum::<usize>();
-            prop_assert_eq!(used, forest.n_nodes());
-            for row in &rows {
-                // Every feature a split may name gets one of the row's values.
-                let full: Vec<f32> = (0..n_features as usize).map(|f| row[(f * 7 + f / 6) % 6]).collect();
-                for t in 0..shapes.len() {
-                    prop_assert_eq!(block_leaf(&forest, &blocks, t, &full), Some(node_leaf(&forest, t, &full)));
+            let breadth_first = GpuForest { nodes: forest.breadth_first_nodes(&forest.nodes).unwrap(), ..forest.clone() };
+            breadth_first.check_layout().unwrap();
+            for t in 0..shapes.len() {
+                let depths = node_depths(&breadth_first, t);
+                prop_assert!(depths.windows(2).all(|d| d[0] <= d[1]), "tree {} not level by level: {:?}", t, depths);
+            }
+            for order in [NodeOrder::DepthFirst, NodeOrder::BreadthFirst] {
+                let blocks = forest.node_blocks(&forest.nodes, order).unwrap();
+                // Every node is in exactly one block's pairs 0-2.
+                let used = blocks.words.chunks_exact(BLOCK_WORDS).map(|b| {
+                    if b[0] & LEAF_BIT != 0 { 1 } else { 3 }
+                }).sum::<usize>();
+                prop_assert_eq!(used, forest.n_nodes());
+                for row in &rows {
+                    // Every feature a split may name gets one of the row's values.
+                    let full: Vec<f32> = (0..n_features as usize).map(|f| row[(f * 7 + f / 6) % 6]).collect();
+                    for t in 0..shapes.len() {
+                        let leaf = node_leaf(&forest, t, &full);
+                        prop_assert_eq!(block_leaf(&forest, &blocks, t, &full), Some(leaf));
+                        prop_assert_eq!(node_leaf(&breadth_first, t, &full), leaf);
+                    }
                 }
             }
         }
+    }
+
+    /// The depth of each of tree `tree`'s nodes, in the order they lie in.
+    fn node_depths(forest: &GpuForest, tree: usize) -> Vec<u32> {
+        let start = forest.tree_roots[tree] as usize;
+        let end = forest
+            .tree_roots
+            .get(tree + 1)
+            .map_or(forest.n_nodes(), |&r| r as usize);
+        let mut depth = vec![0u32; end - start];
+        for node in start..end {
+            if let Some(NodeWords::Internal { left, .. }) = forest.node_format.decode(&forest.nodes, node) {
+                depth[left - start] = depth[node - start] + 1;
+                depth[left + 1 - start] = depth[node - start] + 1;
+            }
+        }
+        depth
     }
 
     #[test]
@@ -304,11 +343,13 @@ mod tests {
         assert!(forest.n_nodes() >= 3);
         // The root's left child delta 0: its "children" would be itself.
         forest.nodes[0] &= !COMPACT_DELTA_MASK;
-        let err = forest.node_blocks(&forest.nodes.clone()).unwrap_err();
+        let err = forest
+            .node_blocks(&forest.nodes.clone(), NodeOrder::DepthFirst)
+            .unwrap_err();
         assert!(matches!(err, CompileError::InvalidLayout(_)), "{err}");
         assert!(err.to_string().contains("would loop"), "{err}");
         let short = forest.nodes[..2].to_vec();
-        assert!(forest.node_blocks(&short).is_err());
+        assert!(forest.node_blocks(&short, NodeOrder::DepthFirst).is_err());
     }
 
     /// A chain whose every node shares a child with the next (node k's children are k+1 and k+2):
@@ -325,7 +366,9 @@ mod tests {
         nodes.extend_from_slice(&[LEAF_BIT | FLAG_BIT | 1, 1.0f32.to_bits()]);
         forest.nodes = nodes;
         forest.max_depth = n as u32;
-        let err = forest.node_blocks(&forest.nodes.clone()).unwrap_err();
+        let err = forest
+            .node_blocks(&forest.nodes.clone(), NodeOrder::DepthFirst)
+            .unwrap_err();
         assert!(err.to_string().contains("two parents"), "{err}");
     }
 
@@ -336,7 +379,9 @@ mod tests {
         let mut forest = forest(&[vec![1, 9, 200, 1, 0, 0]], 6, 2);
         assert!(forest.max_depth >= 1);
         forest.max_depth = 0;
-        let err = forest.node_blocks(&forest.nodes.clone()).unwrap_err();
+        let err = forest
+            .node_blocks(&forest.nodes.clone(), NodeOrder::DepthFirst)
+            .unwrap_err();
         assert!(err.to_string().contains("max_depth"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ mod import;
 mod layout;
 mod model;
 pub mod onnx;
+mod order;
 mod predict;
 mod rows;
 mod sklearn;
@@ -33,6 +34,7 @@ pub use model::{
     Split, Task, Tree,
 };
 pub use onnx::{import_onnx_bytes, import_onnx_file, onnx_metadata, read_onnx};
+pub use order::NodeOrder;
 pub use predict::{PredictError, Prediction, apply_post_transform, apply_post_transform_le, argmax};
 pub use rows::{NpyArray, Rows, RowsError, parse_csv, parse_npy, read_rows, write_predictions_csv};
 pub use sklearn::{PaperWorkload, SklearnTree, paper_workload, rows_around_thresholds};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use rayon::prelude::*;
 use serde::Serialize;
 use vknf_forest::{
-    Aggregate, BLOCK_WORDS, FixedPoint, GpuForest, MissingPolicy, PostTransform, Prediction, apply_post_transform,
-    apply_post_transform_le,
+    Aggregate, BLOCK_WORDS, FixedPoint, GpuForest, MissingPolicy, NodeOrder, PostTransform, Prediction,
+    apply_post_transform, apply_post_transform_le,
 };
 use vknf_vulkan::{
     BindGroup, Buffer, CommandList, Device, Kernel, KernelInfo, MemoryKind, Pipeline, QueueKind, Specialization,
@@ -98,6 +98,11 @@ pub struct ForestOptions {
     /// sector, two levels a load) instead of one node a load. `None`: [`node_blocks_by_default`] where the
     /// kernel declares their binding. `Some(true)` with a kernel that does not is an error.
     pub node_blocks: Option<bool>,
+    /// The order of each tree's nodes (or node blocks) in device memory ([`NodeOrder`]). `None`: depth
+    /// first, the `.vkf` file's own; [`ForestOptions::for_whole_batches`] takes breadth first. Breadth
+    /// first falls back to depth first (logged) for a compact forest whose levels are too wide for a
+    /// node's child delta.
+    pub node_order: Option<NodeOrder>,
     /// After each whole batch's writes by the thread pool ([`ForestLane::predict`],
     /// [`ForestLane::run_pipelined`]: split batches, and unsplit ones of at least 1 MiB), keep the pool's
     /// threads spinning for up to this long, or until the next batch starts, so that its writes start
@@ -133,10 +138,19 @@ impl ForestOptions {
     /// forest's 6.9 MB batches 10-15% faster end to end than the direct path (bench/RESULTS.md, "Both
     /// ways into the GPU"). Served functions keep the default (their lanes write requests' rows into
     /// pinned memory and never split).
+    ///
+    /// Each tree's nodes lie level by level ([`NodeOrder::BreadthFirst`]): a bulk dispatch's lanes walk
+    /// one tree in lock step, so a level's loads then touch fewer cache lines. On the H200 (three
+    /// alternating rounds; bench/RESULTS.md, "Each tree's levels one after another") it took the wide
+    /// binary forest's kernel from 613 to 540 us, W1a's from 53.0 to 52.2-52.5, and left the deep
+    /// forest's (152.3 us) and the tiny one's (7.2) as they were. Served functions keep depth first:
+    /// their small batches run on the small-batch pipeline, whose lanes walk different trees of one row,
+    /// and lost 1-3 us of kernel there with breadth first on the wide forest (256-1024 rows).
     pub fn for_whole_batches() -> ForestOptions {
         ForestOptions {
             direct_share: Some(DEFAULT_DIRECT_SHARE),
             keep_writers_awake: Some(WHOLE_BATCH_WRITERS_AWAKE),
+            node_order: Some(NodeOrder::BreadthFirst),
             ..ForestOptions::default()
         }
     }
@@ -245,6 +259,8 @@ pub struct KernelConfig {
     pub transfer_stream: bool,
     /// The kernel walks node blocks ([`ForestOptions::node_blocks`]).
     pub node_blocks: bool,
+    /// Each tree's nodes (or blocks) lie level by level in device memory ([`ForestOptions::node_order`]).
+    pub breadth_first: bool,
     /// How long the pool's threads are kept awake after a whole batch's writes, in microseconds
     /// ([`ForestOptions::keep_writers_awake`]).
     pub writers_awake_us: u32,
@@ -444,7 +460,7 @@ impl ForestKernel {
             declares_node_blocks(kernel.info()),
             node_blocks_by_default(forest),
         )?;
-        let config = KernelConfig {
+        let mut config = KernelConfig {
             rows_per_group: rows as u32,
             tree_lanes: tree_lanes as u32,
             stage_input,
@@ -456,6 +472,7 @@ impl ForestKernel {
             direct_share,
             transfer_stream,
             node_blocks,
+            breadth_first: false,
             writers_awake_us: options
                 .keep_writers_awake
                 .unwrap_or_default()
@@ -507,15 +524,29 @@ impl ForestKernel {
                 )
             }
         };
+        let order = options.node_order.unwrap_or_default();
         let (mut node_words, roots, n_nodes) = if node_blocks {
             let blocks = forest
-                .node_blocks(&node_words)
+                .node_blocks(&node_words, order)
                 .map_err(|err| ForestError::Unsupported(err.to_string()))?;
+            config.breadth_first = order == NodeOrder::BreadthFirst;
             let n_blocks = blocks.n_blocks();
             (blocks.words, blocks.tree_roots, n_blocks)
         } else {
-            let n_nodes = forest.n_nodes();
-            (node_words.into_owned(), forest.tree_roots.clone(), n_nodes)
+            let words = match order {
+                NodeOrder::DepthFirst => node_words.into_owned(),
+                NodeOrder::BreadthFirst => match forest.breadth_first_nodes(&node_words) {
+                    Ok(words) => {
+                        config.breadth_first = true;
+                        words
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "nodes kept depth first");
+                        node_words.into_owned()
+                    }
+                },
+            };
+            (words, forest.tree_roots.clone(), forest.n_nodes())
         };
         // Whole blocks, so that the node-block binding (16-byte elements) covers every node format.
         node_words.resize(node_words.len().next_multiple_of(BLOCK_WORDS).max(BLOCK_WORDS), 0);

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;
 use vknf_forest::{
-    Aggregate, ClassLabels, GpuForest, MissingPolicy, NodeFormat, PostTransform, RawEntry, RawForest, RawNode, RawTree,
-    SplitMode, Task,
+    Aggregate, ClassLabels, GpuForest, MissingPolicy, NodeFormat, NodeOrder, PostTransform, RawEntry, RawForest,
+    RawNode, RawTree, SplitMode, Task,
 };
 use vknf_functions::families::forest::ForestFamily;
 use vknf_functions::{Family, ForestKernel, ForestOptions, FunctionSpec};
@@ -51,6 +51,7 @@ fn configurations() -> Vec<ForestOptions> {
             stage_input: Some(false),
             small_batch_rows: Some(0),
             node_blocks: Some(false),
+            node_order: Some(NodeOrder::BreadthFirst),
             ..Default::default()
         },
         // Every batch on the small-batch pipeline: a thread per tree.
@@ -76,6 +77,7 @@ fn configurations() -> Vec<ForestOptions> {
             rows_per_group: Some(2),
             small_batch_rows: Some(16),
             node_blocks: Some(true),
+            node_order: Some(NodeOrder::BreadthFirst),
             ..Default::default()
         },
     ]
@@ -89,6 +91,13 @@ fn check_config(kernel: &ForestKernel, options: &ForestOptions) {
     }
     if let Some(blocks) = options.node_blocks {
         assert_eq!(kernel.config().node_blocks, blocks, "{options:?}");
+    }
+    if let Some(order) = options.node_order {
+        assert_eq!(
+            kernel.config().breadth_first,
+            order == NodeOrder::BreadthFirst,
+            "{options:?}"
+        );
     }
 }
 
@@ -495,6 +504,33 @@ fn averages_of_inexact_weights_match_bit_for_bit() {
         let got = kernel.lane(4).unwrap().predict(&[0.0], true).unwrap();
         assert_eq!(bits(&got.scores), bits(&cpu.scores), "{options:?}");
         assert_eq!(got.labels, cpu.labels);
+    }
+    assert!(gpu.instance.take_validation_errors().is_empty());
+}
+
+/// A leaf naming an output twice counts both weights (the validator keeps such entries), also when it
+/// holds more entries than the forest has outputs.
+#[test]
+fn a_leaf_naming_an_output_twice_counts_every_entry() {
+    let gpu = gpu();
+    let entry = |output, weight| RawEntry {
+        node: 0,
+        output,
+        weight,
+    };
+    let trees = vec![RawTree {
+        id: 0,
+        nodes: vec![RawNode::Leaf],
+        entries: vec![entry(1, 0.25), entry(1, 0.5), entry(0, 0.5)],
+    }];
+    let forest = one_leaf_classifier(trees, 2, Aggregate::Sum);
+    let cpu = forest.predict_cpu(&[0.0], 1).unwrap();
+    assert_eq!((cpu.labels.clone(), cpu.scores.clone()), (vec![1], vec![0.5, 0.75]));
+    for options in configurations() {
+        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+        let got = kernel.lane(4).unwrap().predict(&[0.0], true).unwrap();
+        assert_eq!(bits(&got.scores), bits(&cpu.scores), "{options:?}");
+        assert_eq!(got.labels, cpu.labels, "{options:?}");
     }
     assert!(gpu.instance.take_validation_errors().is_empty());
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use vknf_forest::{GpuForest, Prediction, Rows};
+use vknf_forest::{FLAG_BIT, GpuForest, LEAF_BIT, LOW30_MASK, NodeOrder, Prediction, Rows};
 use vknf_functions::{ForestKernel, ForestOptions, InputPath};
 use vknf_testkit::parity::{self, ParityCase};
 use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
@@ -88,12 +88,15 @@ fn committed_fixtures_match_scikit_learn_in_every_kernel_configuration() {
         ForestOptions {
             input_path: Some(InputPath::Staged),
             node_blocks: Some(false),
+            node_order: Some(NodeOrder::BreadthFirst),
             ..Default::default()
         },
-        // Node blocks (two levels a load), on the bulk pipeline and on the small-batch one.
+        // Node blocks (two levels a load), on the bulk pipeline and on the small-batch one; each
+        // tree's blocks level by level on the bulk one.
         ForestOptions {
             node_blocks: Some(true),
             small_batch_rows: Some(0),
+            node_order: Some(NodeOrder::BreadthFirst),
             ..Default::default()
         },
         ForestOptions {
@@ -390,19 +393,71 @@ fn kernels_take_the_node_layout_their_forest_calls_for() {
         ..ForestOptions::default()
     };
     assert!(!layout(single, &forest));
-    // The fixture's trees repeated to 64, its leaves' weights all on two outputs.
+    // The fixture's trees copied (each copy with its own nodes, so that they can be reordered) to 64,
+    // its leaves' weights all on two outputs: the few-outputs shape, single nodes.
+    let n_nodes = forest.n_nodes() as u32;
+    let copies = 64usize.div_ceil(forest.tree_roots.len());
+    let roots: Vec<u32> = (0..copies as u32)
+        .flat_map(|c| forest.tree_roots.iter().map(move |root| root + c * n_nodes))
+        .collect();
+    let end = roots.get(64).map_or(copies * n_nodes as usize, |&root| root as usize);
+    let words = forest.node_format.words();
     let mut many = forest.clone();
     many.n_trees = 64;
-    many.tree_roots = (0..64)
-        .map(|t| forest.tree_roots[t % forest.tree_roots.len()])
-        .collect();
+    many.tree_roots = roots[..64].to_vec();
+    many.nodes = forest.nodes.iter().copied().cycle().take(end * words).collect();
     many.n_outputs = 2;
     many.base_values.truncate(0);
     for pair in many.leaf_entries.chunks_mut(2) {
         pair[0] %= 2;
     }
+    for node in many.nodes.chunks_mut(words) {
+        if node[0] & LEAF_BIT == 0 {
+            continue;
+        }
+        if node[0] & FLAG_BIT != 0 {
+            node[0] = LEAF_BIT | FLAG_BIT | ((node[0] & LOW30_MASK) % 2);
+        } else {
+            // At most two entries a leaf, outputs 0 and 1.
+            let count = (node[0] & LOW30_MASK).min(2);
+            node[0] = LEAF_BIT | count;
+            for k in 0..count {
+                many.leaf_entries[2 * (node[1] + k) as usize] = k;
+            }
+        }
+    }
+    many.check_layout().unwrap();
     assert!(!vknf_functions::forest::node_blocks_by_default(&many));
-    assert!(!layout(ForestOptions::default(), &many));
+    let config =
+        |options: ForestOptions, forest: &GpuForest| ForestKernel::new(&gpu.device, forest, &options).unwrap().config();
+    // Served functions keep the .vkf order; whole batches lay each tree out level by level, in
+    // either node layout.
+    for forest in [&many, &forest] {
+        assert!(!config(ForestOptions::default(), forest).breadth_first);
+        let whole = config(ForestOptions::for_whole_batches(), forest);
+        assert!(whole.breadth_first, "{whole:?}");
+    }
+    assert!(!config(ForestOptions::for_whole_batches(), &many).node_blocks);
+    assert!(config(ForestOptions::for_whole_batches(), &forest).node_blocks);
+    // Labels equal the CPU reference's in both orders.
+    let rows: Vec<f32> = (0..40 * forest.n_features as usize)
+        .map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0)
+        .collect();
+    let reference = many.predict_cpu(&rows, 40).unwrap();
+    for order in [NodeOrder::DepthFirst, NodeOrder::BreadthFirst] {
+        let options = ForestOptions {
+            node_order: Some(order),
+            ..ForestOptions::default()
+        };
+        let kernel = ForestKernel::new(&gpu.device, &many, &options).unwrap();
+        let mut lane = kernel.lane(40).unwrap();
+        let got = lane.predict(&rows, true).unwrap();
+        assert_eq!(
+            (got.labels, got.scores),
+            (reference.labels.clone(), reference.scores.clone()),
+            "{order:?}"
+        );
+    }
     gpu.assert_no_validation_errors();
 }
 

@@ -17,7 +17,8 @@
 //   which tree or in which order lanes finish, and fixed_to_float turns each total into an f32 with
 //   integer operations only. Scores are therefore the same bits whatever the workgroup shape, and equal
 //   to the CPU reference's (vknf_forest::exact, which mirrors fixed_to_float step by step).
-// - Every loop is bounded: traversal by MAX_DEPTH (the validated depth), leaf entries by N_OUTPUTS, and
+// - Every loop is bounded: traversal by MAX_DEPTH (the validated depth), leaf entries by the entry
+//   buffer's length (a leaf may name an output twice, so it may hold more entries than outputs), and
 //   node indices are checked against the node count, whatever the model data says.
 
 layout(local_size_x_id = 0) in;
@@ -307,7 +308,7 @@ void main() {
             if ((head.x & FLAG_BIT) != 0u) {
                 add_weight(local_row, head.x & LOW30, head.y);
             } else {
-                const uint count = min(head.x & LOW30, N_OUTPUTS);
+                const uint count = head.x & LOW30;
                 for (uint k = 0u; k < count && head.y + k < params.n_entries; ++k) {
                     const uvec2 entry = leaf_entries[head.y + k];
                     add_weight(local_row, entry.x, entry.y);

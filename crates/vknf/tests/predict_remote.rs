@@ -116,6 +116,12 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
         &predict(&["--node-blocks", "--proba"]),
         "served scores vs the GPU in process walking node blocks",
     );
+    // Whole batches lay each tree out breadth first by default; the .vkf order on request.
+    same_lines(
+        &served_scores,
+        &predict(&["--node-blocks=false", "--node-order", "depth-first", "--proba"]),
+        "served scores vs the GPU in process walking single nodes depth first",
+    );
 
     // A model of another shape is refused with the function's shape, not answered.
     let other = workspace().join("crates/vknf-forest/tests/fixtures/rf12_5classes");

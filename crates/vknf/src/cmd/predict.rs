@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use vknf_forest::{GpuForest, ImportOptions};
+use vknf_forest::{GpuForest, ImportOptions, NodeOrder};
 use vknf_functions::{ForestKernel, ForestOptions, InputPath};
 
 /// Arguments of `vknf predict`.
@@ -53,6 +53,10 @@ pub struct PredictArgs {
     /// measured slower (docs/forest-kernel.md).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     node_blocks: Option<bool>,
+    /// The order of each tree's nodes (or blocks) in device memory: `breadth-first` (the default for
+    /// whole batches: a level's nodes share cache lines) or `depth-first` (the `.vkf` file's own).
+    #[arg(long)]
+    node_order: Option<NodeOrder>,
 }
 
 /// Loads a model from `.onnx` or `.vkf`, with a progress bar for long loads.
@@ -114,6 +118,7 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
                 None
             },
             node_blocks: args.node_blocks,
+            node_order: args.node_order.or(ForestOptions::for_whole_batches().node_order),
             ..ForestOptions::for_whole_batches()
         };
         let kernel = ForestKernel::new(&device, &forest, &options)?;
