@@ -666,6 +666,47 @@ fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
     gpu.assert_no_validation_errors();
 }
 
+/// A pipelined batch reads each earlier chunk's labels while later chunks run: a NaN row in the first
+/// chunk, and one in the last, is named (the first one when there are several), and the lane then
+/// answers the next batch as before.
+#[test]
+fn a_nan_in_any_chunk_of_a_pipelined_batch_is_named() {
+    let gpu = gpu();
+    let cases = parity::load_cases(&fixture_dir()).unwrap();
+    let case = cases
+        .iter()
+        .find(|case| case.import().unwrap().fixed_point().is_some())
+        .expect("a classifier fixture");
+    let mut forest = case.import().unwrap();
+    forest.missing = vknf_forest::MissingPolicy::Reject;
+    let nf = case.x.n_features;
+    let n_rows = case.x.n_rows.min(60);
+    let clean: Vec<f32> = case.x.data[..n_rows * nf]
+        .iter()
+        .map(|v| if v.is_nan() { 0.0 } else { *v })
+        .collect();
+    let reference = forest.predict_cpu(&clean, n_rows).unwrap();
+    let options = ForestOptions {
+        rows_per_group: Some(4),
+        pipeline_chunks: Some(4),
+        small_batch_rows: Some(0),
+        ..ForestOptions::for_whole_batches()
+    };
+    let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+    let mut lane = kernel.lane(n_rows).unwrap();
+    for nan_rows in [vec![2, n_rows / 2], vec![n_rows - 1]] {
+        let mut data = clean.clone();
+        for &row in &nan_rows {
+            data[row * nf + nf - 1] = f32::NAN;
+        }
+        let err = lane.predict(&data, false).unwrap_err().to_string();
+        let expected = format!("row {} feature {} is NaN", nan_rows[0], nf - 1);
+        assert!(err.contains(&expected), "{}: {err}", case.meta.name);
+        assert_eq!(lane.predict(&clean, false).unwrap().labels, reference.labels);
+    }
+    gpu.assert_no_validation_errors();
+}
+
 /// `for_whole_batches` takes the staged path with the default share only where batches can be split (a
 /// transfer queue for the DMA's part, resizable BAR for the host's); elsewhere (lavapipe: no transfer
 /// queue) the direct path.
