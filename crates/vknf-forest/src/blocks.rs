@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use crate::layout::{CompileError, FLAG_BIT, GpuForest, LEAF_BIT, NodeWords};
+use crate::layout::{CompileError, FLAG_BIT, GpuForest, NodeWords};
 use crate::order::NodeOrder;
 
 /// Words per node block (32 bytes: one sector).
@@ -55,30 +55,12 @@ impl GpuForest {
     /// it is) or level by level ([`NodeOrder`]); a block's grandchild blocks are adjacent either way.
     pub fn node_blocks(&self, nodes: &[u32], order: NodeOrder) -> Result<NodeBlocks, CompileError> {
         let w = self.node_format.words();
-        if nodes.len() != self.nodes.len() {
-            return Err(CompileError::InvalidLayout(format!(
-                "{} node words given for a forest of {}",
-                nodes.len(),
-                self.nodes.len()
-            )));
-        }
+        self.check_node_words(nodes)?;
         if self.tree_roots.is_empty() {
             return Ok(NodeBlocks {
                 words: Vec::new(),
                 tree_roots: Vec::new(),
             });
-        }
-        self.check_layout()
-            .map_err(|err| CompileError::InvalidLayout(err.to_string()))?;
-        // `nodes` may differ from the forest's own (checked above) in inline leaf weights only (the
-        // fixed-point words), never in structure.
-        for (index, (given, own)) in nodes.chunks_exact(w).zip(self.nodes.chunks_exact(w)).enumerate() {
-            let inline_leaf = own[0] & LEAF_BIT != 0 && own[0] & FLAG_BIT != 0;
-            if given[0] != own[0] || (!inline_leaf && given[1] != own[1]) || given[2..] != own[2..] {
-                return Err(CompileError::InvalidLayout(format!(
-                    "node {index} differs from the forest's own in more than a leaf weight"
-                )));
-            }
         }
         let n_nodes = nodes.len() / w;
         let decode = |index: usize| -> Result<NodeWords, CompileError> {
@@ -156,7 +138,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::layout::{COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, LOW30_MASK, NodeFormat};
+    use crate::layout::{
+        COMPACT_DELTA_MASK, COMPACT_FEATURE_MASK, COMPACT_FEATURE_SHIFT, LEAF_BIT, LOW30_MASK, NodeFormat,
+    };
     use crate::model::{Aggregate, ClassLabels, MissingPolicy, PostTransform, Task};
     use crate::validate::{RawEntry, RawForest, RawNode, RawTree, SplitMode};
 
@@ -350,6 +334,24 @@ mod tests {
         assert!(err.to_string().contains("would loop"), "{err}");
         let short = forest.nodes[..2].to_vec();
         assert!(forest.node_blocks(&short, NodeOrder::DepthFirst).is_err());
+        let err = forest.breadth_first_nodes(&forest.nodes.clone()).unwrap_err();
+        assert!(err.to_string().contains("would loop"), "{err}");
+    }
+
+    /// Words to lay out again may differ from the forest's own in leaf weights only: a valid forest
+    /// given words whose structure differs (here a root pointing back at itself) is refused by both
+    /// layouts, whose walks over the words the forest's rules bound.
+    #[test]
+    fn words_whose_structure_differs_from_the_forest_are_an_error() {
+        let forest = forest(&[vec![1, 9, 200, 1, 0, 0]], 6, 2);
+        let mut words = forest.nodes.clone();
+        words[0] &= !COMPACT_DELTA_MASK;
+        for err in [
+            forest.node_blocks(&words, NodeOrder::BreadthFirst).unwrap_err(),
+            forest.breadth_first_nodes(&words).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("more than a leaf weight"), "{err}");
+        }
     }
 
     /// A chain whose every node shares a child with the next (node k's children are k+1 and k+2):

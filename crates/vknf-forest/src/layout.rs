@@ -280,6 +280,33 @@ fn pair_order(nodes: &[Node]) -> PairOrder {
 }
 
 impl GpuForest {
+    /// Checks words to be laid out again for the device (this forest's own [`GpuForest::nodes`], or
+    /// the fixed-point words of [`GpuForest::fixed_point_words`]): the forest's layout keeps the node
+    /// rules (`docs/vkf-format.md`: one parent per node, children after it in its tree, no deeper than
+    /// `max_depth`; a hand-built `GpuForest` may break them), and `nodes` differ from its own in inline
+    /// leaf weights only, never in structure. Those rules are what bound any walk over the words.
+    pub(crate) fn check_node_words(&self, nodes: &[u32]) -> Result<(), CompileError> {
+        let w = self.node_format.words();
+        if nodes.len() != self.nodes.len() {
+            return Err(CompileError::InvalidLayout(format!(
+                "{} node words given for a forest of {}",
+                nodes.len(),
+                self.nodes.len()
+            )));
+        }
+        self.check_layout()
+            .map_err(|err| CompileError::InvalidLayout(err.to_string()))?;
+        for (index, (given, own)) in nodes.chunks_exact(w).zip(self.nodes.chunks_exact(w)).enumerate() {
+            let inline_leaf = own[0] & LEAF_BIT != 0 && own[0] & FLAG_BIT != 0;
+            if given[0] != own[0] || (!inline_leaf && given[1] != own[1]) || given[2..] != own[2..] {
+                return Err(CompileError::InvalidLayout(format!(
+                    "node {index} differs from the forest's own in more than a leaf weight"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Total number of nodes (`nodes.len() / node_format.words()`).
     pub fn n_nodes(&self) -> usize {
         self.nodes.len() / self.node_format.words()

@@ -60,15 +60,7 @@ impl GpuForest {
     /// caller keeps the depth-first order), as is a layout that breaks the node rules.
     pub fn breadth_first_nodes(&self, nodes: &[u32]) -> Result<Vec<u32>, CompileError> {
         let w = self.node_format.words();
-        if nodes.len() != self.nodes.len() {
-            return Err(CompileError::InvalidLayout(format!(
-                "{} node words given for a forest of {}",
-                nodes.len(),
-                self.nodes.len()
-            )));
-        }
-        self.check_layout()
-            .map_err(|err| CompileError::InvalidLayout(err.to_string()))?;
+        self.check_node_words(nodes)?;
         let n_nodes = nodes.len() / w;
         let mut out = vec![0u32; nodes.len()];
         for (t, &root) in self.tree_roots.iter().enumerate() {

@@ -622,25 +622,33 @@ fn small_batches_on_a_direct_share_lane_are_written_into_device_memory_whole() {
     gpu.assert_no_validation_errors();
 }
 
-/// A model without missing-value routing rejects a NaN row of a small batch written into device memory
-/// whole, naming the row and feature the kernel read there.
-#[test]
-fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
-    let gpu = gpu();
+/// A classifier fixture's forest without its missing-value routing (the kernel rejects rows with NaN),
+/// its name, and up to `max_rows` of its rows with every NaN replaced by zero.
+fn rejecting_classifier(max_rows: usize) -> (String, GpuForest, Vec<f32>) {
     let cases = parity::load_cases(&fixture_dir()).unwrap();
     let case = cases
         .iter()
         .find(|case| case.import().unwrap().fixed_point().is_some())
         .expect("a classifier fixture");
-    // The fixture's forest without its missing-value routing: the kernel rejects rows with NaN.
     let mut forest = case.import().unwrap();
     forest.missing = vknf_forest::MissingPolicy::Reject;
     let nf = case.x.n_features;
-    let n_rows = case.x.n_rows.min(50);
-    let clean: Vec<f32> = case.x.data[..n_rows * nf]
+    let n_rows = case.x.n_rows.min(max_rows);
+    let clean = case.x.data[..n_rows * nf]
         .iter()
         .map(|v| if v.is_nan() { 0.0 } else { *v })
         .collect();
+    (case.meta.name.clone(), forest, clean)
+}
+
+/// A model without missing-value routing rejects a NaN row of a small batch written into device memory
+/// whole, naming the row and feature the kernel read there.
+#[test]
+fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
+    let gpu = gpu();
+    let (name, forest, clean) = rejecting_classifier(50);
+    let nf = forest.n_features as usize;
+    let n_rows = clean.len() / nf;
     let mut data = clean.clone();
     let (row, feature) = (n_rows / 2, nf - 1);
     data[row * nf + feature] = f32::NAN;
@@ -660,8 +668,7 @@ fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
     let err = lane.predict(&data, false).unwrap_err().to_string();
     assert!(
         err.contains(&format!("row {row} feature {feature} is NaN")),
-        "{}: {err}",
-        case.meta.name
+        "{name}: {err}"
     );
     gpu.assert_no_validation_errors();
 }
@@ -672,19 +679,9 @@ fn a_nan_in_a_small_batch_on_a_direct_share_lane_is_named() {
 #[test]
 fn a_nan_in_any_chunk_of_a_pipelined_batch_is_named() {
     let gpu = gpu();
-    let cases = parity::load_cases(&fixture_dir()).unwrap();
-    let case = cases
-        .iter()
-        .find(|case| case.import().unwrap().fixed_point().is_some())
-        .expect("a classifier fixture");
-    let mut forest = case.import().unwrap();
-    forest.missing = vknf_forest::MissingPolicy::Reject;
-    let nf = case.x.n_features;
-    let n_rows = case.x.n_rows.min(60);
-    let clean: Vec<f32> = case.x.data[..n_rows * nf]
-        .iter()
-        .map(|v| if v.is_nan() { 0.0 } else { *v })
-        .collect();
+    let (name, forest, clean) = rejecting_classifier(60);
+    let nf = forest.n_features as usize;
+    let n_rows = clean.len() / nf;
     let reference = forest.predict_cpu(&clean, n_rows).unwrap();
     let options = ForestOptions {
         rows_per_group: Some(4),
@@ -701,7 +698,7 @@ fn a_nan_in_any_chunk_of_a_pipelined_batch_is_named() {
         }
         let err = lane.predict(&data, false).unwrap_err().to_string();
         let expected = format!("row {} feature {} is NaN", nan_rows[0], nf - 1);
-        assert!(err.contains(&expected), "{}: {err}", case.meta.name);
+        assert!(err.contains(&expected), "{name}: {err}");
         assert_eq!(lane.predict(&clean, false).unwrap().labels, reference.labels);
     }
     gpu.assert_no_validation_errors();
