@@ -21,14 +21,6 @@ pub enum NodeOrder {
 }
 
 impl NodeOrder {
-    /// The order's name on command lines and in logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            NodeOrder::DepthFirst => "depth-first",
-            NodeOrder::BreadthFirst => "breadth-first",
-        }
-    }
-
     /// Takes the next entry of a walk's work list: the last pushed (depth first) or the first.
     pub(crate) fn next<T>(self, pending: &mut VecDeque<T>) -> Option<T> {
         match self {
