@@ -79,8 +79,9 @@ struct Args {
     #[arg(long)]
     node_blocks: Option<bool>,
     /// The order of each tree's nodes (or blocks) in device memory, `depth-first` or `breadth-first`,
-    /// in the chosen configuration, the other layout's and the tables (default: what
-    /// `ForestOptions::for_whole_batches` takes, breadth first).
+    /// in the chosen configuration, the other layout's and the input-path, small-batch, writes and
+    /// timeline tables (default: what `ForestOptions::for_whole_batches` takes, breadth first; served
+    /// functions keep depth first; `--sweep`'s grid and `--distinct-trees` take depth first).
     #[arg(long)]
     node_order: Option<vknf_forest::NodeOrder>,
     /// Where a pipelined batch's time goes: for each pipelined dispatch count of --chunk-counts (the
@@ -117,7 +118,8 @@ struct Args {
     row_order: String,
     /// A diagnostic of what the kernel's time depends on: the forest's trees replaced by its first N,
     /// repeated in turn (as many walks, of the same kinds, over a fraction of the nodes). The repeated
-    /// roots share their nodes, which node blocks refuse: give `--node-blocks false`.
+    /// roots share their nodes, which node blocks refuse: give `--node-blocks false` (the nodes then
+    /// keep their depth-first order, which the breadth-first one would refuse too).
     #[arg(long)]
     distinct_trees: Option<usize>,
 }
@@ -285,7 +287,12 @@ fn main() -> anyhow::Result<()> {
         rows_per_group: args.rows_per_group,
         tree_lanes: args.tree_lanes,
         node_blocks: args.node_blocks,
-        node_order: args.node_order.or(whole_batches.node_order),
+        // Repeated trees share their nodes, which only the depth-first order (the words as they are)
+        // takes.
+        node_order: match args.distinct_trees {
+            Some(_) => Some(vknf_forest::NodeOrder::DepthFirst),
+            None => args.node_order.or(whole_batches.node_order),
+        },
         direct_share: args.chosen_share.or(whole_batches.direct_share),
         keep_writers_awake: args
             .writers_awake_us

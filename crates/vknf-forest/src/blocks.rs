@@ -56,12 +56,6 @@ impl GpuForest {
     pub fn node_blocks(&self, nodes: &[u32], order: NodeOrder) -> Result<NodeBlocks, CompileError> {
         let w = self.node_format.words();
         self.check_node_words(nodes)?;
-        if self.tree_roots.is_empty() {
-            return Ok(NodeBlocks {
-                words: Vec::new(),
-                tree_roots: Vec::new(),
-            });
-        }
         let n_nodes = nodes.len() / w;
         let decode = |index: usize| -> Result<NodeWords, CompileError> {
             self.node_format
@@ -286,6 +280,10 @@ mod tests {
             }
             for order in [NodeOrder::DepthFirst, NodeOrder::BreadthFirst] {
                 let blocks = forest.node_blocks(&forest.nodes, order).unwrap();
+                if order == NodeOrder::BreadthFirst {
+                    let depths = block_depths(&blocks);
+                    prop_assert!(depths.windows(2).all(|d| d[0] <= d[1] || d[1] == 0), "blocks not level by level: {:?}", depths);
+                }
                 // Every node is in exactly one block's pairs 0-2.
                 let used = blocks.words.chunks_exact(BLOCK_WORDS).map(|b| {
                     if b[0] & LEAF_BIT != 0 { 1 } else { 3 }
@@ -302,6 +300,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The depth of each block within its tree (0 for each tree's root block), in the order they lie in.
+    fn block_depths(blocks: &NodeBlocks) -> Vec<u32> {
+        let mut depth = vec![0u32; blocks.n_blocks()];
+        for (b, block) in blocks.words.chunks_exact(BLOCK_WORDS).enumerate() {
+            if block[0] & LEAF_BIT != 0 {
+                continue;
+            }
+            let internal_children = [block[2], block[4]].iter().filter(|w| *w & LEAF_BIT == 0).count();
+            for k in 0..2 * internal_children {
+                depth[block[6] as usize + k] = depth[b] + 1;
+            }
+        }
+        depth
     }
 
     /// The depth of each of tree `tree`'s nodes, in the order they lie in.
@@ -336,6 +349,17 @@ mod tests {
         assert!(forest.node_blocks(&short, NodeOrder::DepthFirst).is_err());
         let err = forest.breadth_first_nodes(&forest.nodes.clone()).unwrap_err();
         assert!(err.to_string().contains("would loop"), "{err}");
+    }
+
+    /// Breadth first, a compact node further from its children than the delta field reaches is the
+    /// error callers fall back on (tried with a reach of 2: the root's grandchildren lie further).
+    #[test]
+    fn levels_wider_than_a_compact_delta_reaches_are_refused() {
+        let forest = forest(&[vec![1, 9, 200, 1, 5, 0, 3, 7, 1, 2, 9]], 6, 4);
+        let widest = forest.breadth_first_nodes(&forest.nodes).unwrap();
+        assert_eq!(widest.len(), forest.nodes.len());
+        let err = forest.breadth_first_nodes_within(&forest.nodes, 2).unwrap_err();
+        assert!(matches!(err, CompileError::ChildTooFar { .. }), "{err}");
     }
 
     /// Words to lay out again may differ from the forest's own in leaf weights only: a valid forest

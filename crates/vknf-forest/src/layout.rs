@@ -136,6 +136,15 @@ pub enum CompileError {
     /// A node layout no validated forest has (only possible for a hand-built `GpuForest`).
     #[error("invalid node layout: {0}")]
     InvalidLayout(String),
+    /// Laid out in another order, a compact node would lie further from its children than its delta
+    /// field reaches (the caller keeps the order it has).
+    #[error("node {node} would lie {delta} nodes before its children, beyond a compact node's reach")]
+    ChildTooFar {
+        /// The node's index in the new order.
+        node: usize,
+        /// The distance to its left child.
+        delta: usize,
+    },
 }
 
 /// Most leaf entry pairs (each pair is 2 words; word indices stay within `u32`).

@@ -48,9 +48,16 @@ impl GpuForest {
     /// tree keeps its range (so [`GpuForest::tree_roots`] stay valid) and every row reaches the same
     /// leaf words.
     ///
-    /// A compact node whose left child would lie further than its delta field reaches is an error (the
-    /// caller keeps the depth-first order), as is a layout that breaks the node rules.
+    /// A compact node whose left child would lie further than its delta field reaches is
+    /// [`CompileError::ChildTooFar`] (the caller keeps the depth-first order); a layout that breaks the
+    /// node rules, or words whose structure differs from the forest's, is [`CompileError::InvalidLayout`].
     pub fn breadth_first_nodes(&self, nodes: &[u32]) -> Result<Vec<u32>, CompileError> {
+        self.breadth_first_nodes_within(nodes, COMPACT_DELTA_MASK as usize)
+    }
+
+    /// [`GpuForest::breadth_first_nodes`] with compact deltas of at most `max_delta` (the field's
+    /// reach, or less in tests, where trees wide enough to exceed 18 bits would take a million nodes).
+    pub(crate) fn breadth_first_nodes_within(&self, nodes: &[u32], max_delta: usize) -> Result<Vec<u32>, CompileError> {
         let w = self.node_format.words();
         self.check_node_words(nodes)?;
         let n_nodes = nodes.len() / w;
@@ -96,11 +103,8 @@ impl GpuForest {
                 match self.node_format {
                     NodeFormat::Compact => {
                         let delta = left - new;
-                        if delta > COMPACT_DELTA_MASK as usize {
-                            return Err(CompileError::InvalidLayout(format!(
-                                "breadth first, node {new} of tree {t} lies {delta} nodes before its children, \
-                                 beyond a compact node's reach"
-                            )));
+                        if delta > max_delta {
+                            return Err(CompileError::ChildTooFar { node: new, delta });
                         }
                         words[0] = (words[0] & !COMPACT_DELTA_MASK) | delta as u32;
                     }

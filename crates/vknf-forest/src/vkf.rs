@@ -393,6 +393,8 @@ impl GpuForest {
         // strictly after their parent, so one forward pass sees every parent first.
         const UNSET: u32 = u32::MAX;
         let mut depth = vec![UNSET; n_nodes];
+        // (first entry, entries, node) of each leaf whose entries are out of line.
+        let mut ranges: Vec<(u64, u64, usize)> = Vec::new();
         for (t, &root) in self.tree_roots.iter().enumerate() {
             let start = root as usize;
             let end = self.tree_roots.get(t + 1).map_or(n_nodes, |&r| r as usize);
@@ -433,6 +435,9 @@ impl GpuForest {
                                     first + u64::from(payload)
                                 )));
                             }
+                            if payload > 0 {
+                                ranges.push((first, u64::from(payload), i));
+                            }
                         }
                         continue;
                     }
@@ -470,6 +475,20 @@ impl GpuForest {
                     }
                     depth[child] = d + 1;
                 }
+            }
+        }
+        // Each entry belongs to one leaf at most: a row's walks then read at most every entry once
+        // over all trees, so a leaf cannot make the kernel loop over the same long range tree after
+        // tree (the kernel bounds a leaf's entries by the buffer's length only, since a leaf may name an
+        // output twice).
+        ranges.sort_unstable();
+        for pair in ranges.windows(2) {
+            let ((first, count, node), (next, _, other)) = (pair[0], pair[1]);
+            if first + count > next {
+                return Err(FormatError::BadLeafEntry {
+                    index: next as usize,
+                    problem: format!("shared by the leaves at nodes {node} and {other}"),
+                });
             }
         }
         Ok(())

@@ -175,6 +175,62 @@ fn structural_corruption_is_caught_even_with_a_valid_checksum() {
     }
 }
 
+/// Two leaves reading one entry range are refused: the kernel bounds a leaf's entries by the buffer
+/// only (a leaf may name an output twice), so each entry may belong to one leaf at most.
+#[test]
+fn leaves_sharing_entries_are_refused() {
+    use vknf_forest::{
+        Aggregate, ClassLabels, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode, RawTree, SplitMode, Task,
+    };
+    let entry = |node, output, weight| RawEntry { node, output, weight };
+    let mut f = RawForest {
+        task: Task::Classifier {
+            labels: ClassLabels::Int64(vec![0, 1]),
+        },
+        n_features: 1,
+        n_outputs: 2,
+        trees: vec![RawTree {
+            id: 0,
+            nodes: vec![
+                RawNode::Branch {
+                    mode: SplitMode::Leq,
+                    feature: 0,
+                    threshold: 0.0,
+                    true_child: 1,
+                    false_child: 2,
+                    missing_tracks_true: false,
+                },
+                RawNode::Leaf,
+                RawNode::Leaf,
+            ],
+            entries: vec![entry(1, 0, 0.25), entry(1, 1, 0.75), entry(2, 0, 0.5), entry(2, 1, 0.5)],
+        }],
+        aggregate: Aggregate::Sum,
+        post_transform: PostTransform::None,
+        base_values: vec![],
+        binary_complement: false,
+        missing: MissingPolicy::Reject,
+        max_depth_limit: 4,
+    }
+    .validate()
+    .unwrap()
+    .compile()
+    .unwrap();
+    f.check_layout().unwrap();
+    let w = f.node_format.words();
+    let leaves: Vec<usize> = (0..f.n_nodes())
+        .filter(|&i| f.nodes[i * w] & vknf_forest::LEAF_BIT != 0)
+        .collect();
+    assert_eq!(leaves.len(), 2);
+    assert!(leaves.iter().all(|&i| f.nodes[i * w] & vknf_forest::FLAG_BIT == 0));
+    f.nodes[leaves[1] * w + 1] = f.nodes[leaves[0] * w + 1];
+    let err = f.check_layout().unwrap_err();
+    assert!(err.to_string().contains("shared by the leaves"), "{err}");
+    // The same in a file.
+    let err = GpuForest::from_vkf_bytes(&f.to_vkf_bytes()).unwrap_err();
+    assert!(err.to_string().contains("shared by the leaves"), "{err}");
+}
+
 #[test]
 fn wide_format_round_trips_and_predicts_like_compact() {
     let c = common::small_classifier();

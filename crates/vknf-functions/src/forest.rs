@@ -540,10 +540,11 @@ impl ForestKernel {
                         config.breadth_first = true;
                         words
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, "nodes kept depth first");
+                    Err(err @ vknf_forest::CompileError::ChildTooFar { .. }) => {
+                        tracing::warn!(%err, "levels too wide for compact nodes: nodes kept depth first");
                         node_words.into_owned()
                     }
+                    Err(err) => return Err(ForestError::Unsupported(err.to_string())),
                 },
             };
             (words, forest.tree_roots.clone(), forest.n_nodes())
@@ -1124,6 +1125,9 @@ impl ForestLane {
     /// missing-value routing).
     fn read_checked_labels(&self, labels: &mut Vec<u32>, end: usize) -> Result<(), ForestError> {
         let first = labels.len();
+        if end < first {
+            return Err(ForestError::Input(format!("labels of rows {first}..{end} asked for")));
+        }
         labels.resize(end, 0);
         self.labels.read((first * 4) as u64, &mut labels[first..])?;
         if self.kernel.accepts_nan() {

@@ -393,8 +393,9 @@ fn kernels_take_the_node_layout_their_forest_calls_for() {
         ..ForestOptions::default()
     };
     assert!(!layout(single, &forest));
-    // The fixture's trees copied (each copy with its own nodes, so that they can be reordered) to 64,
-    // its leaves' weights all on two outputs: the few-outputs shape, single nodes.
+    // The fixture's trees copied (each copy with its own nodes, so that they can be reordered, and its
+    // own leaf entries) to 64, its leaves' weights all on two outputs: the few-outputs shape, single
+    // nodes.
     let n_nodes = forest.n_nodes() as u32;
     let copies = 64usize.div_ceil(forest.tree_roots.len());
     let roots: Vec<u32> = (0..copies as u32)
@@ -406,6 +407,13 @@ fn kernels_take_the_node_layout_their_forest_calls_for() {
     many.n_trees = 64;
     many.tree_roots = roots[..64].to_vec();
     many.nodes = forest.nodes.iter().copied().cycle().take(end * words).collect();
+    let n_pairs = (forest.leaf_entries.len() / 2) as u32;
+    many.leaf_entries = forest.leaf_entries.repeat(copies);
+    for (index, node) in many.nodes.chunks_mut(words).enumerate() {
+        if node[0] & LEAF_BIT != 0 && node[0] & FLAG_BIT == 0 {
+            node[1] += (index / n_nodes as usize) as u32 * n_pairs;
+        }
+    }
     many.n_outputs = 2;
     many.base_values.truncate(0);
     for pair in many.leaf_entries.chunks_mut(2) {
