@@ -33,6 +33,18 @@ if [ -f "$seed" ]; then
     { printf '\0'; cat "$seed"; } > corpus/packet_flow/seed-test300
 fi
 
+# vkf_file starts from a real model: a scikit-learn fixture compiled by the vknf binary the unit tests
+# built, without its last 32 bytes (the target seals each input with its SHA-256).
+for vknf in ../target/debug/vknf ../target/release/vknf; do
+    if [ -x "$vknf" ]; then
+        mkdir -p corpus/vkf_file
+        "$vknf" compile-model ../crates/vknf-forest/tests/fixtures/rf12_5classes/model.onnx \
+            -o corpus/vkf_file/model.vkf --quiet >/dev/null
+        head -c -32 corpus/vkf_file/model.vkf > corpus/vkf_file/seed-rf12 && rm corpus/vkf_file/model.vkf
+        break
+    fi
+done
+
 for target in $(cargo fuzz list); do
     echo "== fuzzing $target for ${seconds}s (sanitizer: $sanitizer)" >&2
     mkdir -p "corpus/$target"
