@@ -1,11 +1,11 @@
 //! Fixed-point scores (`vknf_forest::exact`): the scale each forest gets, the error bound against the
 //! exact f64 computation, and labels taken before the post transform.
 
+mod common;
+
+use common::stump;
 use proptest::prelude::*;
-use vknf_forest::{
-    Aggregate, ClassLabels, GpuForest, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode, RawTree, SplitMode,
-    Task,
-};
+use vknf_forest::{Aggregate, ClassLabels, GpuForest, MissingPolicy, PostTransform, RawForest, RawTree, Task};
 
 fn classifier(trees: Vec<RawTree>, n_outputs: u64, aggregate: Aggregate, base_values: Vec<f64>) -> GpuForest {
     RawForest {
@@ -26,39 +26,6 @@ fn classifier(trees: Vec<RawTree>, n_outputs: u64, aggregate: Aggregate, base_va
     .unwrap()
     .compile()
     .unwrap()
-}
-
-/// A stump on feature 0 at 0.0 whose leaves weigh `left` and `right` (output, weight) entries.
-fn stump(id: i64, left: &[(i64, f64)], right: &[(i64, f64)]) -> RawTree {
-    let entries = left
-        .iter()
-        .map(|&(output, weight)| RawEntry {
-            node: 1,
-            output,
-            weight,
-        })
-        .chain(right.iter().map(|&(output, weight)| RawEntry {
-            node: 2,
-            output,
-            weight,
-        }))
-        .collect();
-    RawTree {
-        id,
-        nodes: vec![
-            RawNode::Branch {
-                mode: SplitMode::Leq,
-                feature: 0,
-                threshold: 0.0,
-                true_child: 1,
-                false_child: 2,
-                missing_tracks_true: false,
-            },
-            RawNode::Leaf,
-            RawNode::Leaf,
-        ],
-        entries,
-    }
 }
 
 #[test]

@@ -179,32 +179,14 @@ fn structural_corruption_is_caught_even_with_a_valid_checksum() {
 /// only (a leaf may name an output twice), so each entry may belong to one leaf at most.
 #[test]
 fn leaves_sharing_entries_are_refused() {
-    use vknf_forest::{
-        Aggregate, ClassLabels, MissingPolicy, PostTransform, RawEntry, RawForest, RawNode, RawTree, SplitMode, Task,
-    };
-    let entry = |node, output, weight| RawEntry { node, output, weight };
+    use vknf_forest::{Aggregate, ClassLabels, MissingPolicy, PostTransform, RawForest, Task};
     let mut f = RawForest {
         task: Task::Classifier {
             labels: ClassLabels::Int64(vec![0, 1]),
         },
         n_features: 1,
         n_outputs: 2,
-        trees: vec![RawTree {
-            id: 0,
-            nodes: vec![
-                RawNode::Branch {
-                    mode: SplitMode::Leq,
-                    feature: 0,
-                    threshold: 0.0,
-                    true_child: 1,
-                    false_child: 2,
-                    missing_tracks_true: false,
-                },
-                RawNode::Leaf,
-                RawNode::Leaf,
-            ],
-            entries: vec![entry(1, 0, 0.25), entry(1, 1, 0.75), entry(2, 0, 0.5), entry(2, 1, 0.5)],
-        }],
+        trees: vec![common::stump(0, &[(0, 0.25), (1, 0.75)], &[(0, 0.5), (1, 0.5)])],
         aggregate: Aggregate::Sum,
         post_transform: PostTransform::None,
         base_values: vec![],

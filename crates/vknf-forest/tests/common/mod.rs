@@ -1,10 +1,11 @@
-//! Builders for hand-made ONNX tree ensembles (valid and hostile) used by the tests.
+//! Builders for hand-made ONNX tree ensembles (valid and hostile) and raw trees used by the tests.
 #![allow(dead_code)]
 
 use prost::Message;
 use vknf_forest::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto, data_type,
 };
+use vknf_forest::{RawEntry, RawNode, RawTree, SplitMode};
 
 /// One node of a classic (opset 1/3) tree ensemble.
 #[derive(Clone, Debug)]
@@ -297,5 +298,38 @@ impl V5 {
 
     pub fn bytes(&self) -> Vec<u8> {
         model_bytes(vec![self.node()], Some(2))
+    }
+}
+
+/// A stump on feature 0 at 0.0 whose leaves weigh `left` and `right` (output, weight) entries.
+pub fn stump(id: i64, left: &[(i64, f64)], right: &[(i64, f64)]) -> RawTree {
+    let entries = left
+        .iter()
+        .map(|&(output, weight)| RawEntry {
+            node: 1,
+            output,
+            weight,
+        })
+        .chain(right.iter().map(|&(output, weight)| RawEntry {
+            node: 2,
+            output,
+            weight,
+        }))
+        .collect();
+    RawTree {
+        id,
+        nodes: vec![
+            RawNode::Branch {
+                mode: SplitMode::Leq,
+                feature: 0,
+                threshold: 0.0,
+                true_child: 1,
+                false_child: 2,
+                missing_tracks_true: false,
+            },
+            RawNode::Leaf,
+            RawNode::Leaf,
+        ],
+        entries,
     }
 }
