@@ -71,7 +71,7 @@ impl GpuForest {
             let mut new_of = vec![0usize; end - start];
             old_of.push(start);
             let mut pending = VecDeque::from([start]);
-            while let Some(old) = NodeOrder::BreadthFirst.next(&mut pending) {
+            while let Some(old) = pending.pop_front() {
                 if let Some(NodeWords::Internal { left, .. }) = self.node_format.decode(nodes, old) {
                     if left < start || left + 1 >= end {
                         return Err(CompileError::InvalidLayout(format!(

@@ -1098,8 +1098,7 @@ impl ForestLane {
         } else {
             ticket.wait(deadline)?;
         }
-        let reject_nan = !self.kernel.accepts_nan();
-        if self.kernel.is_classifier() || reject_nan {
+        if self.reads_labels() {
             self.read_checked_labels(&mut labels, n_rows)?;
             if !self.kernel.is_classifier() {
                 labels.clear();
@@ -1118,6 +1117,11 @@ impl ForestLane {
             None
         };
         Ok(LaneResult { n_rows, labels, scores })
+    }
+
+    /// Whether a batch's labels are read: a classifier's answer, or a regressor's NaN marks.
+    fn reads_labels(&self) -> bool {
+        self.kernel.is_classifier() || !self.kernel.accepts_nan()
     }
 
     /// Appends the labels of rows `labels.len()..end` of the finished dispatches to `labels`, and fails
@@ -1142,17 +1146,18 @@ impl ForestLane {
             return Ok(());
         }
         let offset = labels[first..].iter().position(|&label| label == NAN_ROW).unwrap_or(0);
-        Err(self.nan_row_error(first + offset)?)
-    }
-
-    /// The error for row `row` of the last batch, which the kernel marked for a NaN feature.
-    fn nan_row_error(&self, row: usize) -> Result<ForestError, ForestError> {
-        let nf = self.n_features();
         // The rows the kernel read: in the device buffer where the host wrote a share there.
         let source = match &self.device_input {
             Some(target) if self.direct_share().is_some() => target,
             _ => &self.input,
         };
+        Err(self.nan_row_error(first + offset, source)?)
+    }
+
+    /// The error for row `row` of the last batch, which the kernel marked for a NaN feature; `source`
+    /// holds the rows the kernel read.
+    fn nan_row_error(&self, row: usize, source: &Buffer) -> Result<ForestError, ForestError> {
+        let nf = self.n_features();
         let values: Vec<f32> = source.read_vec(row * nf, nf)?;
         let feature = values.iter().position(|v| v.is_nan()).unwrap_or(0);
         Ok(ForestError::Input(format!(
@@ -1465,7 +1470,7 @@ impl ForestLane {
         // labels after it was most of the time from the last kernel's end to the answer on the H200:
         // bench/RESULTS.md, "Each tree's levels one after another").
         let mut labels = Vec::new();
-        if self.kernel.is_classifier() || !self.kernel.accepts_nan() {
+        if self.reads_labels() {
             labels.reserve(n_rows);
             for (ticket, &(_, end)) in dispatched.iter().zip(&self.chunk_bounds) {
                 let read = ticket
@@ -1557,12 +1562,7 @@ impl ForestLane {
             let labels = self.labels.map::<u32>()?;
             if let Some(row) = labels[..n_rows].iter().position(|l| *l == NAN_ROW) {
                 drop(labels);
-                let nf = self.n_features();
-                let values: Vec<f32> = self.input.read_vec(row * nf, nf)?;
-                let feature = values.iter().position(|v| v.is_nan()).unwrap_or(0);
-                return Err(ForestError::Input(format!(
-                    "row {row} feature {feature} is NaN, and this model has no missing-value routing"
-                )));
+                return Err(self.nan_row_error(row, &self.input)?);
             }
         }
         Ok(n_rows)
