@@ -105,17 +105,9 @@ struct Args {
     /// ...
     #[arg(long, value_delimiter = ',')]
     awake_us: Vec<u64>,
-    /// ... and each of these direct shares ...
+    /// ... and each of these direct shares; `--rounds` rounds, the combinations alternating.
     #[arg(long, value_delimiter = ',')]
     write_shares: Vec<f32>,
-    /// ... and each of these counts of dispatches the DMA's rows are written ahead of the direct share
-    /// (`ForestOptions::dma_writes_ahead`); `--rounds` rounds, the combinations alternating.
-    #[arg(long, value_delimiter = ',')]
-    write_aheads: Vec<usize>,
-    /// Dispatches ahead of the direct share the DMA's rows are written in the chosen configuration
-    /// (`ForestOptions::dma_writes_ahead`; default: the kernel's).
-    #[arg(long)]
-    dma_ahead: Option<usize>,
     /// Rounds of the writes table and of the timeline's end-to-end runs.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -302,7 +294,6 @@ fn main() -> anyhow::Result<()> {
             None => args.node_order.or(whole_batches.node_order),
         },
         direct_share: args.chosen_share.or(whole_batches.direct_share),
-        dma_writes_ahead: args.dma_ahead.or(whole_batches.dma_writes_ahead),
         keep_writers_awake: args
             .writers_awake_us
             .map(std::time::Duration::from_micros)
@@ -460,7 +451,7 @@ fn main() -> anyhow::Result<()> {
         reference: &reference.labels,
     };
     let input_paths = input_path_table(workload, args.runs, chosen, &args.direct_shares)?;
-    let writes = if args.awake_us.is_empty() && args.write_shares.is_empty() && args.write_aheads.is_empty() {
+    let writes = if args.awake_us.is_empty() && args.write_shares.is_empty() {
         Vec::new()
     } else {
         writes_table(workload, &args, chosen)?
@@ -792,10 +783,9 @@ fn timeline_table(
     Ok(table)
 }
 
-/// End to end of the whole batch with the chosen configuration for each combination of direct share,
-/// keep-awake time and DMA writes ahead asked for (`--write-shares`, `--awake-us`, `--write-aheads`;
-/// each defaults to the chosen value), `--rounds` times, the combinations alternating within each round;
-/// labels checked every time.
+/// End to end of the whole batch with the chosen configuration for each combination of direct share and
+/// keep-awake time asked for (`--write-shares`, `--awake-us`; each defaults to the chosen value),
+/// `--rounds` times, the combinations alternating within each round; labels checked every time.
 fn writes_table(workload: Workload<'_>, args: &Args, chosen: ForestOptions) -> anyhow::Result<Vec<serde_json::Value>> {
     let Workload {
         device,
@@ -812,35 +802,28 @@ fn writes_table(workload: Workload<'_>, args: &Args, chosen: ForestOptions) -> a
         true => vec![config.direct_share],
         false => args.write_shares.clone(),
     };
-    let aheads = match args.write_aheads.is_empty() {
-        true => vec![config.dma_writes_ahead as usize],
-        false => args.write_aheads.clone(),
-    };
     let mut lanes = Vec::new();
     for &share in &shares {
         for &a in &awake {
-            for &ahead in &aheads {
-                let options = ForestOptions {
-                    direct_share: Some(share),
-                    keep_writers_awake: Some(std::time::Duration::from_micros(a)),
-                    dma_writes_ahead: Some(ahead),
-                    ..chosen
-                };
-                let kernel = ForestKernel::new(device, forest, &options)?;
-                let chunks = kernel.pipeline_chunks(rows.n_rows);
-                lanes.push((share, a, ahead, chunks, kernel.lane(rows.n_rows)?));
-            }
+            let options = ForestOptions {
+                direct_share: Some(share),
+                keep_writers_awake: Some(std::time::Duration::from_micros(a)),
+                ..chosen
+            };
+            let kernel = ForestKernel::new(device, forest, &options)?;
+            let chunks = kernel.pipeline_chunks(rows.n_rows);
+            lanes.push((share, a, chunks, kernel.lane(rows.n_rows)?));
         }
     }
     let mut table = Vec::new();
-    println!("writes (e2e median us, p90; by direct share, keep-awake us and DMA writes ahead):");
+    println!("writes (e2e median us, p90; by direct share and keep-awake us):");
     for round in 1..=args.rounds {
         let mut line = String::new();
-        for (share, a, ahead, chunks, lane) in &mut lanes {
+        for (share, a, chunks, lane) in &mut lanes {
             let (e2e, _, wrong) = time_predict(lane, rows, reference, args.runs)?;
-            line.push_str(&round_cell(format_args!("s{share}/a{a}/h{ahead}"), &e2e, wrong));
+            line.push_str(&round_cell(format_args!("s{share}/a{a}"), &e2e, wrong));
             table.push(json!({
-                "round": round, "direct_share": share, "writers_awake_us": a, "dma_writes_ahead": ahead,
+                "round": round, "direct_share": share, "writers_awake_us": a,
                 "chunks": chunks, "end_to_end": e2e, "label_mismatches_vs_cpu_reference": wrong,
             }));
         }

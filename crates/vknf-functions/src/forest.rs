@@ -89,12 +89,6 @@ pub struct ForestOptions {
     /// With no [`input_path`](Self::input_path) named, a share selects the staged path where
     /// [`splits_whole_batches`] holds, else the direct path. [`DEFAULT_DIRECT_SHARE`] is the measured choice.
     pub direct_share: Option<f32>,
-    /// Split batches ([`direct_share`](Self::direct_share)) in several dispatches: how many dispatches
-    /// ahead the pool writes the rows the DMA carries, beside the direct share of an earlier dispatch
-    /// (0: both shares of a dispatch at once, then the next dispatch's). Ahead, the copy engine gets its
-    /// next copy while the host still writes the current dispatch's direct share, instead of idling
-    /// until both are written. `None`: [`DEFAULT_DMA_WRITES_AHEAD`].
-    pub dma_writes_ahead: Option<usize>,
     /// Staged path: copy rows on a transfer stream of their own (`None`: where the device has a
     /// dedicated transfer queue family; elsewhere the copy is part of the kernel's command list, which
     /// saves a semaphore between queues). `Some(true)` on a device without one uses a second stream of
@@ -167,10 +161,6 @@ impl ForestOptions {
 /// bench/RESULTS.md, "Where a pipelined batch's time goes"); what [`ForestOptions::for_whole_batches`]
 /// (so `vknf predict`) uses.
 pub const DEFAULT_DIRECT_SHARE: f32 = 0.5;
-
-/// How many dispatches ahead of the direct share a split batch's DMA rows are written by default
-/// ([`ForestOptions::dma_writes_ahead`]).
-pub const DEFAULT_DMA_WRITES_AHEAD: usize = 1;
 
 /// Whether a kernel for `forest` walks node blocks by default ([`ForestOptions::node_blocks`]): yes, but
 /// for forests that take the few-outputs workgroup ([`FEW_OUTPUTS_TREE_LANES`]: at least 64 trees, at
@@ -274,9 +264,6 @@ pub struct KernelConfig {
     /// How long the pool's threads are kept awake after a whole batch's writes, in microseconds
     /// ([`ForestOptions::keep_writers_awake`]).
     pub writers_awake_us: u32,
-    /// Dispatches ahead of the direct share that a split batch's DMA rows are written
-    /// ([`ForestOptions::dma_writes_ahead`]).
-    pub dma_writes_ahead: u32,
 }
 
 impl KernelConfig {
@@ -486,10 +473,6 @@ impl ForestKernel {
             transfer_stream,
             node_blocks,
             breadth_first: false,
-            dma_writes_ahead: options
-                .dma_writes_ahead
-                .unwrap_or(DEFAULT_DMA_WRITES_AHEAD)
-                .min(MAX_PIPELINE_CHUNKS) as u32,
             writers_awake_us: options
                 .keep_writers_awake
                 .unwrap_or_default()
@@ -1379,134 +1362,105 @@ impl ForestLane {
         let transfer = &mut self.transfer;
         let writing = pool::batch_starts();
         let lists = &mut self.chunk_lists;
-        let mut uploads: Vec<Option<&mut CommandList>> = self.chunk_uploads.iter_mut().map(Some).collect();
-        // Only a split batch copied on the transfer queue has DMA rows worth writing ahead: elsewhere
-        // every row of a dispatch takes one way, and writing the next dispatch's first would delay it.
-        let ahead = match (&direct, uploads.is_empty()) {
-            (Some(_), false) => self.kernel.resident.config.dma_writes_ahead as usize,
-            _ => 0,
-        };
-        let values = |from: usize, to: usize| &rows[from * nf..to * nf];
-        // The first row of a chunk the DMA carries; those before it are the chunk's direct share.
-        let staged_from = |index: usize| {
+        let uploads = &mut self.chunk_uploads;
+        // A chunk's rows: its direct share written into device memory while the rest goes to the pinned
+        // memory its DMA reads (both at once, each copy split over threads); the chunk's DMA is submitted
+        // as soon as its own rows are written, so that it runs while the host still writes the direct
+        // share. Returns the DMA's ticket where the copy runs on the transfer queue.
+        let write_and_upload = |index: usize,
+                                transfer: &mut Option<Stream>,
+                                upload: Option<&mut CommandList>|
+         -> Result<Option<Ticket>, ForestError> {
             let (first_row, end_row) = bounds[index];
-            first_row + direct_rows(share, end_row - first_row)
-        };
-        let has_direct_rows = |index: usize| direct.is_some() && staged_from(index) > bounds[index].0;
-        // Whether a chunk's DMA rows are written in an earlier step than its direct share: all but the
-        // first's, where the DMA's rows run ahead.
-        let writes_ahead_of = |index: usize| ahead > 0 && index > 0 && has_direct_rows(index);
-        // The DMA's rows of chunks `range`, each written into pinned memory and its copy submitted as soon
-        // as they are (the ticket, in `copies`, where the copy runs on the transfer queue).
-        let write_staged = |range: std::ops::Range<usize>,
-                            copies: &mut [Option<Ticket>],
-                            uploads: &mut [Option<&mut CommandList>],
-                            transfer: &mut Option<Stream>|
-         -> Result<(), ForestError> {
-            for (index, copy) in range.zip(copies) {
-                let from = staged_from(index);
-                timeline::mark(marks, index, HostMoment::WriteStart);
-                copy_rows(&input, from * nf, values(from, bounds[index].1))?;
-                timeline::mark(marks, index, HostMoment::StagedWritten);
-                if let (Some(upload), Some(transfer)) =
-                    (uploads.get_mut(index).and_then(Option::take), transfer.as_mut())
-                {
-                    *copy = Some(transfer.submit(upload)?);
-                    timeline::mark(marks, index, HostMoment::CopySubmitted);
+            let staged_from = first_row + direct_rows(share, end_row - first_row);
+            let values = |from: usize, to: usize| &rows[from * nf..to * nf];
+            let mark = |moment: HostMoment| timeline::mark(marks, index, moment);
+            mark(HostMoment::WriteStart);
+            let write_then_upload = || -> Result<Option<Ticket>, ForestError> {
+                copy_rows(&input, staged_from * nf, values(staged_from, end_row))?;
+                mark(HostMoment::StagedWritten);
+                match (upload, transfer.as_mut()) {
+                    (Some(upload), Some(transfer)) => {
+                        let ticket = transfer.submit(upload)?;
+                        mark(HostMoment::CopySubmitted);
+                        Ok(Some(ticket))
+                    }
+                    _ => Ok(None),
+                }
+            };
+            match &direct {
+                Some(target) if staged_from > first_row => {
+                    let (written, uploaded) = rayon::join(
+                        || copy_rows(target, first_row * nf, values(first_row, staged_from)),
+                        write_then_upload,
+                    );
+                    mark(HostMoment::AllWritten);
+                    match (written, uploaded) {
+                        (Ok(()), uploaded) => uploaded,
+                        (Err(err), uploaded) => {
+                            // The copy writes the lane's buffer: let it end before the lane is reused.
+                            if let Ok(Some(ticket)) = uploaded {
+                                let _ = ticket.wait(BATCH_DEADLINE);
+                            }
+                            Err(err)
+                        }
+                    }
+                }
+                _ => {
+                    let uploaded = write_then_upload();
+                    mark(HostMoment::AllWritten);
+                    uploaded
                 }
             }
-            Ok(())
         };
-        // A chunk's direct share, written straight into device memory (nothing without one).
-        let write_direct = |index: usize| -> Result<(), ForestError> {
-            if let (Some(target), true) = (&direct, has_direct_rows(index)) {
-                let first_row = bounds[index].0;
-                copy_rows(target, first_row * nf, values(first_row, staged_from(index)))?;
-                if writes_ahead_of(index) {
-                    // Its DMA rows were written in an earlier step: the chunk is whole now.
-                    timeline::mark(marks, index, HostMoment::AllWritten);
-                }
-            }
-            Ok(())
-        };
-        // Written in the same step as the direct share (or with none), a chunk is whole when the step is.
-        let mark_whole_after_step = |index: usize| {
-            if !writes_ahead_of(index) {
-                timeline::mark(marks, index, HostMoment::AllWritten);
-            }
-        };
-        let mut copies: Vec<Option<Ticket>> = (0..n_chunks).map(|_| None).collect();
-        // Step i submits dispatch i (its rows all written, its DMA submitted) while the pool writes the
-        // direct share of chunk i+1 and the DMA rows of chunk i+1+ahead; before the first step, the
-        // first chunk's direct share beside the DMA rows of the first 1+ahead chunks. (Queueing every
-        // chunk ahead behind a semaphore the host signals was measured slower on the H200: the driver
-        // holds such submissions back, bench/RESULTS.md.) The loop runs on a worker of the pool, so that
-        // each join below costs a push to its local queue rather than a hand-off from an outside thread.
-        let outcome = rayon::scope(|_| -> Result<Vec<Ticket>, (ForestError, Vec<Ticket>)> {
+        // Each chunk's dispatch is submitted once its rows are written (after its DMA, if any), while the
+        // next chunk's rows are written. (Queueing every chunk ahead behind a semaphore the host signals
+        // was measured slower on the H200: the driver holds such submissions back, bench/RESULTS.md.)
+        // The loop runs on a worker of the pool, so that each join below costs a push to its local queue
+        // rather than a hand-off from an outside thread.
+        let mut dispatched = rayon::scope(|_| -> Result<Vec<Ticket>, ForestError> {
+            let mut uploaded = write_and_upload(0, transfer, uploads.get_mut(0))?;
             let mut dispatched: Vec<Ticket> = Vec::with_capacity(n_chunks);
-            let first_staged = 0..(1 + ahead).min(n_chunks);
-            let (direct_written, staged_written) = rayon::join(
-                || write_direct(0),
-                || {
-                    write_staged(
-                        first_staged.clone(),
-                        &mut copies[first_staged.clone()],
-                        &mut uploads,
-                        transfer,
-                    )
-                },
-            );
-            mark_whole_after_step(0);
-            if let Err(err) = direct_written.and(staged_written) {
-                return Err((err, Vec::new()));
-            }
             for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
-                let staged = (index + 1 + ahead).min(n_chunks)..(index + 2 + ahead).min(n_chunks);
-                let (done, later) = copies.split_at_mut(index + 1);
-                let copy = done[index].as_ref();
-                let later = &mut later[staged.start - index - 1..staged.end - index - 1];
-                let (submitted, (direct_written, staged_written)) = rayon::join(
+                let next_upload = uploads.get_mut(index + 1);
+                let (submitted, next) = rayon::join(
                     || {
-                        let submitted = match copy {
-                            Some(copy) => compute.submit_after(list, &[copy]),
+                        let submitted = match &uploaded {
+                            Some(uploaded) => compute.submit_after(list, &[uploaded]),
                             None => compute.submit(list),
                         };
                         timeline::mark(marks, index, HostMoment::DispatchSubmitted);
                         submitted
                     },
                     || {
-                        rayon::join(
-                            || match index + 1 < n_chunks {
-                                true => write_direct(index + 1),
-                                false => Ok(()),
-                            },
-                            || write_staged(staged.clone(), later, &mut uploads, transfer),
-                        )
+                        if index + 1 < n_chunks {
+                            write_and_upload(index + 1, transfer, next_upload)
+                        } else {
+                            Ok(None)
+                        }
                     },
                 );
-                if index + 1 < n_chunks {
-                    mark_whole_after_step(index + 1);
-                }
-                let submitted = submitted
-                    .map(|ticket| dispatched.push(ticket))
-                    .map_err(ForestError::from);
-                if let Err(err) = submitted.and(direct_written).and(staged_written) {
-                    return Err((err, dispatched));
+                // On an error, work already submitted (this chunk's, the next chunk's copy) reads or
+                // writes the lane's buffers: let it finish before the lane can be reused.
+                match (submitted, next) {
+                    (Ok(ticket), Ok(next)) => {
+                        dispatched.push(ticket);
+                        uploaded = next;
+                    }
+                    (Ok(ticket), Err(err)) => {
+                        let _ = ticket.wait(BATCH_DEADLINE);
+                        return Err(err);
+                    }
+                    (Err(err), next) => {
+                        for ticket in [uploaded, next.ok().flatten(), dispatched.pop()].into_iter().flatten() {
+                            let _ = ticket.wait(BATCH_DEADLINE);
+                        }
+                        return Err(err.into());
+                    }
                 }
             }
             Ok(dispatched)
-        });
-        let mut dispatched = match outcome {
-            Ok(dispatched) => dispatched,
-            Err((err, dispatched)) => {
-                // Work already submitted (copies, dispatches) reads or writes the lane's buffers: let it
-                // finish before the lane can be reused.
-                for ticket in copies.into_iter().flatten().chain(dispatched) {
-                    let _ = ticket.wait(BATCH_DEADLINE);
-                }
-                return Err(err);
-            }
-        };
+        })?;
         let last = dispatched.pop();
         self.pending = last.map(|ticket| (ticket, n_rows, want_scores));
         drop(writing);

@@ -322,10 +322,8 @@ fn random_rows(forest: &GpuForest, bytes: usize) -> Rows {
 
 /// A batch of several MiB (large enough for the direct share) on the staged path with its own transfer
 /// stream: each chunk's first rows written by the host into device memory, the rest copied there on
-/// the transfer stream while the next chunk is written (or, with the DMA's rows written ahead, while
-/// a later chunk's are). Scores must be the CPU reference's bits for every share, chunk count and
-/// count of chunks written ahead (a copy of the wrong range, or a dispatch before its copy or its
-/// direct share, would not).
+/// the transfer stream while the next chunk is written. Scores must be the CPU reference's bits for
+/// every share and chunk count (a copy of the wrong range, or a dispatch before its copy, would not).
 #[test]
 fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     let gpu = gpu();
@@ -336,16 +334,13 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     // Other rows, written through the unsplit path first, so that a copy that misses rows leaves
     // stale values the kernel would read (a fresh lane's memory may still hold the previous lane's).
     let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
-    for (chunks, direct_share, transfer_stream, ahead) in [
-        (1usize, 0.0f32, true, 1usize),
-        (1, 0.4, true, 1),
-        (3, 0.0, true, 1),
-        (3, 0.4, true, 0),
-        (3, 0.4, true, 1),
-        (4, 0.5, true, 2),
-        (3, 0.4, true, 5),
-        (2, 1.0, true, 1),
-        (3, 0.4, false, 1),
+    for (chunks, direct_share, transfer_stream) in [
+        (1usize, 0.0f32, true),
+        (1, 0.4, true),
+        (3, 0.0, true),
+        (3, 0.4, true),
+        (2, 1.0, true),
+        (3, 0.4, false),
     ] {
         // The pool kept awake between batches, as `ForestOptions::for_whole_batches` has it.
         let options = ForestOptions {
@@ -354,7 +349,6 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             transfer_stream: Some(transfer_stream),
             small_batch_rows: Some(0),
             keep_writers_awake: Some(std::time::Duration::from_micros(500)),
-            dma_writes_ahead: Some(ahead),
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
@@ -371,7 +365,7 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
             assert_eq!(
                 prediction.n_rows, n_rows,
-                "{chunks} chunks, share {direct_share}, {ahead} ahead, round {round}"
+                "{chunks} chunks, share {direct_share}, round {round}"
             );
         }
     }
@@ -487,95 +481,82 @@ fn pipelined_batches_record_their_timeline_when_asked() {
     let forest = fixed_point_classifier();
     let rows = random_rows(&forest, 3 << 20);
     let n_rows = rows.n_rows;
-    // Both ways of writing a split batch: each chunk's two shares at once, and the DMA's rows a chunk
-    // ahead of the direct share.
-    for ahead in [0, 1] {
-        let options = ForestOptions {
-            input_path: Some(InputPath::Staged),
-            direct_share: Some(0.4),
-            transfer_stream: Some(true),
-            dma_writes_ahead: Some(ahead),
-            ..ForestOptions::default()
-        };
-        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
-        let mut lane = kernel.lane(n_rows).unwrap();
-        lane.record_timeline(true).unwrap();
-        for _ in 0..2 {
-            let result = lane.run_pipelined(&rows.data, 3, true).unwrap();
-            let prediction = prediction_of(result, forest.n_outputs as usize);
-            same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
-            let timeline = lane.last_timeline().expect("a timeline").clone();
-            assert_eq!(timeline.chunks.len(), 3, "{timeline:#?}");
-            assert_eq!(timeline.chunks.iter().map(|c| c.rows).sum::<usize>(), n_rows);
-            let mut host_before = 0.0;
-            let mut direct_before = 0.0;
-            for chunk in &timeline.chunks {
-                let host = [
-                    chunk.write_start_us,
-                    chunk.staged_written_us,
-                    chunk.written_us,
-                    chunk.dispatch_submitted_us,
-                ];
-                assert!(host[0] >= host_before, "{timeline:#?}");
-                assert!(host.windows(2).all(|w| w[0] <= w[1]), "{timeline:#?}");
-                // Each chunk's rows are written after the previous chunk's: all of them, or with the DMA's
-                // rows written ahead, the DMA's rows (its direct share follows the previous chunk's).
-                host_before = match ahead {
-                    0 => chunk.written_us,
-                    _ => chunk.staged_written_us,
-                };
-                assert!(chunk.written_us >= direct_before, "{timeline:#?}");
-                direct_before = chunk.written_us;
-                let (copy_start, copy_end) = chunk.copy_gpu_us.expect("copied on the transfer stream");
-                let (kernel_start, kernel_end) = chunk.kernel_gpu_us;
-                assert!(copy_start >= 0.0 && copy_start <= copy_end, "{timeline:#?}");
-                if !gpu.device.has_dedicated_transfer() {
-                    assert!(
-                        copy_end <= chunk.list_start_gpu_us,
-                        "dispatch list before its copy: {timeline:#?}"
-                    );
-                }
+    let options = ForestOptions {
+        input_path: Some(InputPath::Staged),
+        direct_share: Some(0.4),
+        transfer_stream: Some(true),
+        ..ForestOptions::default()
+    };
+    let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+    let mut lane = kernel.lane(n_rows).unwrap();
+    lane.record_timeline(true).unwrap();
+    for _ in 0..2 {
+        let result = lane.run_pipelined(&rows.data, 3, true).unwrap();
+        let prediction = prediction_of(result, forest.n_outputs as usize);
+        same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
+        let timeline = lane.last_timeline().expect("a timeline").clone();
+        assert_eq!(timeline.chunks.len(), 3, "{timeline:#?}");
+        assert_eq!(timeline.chunks.iter().map(|c| c.rows).sum::<usize>(), n_rows);
+        let mut host_before = 0.0;
+        for chunk in &timeline.chunks {
+            let host = [
+                chunk.write_start_us,
+                chunk.staged_written_us,
+                chunk.written_us,
+                chunk.dispatch_submitted_us,
+            ];
+            assert!(host[0] >= host_before, "{timeline:#?}");
+            assert!(host.windows(2).all(|w| w[0] <= w[1]), "{timeline:#?}");
+            host_before = chunk.written_us;
+            let (copy_start, copy_end) = chunk.copy_gpu_us.expect("copied on the transfer stream");
+            let (kernel_start, kernel_end) = chunk.kernel_gpu_us;
+            assert!(copy_start >= 0.0 && copy_start <= copy_end, "{timeline:#?}");
+            if !gpu.device.has_dedicated_transfer() {
                 assert!(
-                    chunk.list_start_gpu_us <= kernel_start && kernel_start < kernel_end,
-                    "{timeline:#?}"
+                    copy_end <= chunk.list_start_gpu_us,
+                    "dispatch list before its copy: {timeline:#?}"
                 );
             }
-            assert!(timeline.total_us >= timeline.chunks[2].dispatch_submitted_us);
-            let Some(origin) = timeline.gpu_origin_us else {
-                // lavapipe, CI's driver, reads its clock beside the host's: there a missing origin fails.
-                assert!(
-                    !gpu.device.info().name.contains("llvmpipe"),
-                    "no clock reading on lavapipe"
-                );
-                eprintln!("no calibrated timestamps: GPU moments not placed on the host's clock");
-                continue;
-            };
-            // The clock reading's uncertainty, and room for the two clocks' rounding.
-            let slack = timeline.gpu_origin_uncertainty_us.expect("with the origin") + 5.0;
-            for chunk in &timeline.chunks {
-                let (copy_start, _) = chunk.copy_gpu_us.expect("copied on the transfer stream");
-                assert!(chunk.copy_submitted_us >= chunk.staged_written_us, "{timeline:#?}");
-                assert!(
-                    origin + copy_start + slack >= chunk.staged_written_us,
-                    "a copy started before its rows were written: {timeline:#?}"
-                );
-                assert!(
-                    origin + chunk.list_start_gpu_us + slack >= chunk.written_us,
-                    "a dispatch started before its rows were written: {timeline:#?}"
-                );
-                assert!(
-                    origin + chunk.kernel_gpu_us.1 <= timeline.total_us + slack,
-                    "a dispatch ended after the batch: {timeline:#?}"
-                );
-            }
+            assert!(
+                chunk.list_start_gpu_us <= kernel_start && kernel_start < kernel_end,
+                "{timeline:#?}"
+            );
         }
-        // A batch without chunks (one dispatch, written whole) leaves no timeline behind it.
-        lane.run_pipelined(&rows.data[..rows.n_features * 2], 1, false).unwrap();
-        assert!(lane.last_timeline().is_none(), "a stale timeline");
-        lane.record_timeline(false).unwrap();
-        lane.run_pipelined(&rows.data, 3, false).unwrap();
-        assert!(lane.last_timeline().is_none());
+        assert!(timeline.total_us >= timeline.chunks[2].dispatch_submitted_us);
+        let Some(origin) = timeline.gpu_origin_us else {
+            // lavapipe, CI's driver, reads its clock beside the host's: there a missing origin fails.
+            assert!(
+                !gpu.device.info().name.contains("llvmpipe"),
+                "no clock reading on lavapipe"
+            );
+            eprintln!("no calibrated timestamps: GPU moments not placed on the host's clock");
+            continue;
+        };
+        // The clock reading's uncertainty, and room for the two clocks' rounding.
+        let slack = timeline.gpu_origin_uncertainty_us.expect("with the origin") + 5.0;
+        for chunk in &timeline.chunks {
+            let (copy_start, _) = chunk.copy_gpu_us.expect("copied on the transfer stream");
+            assert!(chunk.copy_submitted_us >= chunk.staged_written_us, "{timeline:#?}");
+            assert!(
+                origin + copy_start + slack >= chunk.staged_written_us,
+                "a copy started before its rows were written: {timeline:#?}"
+            );
+            assert!(
+                origin + chunk.list_start_gpu_us + slack >= chunk.written_us,
+                "a dispatch started before its rows were written: {timeline:#?}"
+            );
+            assert!(
+                origin + chunk.kernel_gpu_us.1 <= timeline.total_us + slack,
+                "a dispatch ended after the batch: {timeline:#?}"
+            );
+        }
     }
+    // A batch without chunks (one dispatch, written whole) leaves no timeline behind it.
+    lane.run_pipelined(&rows.data[..rows.n_features * 2], 1, false).unwrap();
+    assert!(lane.last_timeline().is_none(), "a stale timeline");
+    lane.record_timeline(false).unwrap();
+    lane.run_pipelined(&rows.data, 3, false).unwrap();
+    assert!(lane.last_timeline().is_none());
     gpu.assert_no_validation_errors();
 }
 
