@@ -20,7 +20,7 @@ use vknf_flow::{FeatureSchema, FlowConfig, FlowEvent, FlowReader, FlowRecord, La
 use self::backend::{Backend, InProcess, Remote};
 use self::metrics::ClassifyMetrics;
 use self::output::{DecisionLine, Summary};
-use super::flows::LabelArgs;
+use super::flows::{LabelArgs, TableArgs};
 use super::progress::file_bar;
 use super::schema_binding::{BoundModel, check_declared, load_schema};
 
@@ -33,12 +33,26 @@ pub struct ClassifyArgs {
     /// Capture live on this interface (needs root or CAP_NET_RAW) until interrupted or `--duration`.
     #[arg(long)]
     pub interface: Option<String>,
+    // The live capture's flags also conflict with `--pcap`: clap waives `requires` when an
+    // argument that conflicts with the required one is present, so `--pcap F --duration 5` was
+    // accepted and the flag silently ignored.
     /// Stop a live capture after this many seconds.
-    #[arg(long, requires = "interface")]
+    #[arg(long, requires = "interface", conflicts_with = "pcap", value_parser = parse_duration)]
     pub duration: Option<f64>,
     /// BPF filter of a live capture, e.g. `tcp port 443`.
-    #[arg(long, requires = "interface")]
+    #[arg(long, requires = "interface", conflicts_with = "pcap")]
     pub filter: Option<String>,
+    /// Flow-table threads of a live capture: flows are spread over them by the hash of their
+    /// 5-tuple, each with its own table (`--max-flows` each), while one thread captures.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "interface",
+        conflicts_with = "pcap",
+        default_value_t = 1,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_SHARDS)
+    )]
+    pub shards: usize,
     /// The feature schema the model was trained with (`python/train_traffic.py --schema`).
     #[arg(long)]
     pub schema: PathBuf,
@@ -62,6 +76,9 @@ pub struct ClassifyArgs {
     /// Also decide early, once a flow has this many TLS records (the flow still gets its final decision).
     #[arg(long)]
     pub early_records: Option<usize>,
+    /// The flow table.
+    #[command(flatten)]
+    pub table: TableArgs,
     /// Flows per batch sent to the forest.
     #[arg(long, default_value_t = 256)]
     pub batch_flows: usize,
@@ -86,6 +103,23 @@ pub struct ClassifyArgs {
     /// Do not show the progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The most `--shards`. Each is a thread with its own flow table, and shards beyond the cores only
+/// contend: a number past this is a mistake, not a bigger machine.
+const MAX_SHARDS: u64 = 256;
+
+/// Parses `--duration`: a finite number of seconds, 0 or more, that a `Duration` can hold (a year
+/// at most: a longer capture is one to stop by signal).
+fn parse_duration(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, e.g. 60 or 0.5".to_owned())?;
+    if !(0.0..=365.0 * 86_400.0).contains(&seconds) {
+        return Err("expected a number of seconds from 0 to 31536000 (a year)".into());
+    }
+    Ok(seconds)
 }
 
 /// Flows decided and waiting for their batch.
@@ -173,9 +207,10 @@ pub fn run(global: &super::Global, args: ClassifyArgs) -> anyhow::Result<()> {
     };
     let config = FlowConfig {
         early_records: args.early_records,
-        ..FlowConfig::default()
+        ..args.table.config()
     };
     let mut done = Stats::default();
+    let reading = Instant::now();
     if let Some(interface) = &args.interface {
         let stop = Arc::new(AtomicBool::new(false));
         stop_on_signal(&tokio, stop.clone(), args.duration);
@@ -188,7 +223,7 @@ pub fn run(global: &super::Global, args: ClassifyArgs) -> anyhow::Result<()> {
         eprintln!("capturing on {interface}");
         // The sharded pipeline ticks its tables while no packet comes, so idle flows end on time,
         // and its channel lets a batch go out after --max-wait-ms without waiting for more traffic.
-        let capture = vknf_flow::source::live::ShardedCapture::start(capture, config, 1);
+        let capture = vknf_flow::source::live::ShardedCapture::start(capture, config, args.shards);
         classifier.drive_live(capture)?;
     } else {
         for path in &args.pcap {
@@ -202,7 +237,7 @@ pub fn run(global: &super::Global, args: ClassifyArgs) -> anyhow::Result<()> {
         }
     }
     classifier.out.flush()?;
-    eprintln!("{}", classifier.summary.line());
+    eprintln!("{}", classifier.summary.line(reading.elapsed()));
     if let Some(path) = &args.metrics_out {
         std::fs::write(path, metrics::encode(&registry)).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -312,7 +347,9 @@ impl Classifier {
         for (flow, _) in &pending.flows {
             rows.extend(self.schema.row(&flow.records));
         }
+        let asked = Instant::now();
         let scored = self.backend.classify(rows, width)?;
+        self.summary.add_batch(asked.elapsed());
         let n_classes = self.classes.len();
         if scored.labels.len() != pending.flows.len() || scored.scores.len() != pending.flows.len() * n_classes {
             anyhow::bail!(

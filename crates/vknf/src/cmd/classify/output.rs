@@ -1,6 +1,7 @@
 //! The JSON line `vknf classify` writes per decision, and the summary it prints at the end.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::Serialize;
 use vknf_flow::{EndReason, FlowRecord};
@@ -103,6 +104,10 @@ pub struct Summary {
     pub with_truth: u64,
     /// Of those, how many were right.
     pub correct: u64,
+    /// Batches sent to the forest.
+    pub batches: u64,
+    /// Time spent waiting for the forest's answers (the flows' reading stops meanwhile).
+    pub forest: Duration,
 }
 
 impl Summary {
@@ -119,8 +124,15 @@ impl Summary {
         }
     }
 
-    /// The line printed at the end.
-    pub fn line(&self) -> String {
+    /// Counts one batch the forest answered after `waited`.
+    pub fn add_batch(&mut self, waited: Duration) {
+        self.batches += 1;
+        self.forest += waited;
+    }
+
+    /// The line printed at the end, after `elapsed` of reading and classifying: how much of it was
+    /// the forest's tells whether the classifier or the packets bound the run.
+    pub fn line(&self, elapsed: Duration) -> String {
         let mut line = format!("classified {} flows ({} early decisions)", self.final_, self.early);
         if self.with_truth > 0 {
             line.push_str(&format!(
@@ -130,6 +142,12 @@ impl Summary {
                 100.0 * self.correct as f64 / self.with_truth as f64
             ));
         }
+        line.push_str(&format!(
+            "; {} batches, the forest {:.1} ms of {:.3} s",
+            self.batches,
+            self.forest.as_secs_f64() * 1e3,
+            elapsed.as_secs_f64()
+        ));
         line
     }
 }
