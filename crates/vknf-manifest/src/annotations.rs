@@ -17,6 +17,13 @@ pub const KIND: &str = "vknf.io/kind";
 pub const MODEL_CONFIGMAPS: &str = "vknf.io/model-configmaps";
 /// Lower-case hex SHA-256 of the assembled model.
 pub const MODEL_SHA256: &str = "vknf.io/model-sha256";
+/// Lower-case hex SHA-256 of the feature schema the function's model was trained with (a traffic
+/// classifier's `FeatureSchema` digest; `vknf manifest --schema` writes it). The model must carry the
+/// same digest in its `.vkf` metadata ([`MODEL_SCHEMA_DIGEST`]), or the function is refused.
+pub const FEATURE_SCHEMA_SHA256: &str = "vknf.io/feature-schema-sha256";
+/// The `.vkf` metadata entry holding the digest of the feature schema the model was trained with
+/// (`python/train_traffic.py` writes it into the ONNX model, `vknf compile-model` keeps it).
+pub const MODEL_SCHEMA_DIGEST: &str = "vknf.schema_digest";
 /// JSON object: specialization constant name or id to number or bool.
 pub const SPEC_CONSTANTS: &str = "vknf.io/spec-constants";
 /// JSON resource wiring of a generic kernel (the `generic` family's parameter `abi`).

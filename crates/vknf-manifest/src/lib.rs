@@ -13,6 +13,7 @@ mod spec;
 pub use generate::{DEFAULT_PART_BYTES, GenerateError, ManifestRequest, build_objects, generate_yaml};
 pub use parse::{
     HostManifest, MAX_BATCH_ROWS_LIMIT, MAX_WAIT_US_LIMIT, ManifestError, ManifestFunction, ObjectSet, ParseOptions,
-    Placement, RejectedFunction, SpecError, hex, load_dir, manifest_files, parse_spirv, resolve,
+    Placement, RejectedFunction, SpecError, hex, load_dir, manifest_files, model_schema_digest, parse_spirv,
+    read_objects, resolve, resolve_function,
 };
-pub use spec::{FunctionKey, ModelRef, ServedSpec};
+pub use spec::{FunctionKey, ModelRef, SchemaBinding, ServedSpec};

@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use vknf_functions::{Families, FunctionSpec, SpecConstantKey, SpecConstantValue};
 
 use crate::annotations as ann;
-use crate::spec::{FunctionKey, ModelRef, ServedSpec};
+use crate::spec::{FunctionKey, ModelRef, SchemaBinding, ServedSpec};
 
 /// SPIR-V's magic number, as the first little-endian word of a module.
 const SPIRV_MAGIC: u32 = 0x0723_0203;
@@ -213,6 +213,32 @@ pub enum SpecError {
         /// Of the assembled bytes.
         actual: String,
     },
+    /// The feature schema the manifest declares is not the one its model was trained with.
+    #[error(
+        "annotation {annotation} declares feature schema {declared}, but the model was trained with \
+         feature schema {model} ({key} in its .vkf metadata): the manifest was edited or its model \
+         replaced; write it again with `vknf manifest --model M.vkf --schema S.json`",
+        annotation = ann::FEATURE_SCHEMA_SHA256,
+        key = ann::MODEL_SCHEMA_DIGEST
+    )]
+    SchemaMismatch {
+        /// The digest the annotation declares.
+        declared: String,
+        /// The digest the model carries.
+        model: String,
+    },
+    /// The manifest declares a feature schema and the model carries no digest of one.
+    #[error(
+        "annotation {annotation} declares feature schema {declared}, but the model carries no feature \
+         schema digest: {reason}",
+        annotation = ann::FEATURE_SCHEMA_SHA256
+    )]
+    SchemaUnbound {
+        /// The digest the annotation declares.
+        declared: String,
+        /// Why the model has none.
+        reason: String,
+    },
     /// Another function on this host uses the same port.
     #[error("port {port} is also used by {other}")]
     PortClash {
@@ -340,7 +366,9 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     Ok(files)
 }
 
-fn read_objects(files: &[PathBuf]) -> Result<ObjectSet, ManifestError> {
+/// Reads the Kubernetes objects of manifest `files` (YAML or JSON, several documents each); objects
+/// of other kinds are skipped.
+pub fn read_objects(files: &[PathBuf]) -> Result<ObjectSet, ManifestError> {
     let mut objects = ObjectSet::default();
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::ReadFile {
@@ -463,6 +491,22 @@ pub fn resolve(objects: &ObjectSet, placement: &Placement, options: &ParseOption
     host
 }
 
+/// The function `objects` describe under `key`, checked as [`resolve`] checks it but wherever it is
+/// placed and whatever shares its port: what a client of the function reads from its manifest.
+/// `None` when no function Service has that key.
+pub fn resolve_function(
+    objects: &ObjectSet,
+    key: &FunctionKey,
+    options: &ParseOptions,
+) -> Option<Result<ManifestFunction, SpecError>> {
+    let (_, service) = objects.services.get(key)?;
+    if !is_function(service) {
+        return None;
+    }
+    let endpoints = endpoints_of(objects, key);
+    Some(build_function(objects, key, service, endpoints, options))
+}
+
 /// Two functions on one host cannot share a port: both are rejected, so that which one serves
 /// never depends on file order.
 fn reject_port_clashes(host: &mut HostManifest) {
@@ -565,6 +609,7 @@ fn build_function(
             (Some(model_ref), Some(bytes))
         }
     };
+    let schema = schema_binding(get(ann::FEATURE_SCHEMA_SHA256), model.as_deref())?;
 
     // Family parameters: each is the annotation vknf.io/<param>, and only the kind's family takes it.
     let mut params = BTreeMap::new();
@@ -618,9 +663,69 @@ fn build_function(
             max_wait,
             model: model_ref,
             endpoints,
+            schema,
         },
         model,
     })
+}
+
+/// The feature schema digest a model carries in its `.vkf` metadata ([`ann::MODEL_SCHEMA_DIGEST`],
+/// lower-case), or why it carries none. The model is parsed and validated in full, as its family will.
+pub fn model_schema_digest(model: &[u8]) -> Result<String, String> {
+    if !model.starts_with(&vknf_forest::VKF_MAGIC) {
+        return Err("it is not a .vkf model".to_owned());
+    }
+    let (_, metadata) = vknf_forest::GpuForest::from_vkf_bytes_with_metadata(model)
+        .map_err(|e| format!("its .vkf cannot be read: {e}"))?;
+    let digest = metadata.get(ann::MODEL_SCHEMA_DIGEST).ok_or_else(|| {
+        format!(
+            "its .vkf metadata has no {} (the model was not trained by python/train_traffic.py, or was \
+             compiled without the digest)",
+            ann::MODEL_SCHEMA_DIGEST
+        )
+    })?;
+    let digest = digest.trim();
+    if !is_sha256_hex(digest) {
+        return Err(format!(
+            "its {} {digest:?} is not 64 hex digits",
+            ann::MODEL_SCHEMA_DIGEST
+        ));
+    }
+    Ok(digest.to_ascii_lowercase())
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Binds the function to the feature schema its model carries: a declared schema
+/// ([`ann::FEATURE_SCHEMA_SHA256`]) must be that one. A model bound to a schema the manifest does not
+/// declare is accepted (there is nothing to disagree with; the server reports the model's digest and
+/// warns), so that a forest trained with a schema can be served to clients that do not compute
+/// features themselves.
+fn schema_binding(declared: Option<&str>, model: Option<&[u8]>) -> Result<Option<SchemaBinding>, SpecError> {
+    let carried = match model {
+        Some(model) => model_schema_digest(model),
+        None => Err("the function has no model".to_owned()),
+    };
+    let Some(declared) = declared else {
+        return Ok(carried.ok().map(|digest| SchemaBinding {
+            digest,
+            declared: false,
+        }));
+    };
+    if !is_sha256_hex(declared) {
+        return Err(bad(
+            ann::FEATURE_SCHEMA_SHA256,
+            format!("{declared:?} is not 64 hex digits"),
+        ));
+    }
+    let declared = declared.to_ascii_lowercase();
+    match carried {
+        Ok(digest) if digest == declared => Ok(Some(SchemaBinding { digest, declared: true })),
+        Ok(model) => Err(SpecError::SchemaMismatch { declared, model }),
+        Err(reason) => Err(SpecError::SchemaUnbound { declared, reason }),
+    }
 }
 
 fn service_port(ports: &[k8s_openapi::api::core::v1::ServicePort], options: &ParseOptions) -> Result<u16, SpecError> {

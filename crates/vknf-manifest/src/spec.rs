@@ -32,6 +32,18 @@ pub struct ModelRef {
     pub len: usize,
 }
 
+/// The feature schema a function's model is bound to (traffic classifiers: the digest of the
+/// `FeatureSchema` whose rows the forest was trained on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaBinding {
+    /// Lower-case hex SHA-256 of the schema, read from the model's own `.vkf` metadata
+    /// ([`crate::annotations::MODEL_SCHEMA_DIGEST`]): what the function was compiled for.
+    pub digest: String,
+    /// Whether the manifest declares it ([`crate::annotations::FEATURE_SCHEMA_SHA256`]); a declaration
+    /// is checked equal to the model's digest, or the function is refused.
+    pub declared: bool,
+}
+
 /// The function a Service describes: where it is served (name, port, hosts), what runs it, how its
 /// batches wait, and where its model comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,10 +60,13 @@ pub struct ServedSpec {
     pub model: Option<ModelRef>,
     /// Host addresses from the Endpoints / EndpointSlices of the Service.
     pub endpoints: Vec<IpAddr>,
+    /// The feature schema the model is bound to, when its metadata names one.
+    pub schema: Option<SchemaBinding>,
 }
 
 impl ServedSpec {
-    /// Whether two specs describe the same running function (everything but placement).
+    /// Whether two specs describe the same running function (everything but placement, and the
+    /// schema binding, which follows from the model).
     pub fn same_function(&self, other: &ServedSpec) -> bool {
         let ServedSpec {
             key,
@@ -60,6 +75,7 @@ impl ServedSpec {
             max_wait,
             model,
             endpoints: _,
+            schema: _,
         } = self;
         *key == other.key
             && *port == other.port

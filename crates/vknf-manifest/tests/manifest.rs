@@ -486,3 +486,85 @@ fn the_open_inference_protocol_port_is_declared_beside_the_function_s_and_not_ta
     write_values(dir.path(), "f.yaml", &two);
     assert_eq!(load_all(dir.path()).rejected.len(), 1);
 }
+
+/// A `.vkf` carrying `digest` as its feature schema digest (what `vknf compile-model` keeps from a
+/// model trained by `python/train_traffic.py`).
+fn bound_model(digest: &str) -> Vec<u8> {
+    let mut metadata = vknf_forest::VkfMetadata::new();
+    metadata.insert(annotations::MODEL_SCHEMA_DIGEST.to_owned(), digest.to_owned());
+    vknf_testkit::synthetic::random_classifier(4, 3, 3, 3, 1).to_vkf_bytes_with_metadata(&metadata)
+}
+
+/// The function of `model` with the feature schema annotation set to `declared` (none: left out),
+/// resolved from files and from API objects alike.
+fn with_schema(model: &[u8], declared: Option<&str>) -> Result<vknf_manifest::ManifestFunction, SpecError> {
+    let mut values = build_objects(&request("f", forest_spirv(), Some(model))).unwrap();
+    if let Some(digest) = declared {
+        set_annotation(&mut values, annotations::FEATURE_SCHEMA_SHA256, digest);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_values(dir.path(), "f.yaml", &values);
+    let mut host = load_all(dir.path());
+    // A client of the function reads the same objects the same way.
+    let files = vknf_manifest::manifest_files(dir.path()).unwrap();
+    let objects = vknf_manifest::read_objects(&files).unwrap();
+    let key = vknf_manifest::FunctionKey {
+        namespace: "default".into(),
+        name: "f".into(),
+    };
+    let single = vknf_manifest::resolve_function(&objects, &key, &ParseOptions::default()).unwrap();
+    match (host.functions.pop(), host.rejected.pop()) {
+        (Some(function), None) => {
+            assert_eq!(single.unwrap().spec, function.spec);
+            Ok(function)
+        }
+        (None, Some(rejected)) => {
+            assert_eq!(single.unwrap_err(), rejected.error);
+            Err(rejected.error)
+        }
+        other => panic!("expected one function or one rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_declared_feature_schema_must_be_the_one_the_model_carries() {
+    let (a, b) = ("a1".repeat(32), "b2".repeat(32));
+    let model = bound_model(&a);
+
+    // Declared and carried alike (the declaration's case does not matter).
+    let function = with_schema(&model, Some(&a.to_uppercase())).unwrap();
+    let bound = function.spec.schema.unwrap();
+    assert_eq!((bound.digest.as_str(), bound.declared), (a.as_str(), true));
+
+    // Declared another: refused, naming both.
+    let error = with_schema(&model, Some(&b)).unwrap_err();
+    assert_eq!(
+        error,
+        SpecError::SchemaMismatch {
+            declared: b.clone(),
+            model: a.clone()
+        }
+    );
+    let message = error.to_string();
+    assert!(message.contains(&a) && message.contains(&b), "{message}");
+
+    // Declared for a model that carries no digest (a version 1 .vkf): refused.
+    let error = with_schema(&model_bytes(), Some(&a)).unwrap_err();
+    assert!(
+        matches!(&error, SpecError::SchemaUnbound { declared, .. } if *declared == a),
+        "{error}"
+    );
+    assert!(error.to_string().contains(annotations::MODEL_SCHEMA_DIGEST), "{error}");
+
+    // Not a digest at all.
+    let error = with_schema(&model, Some("abc")).unwrap_err();
+    assert!(
+        matches!(&error, SpecError::BadAnnotation { annotation, .. } if annotation == annotations::FEATURE_SCHEMA_SHA256),
+        "{error}"
+    );
+
+    // Not declared: served, bound to the model's schema, which the server reports.
+    let bound = with_schema(&model, None).unwrap().spec.schema.unwrap();
+    assert_eq!((bound.digest.as_str(), bound.declared), (a.as_str(), false));
+    assert_eq!(with_schema(&model_bytes(), None).unwrap().spec.schema, None);
+}

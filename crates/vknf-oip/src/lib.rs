@@ -15,9 +15,11 @@
 //! - [`OipServer`]: the port.
 //! - [`Inference`]: what both protocols serve (health, metadata, model lookup, inference).
 //! - [`names`], [`schema`]: model names and model metadata from a function's schema.
+//! - [`client`]: a model's metadata asked of another host's port.
 //! - [`OipError`]: errors, and their HTTP statuses and gRPC codes.
 
 mod body;
+pub mod client;
 mod config;
 mod error;
 pub mod grpc;
@@ -34,4 +36,4 @@ pub use config::OipConfig;
 pub use error::OipError;
 pub use reply::Outputs;
 pub use server::{OipServer, tls_connection_budget};
-pub use service::{BINARY_TENSOR_DATA, Inference, Model, Protocol, Readiness, ServerMetadata};
+pub use service::{BINARY_TENSOR_DATA, Inference, Model, ModelParameters, Protocol, Readiness, ServerMetadata};

@@ -1,5 +1,7 @@
 //! The v2 view of a function's schema: data types, tensor shapes, model metadata.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use vknf_runtime::{DType, FunctionInfo, OutputInfo};
 
@@ -41,6 +43,11 @@ pub struct ModelMetadata {
     pub inputs: Vec<TensorMetadata>,
     /// Every output, those computed on request included.
     pub outputs: Vec<TensorMetadata>,
+    /// What the server that owns the function adds, as a v2 `$parameters` object (REST only: the
+    /// gRPC message has no such field): for a traffic model, the digest of the feature schema it was
+    /// trained with (`vknf.schema_digest`). Left out when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// The shape of an output for `n_rows` rows: one element per row is a vector (as scikit-learn's
@@ -74,6 +81,7 @@ impl ModelMetadata {
                     shape: output_shape(output, -1),
                 })
                 .collect(),
+            parameters: BTreeMap::new(),
         }
     }
 }

@@ -717,6 +717,52 @@ async fn an_invalid_update_keeps_the_previous_version_serving_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feature_schema_of_the_model_is_reported_and_a_manifest_declaring_another_is_refused() {
+    common::bounded(schema_body()).await;
+}
+
+async fn schema_body() {
+    use vknf_manifest::annotations::{FEATURE_SCHEMA_SHA256, MODEL_SCHEMA_DIGEST};
+    let bound = |seed: u64, digest: &str| {
+        let mut metadata = vknf_forest::VkfMetadata::new();
+        metadata.insert(MODEL_SCHEMA_DIGEST.to_owned(), digest.to_owned());
+        forest(seed).to_vkf_bytes_with_metadata(&metadata)
+    };
+    let (a, b) = ("a1".repeat(32), "b2".repeat(32));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |model: &[u8], declared: &str| {
+        common::write_model_manifest(dir.path(), "f", model, 32, 100, &[(FEATURE_SCHEMA_SHA256, declared)]);
+    };
+    write(&bound(30, &a), &a);
+    let server = common::start_server(dir.path(), common::test_config()).await;
+    let target = addr(&server, "f");
+    assert_eq!(server.schema_digest("default/f"), Some(a.clone()));
+
+    // The model replaced under the same declaration: refused, naming both; the previous version
+    // serves on, and its schema is the one reported.
+    let generation = server.status().generation;
+    write(&bound(31, &b), &a);
+    wait_for(|| server.status().generation > generation, "update applied").await;
+    let status = server.status();
+    assert!(
+        matches!(&status.functions[&key("f")], FunctionStatus::Failed { reason, serving_previous: Some(at) }
+            if reason.contains(&format!("declares feature schema {a}")) && reason.contains(&b) && *at == target),
+        "{status:?}"
+    );
+    assert_eq!(server.schema_digest("default/f"), Some(a.clone()));
+
+    // Declared as it is: served, and reported.
+    write(&bound(31, &b), &b);
+    wait_for(|| server.status().is_ready(), "the new version").await;
+    assert_eq!(server.schema_digest("default/f"), Some(b.clone()));
+
+    std::fs::remove_file(dir.path().join("f.yaml")).unwrap();
+    wait_for(|| server.status().functions.is_empty(), "removal").await;
+    assert_eq!(server.schema_digest("default/f"), None);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_loss_fails_the_batch_then_every_function_is_reloaded() {
     common::bounded(device_loss_fails_the_batch_then_every_function_is_reloaded_body()).await;
 }

@@ -20,7 +20,19 @@ pub fn forest_spirv() -> &'static [u8] {
 
 /// Writes `NAME.yaml` holding a forest function on an ephemeral port.
 pub fn write_forest_manifest(dir: &Path, name: &str, forest: &GpuForest, max_batch_rows: usize, max_wait_us: u64) {
-    let model = forest.to_vkf_bytes();
+    write_model_manifest(dir, name, &forest.to_vkf_bytes(), max_batch_rows, max_wait_us, &[]);
+}
+
+/// Writes `NAME.yaml` holding a forest function of `model` (`.vkf` bytes) on an ephemeral port, with
+/// `annotations` added to its Service.
+pub fn write_model_manifest(
+    dir: &Path,
+    name: &str,
+    model: &[u8],
+    max_batch_rows: usize,
+    max_wait_us: u64,
+    annotations: &[(&str, &str)],
+) {
     // Kubernetes (and so the generator) refuses port 0; tests then switch the Service to an
     // ephemeral port, which the server accepts when parsing with `allow_ephemeral_ports`.
     let values = build_objects(&ManifestRequest {
@@ -31,7 +43,7 @@ pub fn write_forest_manifest(dir: &Path, name: &str, forest: &GpuForest, max_bat
         kind: "forest".to_owned(),
         spirv: forest_spirv(),
         entry_point: None,
-        model: Some(&model),
+        model: Some(model),
         spec_constants: None,
         params: Default::default(),
         max_batch_rows: Some(max_batch_rows),
@@ -43,6 +55,10 @@ pub fn write_forest_manifest(dir: &Path, name: &str, forest: &GpuForest, max_bat
     for mut value in values.expect("manifest generates") {
         if value["kind"] == "Service" {
             value["spec"]["ports"][0]["port"] = 0.into();
+            let added = value["metadata"]["annotations"].as_mapping_mut().expect("annotations");
+            for (key, annotation) in annotations {
+                added.insert((*key).into(), (*annotation).into());
+            }
         }
         yaml.push_str("---\n");
         yaml.push_str(&serde_norway::to_string(&value).expect("YAML"));

@@ -5,21 +5,31 @@
 //! - an ONNX model carries it in its metadata as `vknf.schema_digest` (`python/train_traffic.py`);
 //! - `vknf compile-model` copies that entry into the `.vkf` file's metadata (format version 2);
 //! - `vknf manifest --schema S.json` checks it against the model and declares it on the function's
-//!   Service as the annotation `vknf.io/feature-schema-sha256`, which `vknf classify --addr` reads
-//!   from the manifest the function is served from (`--manifest`).
+//!   Service as the annotation `vknf.io/feature-schema-sha256`; `vknf serve` and the agent
+//!   (`vknf_manifest::resolve`) refuse a manifest whose annotation is not the digest its model
+//!   carries;
+//! - `vknf classify --addr` reads the manifest the function is served from (`--manifest`) as the
+//!   server reads it, checks the schema against the annotation and the model the manifest carries,
+//!   and against the digest the function's hosts report on their Open Inference Protocol port (model
+//!   metadata `parameters`), when they report one.
 //!
 //! A model without the entry, or with another digest, is refused with the two digests in the error.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use vknf_flow::FeatureSchema;
 use vknf_forest::{GpuForest, VkfMetadata};
+use vknf_manifest::{FunctionKey, ParseOptions, annotations};
 
 /// Metadata key of the schema digest, in ONNX `metadata_props` and in `.vkf` metadata.
-pub const SCHEMA_DIGEST_KEY: &str = "vknf.schema_digest";
+pub const SCHEMA_DIGEST_KEY: &str = annotations::MODEL_SCHEMA_DIGEST;
 /// The Service annotation that declares a function's feature schema digest.
-pub const SCHEMA_ANNOTATION: &str = "vknf.io/feature-schema-sha256";
+pub const SCHEMA_ANNOTATION: &str = annotations::FEATURE_SCHEMA_SHA256;
+/// Longest wait for a host's Open Inference Protocol port to answer its model metadata.
+const OIP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A model file with the metadata it carries.
 pub struct BoundModel {
@@ -104,24 +114,32 @@ pub fn load_schema(path: &Path) -> anyhow::Result<FeatureSchema> {
 pub struct DeclaredFunction {
     /// `namespace/name` of the Service.
     pub name: String,
+    /// The same, as the manifest reader keys it.
+    pub key: FunctionKey,
     /// Its port.
     pub port: u16,
+    /// The hosts' Open Inference Protocol port, when the Service declares it (a port named `oip`).
+    pub oip_port: Option<u16>,
     /// Its `vknf.io/feature-schema-sha256` annotation.
     pub schema_digest: Option<String>,
 }
 
-/// The functions (Services labelled `vknf.io/function: "true"`) of a manifest file or directory.
-pub fn declared_functions(path: &Path) -> anyhow::Result<Vec<DeclaredFunction>> {
-    use serde::Deserialize as _;
-
-    let files: Vec<PathBuf> = if path.is_dir() {
+/// The manifest files of a manifest file or directory.
+fn manifest_paths(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(if path.is_dir() {
         vknf_manifest::manifest_files(path)?
     } else {
         vec![path.to_owned()]
-    };
+    })
+}
+
+/// The functions (Services labelled `vknf.io/function: "true"`) of manifest files.
+pub fn declared_functions(files: &[PathBuf]) -> anyhow::Result<Vec<DeclaredFunction>> {
+    use serde::Deserialize as _;
+
     let mut functions = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for document in serde_norway::Deserializer::from_str(&text) {
             let value =
                 serde_norway::Value::deserialize(document).with_context(|| format!("parsing {}", file.display()))?;
@@ -152,10 +170,19 @@ fn declared_function(value: &serde_norway::Value) -> Option<DeclaredFunction> {
         .and_then(text)
         .unwrap_or_else(|| "default".into());
     let name = metadata.get("name").and_then(text)?;
-    let port = value.get("spec")?.get("ports")?.get(0)?.get("port")?.as_u64()?;
+    let ports = value.get("spec")?.get("ports")?.as_sequence()?;
+    let port_named = |oip: bool| {
+        ports
+            .iter()
+            .find(|p| (p.get("name").and_then(|n| n.as_str()) == Some(annotations::OIP_PORT_NAME)) == oip)
+            .and_then(|p| p.get("port")?.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+    };
     Some(DeclaredFunction {
         name: format!("{namespace}/{name}"),
-        port: u16::try_from(port).ok()?,
+        key: FunctionKey { namespace, name },
+        port: port_named(false)?,
+        oip_port: port_named(true),
         schema_digest: metadata
             .get("annotations")
             .and_then(|a| a.get(SCHEMA_ANNOTATION))
@@ -164,9 +191,15 @@ fn declared_function(value: &serde_norway::Value) -> Option<DeclaredFunction> {
     })
 }
 
-/// Checks that the function a manifest serves on `port` declares `schema` as its feature schema.
+/// Checks the function that a manifest serves on `port` against `schema`: the manifest must be one
+/// that `vknf serve` accepts (read by the same reader: a feature schema annotation that is not the
+/// digest its model carries is refused), it must declare a schema, the model its ConfigMaps carry
+/// must have been trained with `schema`, and every host of the function that answers on the
+/// manifest's Open Inference Protocol port must report that schema for the model it serves.
+/// Returns the function's name.
 pub fn check_declared(manifest: &Path, port: u16, schema: &FeatureSchema) -> anyhow::Result<String> {
-    let functions = declared_functions(manifest)?;
+    let files = manifest_paths(manifest)?;
+    let functions = declared_functions(&files)?;
     let Some(function) = functions.iter().find(|f| f.port == port) else {
         let known: Vec<String> = functions.iter().map(|f| format!("{} on {}", f.name, f.port)).collect();
         anyhow::bail!(
@@ -179,19 +212,105 @@ pub fn check_declared(manifest: &Path, port: u16, schema: &FeatureSchema) -> any
             }
         );
     };
-    let digest = function.schema_digest.as_deref().with_context(|| {
+    let origin = format!("function {} (from {})", function.name, manifest.display());
+    let objects = vknf_manifest::read_objects(&files)?;
+    let options = ParseOptions {
+        max_model_bytes: usize::MAX,
+        allow_ephemeral_ports: true,
+        ..ParseOptions::default()
+    };
+    let served = vknf_manifest::resolve_function(&objects, &function.key, &options)
+        .with_context(|| format!("{origin}: the manifest reader finds no such function"))?
+        .map_err(|e| anyhow::anyhow!("{origin} is refused, as `vknf serve` refuses it: {e}"))?;
+    function.schema_digest.as_deref().with_context(|| {
         format!(
             "function {} declares no feature schema (annotation {SCHEMA_ANNOTATION}; write it with \
              `vknf manifest --schema`)",
             function.name
         )
     })?;
-    schema.check_model_digest(digest).with_context(|| {
-        format!(
-            "function {} (from {}) and the schema do not match",
-            function.name,
-            manifest.display()
-        )
-    })?;
+    // The reader checked the annotation against the model's digest; this checks the schema against
+    // the model (digest, features and classes).
+    let model = served
+        .model
+        .as_deref()
+        .with_context(|| format!("{origin} has no model"))?;
+    let (forest, metadata) = GpuForest::from_vkf_bytes_with_metadata(model)
+        .with_context(|| format!("{origin}: reading the model its ConfigMaps carry"))?;
+    BoundModel { forest, metadata }.check(schema, &format!("the model of {origin}"))?;
+    check_reported(function, &served.spec.endpoints, schema, manifest)?;
     Ok(function.name.clone())
+}
+
+/// Asks each host of `function` that answers on the manifest's Open Inference Protocol port which
+/// feature schema the model it serves was trained with (the model metadata's `parameters`); a host
+/// reporting another schema than `schema` is an error. A host that does not answer, or answers
+/// without the digest, is passed over with a log line: the manifest was checked.
+fn check_reported(
+    function: &DeclaredFunction,
+    hosts: &[IpAddr],
+    schema: &FeatureSchema,
+    manifest: &Path,
+) -> anyhow::Result<()> {
+    let Some(oip_port) = function.oip_port else {
+        tracing::info!(
+            function = %function.name,
+            "the manifest declares no Open Inference Protocol port: the schema the server reports is not checked"
+        );
+        return Ok(());
+    };
+    // Every host at once, each within its time limit: one that does not answer delays none other.
+    let asks = async {
+        let mut asks = tokio::task::JoinSet::new();
+        for host in hosts {
+            let addr = SocketAddr::new(*host, oip_port);
+            let function = function.name.clone();
+            asks.spawn(async move {
+                let metadata = vknf_oip::client::model_metadata(addr, &function, OIP_TIMEOUT).await;
+                (addr, metadata.map(|metadata| reported_digest(&metadata)))
+            });
+        }
+        asks.join_all().await
+    };
+    let reports = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime that asks the function's hosts")?
+        .block_on(asks);
+    for (addr, report) in reports {
+        match report {
+            Ok(Some(digest)) => schema.check_model_digest(&digest).with_context(|| {
+                format!(
+                    "function {} at {addr} (Open Inference Protocol) serves a model trained with another \
+                     feature schema than the model {} carries (a stale manifest, or a server not yet \
+                     reloaded)",
+                    function.name,
+                    manifest.display()
+                )
+            })?,
+            Ok(None) => tracing::warn!(
+                function = %function.name,
+                %addr,
+                "the server does not report the feature schema of its model (model metadata parameter {}): \
+                 only the manifest was checked",
+                annotations::MODEL_SCHEMA_DIGEST
+            ),
+            Err(why) => tracing::info!(
+                function = %function.name,
+                %addr,
+                "the schema the server reports is not checked: {why}"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The feature schema digest a model's metadata reports (`parameters`, key `vknf.schema_digest`), if
+/// any.
+fn reported_digest(metadata: &serde_json::Value) -> Option<String> {
+    metadata
+        .get("parameters")
+        .and_then(|p| p.get(annotations::MODEL_SCHEMA_DIGEST))
+        .and_then(|d| d.as_str())
+        .map(|d| d.trim().to_owned())
 }
