@@ -10,6 +10,8 @@
 # GENERATORS=N runs N tcpreplay processes at once, each at the rate (the total is N x rate), for
 # rates one tcpreplay cannot reach; every generator sends the same packets (their flows repeat).
 # Needs root (ip netns), tcpreplay (installed here if missing), editcap.
+# On a machine without cargo or editcap (the GPU host): LIVE_FLOWS names a built live_flows and
+# REPLAY a capture of the packets to replay (used as it is, not cut).
 # Usage: bench/flows/run_live_bench.sh CAPTURE OUT_DIR [RATES] [SHARDS]
 #   RATES: comma-separated packets/s; "max" is tcpreplay --topspeed. Default 50000,...,max.
 set -euo pipefail
@@ -23,12 +25,20 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 
 command -v tcpreplay >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q tcpreplay >/dev/null
-(cd "$repo" && cargo build --release -q -p vknf-flow --example live_flows)
-live="$target/release/examples/live_flows"
+if [ -n "${LIVE_FLOWS:-}" ]; then
+    live="$LIVE_FLOWS"
+else
+    (cd "$repo" && cargo build --release -q -p vknf-flow --example live_flows)
+    live="$target/release/examples/live_flows"
+fi
 
 # The replayed file: the capture's first PACKETS packets, preloaded by tcpreplay (-K).
 replay="$out/replay.pcap"
-editcap -F pcap -r "$capture" "$replay" "1-$packets" 2>/dev/null
+if [ -n "${REPLAY:-}" ]; then
+    cp "$REPLAY" "$replay"
+else
+    editcap -F pcap -r "$capture" "$replay" "1-$packets" 2>/dev/null
+fi
 
 ns="vknf-live-$$"
 ip netns add "$ns"
@@ -66,8 +76,8 @@ for rate in ${rates//,/ }; do
     touch "$out/stop"
     wait "$pid"
     rx_drop=$(( $(ip netns exec "$ns" cat /sys/class/net/vcap/statistics/rx_dropped) - rx_drop_before ))
-    sent=$(grep -oE 'Successful packets: +[0-9]+' "$out/tcpreplay-$rate.log" | grep -oE '[0-9]+$' | paste -sd+ | bc)
-    actual=$(grep -oE 'Rated: [0-9.]+ Bps, [0-9.]+ Mbps, [0-9.]+ pps' "$out/tcpreplay-$rate.log" | grep -oE '[0-9.]+ pps' | cut -d' ' -f1 | paste -sd+ | bc)
+    sent=$(grep -oE 'Successful packets: +[0-9]+' "$out/tcpreplay-$rate.log" | grep -oE '[0-9]+$' | awk '{ s += $1 } END { printf "%.0f\n", s }')
+    actual=$(grep -oE 'Rated: [0-9.]+ Bps, [0-9.]+ Mbps, [0-9.]+ pps' "$out/tcpreplay-$rate.log" | grep -oE '[0-9.]+ pps' | cut -d' ' -f1 | awk '{ s += $1 } END { printf "%.0f\n", s }')
     frames=$(grep -oE '"frames": [0-9]+' "$out/live-$rate.json" | grep -oE '[0-9]+$')
     kdrop=$(grep -oE '"capture_dropped": [0-9]+' "$out/live-$rate.json" | grep -oE '[0-9]+$')
     lost=$(( sent - frames ))
