@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Server, free_port, succeed, vknf, workspace};
+use common::{Server, free_port, skip, succeed, vknf, wait_until_capturing, workspace};
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -20,16 +20,6 @@ use std::time::{Duration, Instant};
 /// different sizes (crates/vknf-flow/tests/scripts/tls_sites.py), so their record sequences differ;
 /// measured here: 100% on 16 held-out flows.
 const MIN_ACCURACY: f64 = 0.85;
-
-fn required() -> bool {
-    std::env::var_os("CI").is_some()
-}
-
-/// Skips with a message, or fails under CI.
-fn skip(why: &str) {
-    assert!(!required(), "required tool missing under CI: {why}");
-    eprintln!("SKIPPED: {why}");
-}
 
 fn has_tool(name: &str) -> bool {
     Command::new("sh")
@@ -398,22 +388,7 @@ fn live_capture_matches_the_file(d: &Path, vkf: &Path, schema: &Path) {
             .spawn()
             .unwrap(),
     );
-    let started = Instant::now();
-    while !std::fs::read_to_string(&live_log)
-        .unwrap_or_default()
-        .contains("capturing on lo")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the live capture never started"
-        );
-        assert!(
-            live.0.try_wait().unwrap().is_none(),
-            "{}",
-            std::fs::read_to_string(&live_log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_capturing(&mut live.0, &live_log);
     let file = capture(&d.join("live"), 2);
     let metrics = http_get(metrics_port, "/metrics");
     for name in [

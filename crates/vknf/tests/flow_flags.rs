@@ -13,25 +13,16 @@
 
 mod common;
 
-use common::{Server, succeed, vknf, workspace};
+use common::{Server, skip, succeed, vknf, wait_until_capturing, workspace};
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-
-/// Skips with a message, or fails under CI.
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "required tool missing under CI: {why}"
-    );
-    eprintln!("SKIPPED: {why}");
-}
 
 /// The gopacket package's file `name` (under its `pcapgo/tests/le` or `pcap`), if installed.
 fn gopacket(name: &str) -> Option<PathBuf> {
@@ -438,22 +429,7 @@ fn live(dir: &Path, model: &Path, schema: &Path, shards: usize) -> (usize, BTree
             .spawn()
             .unwrap(),
     );
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("capturing on lo")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the live capture never started"
-        );
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_capturing(&mut child.0, &log);
     // The shards' threads start right after the message: let them.
     std::thread::sleep(Duration::from_secs(1));
     let count = threads(child.0.id());

@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `vknf` binary cargo built for these tests.
 pub fn vknf() -> Command {
@@ -88,4 +89,35 @@ pub fn classifier_manifests(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
         "manifest",
     );
     manifests
+}
+
+/// Skips with a message (a missing tool, privilege or environment), or fails under CI, where every
+/// test must run.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "required tool missing under CI: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Waits until a live `vknf classify`, writing its standard error to `log`, says it is capturing;
+/// fails if it exits first or takes a minute.
+pub fn wait_until_capturing(child: &mut Child, log: &Path) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("capturing on")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the live capture never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
