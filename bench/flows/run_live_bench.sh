@@ -11,7 +11,7 @@
 # rates one tcpreplay cannot reach; every generator sends the same packets (their flows repeat).
 # Needs root (ip netns), tcpreplay (installed here if missing), editcap.
 # On a machine without cargo or editcap (the GPU host): LIVE_FLOWS names a built live_flows and
-# REPLAY a capture of the packets to replay (used as it is, not cut).
+# REPLAY a capture of the packets to replay (used as it is: PACKETS does not cut it).
 # Usage: bench/flows/run_live_bench.sh CAPTURE OUT_DIR [RATES] [SHARDS]
 #   RATES: comma-separated packets/s; "max" is tcpreplay --topspeed. Default 50000,...,max.
 set -euo pipefail
@@ -35,7 +35,7 @@ fi
 # The replayed file: the capture's first PACKETS packets, preloaded by tcpreplay (-K).
 replay="$out/replay.pcap"
 if [ -n "${REPLAY:-}" ]; then
-    cp "$REPLAY" "$replay"
+    [ "$REPLAY" -ef "$replay" ] || cp "$REPLAY" "$replay"
 else
     editcap -F pcap -r "$capture" "$replay" "1-$packets" 2>/dev/null
 fi

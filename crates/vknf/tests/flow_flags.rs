@@ -244,13 +244,14 @@ fn bad_values_are_refused_naming_the_flag() {
         ),
         (&[live[0], live[1], "--shards", "0"], "--shards", "not in 1..=256"),
         (&[live[0], live[1], "--shards", "100000"], "--shards", "not in 1..=256"),
-        (
-            &[live[0], live[1], "--duration", "NaN"],
-            "--duration",
-            "number of seconds from 0",
-        ),
+        (&[live[0], live[1], "--duration", "NaN"], "--duration", "finite"),
         (
             &[live[0], live[1], "--duration", "1e30"],
+            "--duration",
+            "at most 31536000 seconds (a year)",
+        ),
+        (
+            &[live[0], live[1], "--duration=-1"],
             "--duration",
             "number of seconds from 0",
         ),

@@ -56,12 +56,21 @@ fn two_schemas(dir: &Path) -> (Trained, Trained) {
     (a, b)
 }
 
-/// `vknf manifest` of the function `name` on `port`, declared with `model`'s schema, into `out`.
+/// `vknf manifest` of the function `name` on `port`, declared with `model`'s schema, placed on
+/// 127.0.0.1, into `out`.
 fn manifest(name: &str, port: u16, oip_port: Option<u16>, model: &Trained, out: &Path) {
+    manifest_at(Some("127.0.0.1"), name, port, oip_port, model, out);
+}
+
+/// The same, with the function's endpoints on `node` (none without).
+fn manifest_at(node: Option<&str>, name: &str, port: u16, oip_port: Option<u16>, model: &Trained, out: &Path) {
     let mut command = vknf();
     command
-        .args(["manifest", "--name", name, "--node-address", "127.0.0.1"])
+        .args(["manifest", "--name", name])
         .args(["--port", &port.to_string()]);
+    if let Some(node) = node {
+        command.args(["--node-address", node]);
+    }
     if let Some(oip_port) = oip_port {
         command.args(["--oip-port", &oip_port.to_string()]);
     }
@@ -329,6 +338,19 @@ fn the_open_inference_protocol_reports_the_served_schema_and_classify_addr_check
                 "schema digest {} does not match the model's {}",
                 b.digest, a.digest
             )),
+        "{message}"
+    );
+
+    // The same manifest without the function's endpoints (written without --node-address, as for a
+    // server bound to all addresses): the host classify sends flows to is asked all the same.
+    let unplaced = d.join("unplaced.yaml");
+    manifest_at(None, "tc", port, Some(oip_port), &b, &unplaced);
+    let message = fail(
+        classify(&pcap, &addr, &unplaced, &b.schema),
+        "classify against another version, no endpoints declared",
+    );
+    assert!(
+        message.contains(&format!("at 127.0.0.1:{oip_port}")) && message.contains(&b.digest),
         "{message}"
     );
 

@@ -128,6 +128,18 @@ impl fmt::Display for Timeout {
 /// Parses a timeout in seconds: a finite number above 0 (a zero timeout would end every flow at
 /// its next packet) and at most [`MAX_TIMEOUT_SECS`].
 fn parse_timeout(text: &str) -> Result<Timeout, String> {
+    let seconds = parse_seconds(text, false, MAX_TIMEOUT_SECS, "30 days")?;
+    // Below the bound, the product fits a u64 (about 2.6e15 ns) and the cast is exact enough.
+    let ns = (seconds * 1e9).round() as u64;
+    if ns == 0 {
+        return Err("a timeout must be at least 1 nanosecond".into());
+    }
+    Ok(Timeout::from_ns(ns))
+}
+
+/// Parses a number of seconds given to a flag: finite, more than 0 (or 0 too, with `zero_ok`) and at
+/// most `max_seconds` (`max_words` says how long that is).
+pub(crate) fn parse_seconds(text: &str, zero_ok: bool, max_seconds: f64, max_words: &str) -> Result<f64, String> {
     let seconds: f64 = text
         .trim()
         .parse()
@@ -135,20 +147,15 @@ fn parse_timeout(text: &str) -> Result<Timeout, String> {
     if !seconds.is_finite() {
         return Err("expected a finite number of seconds".into());
     }
-    if seconds <= 0.0 {
-        return Err("a timeout must be more than 0 seconds".into());
+    match (zero_ok, seconds) {
+        (true, s) if s < 0.0 => return Err("expected a number of seconds from 0".into()),
+        (false, s) if s <= 0.0 => return Err("a timeout must be more than 0 seconds".into()),
+        _ => {}
     }
-    if seconds > MAX_TIMEOUT_SECS {
-        return Err(format!(
-            "a timeout must be at most {MAX_TIMEOUT_SECS} seconds (30 days)"
-        ));
+    if seconds > max_seconds {
+        return Err(format!("expected at most {max_seconds} seconds ({max_words})"));
     }
-    // Below the bound, the product fits a u64 (about 2.6e15 ns) and the cast is exact enough.
-    let ns = (seconds * 1e9).round() as u64;
-    if ns == 0 {
-        return Err("a timeout must be at least 1 nanosecond".into());
-    }
-    Ok(Timeout::from_ns(ns))
+    Ok(seconds)
 }
 
 /// Arguments of `vknf flows`.

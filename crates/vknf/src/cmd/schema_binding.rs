@@ -15,7 +15,7 @@
 //!
 //! A model without the entry, or with another digest, is refused with the two digests in the error.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -191,13 +191,14 @@ fn declared_function(value: &serde_norway::Value) -> Option<DeclaredFunction> {
     })
 }
 
-/// Checks the function that a manifest serves on `port` against `schema`: the manifest must be one
-/// that `vknf serve` accepts (read by the same reader: a feature schema annotation that is not the
-/// digest its model carries is refused), it must declare a schema, the model its ConfigMaps carry
-/// must have been trained with `schema`, and every host of the function that answers on the
-/// manifest's Open Inference Protocol port must report that schema for the model it serves.
-/// Returns the function's name.
-pub fn check_declared(manifest: &Path, port: u16, schema: &FeatureSchema) -> anyhow::Result<String> {
+/// Checks the function that a manifest serves on `port` against `schema`: the manifest is read by
+/// `vknf serve`'s reader (a feature schema annotation that is not the digest its model carries is
+/// refused; limits a server sets, such as its largest model, are not applied), it must declare a
+/// schema, the model its ConfigMaps carry
+/// must have been trained with `schema`, and `host` (the address classify sends flows to) and every
+/// host of the function's endpoints that answers on the manifest's Open Inference Protocol port must
+/// report that schema for the model it serves. Returns the function's name.
+pub fn check_declared(manifest: &Path, host: &str, port: u16, schema: &FeatureSchema) -> anyhow::Result<String> {
     let files = manifest_paths(manifest)?;
     let functions = declared_functions(&files)?;
     let Some(function) = functions.iter().find(|f| f.port == port) else {
@@ -221,7 +222,7 @@ pub fn check_declared(manifest: &Path, port: u16, schema: &FeatureSchema) -> any
     };
     let served = vknf_manifest::resolve_function(&objects, &function.key, &options)
         .with_context(|| format!("{origin}: the manifest reader finds no such function"))?
-        .map_err(|e| anyhow::anyhow!("{origin} is refused, as `vknf serve` refuses it: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{origin} is refused, as `vknf serve` would refuse it: {e}"))?;
     function.schema_digest.as_deref().with_context(|| {
         format!(
             "function {} declares no feature schema (annotation {SCHEMA_ANNOTATION}; write it with \
@@ -238,7 +239,18 @@ pub fn check_declared(manifest: &Path, port: u16, schema: &FeatureSchema) -> any
     let (forest, metadata) = GpuForest::from_vkf_bytes_with_metadata(model)
         .with_context(|| format!("{origin}: reading the model its ConfigMaps carry"))?;
     BoundModel { forest, metadata }.check(schema, &format!("the model of {origin}"))?;
-    check_reported(function, &served.spec.endpoints, schema, manifest)?;
+    // The host flows go to first: it may be none of the manifest's endpoints (a server bound to
+    // all addresses, a manifest without --node-address).
+    let mut hosts: Vec<IpAddr> = (host, port)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|addr| addr.ip()).collect())
+        .unwrap_or_default();
+    for endpoint in &served.spec.endpoints {
+        if !hosts.contains(endpoint) {
+            hosts.push(*endpoint);
+        }
+    }
+    check_reported(function, &hosts, schema, manifest)?;
     Ok(function.name.clone())
 }
 
@@ -253,7 +265,7 @@ fn check_reported(
     manifest: &Path,
 ) -> anyhow::Result<()> {
     let Some(oip_port) = function.oip_port else {
-        tracing::info!(
+        tracing::warn!(
             function = %function.name,
             "the manifest declares no Open Inference Protocol port: the schema the server reports is not checked"
         );
@@ -277,7 +289,9 @@ fn check_reported(
         .build()
         .context("starting the runtime that asks the function's hosts")?
         .block_on(asks);
+    let mut reported = 0;
     for (addr, report) in reports {
+        reported += usize::from(matches!(report, Ok(Some(_))));
         match report {
             Ok(Some(digest)) => schema.check_model_digest(&digest).with_context(|| {
                 format!(
@@ -301,6 +315,14 @@ fn check_reported(
                 "the schema the server reports is not checked: {why}"
             ),
         }
+    }
+    if reported == 0 {
+        tracing::warn!(
+            function = %function.name,
+            hosts = ?hosts,
+            oip_port,
+            "no host reported the feature schema of the model it serves: only the manifest was checked"
+        );
     }
     Ok(())
 }

@@ -112,14 +112,7 @@ const MAX_SHARDS: u64 = 256;
 /// Parses `--duration`: a finite number of seconds, 0 or more, that a `Duration` can hold (a year
 /// at most: a longer capture is one to stop by signal).
 fn parse_duration(text: &str) -> Result<f64, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| "expected a number of seconds, e.g. 60 or 0.5".to_owned())?;
-    if !(0.0..=365.0 * 86_400.0).contains(&seconds) {
-        return Err("expected a number of seconds from 0 to 31536000 (a year)".into());
-    }
-    Ok(seconds)
+    super::flows::parse_seconds(text, true, 365.0 * 86_400.0, "a year")
 }
 
 /// Flows decided and waiting for their batch.
@@ -153,11 +146,11 @@ pub fn run(global: &super::Global, args: ClassifyArgs) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let (backend, classes) = if let Some(addr) = &args.addr {
         let manifest = args.manifest.as_deref().context("--addr needs --manifest")?;
-        let port = addr
+        let (host, port) = addr
             .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .and_then(|(host, p)| Some((host, p.parse::<u16>().ok()?)))
             .with_context(|| format!("--addr {addr}: expected host:port"))?;
-        let function = check_declared(manifest, port, &schema)?;
+        let function = check_declared(manifest, host, port, &schema)?;
         tracing::info!(function, "the manifest declares the schema");
         let remote = Remote::connect(addr, schema.len(), schema.classes.len())?;
         (Backend::Remote(remote), schema.classes.clone())
