@@ -86,6 +86,12 @@ pub struct FunctionInfo {
     /// Whether NaN and infinities are valid float input; when false they are refused per call.
     /// Integer inputs are taken bit for bit and never checked.
     pub accepts_non_finite: bool,
+    /// What the function says of its model beyond its shape, by name (the Open Inference Protocol
+    /// reports them as the model metadata's `parameters`): a traffic forest's feature schema digest
+    /// ([`crate::families::forest::SCHEMA_DIGEST`]); empty for most functions. Part of the loaded
+    /// version, so that it changes with the model it describes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<String, String>,
 }
 
 impl FunctionInfo {

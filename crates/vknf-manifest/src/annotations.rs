@@ -23,7 +23,7 @@ pub const MODEL_SHA256: &str = "vknf.io/model-sha256";
 pub const FEATURE_SCHEMA_SHA256: &str = "vknf.io/feature-schema-sha256";
 /// The `.vkf` metadata entry holding the digest of the feature schema the model was trained with
 /// (`python/train_traffic.py` writes it into the ONNX model, `vknf compile-model` keeps it).
-pub const MODEL_SCHEMA_DIGEST: &str = "vknf.schema_digest";
+pub const MODEL_SCHEMA_DIGEST: &str = vknf_functions::families::forest::SCHEMA_DIGEST;
 /// JSON object: specialization constant name or id to number or bool.
 pub const SPEC_CONSTANTS: &str = "vknf.io/spec-constants";
 /// JSON resource wiring of a generic kernel (the `generic` family's parameter `abi`).

@@ -255,6 +255,7 @@ mod tests {
             ],
             max_batch_rows: 64,
             accepts_non_finite: false,
+            parameters: Default::default(),
         }
     }
 

@@ -36,4 +36,4 @@ pub use config::OipConfig;
 pub use error::OipError;
 pub use reply::Outputs;
 pub use server::{OipServer, tls_connection_budget};
-pub use service::{BINARY_TENSOR_DATA, Inference, Model, ModelParameters, Protocol, Readiness, ServerMetadata};
+pub use service::{BINARY_TENSOR_DATA, Inference, Model, Protocol, Readiness, ServerMetadata};

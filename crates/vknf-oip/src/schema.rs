@@ -43,9 +43,9 @@ pub struct ModelMetadata {
     pub inputs: Vec<TensorMetadata>,
     /// Every output, those computed on request included.
     pub outputs: Vec<TensorMetadata>,
-    /// What the server that owns the function adds, as a v2 `$parameters` object (REST only: the
-    /// gRPC message has no such field): for a traffic model, the digest of the feature schema it was
-    /// trained with (`vknf.schema_digest`). Left out when empty.
+    /// What the function says of its model ([`FunctionInfo::parameters`]), as a v2 `$parameters`
+    /// object (REST only: the gRPC message has no such field): for a traffic model, the digest of the
+    /// feature schema it was trained with (`vknf.schema_digest`). Left out when empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
 }
@@ -81,7 +81,7 @@ impl ModelMetadata {
                     shape: output_shape(output, -1),
                 })
                 .collect(),
-            parameters: BTreeMap::new(),
+            parameters: info.parameters.clone(),
         }
     }
 }

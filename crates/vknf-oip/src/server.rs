@@ -22,7 +22,7 @@ use crate::body::{AnswerCharge, Budget, Budgeted, Deadline, Metered, Unwritten, 
 use crate::config::OipConfig;
 use crate::grpc::{GrpcService, proto::grpc_inference_service_server::GrpcInferenceServiceServer, service};
 use crate::rest::{ResponseBody, respond};
-use crate::service::{Inference, ModelParameters, Readiness};
+use crate::service::{Inference, Readiness};
 
 /// A running Open Inference Protocol port.
 pub struct OipServer {
@@ -47,17 +47,6 @@ impl OipServer {
         addr: SocketAddr,
         runtime: Runtime,
         readiness: Readiness,
-        config: OipConfig,
-    ) -> std::io::Result<OipServer> {
-        OipServer::bind_with_parameters(addr, runtime, readiness, Arc::new(|_| Default::default()), config).await
-    }
-
-    /// [`OipServer::bind`], with model metadata carrying the `parameters` of each function.
-    pub async fn bind_with_parameters(
-        addr: SocketAddr,
-        runtime: Runtime,
-        readiness: Readiness,
-        parameters: ModelParameters,
         mut config: OipConfig,
     ) -> std::io::Result<OipServer> {
         let listener = TcpListener::bind(addr).await?;
@@ -66,7 +55,7 @@ impl OipServer {
             .map(|tls| tls.with_connection_budget(tls_connection_budget(runtime.budget())));
         let addr = listener.local_addr()?;
         let budget = Budget::new(config.max_buffered_bytes, runtime.budget().clone());
-        let inference = Arc::new(Inference::new(runtime, readiness).with_parameters(parameters));
+        let inference = Arc::new(Inference::new(runtime, readiness));
         let shared = Arc::new(Shared {
             grpc: service(inference.clone(), config.max_body_bytes),
             inference: inference.clone(),

@@ -1,7 +1,7 @@
 //! What both protocols serve, apart from how they encode it: health, server and model metadata, model
 //! lookup by name, and inference through the function runtime.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -50,10 +50,6 @@ impl Protocol {
 /// Whether the host's functions are all loaded; the server that owns the functions knows.
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// The model metadata `parameters` of a function, by its name; the server that owns the functions
-/// knows them (the digest of a traffic model's feature schema, from its manifest's model).
-pub type ModelParameters = Arc<dyn Fn(&str) -> BTreeMap<String, String> + Send + Sync>;
-
 /// A served model: its function and the schema of the version serving now.
 #[derive(Clone)]
 pub struct Model {
@@ -94,7 +90,6 @@ struct Known {
 pub struct Inference {
     runtime: Runtime,
     readiness: Readiness,
-    parameters: ModelParameters,
     /// Model names already resolved, so that a request does not wait on the runtime's lock (held while
     /// a function loads). Only names of loaded functions enter, so it holds at most one entry per
     /// function and name form.
@@ -107,14 +102,8 @@ impl Inference {
         Inference {
             runtime,
             readiness,
-            parameters: Arc::new(|_| BTreeMap::new()),
             known: RwLock::new(HashMap::new()),
         }
-    }
-
-    /// The same service, its model metadata carrying the `parameters` that `parameters` gives.
-    pub fn with_parameters(self, parameters: ModelParameters) -> Inference {
-        Inference { parameters, ..self }
     }
 
     /// The process's memory budget, which responses being sent are charged to.
@@ -180,9 +169,7 @@ impl Inference {
     /// The model's metadata.
     pub async fn model_metadata(&self, name: &str, version: &str) -> Result<ModelMetadata, OipError> {
         let model = self.model(name, version).await?;
-        let mut metadata = ModelMetadata::of(model.function.name(), &model.info);
-        metadata.parameters = (self.parameters)(model.function.name());
-        Ok(metadata)
+        Ok(ModelMetadata::of(model.function.name(), &model.info))
     }
 
     /// Runs `rows` through the model, computing the outputs in `selected`.

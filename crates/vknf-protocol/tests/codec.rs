@@ -279,6 +279,7 @@ fn descriptions_round_trip() {
         ],
         max_batch_rows: 4096,
         accepts_non_finite: true,
+        parameters: Default::default(),
     };
     let mut bytes = BytesMut::new();
     encode_description(&mut bytes, 7, "default/iris", &info);
@@ -315,6 +316,7 @@ fn integer_inputs_round_trip_bit_for_bit_and_are_described() {
         }],
         max_batch_rows: 64,
         accepts_non_finite: false,
+        parameters: Default::default(),
     };
     let mut description = BytesMut::new();
     encode_description(&mut description, 8, "default/ports", &info);

@@ -736,7 +736,7 @@ async fn schema_body() {
     write(&bound(30, &a), &a);
     let server = common::start_server(dir.path(), common::test_config()).await;
     let target = addr(&server, "f");
-    assert_eq!(server.schema_digest("default/f"), Some(a.clone()));
+    assert_eq!(server.schema_digest("default/f").await, Some(a.clone()));
 
     // The model replaced under the same declaration: refused, naming both; the previous version
     // serves on, and its schema is the one reported.
@@ -749,16 +749,16 @@ async fn schema_body() {
             if reason.contains(&format!("declares feature schema {a}")) && reason.contains(&b) && *at == target),
         "{status:?}"
     );
-    assert_eq!(server.schema_digest("default/f"), Some(a.clone()));
+    assert_eq!(server.schema_digest("default/f").await, Some(a.clone()));
 
     // Declared as it is: served, and reported.
     write(&bound(31, &b), &b);
     wait_for(|| server.status().is_ready(), "the new version").await;
-    assert_eq!(server.schema_digest("default/f"), Some(b.clone()));
+    assert_eq!(server.schema_digest("default/f").await, Some(b.clone()));
 
     std::fs::remove_file(dir.path().join("f.yaml")).unwrap();
     wait_for(|| server.status().functions.is_empty(), "removal").await;
-    assert_eq!(server.schema_digest("default/f"), None);
+    assert_eq!(server.schema_digest("default/f").await, None);
     server.shutdown().await;
 }
 

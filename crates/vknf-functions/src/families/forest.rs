@@ -1,6 +1,7 @@
 //! The `forest` family: random-forest inference over a compiled `.vkf` model, on the GPU with the
 //! generic forest kernel ([`crate::forest`]) or on the CPU with vknf-forest's reference predictor.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use vknf_forest::{FixedPoint, GpuForest, MissingPolicy};
@@ -18,6 +19,10 @@ pub const INPUT: &str = "features";
 pub const LABELS: &str = "labels";
 /// Output name of the per-output scores (class probabilities, or regression values).
 pub const SCORES: &str = "scores";
+/// The `.vkf` metadata entry, and the [`FunctionInfo::parameters`] entry a forest function reports
+/// it as, of the feature schema digest a traffic model was trained with (`python/train_traffic.py`
+/// writes it into the ONNX model, `vknf compile-model` into the `.vkf`).
+pub const SCHEMA_DIGEST: &str = "vknf.schema_digest";
 
 /// The parameter choosing how a GPU forest's rows reach the kernel (`vknf.io/input-path`: `direct`,
 /// `host-memory` or `staged`, see [`crate::forest::InputPath`]); chosen for the device when absent.
@@ -78,11 +83,11 @@ impl Family for ForestFamily {
     }
 
     fn load_cpu(&self, spec: &FunctionSpec, model: Option<&[u8]>) -> Result<Arc<dyn Function>, LoadError> {
-        let forest = parse_model(spec, model)?;
-        Ok(Arc::new(CpuForestFunction::new(
-            forest,
-            spec.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS),
-        )?))
+        let (forest, parameters) = parse_model(spec, model)?;
+        Ok(Arc::new(
+            CpuForestFunction::new(forest, spec.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS))?
+                .with_parameters(parameters),
+        ))
     }
 
     #[cfg(feature = "gpu")]
@@ -93,16 +98,25 @@ impl Family for ForestFamily {
         spec: &FunctionSpec,
         model: Option<&[u8]>,
     ) -> Result<Arc<dyn Function>, LoadError> {
-        gpu::load(device, devices_serving, spec, parse_model(spec, model)?)
+        let (forest, parameters) = parse_model(spec, model)?;
+        gpu::load(device, devices_serving, spec, forest, parameters)
     }
 }
 
-fn parse_model(spec: &FunctionSpec, model: Option<&[u8]>) -> Result<GpuForest, LoadError> {
+/// The forest of a `.vkf` model, and what the function reports of it: the feature schema digest its
+/// metadata carries, if any ([`SCHEMA_DIGEST`], trimmed and lower-case as manifests declare it).
+fn parse_model(spec: &FunctionSpec, model: Option<&[u8]>) -> Result<(GpuForest, BTreeMap<String, String>), LoadError> {
     let model = model.ok_or_else(|| LoadError::MissingModel(spec.name.clone()))?;
-    GpuForest::from_vkf_bytes(model).map_err(|e| LoadError::InvalidModel {
+    let (forest, metadata) = GpuForest::from_vkf_bytes_with_metadata(model).map_err(|e| LoadError::InvalidModel {
         function: spec.name.clone(),
         reason: e.to_string(),
-    })
+    })?;
+    let parameters = metadata
+        .get(SCHEMA_DIGEST)
+        .map(|digest| (SCHEMA_DIGEST.to_owned(), digest.trim().to_ascii_lowercase()))
+        .into_iter()
+        .collect();
+    Ok((forest, parameters))
 }
 
 /// The schema of a forest function, the same on the CPU and the GPU: a classifier answers `labels`
@@ -137,6 +151,7 @@ pub fn forest_info(forest: &GpuForest, max_batch_rows: usize) -> FunctionInfo {
         outputs,
         max_batch_rows,
         accepts_non_finite: forest.missing == MissingPolicy::Route,
+        parameters: BTreeMap::new(),
     }
 }
 
@@ -172,6 +187,12 @@ impl CpuForestFunction {
             forest: Arc::new(forest),
             info,
         })
+    }
+
+    /// The same, reporting `parameters` ([`FunctionInfo::parameters`]).
+    pub fn with_parameters(mut self, parameters: BTreeMap<String, String>) -> CpuForestFunction {
+        self.info.parameters = parameters;
+        self
     }
 }
 
@@ -258,6 +279,7 @@ mod gpu {
         devices_serving: usize,
         spec: &FunctionSpec,
         forest: GpuForest,
+        parameters: BTreeMap<String, String>,
     ) -> Result<Arc<dyn Function>, LoadError> {
         let asked = super::input_path(spec).map_err(|e| LoadError::Exec {
             function: spec.name.clone(),
@@ -274,7 +296,10 @@ mod gpu {
                     source: exec_error(e),
                 }
             })?;
-        let info = forest_info(&forest, spec.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS));
+        let info = FunctionInfo {
+            parameters,
+            ..forest_info(&forest, spec.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS))
+        };
         Ok(Arc::new(GpuForestFunction { kernel, info }))
     }
 

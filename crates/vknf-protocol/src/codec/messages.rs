@@ -492,6 +492,7 @@ impl Description {
                 outputs,
                 max_batch_rows,
                 accepts_non_finite: accepts_nan,
+                parameters: Default::default(),
             },
         })
     }

@@ -114,6 +114,7 @@ pub fn acl_info(max_batch_rows: usize) -> FunctionInfo {
         ],
         max_batch_rows,
         accepts_non_finite: false,
+        parameters: Default::default(),
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use vknf_functions::FunctionLoader;
 use vknf_manifest::{FunctionKey, HostManifest, ManifestFunction};
-use vknf_oip::{ModelParameters, OipConfig, OipServer};
+use vknf_oip::{OipConfig, OipServer};
 use vknf_runtime::{DeviceHealth, DeviceStatus, FunctionHandle, Metrics, Runtime};
 
 pub use watch::DirectorySource;
@@ -134,9 +134,6 @@ struct Inner {
     /// The host's Open Inference Protocol port, when one is open.
     oip: tokio::sync::Mutex<Option<OipServer>>,
     oip_addr: parking_lot::Mutex<Option<SocketAddr>>,
-    /// The feature schema digest of each serving function's model (by `namespace/name`), for
-    /// [`Server::schema_digest`]; read without waiting on `running`.
-    schemas: parking_lot::RwLock<BTreeMap<String, String>>,
 }
 
 /// A running network-function server. Cheap to clone; every clone is the same server.
@@ -173,7 +170,6 @@ impl Server {
             background: parking_lot::Mutex::new(Vec::new()),
             oip: tokio::sync::Mutex::new(None),
             oip_addr: parking_lot::Mutex::new(None),
-            schemas: parking_lot::RwLock::new(BTreeMap::new()),
         });
         Server { inner }
     }
@@ -257,37 +253,15 @@ impl Server {
     }
 
     /// The digest of the feature schema that the model of `function` (`namespace/name`) was trained
-    /// with, read from the model's own metadata (`vknf_manifest::SchemaBinding`), while the function
-    /// serves; `None` for a model bound to no schema. A manifest declaring another one is never served.
-    /// The Open Inference Protocol port reports it in the model's metadata (`parameters`).
-    pub fn schema_digest(&self, function: &str) -> Option<String> {
-        self.inner.schemas.read().get(function).cloned()
-    }
-
-    /// Records the feature schema of a version that now serves, and says so.
-    fn note_schema(&self, function: &ManifestFunction) {
-        let key = &function.spec.key;
-        let mut schemas = self.inner.schemas.write();
-        match &function.spec.schema {
-            Some(schema) => {
-                if schema.declared {
-                    tracing::info!(function = %key, schema = %schema.digest, "bound to its declared feature schema");
-                } else {
-                    tracing::warn!(
-                        function = %key,
-                        schema = %schema.digest,
-                        "the model is bound to a feature schema that the manifest does not declare \
-                         (annotation {}): served, but clients cannot check theirs against the \
-                         manifest",
-                        vknf_manifest::annotations::FEATURE_SCHEMA_SHA256
-                    );
-                }
-                schemas.insert(key.to_string(), schema.digest.clone());
-            }
-            None => {
-                schemas.remove(&key.to_string());
-            }
-        }
+    /// with, as the version serving now reports it (`FunctionInfo::parameters`, from the model's own
+    /// metadata); `None` for a model bound to no schema, or a function not serving. A manifest
+    /// declaring another schema is never served. The Open Inference Protocol port reports the same in
+    /// the model's metadata (`parameters`), read from the same version.
+    pub async fn schema_digest(&self, function: &str) -> Option<String> {
+        let info = self.inner.runtime.get(function).await?.info()?;
+        info.parameters
+            .get(vknf_functions::families::forest::SCHEMA_DIGEST)
+            .cloned()
     }
 
     /// Makes the running functions match `desired`; returns the resulting status.
@@ -338,7 +312,7 @@ impl Server {
                     let status = self.replace(&current, &function).await;
                     let mut current = current;
                     if matches!(status, FunctionStatus::Serving { .. }) {
-                        self.note_schema(&function);
+                        note_schema(&function);
                         current.function = function;
                     }
                     running.insert(key.clone(), current);
@@ -401,7 +375,7 @@ impl Server {
         };
         let acceptor = tokio::spawn(accept_loop(socket, listener));
         tracing::info!(function = %key, %addr, loader = self.inner.runtime.loader_name(), "serving");
-        self.note_schema(&function);
+        note_schema(&function);
         running.insert(
             key,
             Running {
@@ -458,7 +432,6 @@ impl Server {
     /// Stops taking requests, finishes admitted ones, closes the port and its connections.
     async fn stop(&self, mut old: Running) {
         let name = old.handle.name().to_owned();
-        self.inner.schemas.write().remove(&name);
         let drain = async {
             self.inner.runtime.remove(&name).await;
             let _ = (&mut old.acceptor).await;
@@ -509,24 +482,11 @@ impl Server {
             .map_err(|reason| std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason))?;
         // A weak reference: the port lives inside the server and must not keep it alive.
         let weak = Arc::downgrade(&self.inner);
-        let readiness = Arc::new({
-            let weak = weak.clone();
-            move || {
-                weak.upgrade()
-                    .is_some_and(|inner| Server::from_inner(inner).status().is_ready())
-            }
+        let readiness = Arc::new(move || {
+            weak.upgrade()
+                .is_some_and(|inner| Server::from_inner(inner).status().is_ready())
         });
-        // A model's metadata reports the feature schema its model was trained with.
-        let parameters: ModelParameters = Arc::new(move |function: &str| {
-            let digest = weak
-                .upgrade()
-                .and_then(|inner| inner.schemas.read().get(function).cloned());
-            digest
-                .map(|digest| BTreeMap::from([(vknf_manifest::annotations::MODEL_SCHEMA_DIGEST.to_owned(), digest)]))
-                .unwrap_or_default()
-        });
-        let oip = OipServer::bind_with_parameters(addr, self.inner.runtime.clone(), readiness, parameters, oip_config)
-            .await?;
+        let oip = OipServer::bind(addr, self.inner.runtime.clone(), readiness, oip_config).await?;
         let bound = oip.local_addr();
         let previous = self.inner.oip.lock().await.replace(oip);
         *self.inner.oip_addr.lock() = Some(bound);
@@ -572,5 +532,23 @@ impl Server {
 
     fn from_inner(inner: Arc<Inner>) -> Server {
         Server { inner }
+    }
+}
+
+/// Says which feature schema a version that now serves is bound to.
+fn note_schema(function: &ManifestFunction) {
+    let key = &function.spec.key;
+    match &function.spec.schema {
+        Some(schema) if schema.declared => {
+            tracing::info!(function = %key, schema = %schema.digest, "bound to its declared feature schema");
+        }
+        Some(schema) => tracing::warn!(
+            function = %key,
+            schema = %schema.digest,
+            "the model is bound to a feature schema that the manifest does not declare (annotation {}): \
+             served, but clients cannot check theirs against the manifest",
+            vknf_manifest::annotations::FEATURE_SCHEMA_SHA256
+        ),
+        None => {}
     }
 }

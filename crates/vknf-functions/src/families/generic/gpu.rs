@@ -163,6 +163,7 @@ impl GpuGenericFunction {
             outputs,
             max_batch_rows: spec.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS),
             accepts_non_finite: abi.accepts_nan,
+            parameters: Default::default(),
         };
         Ok(GpuGenericFunction {
             device: device.clone(),
