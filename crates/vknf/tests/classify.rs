@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Server, free_port, skip, succeed, vknf, wait_until_capturing, workspace};
+use common::{Server, free_port, skip, succeed, training_python, vknf, wait_until_capturing, workspace};
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -45,21 +45,7 @@ fn prerequisites() -> Option<PathBuf> {
             return None;
         }
     }
-    let python = std::env::var_os("VKNF_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-    let has_sklearn = Command::new(&python)
-        .args(["-c", "import sklearn, skl2onnx, onnx"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_sklearn {
-        skip(&format!(
-            "{} lacks scikit-learn/skl2onnx (make python-deps)",
-            python.display()
-        ));
-        return None;
-    }
-    Some(python)
+    training_python()
 }
 
 /// Runs a command that must fail, and returns its standard error.

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{Server, skip, succeed, vknf, wait_until_capturing, workspace};
+use common::{Server, skip, succeed, training_python, vknf, wait_until_capturing, workspace};
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -284,20 +284,7 @@ fn bad_values_are_refused_naming_the_flag() {
 /// `dir`: enough for `vknf classify` to run (what it predicts does not matter here).
 fn trained(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let files = [gopacket("test300.pcapng")?, gopacket("test301.pcapng")?];
-    let python = std::env::var_os("VKNF_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-    let ready = Command::new(&python)
-        .args(["-c", "import sklearn, skl2onnx, onnx"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        skip(&format!(
-            "{} lacks scikit-learn/skl2onnx (make python-deps)",
-            python.display()
-        ));
-        return None;
-    }
+    let python = training_python()?;
     let labels = dir.join("labels.csv");
     std::fs::write(&labels, "*,*,*,46920,short\n*,*,*,*,long\n").unwrap();
     let dataset = dir.join("flows.jsonl");

@@ -121,3 +121,23 @@ pub fn wait_until_capturing(child: &mut Child, log: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The Python that trains traffic models (`VKNF_PYTHON`, else the project's `.venv`), if it has
+/// scikit-learn and skl2onnx; otherwise skips (`make python-deps` installs them).
+pub fn training_python() -> Option<PathBuf> {
+    let python = std::env::var_os("VKNF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    let ready = Command::new(&python)
+        .args(["-c", "import sklearn, skl2onnx, onnx"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        skip(&format!(
+            "{} lacks scikit-learn/skl2onnx (make python-deps)",
+            python.display()
+        ));
+        return None;
+    }
+    Some(python)
+}
