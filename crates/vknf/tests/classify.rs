@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Server, free_port, skip, succeed, training_python, vknf, wait_until_capturing, workspace};
+use common::{Server, free_port, skip, succeed, train_traffic, training_python, vknf, wait_until_capturing, workspace};
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -78,29 +78,6 @@ fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Trains on `dataset`, writing `stem.onnx` and `stem.schema.json` into `dir`.
-fn train(python: &Path, dir: &Path, dataset: &Path, stem: &str) -> (PathBuf, PathBuf) {
-    let (model, schema) = (
-        dir.join(format!("{stem}.onnx")),
-        dir.join(format!("{stem}.schema.json")),
-    );
-    succeed(
-        Command::new(python)
-            .arg(workspace().join("python/train_traffic.py"))
-            .arg("train")
-            .arg("--dataset")
-            .arg(dataset)
-            .arg("--model")
-            .arg(&model)
-            .arg("--schema")
-            .arg(&schema)
-            .output()
-            .unwrap(),
-        "train_traffic.py",
-    );
-    (model, schema)
-}
-
 fn flows(pcap: &Path, out: &Path) {
     succeed(
         vknf()
@@ -126,7 +103,7 @@ fn held_out_captures_are_classified_alike_in_process_and_served_and_mismatches_a
     let (train_set, test_set) = (d.join("train.jsonl"), d.join("test.jsonl"));
     flows(&train_pcap, &train_set);
     flows(&test_pcap, &test_set);
-    let (onnx, schema) = train(&python, d, &train_set, "model");
+    let (onnx, schema) = train_traffic(&python, d, &train_set, "model", &[]);
     let vkf = d.join("model.vkf");
     let compiled = succeed(
         vknf()
@@ -296,7 +273,7 @@ fn held_out_captures_are_classified_alike_in_process_and_served_and_mismatches_a
     );
 
     // A schema of another training set: refused by every path, with both digests in the message.
-    let (_, other_schema) = train(&python, d, &test_set, "other");
+    let (_, other_schema) = train_traffic(&python, d, &test_set, "other", &[]);
     let other: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&other_schema).unwrap()).unwrap();
     let other_digest = other["digest"].as_str().unwrap();
     assert_ne!(other_digest, digest);

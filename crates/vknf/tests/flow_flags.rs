@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{Server, skip, succeed, training_python, vknf, wait_until_capturing, workspace};
+use common::{Server, skip, succeed, train_traffic, training_python, vknf, wait_until_capturing};
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -300,22 +300,13 @@ fn trained(dir: &Path) -> Option<(PathBuf, PathBuf)> {
             .unwrap(),
         "vknf flows",
     );
-    let (model, schema) = (dir.join("model.onnx"), dir.join("model.schema.json"));
-    succeed(
-        Command::new(python)
-            .arg(workspace().join("python/train_traffic.py"))
-            .arg("train")
-            .arg("--dataset")
-            .arg(&dataset)
-            .args(["--n-estimators", "3", "--max-samples", "1.0", "--model"])
-            .arg(&model)
-            .arg("--schema")
-            .arg(&schema)
-            .output()
-            .unwrap(),
-        "train_traffic.py",
-    );
-    Some((model, schema))
+    Some(train_traffic(
+        &python,
+        dir,
+        &dataset,
+        "model",
+        &["--n-estimators", "3", "--max-samples", "1.0"],
+    ))
 }
 
 /// `vknf classify --cpu` of `file` with `extra` flags: its final decisions.

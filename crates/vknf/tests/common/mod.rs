@@ -141,3 +141,28 @@ pub fn training_python() -> Option<PathBuf> {
     }
     Some(python)
 }
+
+/// Trains a traffic model with `python/train_traffic.py` on `dataset` (`extra` its further
+/// arguments), writing `stem.onnx` and `stem.schema.json` into `dir`; returns their paths.
+pub fn train_traffic(python: &Path, dir: &Path, dataset: &Path, stem: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let (model, schema) = (
+        dir.join(format!("{stem}.onnx")),
+        dir.join(format!("{stem}.schema.json")),
+    );
+    succeed(
+        Command::new(python)
+            .arg(workspace().join("python/train_traffic.py"))
+            .arg("train")
+            .arg("--dataset")
+            .arg(dataset)
+            .args(extra)
+            .arg("--model")
+            .arg(&model)
+            .arg("--schema")
+            .arg(&schema)
+            .output()
+            .unwrap(),
+        "train_traffic.py",
+    );
+    (model, schema)
+}
