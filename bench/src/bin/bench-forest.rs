@@ -90,9 +90,10 @@ struct Args {
     /// device has calibrated timestamps).
     #[arg(long)]
     timeline: bool,
-    /// Pipelined dispatch counts for --timeline (default: the chosen count).
-    #[arg(long, value_delimiter = ',')]
-    chunk_counts: Vec<usize>,
+    /// Pipelined dispatch counts for --timeline (default: the chosen count), each optionally with the
+    /// tree lanes of its kernel (`6@16`: six dispatches walked by 16 lanes a row; default --tree-lanes).
+    #[arg(long, value_delimiter = ',', value_parser = parse_chunk_plan)]
+    chunk_counts: Vec<ChunkPlan>,
     /// The direct share of the chosen configuration (`ForestOptions::direct_share`; default: what
     /// `ForestOptions::for_whole_batches` takes).
     #[arg(long)]
@@ -122,6 +123,40 @@ struct Args {
     /// keep their depth-first order, which the breadth-first one would refuse too).
     #[arg(long)]
     distinct_trees: Option<usize>,
+}
+
+/// One entry of --chunk-counts: dispatches, and the tree lanes their kernel is built with.
+#[derive(Clone, Copy)]
+struct ChunkPlan {
+    chunks: usize,
+    tree_lanes: Option<u32>,
+}
+
+impl std::fmt::Display for ChunkPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.tree_lanes {
+            Some(lanes) => write!(f, "{}@{lanes}", self.chunks),
+            None => write!(f, "{}", self.chunks),
+        }
+    }
+}
+
+fn parse_chunk_plan(text: &str) -> Result<ChunkPlan, String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse()
+            .map_err(|err| format!("{part:?} in {text:?}: {err}"))
+    };
+    match text.split_once('@') {
+        Some((chunks, lanes)) => Ok(ChunkPlan {
+            chunks: number(chunks)?,
+            tree_lanes: Some(number(lanes)? as u32),
+        }),
+        None => Ok(ChunkPlan {
+            chunks: number(text)?,
+            tree_lanes: None,
+        }),
+    }
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -706,13 +741,17 @@ fn timeline_table(
         reference,
     } = workload;
     let counts = match args.chunk_counts.is_empty() {
-        true => vec![ForestKernel::new(device, forest, &chosen)?.pipeline_chunks(rows.n_rows)],
+        true => vec![ChunkPlan {
+            chunks: ForestKernel::new(device, forest, &chosen)?.pipeline_chunks(rows.n_rows),
+            tree_lanes: None,
+        }],
         false => args.chunk_counts.clone(),
     };
     let mut lanes = Vec::new();
     for &chunks in &counts {
         let options = ForestOptions {
-            pipeline_chunks: Some(chunks),
+            pipeline_chunks: Some(chunks.chunks),
+            tree_lanes: chunks.tree_lanes.or(chosen.tree_lanes),
             ..chosen
         };
         let kernel = ForestKernel::new(device, forest, &options)?;
@@ -775,7 +814,7 @@ fn timeline_table(
             );
         }
         table.push(json!({
-            "chunks": chunks, "config": config, "rounds": rounds,
+            "chunks": chunks.chunks, "tree_lanes_asked": chunks.tree_lanes, "config": config, "rounds": rounds,
             "timeline_label_mismatches_vs_cpu_reference": wrong, "median_timeline": median,
             "timeline_runs": timelines.len(),
         }));

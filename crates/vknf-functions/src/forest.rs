@@ -111,6 +111,11 @@ pub struct ForestOptions {
     /// `None` or zero: they sleep as the pool has them; [`ForestOptions::for_whole_batches`] takes
     /// [`WHOLE_BATCH_WRITERS_AWAKE`]. Measured on the H200's host only, not with CPU devices.
     pub keep_writers_awake: Option<Duration>,
+    /// Invocations the device runs at once, from which the kernel's lane steps are sized
+    /// ([`KernelConfig::lane_steps`]: more tree lanes for dispatches of fewer rows). `None`: what the
+    /// device reports ([`vknf_vulkan::AdapterInfo::resident_threads`]; a device that reports none gets no
+    /// steps); `Some(0)`: no steps. Asking for [`tree_lanes`](Self::tree_lanes) also leaves them out.
+    pub resident_threads: Option<usize>,
 }
 
 /// Whether whole batches on `device` can be split between the DMA and the host's writes into device
@@ -249,6 +254,9 @@ pub struct KernelConfig {
     /// Threads per row of the small-batch pipeline, and the most rows a batch may have to use it; `None`
     /// when there is no small-batch pipeline (disabled, or the bulk one already gives every tree a thread).
     pub small_batch: Option<SmallBatchConfig>,
+    /// Pipelines with more tree lanes for dispatches of fewer rows (above the small-batch pipeline's),
+    /// fewest lanes first ([`ForestOptions::resident_threads`]).
+    pub lane_steps: [Option<LaneStep>; MAX_LANE_STEPS],
     /// Fixed number of pipelined dispatches per `predict` batch; `None` when chosen per batch.
     pub pipeline_chunks: Option<u32>,
     /// Staged path with a transfer stream: the share of a large `predict` batch's rows written straight
@@ -271,6 +279,66 @@ impl KernelConfig {
     pub fn uses_small_batch(&self, n_rows: usize) -> bool {
         self.small_batch.is_some_and(|small| n_rows <= small.max_rows as usize)
     }
+
+    /// The lane step a bulk dispatch of `n_rows` takes (its index in `lane_steps`), if any: the one of
+    /// most lanes that still holds its rows.
+    pub fn lane_step(&self, n_rows: usize) -> Option<usize> {
+        self.lane_steps
+            .iter()
+            .rposition(|step| step.is_some_and(|step| n_rows <= step.max_rows as usize))
+    }
+}
+
+/// A pipeline with more tree lanes than the bulk one, for dispatches of fewer rows
+/// ([`KernelConfig::lane_steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LaneStep {
+    /// Dispatches of at most this many rows take it (the step with the fewest rows that still holds
+    /// them), so that rows x lanes stay within what the device runs at once.
+    pub max_rows: u32,
+    /// Rows per workgroup.
+    pub rows_per_group: u32,
+    /// Threads per row.
+    pub tree_lanes: u32,
+}
+
+/// At most this many lane steps (each doubles the lanes of the one before).
+pub const MAX_LANE_STEPS: usize = 3;
+
+/// The lane steps of a kernel whose bulk pipeline has `tree_lanes` lanes and `rows` rows in workgroups of
+/// about `group_threads`: each doubles the lanes (at most one a tree, within `max_invocations`) for
+/// dispatches of at most `resident_threads / lanes` rows, down to the rows the small-batch pipeline takes
+/// (`small_max_rows`); its workgroups keep about as many threads, and no more rows than the bulk one's
+/// (whose count the shared memory may have bounded). A dispatch's time is set by the longest chain of tree walks one of its threads
+/// walks while its threads fit on the device at once (bench/RESULTS.md, "Tree lanes by the dispatch's
+/// rows": on the H200, 2,900 rows of the deep forest in 94 us with 75 lanes against ~145 with 32-45,
+/// 12,000 rows of the wide one in 87 us with 16 lanes against 130 with 8), and doubles with a second wave.
+#[allow(clippy::too_many_arguments)]
+fn lane_steps(
+    n_trees: usize,
+    tree_lanes: usize,
+    rows: usize,
+    group_threads: usize,
+    max_invocations: usize,
+    resident_threads: usize,
+    small_max_rows: usize,
+) -> [Option<LaneStep>; MAX_LANE_STEPS] {
+    let mut steps = [None; MAX_LANE_STEPS];
+    let mut lanes = tree_lanes;
+    for step in &mut steps {
+        let more = (lanes * 2).min(n_trees).min(max_invocations);
+        let max_rows = resident_threads / more.max(1);
+        if more <= lanes || max_rows <= small_max_rows {
+            break;
+        }
+        lanes = more;
+        *step = Some(LaneStep {
+            max_rows: max_rows.min(u32::MAX as usize) as u32,
+            rows_per_group: (group_threads.min(max_invocations) / lanes).clamp(1, rows.max(1)) as u32,
+            tree_lanes: lanes as u32,
+        });
+    }
+    steps
 }
 
 /// The one-row-per-workgroup pipeline used for small batches.
@@ -285,6 +353,8 @@ struct Resident {
     device: Device,
     pipeline: Pipeline,
     small_pipeline: Option<Pipeline>,
+    // One per `config.lane_steps` entry, in order.
+    step_pipelines: Vec<Pipeline>,
     nodes: Buffer,
     roots: Buffer,
     entries: Buffer,
@@ -435,6 +505,25 @@ impl ForestKernel {
                 max_rows: small_max_rows.min(u32::MAX as usize) as u32,
                 tree_lanes: small_lanes as u32,
             });
+        let lane_steps = match (options.tree_lanes, options.resident_threads) {
+            (None, Some(resident)) => Some(resident),
+            (None, None) => info
+                .resident_threads
+                .map(|threads| threads.min(usize::MAX as u64) as usize),
+            (Some(_), _) => None,
+        }
+        .filter(|&resident| resident > 0)
+        .map_or([None; MAX_LANE_STEPS], |resident| {
+            lane_steps(
+                n_trees,
+                tree_lanes,
+                rows,
+                group_threads,
+                max_invocations,
+                resident,
+                small_batch.map_or(0, |small| small.max_rows as usize),
+            )
+        });
         let input_path = match options.input_path {
             Some(InputPath::HostMemory) if !stage_input => InputPath::Staged,
             Some(path) => path,
@@ -468,6 +557,7 @@ impl ForestKernel {
             float_accumulate: fixed.is_none(),
             input_path,
             small_batch,
+            lane_steps,
             pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
             direct_share,
             transfer_stream,
@@ -498,6 +588,16 @@ impl ForestKernel {
                 )
             })
             .transpose()?;
+        let step_pipelines = lane_steps
+            .iter()
+            .flatten()
+            .map(|step| {
+                device.create_pipeline(
+                    &kernel,
+                    &shape.specialization(step.rows_per_group as usize, step.tree_lanes as usize, stage_input),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         if !forest.base_values.is_empty() && forest.base_values.len() != n_outputs {
             return Err(ForestError::Unsupported(
@@ -568,6 +668,7 @@ impl ForestKernel {
                 device: device.clone(),
                 pipeline,
                 small_pipeline,
+                step_pipelines,
                 nodes,
                 roots,
                 entries,
@@ -663,6 +764,8 @@ pub struct ForestLane {
     scores: Buffer,
     bind_group: BindGroup,
     small_bind_group: Option<BindGroup>,
+    // One per lane step of the kernel, in order.
+    step_bind_groups: Vec<BindGroup>,
     compute: Stream,
     transfer: Option<Stream>,
     work: Option<CommandList>,
@@ -876,6 +979,11 @@ impl ForestLane {
         }
         let bind_group = r.pipeline.bind(&bindings)?;
         let small_bind_group = r.small_pipeline.as_ref().map(|p| p.bind(&bindings)).transpose()?;
+        let step_bind_groups = r
+            .step_pipelines
+            .iter()
+            .map(|p| p.bind(&bindings))
+            .collect::<Result<Vec<_>, _>>()?;
         let compute = device.stream(QueueKind::Compute)?;
         let transfer = (device_input.is_some() && r.config.transfer_stream)
             .then(|| device.stream(QueueKind::Transfer))
@@ -890,6 +998,7 @@ impl ForestLane {
             scores,
             bind_group,
             small_bind_group,
+            step_bind_groups,
             compute,
             transfer,
             work: None,
@@ -960,6 +1069,31 @@ impl ForestLane {
 
     /// Records the batch's command lists; `rows_on_device`: the host wrote the rows into the device buffer
     /// itself, so nothing is copied.
+    /// The pipeline (bound to this lane's buffers) a dispatch of `n_rows` takes, and its workgroups: the
+    /// small-batch one (one row per workgroup, a thread per tree), the lane step of most lanes that
+    /// holds its rows, or the bulk one.
+    fn dispatch_shape(&self, n_rows: usize) -> (BindGroup, u32) {
+        let config = self.kernel.config();
+        if let Some(small) = self
+            .small_bind_group
+            .as_ref()
+            .filter(|_| config.uses_small_batch(n_rows))
+        {
+            return (small.clone(), n_rows.max(1) as u32);
+        }
+        let (bind_group, rows_per_group) = match config.lane_step(n_rows) {
+            Some(index) => (
+                &self.step_bind_groups[index],
+                config.lane_steps[index].map_or(config.rows_per_group, |step| step.rows_per_group),
+            ),
+            None => (&self.bind_group, config.rows_per_group),
+        };
+        (
+            bind_group.clone(),
+            n_rows.div_ceil(rows_per_group as usize).max(1) as u32,
+        )
+    }
+
     fn record(&mut self, n_rows: usize, want_scores: bool, rows_on_device: bool) -> Result<(), ForestError> {
         if self.recorded == Some((n_rows, want_scores, rows_on_device)) {
             return Ok(());
@@ -969,15 +1103,7 @@ impl ForestLane {
         self.recorded = None;
         let r = self.kernel.resident.clone();
         let bytes = self.input_bytes(n_rows);
-        // Small batches: one row per workgroup, a thread per tree.
-        let small = self
-            .small_bind_group
-            .clone()
-            .filter(|_| r.config.uses_small_batch(n_rows));
-        let groups = match small {
-            Some(_) => n_rows.max(1) as u32,
-            None => n_rows.div_ceil(r.config.rows_per_group as usize).max(1) as u32,
-        };
+        let (bind_group, groups) = self.dispatch_shape(n_rows);
         let params = Params {
             n_rows: n_rows as u32,
             n_trees: r.n_trees,
@@ -989,7 +1115,6 @@ impl ForestLane {
         let input = self.input.clone();
         let device_input = self.device_input.clone();
         let on_transfer_queue = self.copies_on_transfer_queue(n_rows, rows_on_device);
-        let bind_group = small.unwrap_or_else(|| self.bind_group.clone());
         let timestamps = self.timestamps.clone();
         let record_work = |rec: &mut vknf_vulkan::Recorder<'_>| -> vknf_vulkan::Result<()> {
             if let Some(ts) = &timestamps {
@@ -1245,10 +1370,7 @@ impl ForestLane {
             // A chunk small enough for the small-batch pipeline takes it: the last chunk's kernel is what
             // the host waits for after its last write, and one row per workgroup with a thread per tree
             // finishes a few hundred rows in less time than the bulk shape does.
-            let (bind_group, groups) = match &self.small_bind_group {
-                Some(small) if r.config.uses_small_batch(end - first) => (small.clone(), (end - first) as u32),
-                _ => (self.bind_group.clone(), (end - first).div_ceil(rows_per_group) as u32),
-            };
+            let (bind_group, groups) = self.dispatch_shape(end - first);
             // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
             // to device memory before its dispatch, but for its direct share, which the host writes there.
             let staged_from = first + direct_rows(self.batch_direct_share(n_rows), end - first);
@@ -1619,6 +1741,62 @@ mod tests {
             let (least, most) = (groups.iter().min().unwrap(), groups.iter().max().unwrap());
             assert!(*least >= 1 && most - least <= 1, "equal within a workgroup: {case}");
         }
+    }
+
+    #[test]
+    fn lane_steps_double_the_lanes_while_the_rows_fit_the_device() {
+        let step = |max_rows, rows_per_group, tree_lanes| {
+            Some(LaneStep {
+                max_rows,
+                rows_per_group,
+                tree_lanes,
+            })
+        };
+        // The H200 (132 SMs of 64 warps): the deep forest's 150 trees from 45 lanes in 990 threads.
+        assert_eq!(
+            lane_steps(150, 45, 22, 990, 1024, 270_336, 1024),
+            [step(3003, 11, 90), step(1802, 6, 150), None]
+        );
+        // The wide forest's 300 trees from 8 lanes in 128 threads: three steps at most.
+        assert_eq!(
+            lane_steps(300, 8, 16, 128, 1024, 270_336, 1024),
+            [step(16896, 8, 16), step(8448, 4, 32), step(4224, 2, 64)]
+        );
+        // No more rows a workgroup than the bulk pipeline's, which shared memory may have bounded.
+        assert_eq!(
+            lane_steps(150, 45, 4, 990, 1024, 270_336, 1024),
+            [step(3003, 4, 90), step(1802, 4, 150), None]
+        );
+        // None where the bulk lanes already walk a tree each, where a step would hold no more rows than
+        // the small-batch pipeline takes, or beyond the workgroup's invocations.
+        assert_eq!(lane_steps(40, 40, 24, 990, 1024, 270_336, 1024), [None; MAX_LANE_STEPS]);
+        assert_eq!(lane_steps(150, 45, 22, 990, 1024, 90_000, 1024), [None; MAX_LANE_STEPS]);
+        assert_eq!(
+            lane_steps(5000, 512, 2, 1024, 1024, 1 << 30, 0),
+            [step(1 << 20, 1, 1024), None, None]
+        );
+        let config = KernelConfig {
+            rows_per_group: 22,
+            tree_lanes: 45,
+            stage_input: true,
+            fixed_scale_log2: None,
+            float_accumulate: false,
+            input_path: InputPath::Direct,
+            small_batch: None,
+            lane_steps: lane_steps(150, 45, 22, 990, 1024, 270_336, 1024),
+            pipeline_chunks: None,
+            direct_share: 0.0,
+            transfer_stream: false,
+            node_blocks: true,
+            breadth_first: false,
+            writers_awake_us: 0,
+        };
+        // The step of most lanes that still holds the dispatch's rows; the bulk pipeline above them.
+        assert_eq!(config.lane_step(1), Some(1));
+        assert_eq!(config.lane_step(1802), Some(1));
+        assert_eq!(config.lane_step(1803), Some(0));
+        assert_eq!(config.lane_step(3003), Some(0));
+        assert_eq!(config.lane_step(3004), None);
     }
 
     #[test]

@@ -408,6 +408,88 @@ fn large_forests_of_few_outputs_default_to_fewer_tree_lanes() {
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
 }
 
+/// Lane steps (more tree lanes for dispatches of fewer rows, sized from the invocations the device runs
+/// at once: here a made-up count, since the CPU device reports none): every dispatch size, alone and as
+/// a pipelined batch's chunks, takes the step its rows call for and gives the CPU reference's bits.
+#[test]
+fn lane_steps_match_bit_for_bit_for_every_dispatch_size() {
+    let gpu = gpu();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    // 150 trees and five outputs (45 bulk lanes) and 64 binary trees (the few-outputs shape, 8 lanes).
+    for (n_trees, n_outputs, resident) in [(150, 5, 90 * 60), (64, 2, 16 * 80)] {
+        let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
+        shape.n_trees = n_trees;
+        shape.n_outputs = n_outputs;
+        shape.binary_complement = false;
+        shape.depth = 6;
+        let forest = build(&shape);
+        let options = ForestOptions {
+            resident_threads: Some(resident),
+            small_batch_rows: Some(8),
+            ..ForestOptions::default()
+        };
+        let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+        let config = kernel.config();
+        let steps: Vec<_> = config.lane_steps.iter().flatten().copied().collect();
+        assert!(steps.len() >= 2, "{config:?}");
+        for pair in steps.windows(2) {
+            assert_eq!(
+                pair[1].tree_lanes,
+                (pair[0].tree_lanes * 2).min(n_trees as u32),
+                "{config:?}"
+            );
+            assert!(pair[1].max_rows < pair[0].max_rows, "{config:?}");
+        }
+        // Without a count (the CPU device reports none) or with lanes asked for: no steps.
+        for options in [
+            ForestOptions::default(),
+            ForestOptions {
+                tree_lanes: Some(8),
+                ..options
+            },
+        ] {
+            let plain = ForestKernel::new(&gpu.device, &forest, &options).unwrap().config();
+            assert_eq!(
+                plain.lane_steps,
+                [None; vknf_functions::forest::MAX_LANE_STEPS],
+                "{options:?}"
+            );
+        }
+        // A dispatch for each pipeline: small-batch, every step (at its most rows and one past the
+        // next step's), and the bulk one.
+        let mut sizes = vec![5, config.rows_per_group as usize * 7 + 3];
+        for step in &steps {
+            sizes.extend([step.max_rows as usize, step.max_rows as usize + 1]);
+        }
+        let mut taken = std::collections::BTreeSet::new();
+        for n_rows in sizes {
+            taken.insert(config.lane_step(n_rows));
+            let rows = rows_for(&shape, n_rows, n_rows as u64);
+            let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
+            let mut lane = kernel.lane(n_rows).unwrap();
+            let got = lane.predict(&rows, true).unwrap();
+            assert_eq!(bits(&got.scores), bits(&cpu.scores), "{config:?}, {n_rows} rows");
+            assert_eq!(got.labels, cpu.labels, "{config:?}, {n_rows} rows");
+            // The same rows as pipelined dispatches, whose chunks take smaller steps.
+            let got = lane.run_pipelined(&rows, 3, true).unwrap();
+            let scores = got.scores.clone().unwrap();
+            assert_eq!(
+                bits(&scores),
+                bits(&cpu.scores),
+                "{config:?}, {n_rows} rows in 3 dispatches"
+            );
+            assert_eq!(got.labels, cpu.labels, "{config:?}, {n_rows} rows in 3 dispatches");
+        }
+        assert_eq!(
+            taken.len(),
+            steps.len() + 1,
+            "every step and the bulk pipeline: {taken:?}"
+        );
+    }
+    let errors = gpu.instance.take_validation_errors();
+    assert!(errors.is_empty(), "validation errors: {errors:#?}");
+}
+
 /// Regressors accumulate in float (compare-and-swap on the accumulator's bits). With weights whose sums
 /// are exact in any order, every configuration gives the CPU reference's
 /// bits: a tree walked twice, skipped or stopped early would change them.

@@ -81,10 +81,18 @@ pub(crate) fn enumerate(instance: &ash::Instance) -> Result<Vec<(vk::PhysicalDev
         // SAFETY: as above.
         let extensions = unsafe { instance.enumerate_device_extension_properties(physical) }
             .call("vkEnumerateDeviceExtensionProperties")?;
-        let external_memory_host = extensions.iter().any(|ext| {
-            ext.extension_name_as_c_str()
-                .is_ok_and(|n| n == ash::ext::external_memory_host::NAME)
-        });
+        let has_extension = |name: &std::ffi::CStr| {
+            extensions
+                .iter()
+                .any(|ext| ext.extension_name_as_c_str().is_ok_and(|n| n == name))
+        };
+        let external_memory_host = has_extension(ash::ext::external_memory_host::NAME);
+        let resident_threads = resident_threads(
+            instance,
+            physical,
+            has_extension(ash::nv::shader_sm_builtins::NAME),
+            has_extension(ash::amd::shader_core_properties::NAME),
+        );
 
         let queue_families: Vec<QueueFamilyInfo> = families
             .iter()
@@ -165,10 +173,47 @@ pub(crate) fn enumerate(instance: &ash::Instance) -> Result<Vec<(vk::PhysicalDev
             memory_heaps,
             external_memory_host,
             timestamp_period_ns: limits.timestamp_period,
+            resident_threads,
         };
         adapters.push((physical, info));
     }
     Ok(adapters)
+}
+
+/// The invocations a device holds at once, from the core counts its driver reports: NVIDIA's SMs x
+/// warps per SM x 32, AMD's compute units x SIMDs x waves per SIMD x wave size. `None` elsewhere.
+fn resident_threads(instance: &ash::Instance, physical: vk::PhysicalDevice, nv: bool, amd: bool) -> Option<u64> {
+    let mut sm = vk::PhysicalDeviceShaderSMBuiltinsPropertiesNV::default();
+    let mut cores = vk::PhysicalDeviceShaderCorePropertiesAMD::default();
+    let mut properties = vk::PhysicalDeviceProperties2::default();
+    // Only structures of extensions the device has may be chained.
+    if nv {
+        properties = properties.push_next(&mut sm);
+    }
+    if amd {
+        properties = properties.push_next(&mut cores);
+    }
+    if !nv && !amd {
+        return None;
+    }
+    // SAFETY: `physical` came from this instance; the chained structs live on this stack frame.
+    unsafe { instance.get_physical_device_properties2(physical, &mut properties) };
+    let threads = if nv {
+        u64::from(sm.shader_sm_count) * u64::from(sm.shader_warps_per_sm) * 32
+    } else {
+        [
+            cores.shader_engine_count,
+            cores.shader_arrays_per_engine_count,
+            cores.compute_units_per_shader_array,
+            cores.simd_per_compute_unit,
+            cores.wavefronts_per_simd,
+            cores.wavefront_size,
+        ]
+        .into_iter()
+        .map(u64::from)
+        .product()
+    };
+    (threads > 0).then_some(threads)
 }
 
 /// Applies a selector to the described devices.
@@ -410,6 +455,9 @@ pub struct AdapterInfo {
     pub external_memory_host: bool,
     /// Nanoseconds per timestamp tick.
     pub timestamp_period_ns: f32,
+    /// How many invocations the device runs at once (every multiprocessor full), where the driver
+    /// reports its cores (`VK_NV_shader_sm_builtins`, `VK_AMD_shader_core_properties`).
+    pub resident_threads: Option<u64>,
 }
 
 impl AdapterInfo {
@@ -467,6 +515,7 @@ mod tests {
             memory_heaps: vec![],
             external_memory_host: false,
             timestamp_period_ns: 1.0,
+            resident_threads: None,
         }
     }
 

@@ -51,10 +51,12 @@ fn print_adapter(a: &AdapterInfo, chosen: bool) {
         a.subgroup_operations.join(" ")
     );
     println!(
-        "    compute: shared memory {} KiB, workgroup <= {} invocations {:?}",
+        "    compute: shared memory {} KiB, workgroup <= {} invocations {:?}, at once: {}",
         a.max_shared_memory / 1024,
         a.max_workgroup_invocations,
-        a.max_workgroup_size
+        a.max_workgroup_size,
+        a.resident_threads
+            .map_or("not reported".to_string(), |n| format!("{n} invocations")),
     );
     println!("    queue families:");
     for family in &a.queue_families {
