@@ -91,7 +91,9 @@ struct Args {
     #[arg(long)]
     timeline: bool,
     /// Pipelined dispatch counts for --timeline (default: the chosen count), each optionally with the
-    /// tree lanes of its kernel (`6@16`: six dispatches walked by 16 lanes a row; default --tree-lanes).
+    /// tree lanes of its kernel (`6@16`: six dispatches walked by 16 lanes a row; default --tree-lanes),
+    /// and `s` or `w` for a one-dispatch batch's directly written rows dispatched first or not (`1s`,
+    /// `1w@90`; `ForestOptions::direct_rows_first`; otherwise as the chosen configuration has it).
     #[arg(long, value_delimiter = ',', value_parser = parse_chunk_plan)]
     chunk_counts: Vec<ChunkPlan>,
     /// The direct share of the chosen configuration (`ForestOptions::direct_share`; default: what
@@ -123,40 +125,60 @@ struct Args {
     /// keep their depth-first order, which the breadth-first one would refuse too).
     #[arg(long)]
     distinct_trees: Option<usize>,
+    /// Dispatch a one-dispatch batch's directly written rows first (`true`) or not, in the chosen
+    /// configuration and the tables (`ForestOptions::direct_rows_first`; default: what
+    /// `ForestOptions::for_whole_batches` takes).
+    #[arg(long)]
+    direct_rows_first: Option<bool>,
 }
 
-/// One entry of --chunk-counts: dispatches, and the tree lanes their kernel is built with.
+/// One entry of --chunk-counts: dispatches, the tree lanes their kernel is built with, and whether the
+/// directly written rows are dispatched first (`None`: as the chosen configuration has it).
 #[derive(Clone, Copy)]
 struct ChunkPlan {
     chunks: usize,
     tree_lanes: Option<u32>,
+    direct_first: Option<bool>,
 }
 
 impl std::fmt::Display for ChunkPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let split = match self.direct_first {
+            Some(true) => "s",
+            Some(false) => "w",
+            None => "",
+        };
+        write!(f, "{}{split}", self.chunks)?;
         match self.tree_lanes {
-            Some(lanes) => write!(f, "{}@{lanes}", self.chunks),
-            None => write!(f, "{}", self.chunks),
+            Some(lanes) => write!(f, "@{lanes}"),
+            None => Ok(()),
         }
     }
 }
 
 fn parse_chunk_plan(text: &str) -> Result<ChunkPlan, String> {
-    let number = |part: &str| {
-        part.trim()
-            .parse()
-            .map_err(|err| format!("{part:?} in {text:?}: {err}"))
+    let number = |part: &str| -> Result<usize, String> {
+        match part.trim().parse() {
+            Ok(n) if n > 0 => Ok(n),
+            Ok(_) => Err(format!("{text:?}: counts start at 1")),
+            Err(err) => Err(format!("{part:?} in {text:?}: {err}")),
+        }
     };
-    match text.split_once('@') {
-        Some((chunks, lanes)) => Ok(ChunkPlan {
-            chunks: number(chunks)?,
-            tree_lanes: Some(number(lanes)? as u32),
-        }),
-        None => Ok(ChunkPlan {
-            chunks: number(text)?,
-            tree_lanes: None,
-        }),
-    }
+    let (chunks, lanes) = match text.split_once('@') {
+        Some((chunks, lanes)) => (chunks, Some(number(lanes)?.min(u32::MAX as usize) as u32)),
+        None => (text, None),
+    };
+    let chunks = chunks.trim();
+    let (chunks, direct_first) = match (chunks.strip_suffix('s'), chunks.strip_suffix('w')) {
+        (Some(chunks), _) => (chunks, Some(true)),
+        (_, Some(chunks)) => (chunks, Some(false)),
+        _ => (chunks, None),
+    };
+    Ok(ChunkPlan {
+        chunks: number(chunks)?,
+        tree_lanes: lanes,
+        direct_first,
+    })
 }
 
 fn parse_input_path(text: &str) -> Result<InputPath, String> {
@@ -333,6 +355,7 @@ fn main() -> anyhow::Result<()> {
             .writers_awake_us
             .map(std::time::Duration::from_micros)
             .or(whole_batches.keep_writers_awake),
+        direct_rows_first: args.direct_rows_first.or(whole_batches.direct_rows_first),
         ..whole_batches
     };
     // vknf's own kernel declares the node-block binding: the default applies as it is.
@@ -744,6 +767,7 @@ fn timeline_table(
         true => vec![ChunkPlan {
             chunks: ForestKernel::new(device, forest, &chosen)?.pipeline_chunks(rows.n_rows),
             tree_lanes: None,
+            direct_first: None,
         }],
         false => args.chunk_counts.clone(),
     };
@@ -752,6 +776,7 @@ fn timeline_table(
         let options = ForestOptions {
             pipeline_chunks: Some(chunks.chunks),
             tree_lanes: chunks.tree_lanes.or(chosen.tree_lanes),
+            direct_rows_first: chunks.direct_first.or(chosen.direct_rows_first),
             ..chosen
         };
         let kernel = ForestKernel::new(device, forest, &options)?;

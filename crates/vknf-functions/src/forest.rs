@@ -11,8 +11,8 @@ use vknf_forest::{
     apply_post_transform, apply_post_transform_le,
 };
 use vknf_vulkan::{
-    BindGroup, Buffer, CommandList, Device, Kernel, KernelInfo, MemoryKind, Pipeline, QueueKind, Specialization,
-    Stream, Ticket, Timestamps, copy_streaming,
+    BindGroup, Buffer, CommandList, ComputeUnits, Device, Kernel, KernelInfo, MemoryKind, Pipeline, QueueKind,
+    Specialization, Stream, Ticket, Timestamps, copy_streaming,
 };
 
 mod pool;
@@ -64,7 +64,8 @@ pub enum InputPath {
 pub struct ForestOptions {
     /// Rows per workgroup.
     pub rows_per_group: Option<u32>,
-    /// Threads per row, each walking a share of the trees.
+    /// Threads per row, each walking a share of the trees (of the bulk pipeline; asking for them leaves
+    /// out the [`lane_steps`](Self::lane_steps)).
     pub tree_lanes: Option<u32>,
     /// Stage each workgroup's rows in shared memory.
     pub stage_input: Option<bool>,
@@ -111,11 +112,23 @@ pub struct ForestOptions {
     /// `None` or zero: they sleep as the pool has them; [`ForestOptions::for_whole_batches`] takes
     /// [`WHOLE_BATCH_WRITERS_AWAKE`]. Measured on the H200's host only, not with CPU devices.
     pub keep_writers_awake: Option<Duration>,
-    /// Invocations the device runs at once, from which the kernel's lane steps are sized
-    /// ([`KernelConfig::lane_steps`]: more tree lanes for dispatches of fewer rows). `None`: what the
-    /// device reports ([`vknf_vulkan::AdapterInfo::resident_threads`]; a device that reports none gets no
-    /// steps); `Some(0)`: no steps. Asking for [`tree_lanes`](Self::tree_lanes) also leaves them out.
-    pub resident_threads: Option<usize>,
+    /// Build lane steps ([`KernelConfig::lane_steps`]: more tree lanes for dispatches of fewer rows),
+    /// sized from the device's [`compute_units`](Self::compute_units). `None`: no steps (served
+    /// functions: several of their lanes run at once, which the steps' sizing does not count, and that
+    /// was not measured); [`ForestOptions::for_whole_batches`] takes them. Asking for
+    /// [`tree_lanes`](Self::tree_lanes) leaves them out.
+    pub lane_steps: Option<bool>,
+    /// The multiprocessors lane steps are sized for. `None`: what the device reports
+    /// ([`vknf_vulkan::AdapterInfo::compute_units`]; a device that reports none gets no steps).
+    pub compute_units: Option<ComputeUnits>,
+    /// Whole batches split by a [`direct_share`](Self::direct_share) and run in one dispatch: the rows
+    /// the host writes into device memory run as a dispatch of their own, submitted as soon as they are
+    /// written, while the DMA still carries the rest, which a second dispatch takes once copied (each
+    /// half with the lanes its rows call for, [`lane_steps`](Self::lane_steps)). `None`: off;
+    /// [`ForestOptions::for_whole_batches`] takes it: on the H200 it shortened W1a's and the deep
+    /// forest's batches in every round, where batches in several dispatches, each split so, lost
+    /// (bench/RESULTS.md, "Lane steps").
+    pub direct_rows_first: Option<bool>,
 }
 
 /// Whether whole batches on `device` can be split between the DMA and the host's writes into device
@@ -151,11 +164,16 @@ impl ForestOptions {
     /// forest's (152.3 us) and the tiny one's (7.2) as they were. Served functions keep depth first:
     /// their small batches run on the small-batch pipeline, whose lanes walk different trees of one row,
     /// and lost 1-3 us of kernel there with breadth first on the wide forest (256-1024 rows).
+    ///
+    /// Dispatches of fewer rows take more tree lanes ([`lane_steps`](Self::lane_steps)), and a batch
+    /// in one dispatch runs its directly written rows first ([`direct_rows_first`](Self::direct_rows_first)).
     pub fn for_whole_batches() -> ForestOptions {
         ForestOptions {
             direct_share: Some(DEFAULT_DIRECT_SHARE),
             keep_writers_awake: Some(WHOLE_BATCH_WRITERS_AWAKE),
             node_order: Some(NodeOrder::BreadthFirst),
+            lane_steps: Some(true),
+            direct_rows_first: Some(true),
             ..ForestOptions::default()
         }
     }
@@ -255,7 +273,7 @@ pub struct KernelConfig {
     /// when there is no small-batch pipeline (disabled, or the bulk one already gives every tree a thread).
     pub small_batch: Option<SmallBatchConfig>,
     /// Pipelines with more tree lanes for dispatches of fewer rows (above the small-batch pipeline's),
-    /// fewest lanes first ([`ForestOptions::resident_threads`]).
+    /// fewest lanes first ([`ForestOptions::lane_steps`]).
     pub lane_steps: [Option<LaneStep>; MAX_LANE_STEPS],
     /// Fixed number of pipelined dispatches per `predict` batch; `None` when chosen per batch.
     pub pipeline_chunks: Option<u32>,
@@ -265,6 +283,8 @@ pub struct KernelConfig {
     pub direct_share: f32,
     /// Staged path: rows are copied on a transfer stream of their own rather than in the kernel's list.
     pub transfer_stream: bool,
+    /// A split batch's directly written rows run as dispatches of their own ([`ForestOptions::direct_rows_first`]).
+    pub direct_rows_first: bool,
     /// The kernel walks node blocks ([`ForestOptions::node_blocks`]).
     pub node_blocks: bool,
     /// Each tree's nodes (or blocks) lie level by level in device memory ([`ForestOptions::node_order`]).
@@ -280,21 +300,40 @@ impl KernelConfig {
         self.small_batch.is_some_and(|small| n_rows <= small.max_rows as usize)
     }
 
-    /// The lane step a bulk dispatch of `n_rows` takes (its index in `lane_steps`), if any: the one of
-    /// most lanes that still holds its rows.
-    pub fn lane_step(&self, n_rows: usize) -> Option<usize> {
-        self.lane_steps
+    /// The pipeline a dispatch of `n_rows` takes: the small-batch one where it has it, else the lane
+    /// step of most lanes that holds its rows, else the bulk one.
+    pub fn dispatch_pipeline(&self, n_rows: usize) -> DispatchPipeline {
+        if self.uses_small_batch(n_rows) {
+            return DispatchPipeline::SmallBatch;
+        }
+        match self
+            .lane_steps
             .iter()
             .rposition(|step| step.is_some_and(|step| n_rows <= step.max_rows as usize))
+        {
+            Some(index) => DispatchPipeline::LaneStep(index),
+            None => DispatchPipeline::Bulk,
+        }
     }
+}
+
+/// Which of a kernel's pipelines a dispatch takes ([`KernelConfig::dispatch_pipeline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DispatchPipeline {
+    /// One row a workgroup, a thread a tree ([`KernelConfig::small_batch`]).
+    SmallBatch,
+    /// The lane step of this index in [`KernelConfig::lane_steps`].
+    LaneStep(usize),
+    /// The bulk pipeline ([`KernelConfig::rows_per_group`] x [`KernelConfig::tree_lanes`]).
+    Bulk,
 }
 
 /// A pipeline with more tree lanes than the bulk one, for dispatches of fewer rows
 /// ([`KernelConfig::lane_steps`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LaneStep {
-    /// Dispatches of at most this many rows take it (the step with the fewest rows that still holds
-    /// them), so that rows x lanes stay within what the device runs at once.
+    /// Dispatches of at most this many rows take it (the step of most lanes that still holds them):
+    /// the rows of the workgroups the device runs at once.
     pub max_rows: u32,
     /// Rows per workgroup.
     pub rows_per_group: u32,
@@ -305,36 +344,46 @@ pub struct LaneStep {
 /// At most this many lane steps (each doubles the lanes of the one before).
 pub const MAX_LANE_STEPS: usize = 3;
 
-/// The lane steps of a kernel whose bulk pipeline has `tree_lanes` lanes and `rows` rows in workgroups of
-/// about `group_threads`: each doubles the lanes (at most one a tree, within `max_invocations`) for
-/// dispatches of at most `resident_threads / lanes` rows, down to the rows the small-batch pipeline takes
-/// (`small_max_rows`); its workgroups keep about as many threads, and no more rows than the bulk one's
-/// (whose count the shared memory may have bounded). A dispatch's time is set by the longest chain of tree walks one of its threads
-/// walks while its threads fit on the device at once (bench/RESULTS.md, "Tree lanes by the dispatch's
-/// rows": on the H200, 2,900 rows of the deep forest in 94 us with 75 lanes against ~145 with 32-45,
-/// 12,000 rows of the wide one in 87 us with 16 lanes against 130 with 8), and doubles with a second wave.
-#[allow(clippy::too_many_arguments)]
-fn lane_steps(
+/// What lane steps are built from: the bulk pipeline's shape and the device's.
+struct StepBasis {
     n_trees: usize,
+    /// The bulk pipeline's lanes and rows per workgroup, and the threads its workgroups were sized to.
     tree_lanes: usize,
     rows: usize,
     group_threads: usize,
     max_invocations: usize,
-    resident_threads: usize,
+    subgroup_size: u32,
+    units: ComputeUnits,
+    /// The most rows the small-batch pipeline takes (0 without one).
     small_max_rows: usize,
-) -> [Option<LaneStep>; MAX_LANE_STEPS] {
+}
+
+/// The lane steps of a kernel: each doubles the lanes of the one before (at most one a tree, within the
+/// workgroup's invocations) in workgroups of about as many threads and no more rows than the bulk
+/// pipeline's (whose count the shared memory may have bounded), for dispatches of at most the rows whose
+/// workgroups the device runs at once; none holding no more rows than the small-batch pipeline takes.
+/// While a dispatch's workgroups all run at once, its time is its longest chain of tree walks, which more
+/// lanes a row shorten; a second wave of workgroups doubles it (bench/RESULTS.md, "Lane steps").
+fn lane_steps(basis: &StepBasis) -> [Option<LaneStep>; MAX_LANE_STEPS] {
     let mut steps = [None; MAX_LANE_STEPS];
-    let mut lanes = tree_lanes;
+    let mut lanes = basis.tree_lanes;
     for step in &mut steps {
-        let more = (lanes * 2).min(n_trees).min(max_invocations);
-        let max_rows = resident_threads / more.max(1);
-        if more <= lanes || max_rows <= small_max_rows {
+        let more = (lanes * 2).min(basis.n_trees).min(basis.max_invocations);
+        if more <= lanes {
             break;
         }
         lanes = more;
+        let rows = (basis.group_threads.min(basis.max_invocations) / lanes).clamp(1, basis.rows.max(1));
+        let groups = basis
+            .units
+            .resident_workgroups((rows * lanes) as u32, basis.subgroup_size);
+        let max_rows = (groups as usize).saturating_mul(rows);
+        if max_rows <= basis.small_max_rows {
+            break;
+        }
         *step = Some(LaneStep {
             max_rows: max_rows.min(u32::MAX as usize) as u32,
-            rows_per_group: (group_threads.min(max_invocations) / lanes).clamp(1, rows.max(1)) as u32,
+            rows_per_group: rows as u32,
             tree_lanes: lanes as u32,
         });
     }
@@ -505,24 +554,21 @@ impl ForestKernel {
                 max_rows: small_max_rows.min(u32::MAX as usize) as u32,
                 tree_lanes: small_lanes as u32,
             });
-        let lane_steps = match (options.tree_lanes, options.resident_threads) {
-            (None, Some(resident)) => Some(resident),
-            (None, None) => info
-                .resident_threads
-                .map(|threads| threads.min(usize::MAX as u64) as usize),
-            (Some(_), _) => None,
+        let lane_steps = match (options.lane_steps, options.tree_lanes) {
+            (Some(true), None) => options.compute_units.or(info.compute_units),
+            _ => None,
         }
-        .filter(|&resident| resident > 0)
-        .map_or([None; MAX_LANE_STEPS], |resident| {
-            lane_steps(
+        .map_or([None; MAX_LANE_STEPS], |units| {
+            lane_steps(&StepBasis {
                 n_trees,
                 tree_lanes,
                 rows,
                 group_threads,
                 max_invocations,
-                resident,
-                small_batch.map_or(0, |small| small.max_rows as usize),
-            )
+                subgroup_size: info.subgroup_size,
+                units,
+                small_max_rows: small_batch.map_or(0, |small| small.max_rows as usize),
+            })
         });
         let input_path = match options.input_path {
             Some(InputPath::HostMemory) if !stage_input => InputPath::Staged,
@@ -561,6 +607,7 @@ impl ForestKernel {
             pipeline_chunks: options.pipeline_chunks.map(|c| c.clamp(1, MAX_PIPELINE_CHUNKS) as u32),
             direct_share,
             transfer_stream,
+            direct_rows_first: options.direct_rows_first.unwrap_or(false) && direct_share > 0.0,
             node_blocks,
             breadth_first: false,
             writers_awake_us: options
@@ -775,6 +822,11 @@ pub struct ForestLane {
     pending: Option<(Ticket, usize, bool)>,
     // One command list per chunk of a pipelined batch, recorded for (rows, chunks, scores).
     chunk_lists: Vec<CommandList>,
+    // With `direct_rows_first`: per chunk, the dispatch of the rows the host wrote into device memory
+    // (none where a chunk has no such rows); `chunk_lists` then dispatch the DMA's rows.
+    chunk_direct_lists: Vec<Option<CommandList>>,
+    // The rows and pipeline of each dispatch those lists record, in submission order.
+    chunk_dispatches: Vec<(usize, DispatchPipeline)>,
     // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch.
     chunk_uploads: Vec<CommandList>,
     chunks_recorded: Option<(usize, usize, bool)>,
@@ -1007,6 +1059,8 @@ impl ForestLane {
             timestamps,
             pending: None,
             chunk_lists: Vec::new(),
+            chunk_direct_lists: Vec::new(),
+            chunk_dispatches: Vec::new(),
             chunk_uploads: Vec::new(),
             chunks_recorded: None,
             chunk_bounds: Vec::new(),
@@ -1067,33 +1121,33 @@ impl ForestLane {
         self.direct_share().and(self.device_input.clone())
     }
 
-    /// Records the batch's command lists; `rows_on_device`: the host wrote the rows into the device buffer
-    /// itself, so nothing is copied.
-    /// The pipeline (bound to this lane's buffers) a dispatch of `n_rows` takes, and its workgroups: the
-    /// small-batch one (one row per workgroup, a thread per tree), the lane step of most lanes that
-    /// holds its rows, or the bulk one.
-    fn dispatch_shape(&self, n_rows: usize) -> (BindGroup, u32) {
+    /// The pipeline (bound to this lane's buffers) a dispatch of `n_rows` takes
+    /// ([`KernelConfig::dispatch_pipeline`]), and its workgroups.
+    fn dispatch_shape(&self, n_rows: usize) -> (BindGroup, u32, DispatchPipeline) {
         let config = self.kernel.config();
-        if let Some(small) = self
-            .small_bind_group
-            .as_ref()
-            .filter(|_| config.uses_small_batch(n_rows))
-        {
-            return (small.clone(), n_rows.max(1) as u32);
-        }
-        let (bind_group, rows_per_group) = match config.lane_step(n_rows) {
-            Some(index) => (
-                &self.step_bind_groups[index],
-                config.lane_steps[index].map_or(config.rows_per_group, |step| step.rows_per_group),
-            ),
-            None => (&self.bind_group, config.rows_per_group),
+        let bulk = (&self.bind_group, config.rows_per_group);
+        let pipeline = config.dispatch_pipeline(n_rows);
+        let (bind_group, rows_per_group) = match pipeline {
+            DispatchPipeline::SmallBatch => match &self.small_bind_group {
+                Some(small) => (small, 1),
+                None => bulk,
+            },
+            // A step's bind group is the one built with its pipeline (steps are a prefix of the array).
+            DispatchPipeline::LaneStep(index) => match (config.lane_steps[index], self.step_bind_groups.get(index)) {
+                (Some(step), Some(group)) => (group, step.rows_per_group),
+                _ => bulk,
+            },
+            DispatchPipeline::Bulk => bulk,
         };
         (
             bind_group.clone(),
             n_rows.div_ceil(rows_per_group as usize).max(1) as u32,
+            pipeline,
         )
     }
 
+    /// Records the batch's command lists; `rows_on_device`: the host wrote the rows into the device buffer
+    /// itself, so nothing is copied.
     fn record(&mut self, n_rows: usize, want_scores: bool, rows_on_device: bool) -> Result<(), ForestError> {
         if self.recorded == Some((n_rows, want_scores, rows_on_device)) {
             return Ok(());
@@ -1103,7 +1157,7 @@ impl ForestLane {
         self.recorded = None;
         let r = self.kernel.resident.clone();
         let bytes = self.input_bytes(n_rows);
-        let (bind_group, groups) = self.dispatch_shape(n_rows);
+        let (bind_group, groups, _) = self.dispatch_shape(n_rows);
         let params = Params {
             n_rows: n_rows as u32,
             n_trees: r.n_trees,
@@ -1332,6 +1386,13 @@ impl ForestLane {
         self.timeline.as_ref()?.last()
     }
 
+    /// The dispatches of the last pipelined batch ([`run_pipelined`](Self::run_pipelined), and
+    /// [`predict`](Self::predict)'s batches that take it), in submission order: each one's rows and the
+    /// pipeline they took ([`KernelConfig::dispatch_pipeline`]).
+    pub fn pipelined_dispatches(&self) -> &[(usize, DispatchPipeline)] {
+        &self.chunk_dispatches
+    }
+
     /// Runs one batch of staged rows: submit, then finish.
     pub fn run(&mut self, n_rows: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         self.submit(n_rows, want_scores)?;
@@ -1349,6 +1410,9 @@ impl ForestLane {
         let mut bounds = std::mem::take(&mut self.chunk_bounds);
         chunk_bounds(n_rows, chunks, rows_per_group, &mut bounds);
         let mut lists = std::mem::take(&mut self.chunk_lists);
+        let mut direct_lists = std::mem::take(&mut self.chunk_direct_lists);
+        let mut dispatches = std::mem::take(&mut self.chunk_dispatches);
+        dispatches.clear();
         let mut uploads = std::mem::take(&mut self.chunk_uploads);
         // Staged input copies each chunk on the transfer queue where there is one, so that the copies
         // run back to back beside the kernels; otherwise in the chunk's own command list.
@@ -1357,9 +1421,20 @@ impl ForestLane {
             Some(timeline) => Some(timeline.slots_for(&r.device, bounds.len())?),
             None => None,
         };
+        let one_dispatch = bounds.len() == 1;
         let mut index = 0;
         for &(first, end) in &bounds {
-            let params = Params {
+            // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
+            // to device memory before its dispatch, but for its direct share, which the host writes there.
+            let staged_from = first + direct_rows(self.batch_direct_share(n_rows), end - first);
+            // A batch in one dispatch: its directly written rows as a dispatch of their own, which waits
+            // for no copy.
+            let direct_first = r.config.direct_rows_first
+                && on_transfer_queue
+                && one_dispatch
+                && first < staged_from
+                && staged_from < end;
+            let params = |first: usize, end: usize| Params {
                 n_rows: end as u32,
                 n_trees: r.n_trees,
                 n_nodes: r.n_nodes,
@@ -1367,13 +1442,34 @@ impl ForestLane {
                 write_scores: want_scores as u32,
                 first_row: first as u32,
             };
-            // A chunk small enough for the small-batch pipeline takes it: the last chunk's kernel is what
-            // the host waits for after its last write, and one row per workgroup with a thread per tree
-            // finishes a few hundred rows in less time than the bulk shape does.
-            let (bind_group, groups) = self.dispatch_shape(end - first);
-            // Staged input: each chunk copies its own rows (whole workgroups of them, as the kernel stages)
-            // to device memory before its dispatch, but for its direct share, which the host writes there.
-            let staged_from = first + direct_rows(self.batch_direct_share(n_rows), end - first);
+            let dispatched_from = if direct_first { staged_from } else { first };
+            // Each dispatch takes the pipeline its rows call for (small-batch, a lane step or the bulk
+            // one): the last chunk's kernel is what the host waits for after its last write, and fewer
+            // rows finish sooner with more lanes a row.
+            let (bind_group, groups, pipeline) = self.dispatch_shape(end - dispatched_from);
+            let params_here = params(dispatched_from, end);
+            let direct_list = if direct_first {
+                let (direct_group, direct_groups, direct_pipeline) = self.dispatch_shape(staged_from - first);
+                dispatches.push((staged_from - first, direct_pipeline));
+                let direct_params = params(first, staged_from);
+                let record = |rec: &mut vknf_vulkan::Recorder<'_>| {
+                    rec.dispatch(&direct_group, &direct_params, [direct_groups, 1, 1])
+                };
+                Some(match direct_lists.get_mut(index).and_then(Option::take) {
+                    Some(mut list) => {
+                        list.rerecord(record)?;
+                        list
+                    }
+                    None => self.compute.record(record)?,
+                })
+            } else {
+                None
+            };
+            match direct_lists.get_mut(index) {
+                Some(slot) => *slot = direct_list,
+                None => direct_lists.push(direct_list),
+            }
+            dispatches.push((end - dispatched_from, pipeline));
             let copy = self.device_input.as_ref().map(|device_input| {
                 let start = (staged_from * r.n_features * 4) as u64;
                 (device_input, start, self.input_bytes(end) - start)
@@ -1393,7 +1489,7 @@ impl ForestLane {
                 if let Some((compute, _)) = stamps {
                     rec.write_timestamp(compute, 1)?;
                 }
-                rec.dispatch(&bind_group, &params, [groups, 1, 1])?;
+                rec.dispatch(&bind_group, &params_here, [groups, 1, 1])?;
                 if let Some((compute, _)) = stamps {
                     rec.write_timestamp(compute, 2)?;
                 }
@@ -1425,6 +1521,9 @@ impl ForestLane {
         }
         self.chunk_bounds = bounds;
         lists.truncate(index);
+        direct_lists.truncate(index);
+        self.chunk_direct_lists = direct_lists;
+        self.chunk_dispatches = dispatches;
         uploads.truncate(if on_transfer_queue { index } else { 0 });
         self.chunk_lists = lists;
         self.chunk_uploads = uploads;
@@ -1484,6 +1583,7 @@ impl ForestLane {
         let transfer = &mut self.transfer;
         let writing = pool::batch_starts();
         let lists = &mut self.chunk_lists;
+        let direct_lists = &mut self.chunk_direct_lists;
         let uploads = &mut self.chunk_uploads;
         // A chunk's rows: its direct share written into device memory while the rest goes to the pinned
         // memory its DMA reads (both at once, each copy split over threads); the chunk's DMA is submitted
@@ -1547,10 +1647,19 @@ impl ForestLane {
                 let next_upload = uploads.get_mut(index + 1);
                 let (submitted, next) = rayon::join(
                     || {
+                        // The rows written into device memory first, waiting for no copy. Waiting for
+                        // the later submission waits for it too: a queue signals in submission order.
+                        let direct = match direct_lists.get_mut(index).and_then(Option::as_mut) {
+                            Some(direct_list) => Some(compute.submit(direct_list)?),
+                            None => None,
+                        };
                         let submitted = match &uploaded {
                             Some(uploaded) => compute.submit_after(list, &[uploaded]),
                             None => compute.submit(list),
                         };
+                        if let (Err(_), Some(direct)) = (&submitted, direct) {
+                            let _ = direct.wait(BATCH_DEADLINE);
+                        }
                         timeline::mark(marks, index, HostMoment::DispatchSubmitted);
                         submitted
                     },
@@ -1752,28 +1861,53 @@ mod tests {
                 tree_lanes,
             })
         };
-        // The H200 (132 SMs of 64 warps): the deep forest's 150 trees from 45 lanes in 990 threads.
+        // The H200: 132 SMs of 64 warps.
+        let h200 = ComputeUnits {
+            count: 132,
+            invocations_each: 2048,
+        };
+        let basis = |n_trees, tree_lanes, rows, group_threads, units| StepBasis {
+            n_trees,
+            tree_lanes,
+            rows,
+            group_threads,
+            max_invocations: 1024,
+            subgroup_size: 32,
+            units,
+            small_max_rows: 1024,
+        };
+        // The deep forest's 150 trees from 45 lanes in 990 threads: 90 lanes x 11 rows (31 warps, two
+        // workgroups an SM: 2 x 132 x 11 rows), then 150 x 6 (29 warps, two an SM).
         assert_eq!(
-            lane_steps(150, 45, 22, 990, 1024, 270_336, 1024),
-            [step(3003, 11, 90), step(1802, 6, 150), None]
+            lane_steps(&basis(150, 45, 22, 990, h200)),
+            [step(2904, 11, 90), step(1584, 6, 150), None]
         );
-        // The wide forest's 300 trees from 8 lanes in 128 threads: three steps at most.
+        // The wide forest's 300 trees from 8 lanes in 128 threads (16 workgroups an SM): three steps.
         assert_eq!(
-            lane_steps(300, 8, 16, 128, 1024, 270_336, 1024),
+            lane_steps(&basis(300, 8, 16, 128, h200)),
             [step(16896, 8, 16), step(8448, 4, 32), step(4224, 2, 64)]
         );
-        // No more rows a workgroup than the bulk pipeline's, which shared memory may have bounded.
+        // No more rows a workgroup than the bulk pipeline's, which shared memory may have bounded:
+        // 90 x 4 = 360 threads (12 warps, five an SM), 150 x 4 = 600 (19 warps, three an SM).
         assert_eq!(
-            lane_steps(150, 45, 4, 990, 1024, 270_336, 1024),
-            [step(3003, 4, 90), step(1802, 4, 150), None]
+            lane_steps(&basis(150, 45, 4, 990, h200)),
+            [step(2640, 4, 90), step(1584, 4, 150), None]
         );
         // None where the bulk lanes already walk a tree each, where a step would hold no more rows than
         // the small-batch pipeline takes, or beyond the workgroup's invocations.
-        assert_eq!(lane_steps(40, 40, 24, 990, 1024, 270_336, 1024), [None; MAX_LANE_STEPS]);
-        assert_eq!(lane_steps(150, 45, 22, 990, 1024, 90_000, 1024), [None; MAX_LANE_STEPS]);
+        assert_eq!(lane_steps(&basis(40, 40, 24, 990, h200)), [None; MAX_LANE_STEPS]);
+        let small_gpu = ComputeUnits {
+            count: 40,
+            invocations_each: 1024,
+        };
+        assert_eq!(lane_steps(&basis(150, 45, 22, 990, small_gpu)), [None; MAX_LANE_STEPS]);
+        let huge = ComputeUnits {
+            count: 1 << 20,
+            invocations_each: 2048,
+        };
         assert_eq!(
-            lane_steps(5000, 512, 2, 1024, 1024, 1 << 30, 0),
-            [step(1 << 20, 1, 1024), None, None]
+            lane_steps(&basis(5000, 512, 2, 1024, huge)),
+            [step(2 << 20, 1, 1024), None, None]
         );
         let config = KernelConfig {
             rows_per_group: 22,
@@ -1782,21 +1916,33 @@ mod tests {
             fixed_scale_log2: None,
             float_accumulate: false,
             input_path: InputPath::Direct,
-            small_batch: None,
-            lane_steps: lane_steps(150, 45, 22, 990, 1024, 270_336, 1024),
+            small_batch: Some(SmallBatchConfig {
+                max_rows: 1024,
+                tree_lanes: 160,
+            }),
+            lane_steps: lane_steps(&basis(150, 45, 22, 990, h200)),
             pipeline_chunks: None,
             direct_share: 0.0,
             transfer_stream: false,
+            direct_rows_first: false,
             node_blocks: true,
             breadth_first: false,
             writers_awake_us: 0,
         };
-        // The step of most lanes that still holds the dispatch's rows; the bulk pipeline above them.
-        assert_eq!(config.lane_step(1), Some(1));
-        assert_eq!(config.lane_step(1802), Some(1));
-        assert_eq!(config.lane_step(1803), Some(0));
-        assert_eq!(config.lane_step(3003), Some(0));
-        assert_eq!(config.lane_step(3004), None);
+        // The small-batch pipeline up to its rows, then the step of most lanes that still holds the
+        // dispatch's rows, then the bulk pipeline.
+        use DispatchPipeline::{Bulk, LaneStep as Step, SmallBatch};
+        for (n_rows, pipeline) in [
+            (1, SmallBatch),
+            (1024, SmallBatch),
+            (1025, Step(1)),
+            (1584, Step(1)),
+            (1585, Step(0)),
+            (2904, Step(0)),
+            (2905, Bulk),
+        ] {
+            assert_eq!(config.dispatch_pipeline(n_rows), pipeline, "{n_rows} rows");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use vknf_forest::{
 };
 use vknf_functions::families::forest::ForestFamily;
 use vknf_functions::{Family, ForestKernel, ForestOptions, FunctionSpec};
-use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
+use vknf_vulkan::{ComputeUnits, Device, DeviceSelector, Instance, InstanceOptions};
 
 struct Gpu {
     instance: Instance,
@@ -408,15 +408,20 @@ fn large_forests_of_few_outputs_default_to_fewer_tree_lanes() {
     assert!(errors.is_empty(), "validation errors: {errors:#?}");
 }
 
-/// Lane steps (more tree lanes for dispatches of fewer rows, sized from the invocations the device runs
-/// at once: here a made-up count, since the CPU device reports none): every dispatch size, alone and as
-/// a pipelined batch's chunks, takes the step its rows call for and gives the CPU reference's bits.
+/// Lane steps (more tree lanes for dispatches of fewer rows, sized from the device's multiprocessors:
+/// here made-up ones, since a CPU device reports none): every dispatch size, alone and as a pipelined
+/// batch's chunks, takes the pipeline its rows call for and gives the CPU reference's bits.
 #[test]
 fn lane_steps_match_bit_for_bit_for_every_dispatch_size() {
+    use vknf_functions::forest::{DispatchPipeline, MAX_LANE_STEPS};
     let gpu = gpu();
     let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let units = ComputeUnits {
+        count: 2,
+        invocations_each: 1024,
+    };
     // 150 trees and five outputs (45 bulk lanes) and 64 binary trees (the few-outputs shape, 8 lanes).
-    for (n_trees, n_outputs, resident) in [(150, 5, 90 * 60), (64, 2, 16 * 80)] {
+    for (n_trees, n_outputs) in [(150, 5), (64, 2)] {
         let mut shape = forest_shapes().new_tree(&mut runner).unwrap().current();
         shape.n_trees = n_trees;
         shape.n_outputs = n_outputs;
@@ -424,7 +429,8 @@ fn lane_steps_match_bit_for_bit_for_every_dispatch_size() {
         shape.depth = 6;
         let forest = build(&shape);
         let options = ForestOptions {
-            resident_threads: Some(resident),
+            lane_steps: Some(true),
+            compute_units: Some(units),
             small_batch_rows: Some(8),
             ..ForestOptions::default()
         };
@@ -440,38 +446,55 @@ fn lane_steps_match_bit_for_bit_for_every_dispatch_size() {
             );
             assert!(pair[1].max_rows < pair[0].max_rows, "{config:?}");
         }
-        // Without a count (the CPU device reports none) or with lanes asked for: no steps.
+        // Not asked for, or with lanes asked for: no steps.
         for options in [
-            ForestOptions::default(),
+            ForestOptions {
+                compute_units: Some(units),
+                ..ForestOptions::default()
+            },
             ForestOptions {
                 tree_lanes: Some(8),
                 ..options
             },
         ] {
             let plain = ForestKernel::new(&gpu.device, &forest, &options).unwrap().config();
-            assert_eq!(
-                plain.lane_steps,
-                [None; vknf_functions::forest::MAX_LANE_STEPS],
-                "{options:?}"
-            );
+            assert_eq!(plain.lane_steps, [None; MAX_LANE_STEPS], "{options:?}");
         }
-        // A dispatch for each pipeline: small-batch, every step (at its most rows and one past the
-        // next step's), and the bulk one.
-        let mut sizes = vec![5, config.rows_per_group as usize * 7 + 3];
+        // A dispatch for each pipeline: small-batch, every step (at its most rows and one past them),
+        // and the bulk one.
+        let mut sizes = vec![5];
         for step in &steps {
             sizes.extend([step.max_rows as usize, step.max_rows as usize + 1]);
         }
         let mut taken = std::collections::BTreeSet::new();
         for n_rows in sizes {
-            taken.insert(config.lane_step(n_rows));
+            taken.insert(config.dispatch_pipeline(n_rows));
             let rows = rows_for(&shape, n_rows, n_rows as u64);
             let cpu = forest.predict_cpu(&rows, n_rows).unwrap();
-            let mut lane = kernel.lane(n_rows).unwrap();
-            let got = lane.predict(&rows, true).unwrap();
+            let got = kernel.lane(n_rows).unwrap().predict(&rows, true).unwrap();
             assert_eq!(bits(&got.scores), bits(&cpu.scores), "{config:?}, {n_rows} rows");
             assert_eq!(got.labels, cpu.labels, "{config:?}, {n_rows} rows");
-            // The same rows as pipelined dispatches, whose chunks take smaller steps.
+            // The same rows as pipelined dispatches, whose chunks take smaller steps, on a lane whose
+            // results hold another batch's first (a chunk that skipped rows would leave them).
+            let mut lane = kernel.lane(n_rows).unwrap();
+            let poison: Vec<f32> = rows.iter().map(|v| -v - 1.0).collect();
+            lane.write_rows(0, &poison).unwrap();
+            lane.run(n_rows, true).unwrap();
             let got = lane.run_pipelined(&rows, 3, true).unwrap();
+            let dispatches = lane.pipelined_dispatches();
+            assert_eq!(
+                dispatches.iter().map(|(rows, _)| rows).sum::<usize>(),
+                n_rows,
+                "{dispatches:?}"
+            );
+            for &(rows, pipeline) in dispatches {
+                assert_eq!(
+                    pipeline,
+                    config.dispatch_pipeline(rows),
+                    "{n_rows} rows: {dispatches:?}"
+                );
+                taken.insert(pipeline);
+            }
             let scores = got.scores.clone().unwrap();
             assert_eq!(
                 bits(&scores),
@@ -480,11 +503,11 @@ fn lane_steps_match_bit_for_bit_for_every_dispatch_size() {
             );
             assert_eq!(got.labels, cpu.labels, "{config:?}, {n_rows} rows in 3 dispatches");
         }
-        assert_eq!(
-            taken.len(),
-            steps.len() + 1,
-            "every step and the bulk pipeline: {taken:?}"
-        );
+        let every: std::collections::BTreeSet<_> = [DispatchPipeline::SmallBatch, DispatchPipeline::Bulk]
+            .into_iter()
+            .chain((0..steps.len()).map(DispatchPipeline::LaneStep))
+            .collect();
+        assert_eq!(taken, every, "{config:?}");
     }
     let errors = gpu.instance.take_validation_errors();
     assert!(errors.is_empty(), "validation errors: {errors:#?}");

@@ -334,13 +334,17 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     // Other rows, written through the unsplit path first, so that a copy that misses rows leaves
     // stale values the kernel would read (a fresh lane's memory may still hold the previous lane's).
     let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
-    for (chunks, direct_share, transfer_stream) in [
-        (1usize, 0.0f32, true),
-        (1, 0.4, true),
-        (3, 0.0, true),
-        (3, 0.4, true),
-        (2, 1.0, true),
-        (3, 0.4, false),
+    // Last: each dispatch's directly written rows dispatched on their own, before the copied ones.
+    for (chunks, direct_share, transfer_stream, direct_first) in [
+        (1usize, 0.0f32, true, false),
+        (1, 0.4, true, false),
+        (3, 0.0, true, false),
+        (3, 0.4, true, false),
+        (2, 1.0, true, false),
+        (3, 0.4, false, false),
+        (1, 0.4, true, true),
+        (3, 0.4, true, true),
+        (2, 1.0, true, true),
     ] {
         // The pool kept awake between batches, as `ForestOptions::for_whole_batches` has it.
         let options = ForestOptions {
@@ -349,10 +353,15 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             transfer_stream: Some(transfer_stream),
             small_batch_rows: Some(0),
             keep_writers_awake: Some(std::time::Duration::from_micros(500)),
+            direct_rows_first: Some(direct_first),
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
         assert_eq!(kernel.config().transfer_stream, transfer_stream);
+        assert_eq!(
+            kernel.config().direct_rows_first,
+            direct_first && transfer_stream && direct_share > 0.0
+        );
         let mut lane = kernel.lane(n_rows).unwrap();
         // No split without a transfer stream (the copy is then part of the dispatch's own list).
         let split = (transfer_stream && direct_share > 0.0).then_some(direct_share);
@@ -361,11 +370,20 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             lane.write_rows(0, &poison).unwrap();
             lane.run(n_rows, false).unwrap();
             let result = lane.run_pipelined(&rows.data, chunks, true).unwrap();
+            // A batch in one dispatch with a direct share runs its directly written rows first, as a
+            // dispatch of their own; several dispatches are not split so.
+            // (One dispatch without a split takes the unpipelined path: no chunks.)
+            if chunks > 1 || split.is_some() {
+                let dispatches = lane.pipelined_dispatches();
+                let halves = direct_first && chunks == 1 && split.is_some_and(|share| share < 1.0);
+                assert_eq!(dispatches.len(), if halves { 2 } else { chunks }, "{dispatches:?}");
+                assert_eq!(dispatches.iter().map(|(rows, _)| rows).sum::<usize>(), n_rows);
+            }
             let prediction = prediction_of(result, forest.n_outputs as usize);
             same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
             assert_eq!(
                 prediction.n_rows, n_rows,
-                "{chunks} chunks, share {direct_share}, round {round}"
+                "{chunks} chunks, share {direct_share}, direct rows first {direct_first}, round {round}"
             );
         }
     }

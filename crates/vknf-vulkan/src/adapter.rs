@@ -87,12 +87,9 @@ pub(crate) fn enumerate(instance: &ash::Instance) -> Result<Vec<(vk::PhysicalDev
                 .any(|ext| ext.extension_name_as_c_str().is_ok_and(|n| n == name))
         };
         let external_memory_host = has_extension(ash::ext::external_memory_host::NAME);
-        let resident_threads = resident_threads(
-            instance,
-            physical,
-            has_extension(ash::nv::shader_sm_builtins::NAME),
-            has_extension(ash::amd::shader_core_properties::NAME),
-        );
+        let compute_units = has_extension(ash::nv::shader_sm_builtins::NAME)
+            .then(|| nvidia_compute_units(instance, physical))
+            .flatten();
 
         let queue_families: Vec<QueueFamilyInfo> = families
             .iter()
@@ -173,47 +170,27 @@ pub(crate) fn enumerate(instance: &ash::Instance) -> Result<Vec<(vk::PhysicalDev
             memory_heaps,
             external_memory_host,
             timestamp_period_ns: limits.timestamp_period,
-            resident_threads,
+            compute_units,
         };
         adapters.push((physical, info));
     }
     Ok(adapters)
 }
 
-/// The invocations a device holds at once, from the core counts its driver reports: NVIDIA's SMs x
-/// warps per SM x 32, AMD's compute units x SIMDs x waves per SIMD x wave size. `None` elsewhere.
-fn resident_threads(instance: &ash::Instance, physical: vk::PhysicalDevice, nv: bool, amd: bool) -> Option<u64> {
+/// An NVIDIA device's SMs and the invocations each holds (warps per SM x 32), from
+/// `VK_NV_shader_sm_builtins`, which the caller checked the device lists. (Other vendors' counts, such as
+/// AMD's, are not read: none was measured.)
+fn nvidia_compute_units(instance: &ash::Instance, physical: vk::PhysicalDevice) -> Option<ComputeUnits> {
+    const WARP: u32 = 32;
     let mut sm = vk::PhysicalDeviceShaderSMBuiltinsPropertiesNV::default();
-    let mut cores = vk::PhysicalDeviceShaderCorePropertiesAMD::default();
-    let mut properties = vk::PhysicalDeviceProperties2::default();
-    // Only structures of extensions the device has may be chained.
-    if nv {
-        properties = properties.push_next(&mut sm);
-    }
-    if amd {
-        properties = properties.push_next(&mut cores);
-    }
-    if !nv && !amd {
-        return None;
-    }
-    // SAFETY: `physical` came from this instance; the chained structs live on this stack frame.
+    let mut properties = vk::PhysicalDeviceProperties2::default().push_next(&mut sm);
+    // SAFETY: `physical` came from this instance and lists the extension whose structure is chained;
+    // the chained struct lives on this stack frame and is valid for writing.
     unsafe { instance.get_physical_device_properties2(physical, &mut properties) };
-    let threads = if nv {
-        u64::from(sm.shader_sm_count) * u64::from(sm.shader_warps_per_sm) * 32
-    } else {
-        [
-            cores.shader_engine_count,
-            cores.shader_arrays_per_engine_count,
-            cores.compute_units_per_shader_array,
-            cores.simd_per_compute_unit,
-            cores.wavefronts_per_simd,
-            cores.wavefront_size,
-        ]
-        .into_iter()
-        .map(u64::from)
-        .product()
-    };
-    (threads > 0).then_some(threads)
+    (sm.shader_sm_count > 0 && sm.shader_warps_per_sm > 0).then(|| ComputeUnits {
+        count: sm.shader_sm_count,
+        invocations_each: sm.shader_warps_per_sm.saturating_mul(WARP),
+    })
 }
 
 /// Applies a selector to the described devices.
@@ -455,9 +432,32 @@ pub struct AdapterInfo {
     pub external_memory_host: bool,
     /// Nanoseconds per timestamp tick.
     pub timestamp_period_ns: f32,
-    /// How many invocations the device runs at once (every multiprocessor full), where the driver
-    /// reports its cores (`VK_NV_shader_sm_builtins`, `VK_AMD_shader_core_properties`).
-    pub resident_threads: Option<u64>,
+    /// The device's multiprocessors and the invocations each runs at once, where the driver reports them
+    /// (NVIDIA's `VK_NV_shader_sm_builtins`).
+    pub compute_units: Option<ComputeUnits>,
+}
+
+/// A device's multiprocessors (NVIDIA's SMs) and how many invocations each holds at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ComputeUnits {
+    /// Multiprocessors.
+    pub count: u32,
+    /// Invocations one multiprocessor runs at once.
+    pub invocations_each: u32,
+}
+
+impl ComputeUnits {
+    /// Invocations the whole device runs at once.
+    pub fn invocations(&self) -> u64 {
+        u64::from(self.count) * u64::from(self.invocations_each)
+    }
+
+    /// How many workgroups of `group_invocations` (each rounded up to whole subgroups of
+    /// `subgroup_size`) the whole device runs at once.
+    pub fn resident_workgroups(&self, group_invocations: u32, subgroup_size: u32) -> u64 {
+        let per_group = group_invocations.max(1).next_multiple_of(subgroup_size.max(1));
+        u64::from(self.count) * u64::from(self.invocations_each / per_group)
+    }
 }
 
 impl AdapterInfo {
@@ -515,7 +515,7 @@ mod tests {
             memory_heaps: vec![],
             external_memory_host: false,
             timestamp_period_ns: 1.0,
-            resident_threads: None,
+            compute_units: None,
         }
     }
 

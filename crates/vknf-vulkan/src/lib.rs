@@ -44,7 +44,9 @@ mod streaming;
 mod submit;
 pub mod validate;
 
-pub use adapter::{AdapterInfo, DeviceSelection, DeviceSelector, DeviceType, MemoryHeapInfo, QueueFamilyInfo};
+pub use adapter::{
+    AdapterInfo, ComputeUnits, DeviceSelection, DeviceSelector, DeviceType, MemoryHeapInfo, QueueFamilyInfo,
+};
 pub use device::clock::ClockReading;
 pub use device::queues::{AssignedQueue, QueueChoice, QueueLease, choose_queue};
 pub use device::{Device, MemoryReport, QueueKind};

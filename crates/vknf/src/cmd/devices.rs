@@ -51,12 +51,17 @@ fn print_adapter(a: &AdapterInfo, chosen: bool) {
         a.subgroup_operations.join(" ")
     );
     println!(
-        "    compute: shared memory {} KiB, workgroup <= {} invocations {:?}, at once: {}",
+        "    compute: shared memory {} KiB, workgroup <= {} invocations {:?}",
         a.max_shared_memory / 1024,
         a.max_workgroup_invocations,
         a.max_workgroup_size,
-        a.resident_threads
-            .map_or("not reported".to_string(), |n| format!("{n} invocations")),
+    );
+    println!(
+        "    multiprocessors: {}",
+        a.compute_units.map_or("not reported".to_string(), |units| format!(
+            "{} of {} invocations at once",
+            units.count, units.invocations_each
+        )),
     );
     println!("    queue families:");
     for family in &a.queue_families {
