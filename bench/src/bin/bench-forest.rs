@@ -157,15 +157,15 @@ impl std::fmt::Display for ChunkPlan {
 }
 
 fn parse_chunk_plan(text: &str) -> Result<ChunkPlan, String> {
-    let number = |part: &str| -> Result<usize, String> {
-        match part.trim().parse() {
+    let positive = |part: &str, what: &str| -> Result<u32, String> {
+        match part.trim().parse::<u32>() {
             Ok(n) if n > 0 => Ok(n),
-            Ok(_) => Err(format!("{text:?}: counts start at 1")),
+            Ok(_) => Err(format!("{text:?}: {what} start at 1")),
             Err(err) => Err(format!("{part:?} in {text:?}: {err}")),
         }
     };
     let (chunks, lanes) = match text.split_once('@') {
-        Some((chunks, lanes)) => (chunks, Some(number(lanes)?.min(u32::MAX as usize) as u32)),
+        Some((chunks, lanes)) => (chunks, Some(positive(lanes, "tree lanes")?)),
         None => (text, None),
     };
     let chunks = chunks.trim();
@@ -174,8 +174,12 @@ fn parse_chunk_plan(text: &str) -> Result<ChunkPlan, String> {
         (_, Some(chunks)) => (chunks, Some(false)),
         _ => (chunks, None),
     };
+    let chunks = positive(chunks, "dispatch counts")? as usize;
+    if chunks > 1 && direct_first.is_some() {
+        return Err(format!("{text:?}: only one dispatch splits (`1s`, `1w`)"));
+    }
     Ok(ChunkPlan {
-        chunks: number(chunks)?,
+        chunks,
         tree_lanes: lanes,
         direct_first,
     })
@@ -839,7 +843,7 @@ fn timeline_table(
             );
         }
         table.push(json!({
-            "chunks": chunks.chunks, "tree_lanes_asked": chunks.tree_lanes, "config": config, "rounds": rounds,
+            "plan": chunks.to_string(), "chunks": chunks.chunks, "tree_lanes_asked": chunks.tree_lanes, "config": config, "rounds": rounds,
             "timeline_label_mismatches_vs_cpu_reference": wrong, "median_timeline": median,
             "timeline_runs": timelines.len(),
         }));

@@ -122,9 +122,11 @@ pub struct ForestOptions {
     /// ([`vknf_vulkan::AdapterInfo::compute_units`]; a device that reports none gets no steps).
     pub compute_units: Option<ComputeUnits>,
     /// Whole batches split by a [`direct_share`](Self::direct_share) and run in one dispatch: the rows
-    /// the host writes into device memory run as a dispatch of their own, submitted as soon as they are
-    /// written, while the DMA still carries the rest, which a second dispatch takes once copied (each
-    /// half with the lanes its rows call for, [`lane_steps`](Self::lane_steps)). `None`: off;
+    /// the host writes into device memory run as a dispatch of their own, submitted once the batch's
+    /// writes are done (and its DMA submitted), while the DMA still carries the rest, which a second
+    /// dispatch takes once copied (each half with the lanes its rows call for,
+    /// [`lane_steps`](Self::lane_steps)). A timeline ([`ForestLane::record_timeline`]) stamps the second
+    /// dispatch only, and its stamps wait for the first. `None`: off;
     /// [`ForestOptions::for_whole_batches`] takes it: on the H200 it shortened W1a's and the deep
     /// forest's batches in every round, where batches in several dispatches, each split so, lost
     /// (bench/RESULTS.md, "Lane steps").
@@ -283,7 +285,8 @@ pub struct KernelConfig {
     pub direct_share: f32,
     /// Staged path: rows are copied on a transfer stream of their own rather than in the kernel's list.
     pub transfer_stream: bool,
-    /// A split batch's directly written rows run as dispatches of their own ([`ForestOptions::direct_rows_first`]).
+    /// A split one-dispatch batch's directly written rows run as a dispatch of their own
+    /// ([`ForestOptions::direct_rows_first`]).
     pub direct_rows_first: bool,
     /// The kernel walks node blocks ([`ForestOptions::node_blocks`]).
     pub node_blocks: bool,
@@ -1122,19 +1125,20 @@ impl ForestLane {
     }
 
     /// The pipeline (bound to this lane's buffers) a dispatch of `n_rows` takes
-    /// ([`KernelConfig::dispatch_pipeline`]), and its workgroups.
+    /// ([`KernelConfig::dispatch_pipeline`]), its workgroups, and which pipeline that is.
     fn dispatch_shape(&self, n_rows: usize) -> (BindGroup, u32, DispatchPipeline) {
         let config = self.kernel.config();
         let bulk = (&self.bind_group, config.rows_per_group);
-        let pipeline = config.dispatch_pipeline(n_rows);
-        let (bind_group, rows_per_group) = match pipeline {
+        let wanted = config.dispatch_pipeline(n_rows);
+        let bulk = (bulk.0, bulk.1, DispatchPipeline::Bulk);
+        let (bind_group, rows_per_group, pipeline) = match wanted {
             DispatchPipeline::SmallBatch => match &self.small_bind_group {
-                Some(small) => (small, 1),
+                Some(small) => (small, 1, wanted),
                 None => bulk,
             },
             // A step's bind group is the one built with its pipeline (steps are a prefix of the array).
             DispatchPipeline::LaneStep(index) => match (config.lane_steps[index], self.step_bind_groups.get(index)) {
-                (Some(step), Some(group)) => (group, step.rows_per_group),
+                (Some(step), Some(group)) => (group, step.rows_per_group, wanted),
                 _ => bulk,
             },
             DispatchPipeline::Bulk => bulk,
@@ -1250,7 +1254,14 @@ impl ForestLane {
         let ticket = match (&mut self.transfer, &mut self.upload) {
             (Some(transfer), Some(upload)) if on_transfer_queue => {
                 let uploaded = transfer.submit(upload)?;
-                self.compute.submit_after(work, &[&uploaded])?
+                match self.compute.submit_after(work, &[&uploaded]) {
+                    Ok(ticket) => ticket,
+                    Err(err) => {
+                        // The copy writes the lane's device buffer: let it end before the lane is reused.
+                        let _ = uploaded.wait(BATCH_DEADLINE);
+                        return Err(err.into());
+                    }
+                }
             }
             _ => self.compute.submit(work)?,
         };
@@ -1648,7 +1659,8 @@ impl ForestLane {
                 let (submitted, next) = rayon::join(
                     || {
                         // The rows written into device memory first, waiting for no copy. Waiting for
-                        // the later submission waits for it too: a queue signals in submission order.
+                        // the later submission waits for it too: a semaphore signal operation of
+                        // vkQueueSubmit includes every command earlier in submission order on its queue.
                         let direct = match direct_lists.get_mut(index).and_then(Option::as_mut) {
                             Some(direct_list) => Some(compute.submit(direct_list)?),
                             None => None,

@@ -374,10 +374,19 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             // dispatch of their own; several dispatches are not split so.
             // (One dispatch without a split takes the unpipelined path: no chunks.)
             if chunks > 1 || split.is_some() {
-                let dispatches = lane.pipelined_dispatches();
-                let halves = direct_first && chunks == 1 && split.is_some_and(|share| share < 1.0);
-                assert_eq!(dispatches.len(), if halves { 2 } else { chunks }, "{dispatches:?}");
-                assert_eq!(dispatches.iter().map(|(rows, _)| rows).sum::<usize>(), n_rows);
+                let rows_dispatched: Vec<usize> = lane.pipelined_dispatches().iter().map(|(rows, _)| *rows).collect();
+                match (direct_first && chunks == 1, split) {
+                    // The directly written rows (the share, rounded, leaving at least one row to copy),
+                    // then the copied ones.
+                    (true, Some(share)) => {
+                        let direct = ((n_rows as f32 * share).round() as usize).min(n_rows - 1);
+                        assert_eq!(rows_dispatched, [direct, n_rows - direct]);
+                    }
+                    _ => {
+                        assert_eq!(rows_dispatched.len(), chunks, "{rows_dispatched:?}");
+                        assert_eq!(rows_dispatched.iter().sum::<usize>(), n_rows);
+                    }
+                }
             }
             let prediction = prediction_of(result, forest.n_outputs as usize);
             same_bits_as_the_cpu_reference(&forest, &rows, &prediction);

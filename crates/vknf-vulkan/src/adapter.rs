@@ -447,13 +447,9 @@ pub struct ComputeUnits {
 }
 
 impl ComputeUnits {
-    /// Invocations the whole device runs at once.
-    pub fn invocations(&self) -> u64 {
-        u64::from(self.count) * u64::from(self.invocations_each)
-    }
-
     /// How many workgroups of `group_invocations` (each rounded up to whole subgroups of
-    /// `subgroup_size`) the whole device runs at once.
+    /// `subgroup_size`) the whole device runs at once, at most: registers and shared memory may hold
+    /// fewer.
     pub fn resident_workgroups(&self, group_invocations: u32, subgroup_size: u32) -> u64 {
         let per_group = group_invocations.max(1).next_multiple_of(subgroup_size.max(1));
         u64::from(self.count) * u64::from(self.invocations_each / per_group)
