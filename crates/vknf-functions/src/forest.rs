@@ -1128,9 +1128,8 @@ impl ForestLane {
     /// ([`KernelConfig::dispatch_pipeline`]), its workgroups, and which pipeline that is.
     fn dispatch_shape(&self, n_rows: usize) -> (BindGroup, u32, DispatchPipeline) {
         let config = self.kernel.config();
-        let bulk = (&self.bind_group, config.rows_per_group);
+        let bulk = (&self.bind_group, config.rows_per_group, DispatchPipeline::Bulk);
         let wanted = config.dispatch_pipeline(n_rows);
-        let bulk = (bulk.0, bulk.1, DispatchPipeline::Bulk);
         let (bind_group, rows_per_group, pipeline) = match wanted {
             DispatchPipeline::SmallBatch => match &self.small_bind_group {
                 Some(small) => (small, 1, wanted),
