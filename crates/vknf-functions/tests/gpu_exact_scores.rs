@@ -460,8 +460,6 @@ fn lane_steps_match_bit_for_bit_for_every_dispatch_size() {
             let plain = ForestKernel::new(&gpu.device, &forest, &options).unwrap().config();
             assert_eq!(plain.lane_steps, [None; MAX_LANE_STEPS], "{options:?}");
         }
-        // A dispatch for each pipeline: small-batch, every step (at its most rows and one past them),
-        // and the bulk one.
         // Which pipeline a dispatch of `rows` should take, worked out here from the steps' limits.
         let expected = |rows: usize| match rows <= 8 {
             true => DispatchPipeline::SmallBatch,
@@ -470,6 +468,8 @@ fn lane_steps_match_bit_for_bit_for_every_dispatch_size() {
                 .rposition(|step| rows <= step.max_rows as usize)
                 .map_or(DispatchPipeline::Bulk, DispatchPipeline::LaneStep),
         };
+        // A dispatch for each pipeline: small-batch, every step (at its most rows and one past them),
+        // and the bulk one.
         let mut sizes = vec![5];
         for step in &steps {
             sizes.extend([step.max_rows as usize, step.max_rows as usize + 1]);
