@@ -396,10 +396,17 @@ fn main() -> anyhow::Result<()> {
         if label == "chosen" {
             chosen_labels = labels;
         }
+        // What the driver says about the compiled pipelines, where the device keeps it
+        // ($VKNF_PIPELINE_STATISTICS): registers a thread set how many threads a multiprocessor holds.
+        let statistics = kernel.pipeline_statistics()?;
+        for (pipeline, figures) in statistics.iter().filter(|(_, figures)| !figures.is_empty()) {
+            let figures: Vec<String> = figures.iter().map(|s| format!("{} {}", s.name, s.value)).collect();
+            println!("  {label} {pipeline}: {}", figures.join(", "));
+        }
         headline.insert(
             label.into(),
             json!({"config": config, "chunks": chunks, "end_to_end": e2e, "kernel": kernel_stats,
-                   "label_mismatches_vs_cpu_reference": wrong}),
+                   "label_mismatches_vs_cpu_reference": wrong, "pipeline_statistics": statistics}),
         );
     }
 

@@ -11,8 +11,8 @@ use vknf_forest::{
     apply_post_transform, apply_post_transform_le,
 };
 use vknf_vulkan::{
-    BindGroup, Buffer, CommandList, ComputeUnits, Device, Kernel, KernelInfo, MemoryKind, Pipeline, QueueKind,
-    Specialization, Stream, Ticket, Timestamps, copy_streaming,
+    BindGroup, Buffer, CommandList, ComputeUnits, Device, Kernel, KernelInfo, MemoryKind, Pipeline, PipelineStatistic,
+    QueueKind, Specialization, Stream, Ticket, Timestamps, copy_streaming,
 };
 
 mod pool;
@@ -739,6 +739,27 @@ impl ForestKernel {
     /// The kernel configuration chosen.
     pub fn config(&self) -> KernelConfig {
         self.resident.config
+    }
+
+    /// What the driver reports about each of the kernel's pipelines (registers a thread, ...: empty
+    /// unless the device keeps them, [`vknf_vulkan::InstanceOptions::pipeline_statistics`]): the bulk
+    /// pipeline, the small-batch one and each lane step, named so.
+    pub fn pipeline_statistics(&self) -> Result<Vec<(String, Vec<PipelineStatistic>)>, ForestError> {
+        let r = &self.resident;
+        let mut named = vec![("bulk".to_string(), r.pipeline.statistics()?)];
+        if let (Some(small), Some(pipeline)) = (r.config.small_batch, &r.small_pipeline) {
+            named.push((
+                format!("small batch ({} lanes)", small.tree_lanes),
+                pipeline.statistics()?,
+            ));
+        }
+        for (step, pipeline) in r.config.lane_steps.iter().flatten().zip(&r.step_pipelines) {
+            named.push((
+                format!("step {} x {} lanes", step.rows_per_group, step.tree_lanes),
+                pipeline.statistics()?,
+            ));
+        }
+        Ok(named)
     }
 
     /// How many pipelined dispatches [`ForestLane::predict`] splits a batch of `n_rows` rows into: the

@@ -87,6 +87,7 @@ pub(crate) fn enumerate(instance: &ash::Instance) -> Result<Vec<(vk::PhysicalDev
                 .any(|ext| ext.extension_name_as_c_str().is_ok_and(|n| n == name))
         };
         let external_memory_host = has_extension(ash::ext::external_memory_host::NAME);
+        let pipeline_statistics = has_extension(ash::khr::pipeline_executable_properties::NAME);
         let compute_units = has_extension(ash::nv::shader_sm_builtins::NAME)
             .then(|| nvidia_compute_units(instance, physical))
             .flatten();
@@ -169,6 +170,7 @@ pub(crate) fn enumerate(instance: &ash::Instance) -> Result<Vec<(vk::PhysicalDev
             queue_families,
             memory_heaps,
             external_memory_host,
+            pipeline_statistics,
             timestamp_period_ns: limits.timestamp_period,
             compute_units,
         };
@@ -430,6 +432,10 @@ pub struct AdapterInfo {
     pub memory_heaps: Vec<MemoryHeapInfo>,
     /// Supports importing host memory (`VK_EXT_external_memory_host`).
     pub external_memory_host: bool,
+    /// Reports statistics about compiled pipelines, registers a thread among them
+    /// (`VK_KHR_pipeline_executable_properties`; kept where asked for,
+    /// [`crate::InstanceOptions::pipeline_statistics`]).
+    pub pipeline_statistics: bool,
     /// Nanoseconds per timestamp tick.
     pub timestamp_period_ns: f32,
     /// The device's multiprocessors and the invocations each runs at once, where the driver reports them
@@ -510,6 +516,7 @@ mod tests {
             queue_families: vec![],
             memory_heaps: vec![],
             external_memory_host: false,
+            pipeline_statistics: false,
             timestamp_period_ns: 1.0,
             compute_units: None,
         }

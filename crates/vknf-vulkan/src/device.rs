@@ -76,6 +76,9 @@ pub(crate) struct DeviceShared {
     pub(crate) host_query_reset: bool,
     /// The calibrated-timestamp entry point, where the device offers one ([`Device::read_clocks`]).
     pub(crate) calibration: Option<clock::Calibration>,
+    /// Where pipelines' statistics are kept ([`crate::InstanceOptions::pipeline_statistics`]) and the
+    /// driver offers them: the entry points that read them.
+    pub(crate) pipeline_statistics: Option<ash::khr::pipeline_executable_properties::Device>,
 }
 
 /// How many queues of one family the runtime opens at most.
@@ -146,10 +149,27 @@ impl Device {
         if let Some(name) = calibration_extension {
             extension_names.push(name.as_ptr());
         }
-        let create_info = vk::DeviceCreateInfo::default()
+        // Pipeline statistics (registers a thread ...), only where asked for: keeping them may slow
+        // compilation or caching.
+        let mut executable_info = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default();
+        let statistics = instance.shared.pipeline_statistics && info.pipeline_statistics && {
+            let mut supported = vk::PhysicalDeviceFeatures2::default().push_next(&mut executable_info);
+            // SAFETY: `physical` belongs to this instance; the chained struct is writable.
+            unsafe { raw_instance.get_physical_device_features2(physical, &mut supported) };
+            executable_info.pipeline_executable_info == vk::TRUE
+        };
+        if statistics {
+            extension_names.push(ash::khr::pipeline_executable_properties::NAME.as_ptr());
+        }
+        let mut enabled_executable_info =
+            vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default().pipeline_executable_info(true);
+        let mut create_info = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queue_infos)
             .enabled_extension_names(&extension_names)
             .push_next(&mut enabled12);
+        if statistics {
+            create_info = create_info.push_next(&mut enabled_executable_info);
+        }
         // SAFETY: every pointer in `create_info` refers to locals that outlive the call.
         let raw = unsafe { raw_instance.create_device(physical, &create_info, None) }.call("vkCreateDevice")?;
 
@@ -163,6 +183,8 @@ impl Device {
             owners: Mutex::new(vec![0; count.min(MAX_QUEUES_PER_FAMILY) as usize]),
         };
         let calibration = calibration_extension.map(|name| clock::Calibration::load(raw_instance, &raw, name));
+        let pipeline_statistics =
+            statistics.then(|| ash::khr::pipeline_executable_properties::Device::new(raw_instance, &raw));
         let compute = open_family(compute_family.index, compute_family.count);
         let transfer = transfer_family.map(|f| open_family(f.index, f.count));
 
@@ -201,6 +223,7 @@ impl Device {
                 spirv_env,
                 host_query_reset,
                 calibration,
+                pipeline_statistics,
             }),
             lease: None,
         })
@@ -224,6 +247,12 @@ impl Device {
     /// Number of queues opened for `kind` (a transfer request falls back to compute queues).
     pub fn queue_count(&self, kind: QueueKind) -> usize {
         self.shared.family(kind).queues.len()
+    }
+
+    /// True when the device keeps what its driver reports about each pipeline it compiles
+    /// ([`crate::Pipeline::statistics`]): asked for by the instance and offered by the driver.
+    pub fn keeps_pipeline_statistics(&self) -> bool {
+        self.shared.pipeline_statistics.is_some()
     }
 
     /// True when transfers run on their own transfer-only family.

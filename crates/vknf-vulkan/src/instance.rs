@@ -23,6 +23,12 @@ pub struct InstanceOptions {
     /// Where devices keep their pipeline caches. `None`: `$VKNF_CACHE_DIR` (`off` disables caching),
     /// else `$XDG_CACHE_HOME/vknf`, else `~/.cache/vknf`.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
+    /// Devices keep what their driver reports about each compiled pipeline (registers a thread, and
+    /// whatever else it offers: [`Pipeline::statistics`](crate::Pipeline::statistics), through
+    /// `VK_KHR_pipeline_executable_properties`) where the driver offers it: for work on kernels, since
+    /// a driver may compile more slowly or cache less while it keeps them. Default: on when
+    /// `$VKNF_PIPELINE_STATISTICS` is set (other than `0`).
+    pub pipeline_statistics: bool,
 }
 
 impl Default for InstanceOptions {
@@ -31,6 +37,7 @@ impl Default for InstanceOptions {
             validation: std::env::var_os("VKNF_VALIDATE").is_some_and(|v| v != "0"),
             application_name: "vknf".to_string(),
             pipeline_cache_dir: None,
+            pipeline_statistics: std::env::var_os("VKNF_PIPELINE_STATISTICS").is_some_and(|v| v != "0"),
         }
     }
 }
@@ -56,6 +63,7 @@ pub(crate) struct InstanceShared {
     // Boxed so that its address, handed to the driver as callback user data, never moves.
     log: Box<ValidationLog>,
     pub(crate) pipeline_cache_dir: Option<std::path::PathBuf>,
+    pub(crate) pipeline_statistics: bool,
     adapters: Vec<(vk::PhysicalDevice, AdapterInfo)>,
 }
 
@@ -149,6 +157,7 @@ impl Instance {
             debug,
             log,
             pipeline_cache_dir: options.pipeline_cache_dir.clone(),
+            pipeline_statistics: options.pipeline_statistics,
             adapters: Vec::new(),
         };
         shared.adapters = crate::adapter::enumerate(&shared.raw)?;

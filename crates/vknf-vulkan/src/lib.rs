@@ -53,7 +53,7 @@ pub use device::{Device, MemoryReport, QueueKind};
 pub use error::{Error, Result};
 pub use instance::{Instance, InstanceOptions};
 pub use memory::{Buffer, Mapped, MemoryKind};
-pub use pipeline::{BindGroup, Kernel, Pipeline, Specialization};
+pub use pipeline::{BindGroup, Kernel, Pipeline, PipelineStatistic, Specialization, StatisticValue};
 pub use reflect::{Access, BindingInfo, BindingKind, KernelInfo, SpecType, SpecValue};
 pub use streaming::copy_streaming;
 pub use submit::{CommandList, Recorder, Stream, Ticket, Timestamps};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ash::vk;
+use serde::Serialize;
 
 use crate::device::{Device, DeviceShared};
 use crate::error::{Error, Result, VkResultExt};
@@ -214,7 +215,12 @@ impl Device {
             .module(module)
             .name(&entry_name)
             .specialization_info(&spec_info);
+        let flags = match shared.pipeline_statistics {
+            Some(_) => vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR,
+            None => vk::PipelineCreateFlags::empty(),
+        };
         let pipeline_info = vk::ComputePipelineCreateInfo::default()
+            .flags(flags)
             .stage(stage)
             .layout(created.layout);
         // SAFETY: module, layout and cache are live; the specialization data outlives the call.
@@ -285,7 +291,97 @@ fn descriptor_type(kind: BindingKind) -> vk::DescriptorType {
     }
 }
 
+/// One figure a driver reports about a compiled pipeline (`VK_KHR_pipeline_executable_properties`):
+/// NVIDIA's "Register Count", for one, sets how many threads a multiprocessor holds at once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PipelineStatistic {
+    /// The compiled executable it describes, as the driver names it (a compute pipeline has one).
+    pub executable: String,
+    /// The statistic's name, as the driver gives it.
+    pub name: String,
+    /// What the driver says it counts.
+    pub description: String,
+    /// Its value.
+    pub value: StatisticValue,
+}
+
+/// The value of a [`PipelineStatistic`], in the format the driver gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StatisticValue {
+    /// A yes or no.
+    Bool(bool),
+    /// A signed count.
+    Int(i64),
+    /// An unsigned count.
+    Uint(u64),
+    /// A measure.
+    Float(f64),
+}
+
+impl std::fmt::Display for StatisticValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatisticValue::Bool(value) => write!(f, "{value}"),
+            StatisticValue::Int(value) => write!(f, "{value}"),
+            StatisticValue::Uint(value) => write!(f, "{value}"),
+            StatisticValue::Float(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// A fixed-size, NUL-terminated string of the driver's, up to its NUL (lossy).
+fn driver_text(chars: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = chars.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 impl Pipeline {
+    /// What the driver reports about this pipeline's compiled code (registers a thread, ...), where the
+    /// instance asked for it ([`crate::InstanceOptions::pipeline_statistics`]) and the driver offers
+    /// it; empty otherwise.
+    pub fn statistics(&self) -> Result<Vec<PipelineStatistic>> {
+        let inner = &self.inner;
+        let Some(reader) = &inner.device.pipeline_statistics else {
+            return Ok(Vec::new());
+        };
+        let pipeline_info = vk::PipelineInfoKHR::default().pipeline(inner.raw);
+        // SAFETY: the pipeline is live (this handle keeps it) and was created with
+        // CAPTURE_STATISTICS on a device with pipelineExecutableInfo enabled (`reader` exists only then).
+        let executables = unsafe { reader.get_pipeline_executable_properties(&pipeline_info) }
+            .call("vkGetPipelineExecutablePropertiesKHR")?;
+        let mut statistics = Vec::new();
+        for (index, executable) in executables.iter().enumerate() {
+            let executable_name = driver_text(&executable.name);
+            let executable_info = vk::PipelineExecutableInfoKHR::default()
+                .pipeline(inner.raw)
+                .executable_index(index as u32);
+            // SAFETY: as above; `index` is below the executable count the driver just returned.
+            let found = unsafe { reader.get_pipeline_executable_statistics(&executable_info) }
+                .call("vkGetPipelineExecutableStatisticsKHR")?;
+            for statistic in found {
+                // SAFETY: the union's member is the one `format` names, as the extension specifies.
+                let value = unsafe {
+                    match statistic.format {
+                        vk::PipelineExecutableStatisticFormatKHR::BOOL32 => {
+                            StatisticValue::Bool(statistic.value.b32 != vk::FALSE)
+                        }
+                        vk::PipelineExecutableStatisticFormatKHR::INT64 => StatisticValue::Int(statistic.value.i64),
+                        vk::PipelineExecutableStatisticFormatKHR::FLOAT64 => StatisticValue::Float(statistic.value.f64),
+                        _ => StatisticValue::Uint(statistic.value.u64),
+                    }
+                };
+                statistics.push(PipelineStatistic {
+                    executable: executable_name.clone(),
+                    name: driver_text(&statistic.name),
+                    description: driver_text(&statistic.description),
+                    value,
+                });
+            }
+        }
+        Ok(statistics)
+    }
+
     /// The kernel's reflected interface.
     pub fn info(&self) -> &KernelInfo {
         &self.inner.info

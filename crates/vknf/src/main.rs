@@ -28,8 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List Vulkan devices: type, driver, Vulkan version, subgroup size, multiprocessors, queue families, memory
-    /// heaps.
+    /// List Vulkan devices: type, driver, Vulkan version, subgroup size, multiprocessors, pipeline statistics,
+    /// queue families, memory heaps.
     Devices(cmd::devices::DevicesArgs),
     /// Run a SPIR-V compute kernel on buffers read from files, for trying a kernel by hand.
     RunKernel(cmd::run_kernel::RunKernelArgs),

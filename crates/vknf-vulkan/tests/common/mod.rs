@@ -20,6 +20,7 @@ impl Gpu {
             validation: true,
             application_name: "vknf-tests".into(),
             pipeline_cache_dir,
+            ..InstanceOptions::default()
         })
         .expect("a Vulkan instance with validation (install libvulkan1, mesa-vulkan-drivers, vulkan-validationlayers)");
         let device = Device::select(&instance, &DeviceSelector::from_env().unwrap()).expect("a Vulkan device");

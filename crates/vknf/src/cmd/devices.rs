@@ -63,6 +63,13 @@ fn print_adapter(a: &AdapterInfo, chosen: bool) {
             units.count, units.invocations_each
         )),
     );
+    println!(
+        "    pipeline statistics: {}",
+        match a.pipeline_statistics {
+            true => "offered (kept with VKNF_PIPELINE_STATISTICS=1)",
+            false => "not offered",
+        }
+    );
     println!("    queue families:");
     for family in &a.queue_families {
         let flags: Vec<&str> = [
