@@ -5,6 +5,8 @@
 # alternating processes, two rounds, then HEAD's binary (038c62a) once per shape. Kernel from GPU
 # timestamps (one whole-batch dispatch), end to end as `predict` runs it; the other node layout too.
 # Then deep's and W1a's split batch (1s) and wide's 4 dispatches with timelines, refill off and on.
+# Run with a binary of 038c62a plus refill-shader.patch and the ForestOptions::refill_walks / --refill-walks
+# option that set REFILL_WALKS (not kept: docs/forest-kernel.md item 28).
 set -uo pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 source bench/gpu_call.sh

@@ -5,6 +5,8 @@
 # piece while the next is written; the DMA's rows follow in the last dispatch as before. W1a and deep:
 # 1s (today: the share in one dispatch), 1s2, 1s3, 1s4 and 1w (no split), six rounds alternating in one
 # process, then the timelines; deep again with direct shares 0.45 and 0.55.
+# Run with a binary of 038c62a plus direct-pieces.patch (ForestOptions::direct_pieces, the `1sN` plans;
+# not kept: docs/forest-kernel.md item 29).
 set -uo pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 source bench/gpu_call.sh
