@@ -741,9 +741,9 @@ impl ForestKernel {
         self.resident.config
     }
 
-    /// What the driver reports about each of the kernel's pipelines (registers a thread, ...: empty
-    /// unless the device keeps them, [`vknf_vulkan::InstanceOptions::pipeline_statistics`]): the bulk
-    /// pipeline, the small-batch one and each lane step, named so.
+    /// What the driver reports about each of the kernel's pipelines (registers a thread, ...), named:
+    /// the bulk pipeline, the small-batch one and each lane step. Each pipeline's list is empty unless
+    /// the device keeps them ([`vknf_vulkan::Device::keeps_pipeline_statistics`]).
     pub fn pipeline_statistics(&self) -> Result<Vec<(String, Vec<PipelineStatistic>)>, ForestError> {
         let r = &self.resident;
         let mut named = vec![("bulk".to_string(), r.pipeline.statistics()?)];

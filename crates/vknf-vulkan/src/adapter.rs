@@ -432,9 +432,9 @@ pub struct AdapterInfo {
     pub memory_heaps: Vec<MemoryHeapInfo>,
     /// Supports importing host memory (`VK_EXT_external_memory_host`).
     pub external_memory_host: bool,
-    /// Reports statistics about compiled pipelines, registers a thread among them
-    /// (`VK_KHR_pipeline_executable_properties`; kept where asked for,
-    /// [`crate::InstanceOptions::pipeline_statistics`]).
+    /// The driver lists `VK_KHR_pipeline_executable_properties`: statistics about compiled pipelines,
+    /// registers a thread among them (kept where asked for and its `pipelineExecutableInfo` feature is
+    /// supported: [`crate::InstanceOptions::pipeline_statistics`], [`crate::Device::keeps_pipeline_statistics`]).
     pub pipeline_statistics: bool,
     /// Nanoseconds per timestamp tick.
     pub timestamp_period_ns: f32,

@@ -330,6 +330,24 @@ impl std::fmt::Display for StatisticValue {
     }
 }
 
+/// A statistic's value read as its `format` says, or `None` for a format this runtime does not know.
+fn statistic_value(
+    format: vk::PipelineExecutableStatisticFormatKHR,
+    value: vk::PipelineExecutableStatisticValueKHR,
+) -> Option<StatisticValue> {
+    // SAFETY: each arm reads the union member its format names, as the extension specifies the driver
+    // fills it; every member is plain data of at most 8 bytes.
+    unsafe {
+        match format {
+            vk::PipelineExecutableStatisticFormatKHR::BOOL32 => Some(StatisticValue::Bool(value.b32 != vk::FALSE)),
+            vk::PipelineExecutableStatisticFormatKHR::INT64 => Some(StatisticValue::Int(value.i64)),
+            vk::PipelineExecutableStatisticFormatKHR::UINT64 => Some(StatisticValue::Uint(value.u64)),
+            vk::PipelineExecutableStatisticFormatKHR::FLOAT64 => Some(StatisticValue::Float(value.f64)),
+            _ => None,
+        }
+    }
+}
+
 /// A fixed-size, NUL-terminated string of the driver's, up to its NUL (lossy).
 fn driver_text(chars: &[std::ffi::c_char]) -> String {
     let bytes: Vec<u8> = chars.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
@@ -360,16 +378,9 @@ impl Pipeline {
             let found = unsafe { reader.get_pipeline_executable_statistics(&executable_info) }
                 .call("vkGetPipelineExecutableStatisticsKHR")?;
             for statistic in found {
-                // SAFETY: the union's member is the one `format` names, as the extension specifies.
-                let value = unsafe {
-                    match statistic.format {
-                        vk::PipelineExecutableStatisticFormatKHR::BOOL32 => {
-                            StatisticValue::Bool(statistic.value.b32 != vk::FALSE)
-                        }
-                        vk::PipelineExecutableStatisticFormatKHR::INT64 => StatisticValue::Int(statistic.value.i64),
-                        vk::PipelineExecutableStatisticFormatKHR::FLOAT64 => StatisticValue::Float(statistic.value.f64),
-                        _ => StatisticValue::Uint(statistic.value.u64),
-                    }
+                // A format this runtime does not know is left out rather than guessed at.
+                let Some(value) = statistic_value(statistic.format, statistic.value) else {
+                    continue;
                 };
                 statistics.push(PipelineStatistic {
                     executable: executable_name.clone(),
@@ -592,5 +603,46 @@ impl Drop for BindGroupInner {
             // SAFETY: the last handle is gone; command lists hold bind-group clones while they may run.
             unsafe { self.device.raw.destroy_descriptor_pool(self.pool, None) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistic_values_are_read_as_their_format_says() {
+        let format = vk::PipelineExecutableStatisticFormatKHR::from_raw;
+        let value = |u64: u64| vk::PipelineExecutableStatisticValueKHR { u64 };
+        assert_eq!(statistic_value(format(0), value(1)), Some(StatisticValue::Bool(true)));
+        assert_eq!(statistic_value(format(0), value(0)), Some(StatisticValue::Bool(false)));
+        assert_eq!(
+            statistic_value(format(1), value((-27i64) as u64)),
+            Some(StatisticValue::Int(-27))
+        );
+        assert_eq!(statistic_value(format(2), value(27)), Some(StatisticValue::Uint(27)));
+        assert_eq!(
+            statistic_value(format(3), value(2.5f64.to_bits())),
+            Some(StatisticValue::Float(2.5))
+        );
+        // A format from a later version of the extension is left out.
+        assert_eq!(statistic_value(format(4), value(27)), None);
+    }
+
+    #[test]
+    fn driver_text_ends_at_its_nul_or_its_array() {
+        let text = |s: &[u8], len: usize| {
+            let mut chars = vec![0 as std::ffi::c_char; len];
+            for (c, b) in chars.iter_mut().zip(s) {
+                *c = *b as std::ffi::c_char;
+            }
+            driver_text(&chars)
+        };
+        assert_eq!(text(b"Register Count", 256), "Register Count");
+        assert_eq!(text(b"", 8), "");
+        // No NUL: the whole array.
+        assert_eq!(text(b"CSCSCSCS", 8), "CSCSCSCS");
+        // Not UTF-8: replaced, not refused.
+        assert_eq!(text(&[0x43, 0xff, 0x53], 4), "C\u{fffd}S");
     }
 }

@@ -66,8 +66,8 @@ fn print_adapter(a: &AdapterInfo, chosen: bool) {
     println!(
         "    pipeline statistics: {}",
         match a.pipeline_statistics {
-            true => "offered (kept with VKNF_PIPELINE_STATISTICS=1)",
-            false => "not offered",
+            true => "listed by the driver (kept with VKNF_PIPELINE_STATISTICS=1)",
+            false => "not listed",
         }
     );
     println!("    queue families:");
