@@ -483,8 +483,16 @@ impl Recorder<'_> {
     }
 
     fn barrier_to(&mut self, dst_stage: vk::PipelineStageFlags, dst_access: vk::AccessFlags) {
+        // Only writes of the stages waited for: a transfer-only queue has no shader stage, and naming
+        // shader writes there is invalid (VUID-vkCmdPipelineBarrier-srcAccessMask-02815, which the
+        // validation layer reports on NVIDIA's dedicated transfer family; lavapipe has none).
+        let src_access = if self.is_transfer_only() {
+            vk::AccessFlags::TRANSFER_WRITE
+        } else {
+            vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE
+        };
         let barrier = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+            .src_access_mask(src_access)
             .dst_access_mask(dst_access);
         // SAFETY: the command buffer is in the recording state for the recorder's lifetime.
         unsafe {
