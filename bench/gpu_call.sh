@@ -21,3 +21,15 @@ prepare_shapes() {
   wait "${pids[@]}"
   tail -n 1 /tmp/prepare-*.log
 }
+
+# load_validation_layers unpacks Debian's vulkan-validationlayers package carried as
+# .device/vl/vulkan-validationlayers_*.deb (`apt-get download vulkan-validationlayers` here) and points
+# the loader at it, for the test binaries (which enable the Khronos layer themselves); the fixtures they
+# read are found through /work/main, as where they were built (bench/results/refill-2026-12-03/call7.sh
+# did the same inline).
+load_validation_layers() {
+  dpkg -x .device/vl/vulkan-validationlayers_*.deb /tmp/vl
+  export VK_LAYER_PATH=/tmp/vl/usr/share/vulkan/explicit_layer.d
+  export LD_LIBRARY_PATH=/tmp/vl/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+}

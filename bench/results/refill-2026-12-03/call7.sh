@@ -3,7 +3,7 @@
 # queue named shader writes, VUID-vkCmdPipelineBarrier-srcAccessMask-02815, which lavapipe, with no
 # such queue, never showed): every test binary of vknf-vulkan and vknf-functions on the H200 with the
 # Khronos validation layer on (Debian's vulkan-validationlayers 1.3.239, carried as .device/vl). Test
-# binaries built from the tree of this call's commit (`cargo test --release --no-run`), stripped, in
+# binaries built from 8cde6c3 (`cargo test --release --no-run`), stripped, in
 # .device/tests; the fixtures are found through /work/main, as where they were built.
 set -uo pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

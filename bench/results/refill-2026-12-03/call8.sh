@@ -2,6 +2,7 @@
 # Call 8 (2026-12-03): gpu_parity on the H200 with the validation layer on, after call 7's failure of
 # pipelined_batches_match_scikit_learn was mended (its expected direct share was lavapipe's); the whole
 # output, for random_scikit_learn_forests_match_on_the_gpu's message (it trains forests with Python).
+# gpu_parity built from 8a83d10 (`cargo test --release --no-run`), stripped, in .device/tests.
 set -uo pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 source bench/gpu_call.sh

@@ -84,7 +84,8 @@ pub struct ForestOptions {
     /// [`ForestLane::run_pipelined`]) with a transfer stream: the share (0 to 1) of each dispatch's rows the
     /// host writes straight into the GPU's memory while the rest is copied there by DMA, so that both ways
     /// into the GPU carry rows at once. Such lanes keep their device buffer in host-visible device memory
-    /// (resizable BAR) where the driver has it (elsewhere every row takes the DMA), and write smaller
+    /// where the allocator finds it (resizable BAR, or a classic 256 MiB BAR window while it has room;
+    /// elsewhere every row takes the DMA), and write smaller
     /// `predict` batches there whole. `None` or 0: no split, and the device buffer stays ordinary device
     /// memory (as serving lanes want: they write each request's rows into pinned memory and never split).
     /// With no [`input_path`](Self::input_path) named, a share selects the staged path where
@@ -948,7 +949,8 @@ fn direct_rows(share: Option<f32>, n_rows: usize) -> usize {
 }
 
 /// The device buffer staged rows are copied into: host-visible device memory where the lane writes a
-/// share of each batch there itself, and where the driver has it (resizable BAR); else device memory.
+/// share of each batch there itself, and where the allocator finds it (resizable BAR, or a classic BAR
+/// window while it has room); else device memory.
 fn staged_target(device: &Device, bytes: u64, direct_share: f32) -> Result<Buffer, ForestError> {
     if direct_share > 0.0 {
         let upload = device.create_buffer("forest input", bytes, MemoryKind::Upload)?;

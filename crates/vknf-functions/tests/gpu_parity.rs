@@ -205,14 +205,15 @@ fn pipelined_batches_match_scikit_learn() {
                 assert_eq!(kernel.config().input_path, input_path);
                 let mut lane = kernel.lane(rows.n_rows.max(1))?;
                 // A share is in effect where one is configured on the staged path with a transfer stream
-                // (asked for, or the device's dedicated transfer queue by default) and the device has
-                // host-visible device memory for the lane to write into (all of lavapipe's is; a discrete
-                // GPU's BAR).
+                // (asked for, or the device's dedicated transfer queue by default) and the allocator finds
+                // host-visible device memory for the lane to write into (all of lavapipe's memory; a
+                // discrete GPU's BAR).
+                let with_transfer_stream = transfer_stream.unwrap_or_else(|| gpu.device.has_dedicated_transfer());
                 let expected = direct_share.filter(|share| {
                     *share > 0.0
                         && input_path == InputPath::Staged
-                        && kernel.config().transfer_stream
-                        && has_host_visible_device_memory(&gpu.device)
+                        && with_transfer_stream
+                        && upload_memory_is_device_memory(&gpu.device, rows.data.len() * 4)
                 });
                 assert_eq!(lane.direct_share(), expected);
                 let result = lane.run_pipelined(&rows.data, chunks, true)?;
@@ -306,16 +307,13 @@ fn fixed_point_classifier() -> GpuForest {
         .expect("a classifier fixture")
 }
 
-/// Whether `device` has memory that is both device-local and host-visible (where a lane writes its
-/// direct share).
-fn has_host_visible_device_memory(device: &vknf_vulkan::Device) -> bool {
-    device.info().memory_heaps.iter().any(|heap| {
-        heap.device_local
-            && heap
-                .memory_types
-                .iter()
-                .any(|flags| flags.contains(&"device-local") && flags.contains(&"host-visible"))
-    })
+/// Whether an upload buffer of `bytes` the allocator gives `device` lies in device memory (where a lane
+/// writes its direct share), as it gives the lane's own.
+fn upload_memory_is_device_memory(device: &vknf_vulkan::Device, bytes: usize) -> bool {
+    device
+        .create_buffer("probe", bytes.max(4) as u64, vknf_vulkan::MemoryKind::Upload)
+        .unwrap()
+        .is_device_local()
 }
 
 /// About `bytes` of pseudo-random rows in [-4, 4) for `forest` (xorshift, fixed seed).

@@ -513,7 +513,9 @@ impl Recorder<'_> {
         let access = if self.is_transfer_only() {
             vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE
         } else {
+            // Uniform buffers are read through their own access type (a kernel may bind one).
             vk::AccessFlags::SHADER_READ
+                | vk::AccessFlags::UNIFORM_READ
                 | vk::AccessFlags::SHADER_WRITE
                 | vk::AccessFlags::TRANSFER_READ
                 | vk::AccessFlags::TRANSFER_WRITE
