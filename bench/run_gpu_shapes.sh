@@ -32,6 +32,9 @@ vknf() {
   local shape=$1 src old extra=()
   [ "$mode" = sweep ] && extra+=(--sweep --no-cpu --runs 20)
   [ "$shape" = tiny ] && extra+=(--small-batches)
+  # TUNE_ROUNDS=N: the chosen lane also tuned on the whole batch (N rounds), then the rule's plan and the
+  # tuned one alternating for TUNED_ROUNDS rounds (bench-forest --tune-plans).
+  [ -n "${TUNE_ROUNDS:-}" ] && extra+=(--tune-plans "$TUNE_ROUNDS" --rounds "${TUNED_ROUNDS:-4}")
   if [ "$shape" = w1a ]; then
     src=(--paper-tree $B/paper-rf-tree --write-input $W/w1a_x.npy); old=(--paper-tree $B/paper-rf-tree)
   else

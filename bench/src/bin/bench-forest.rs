@@ -93,7 +93,9 @@ struct Args {
     /// Pipelined dispatch counts for --timeline (default: the chosen count), each optionally with the
     /// tree lanes of its kernel (`6@16`: six dispatches walked by 16 lanes a row; default --tree-lanes),
     /// and `s` or `w` for a one-dispatch batch's directly written rows dispatched first or not (`1s`,
-    /// `1w@90`; `ForestOptions::direct_rows_first`; otherwise as the chosen configuration has it).
+    /// `1w@90`; `ForestOptions::direct_rows_first`; otherwise as the chosen configuration has it), and
+    /// `o` for several dispatches whose direct shares are written after the previous dispatch's copy
+    /// (`4o`; `ForestOptions::direct_after_copy`).
     #[arg(long, value_delimiter = ',', value_parser = parse_chunk_plan)]
     chunk_counts: Vec<ChunkPlan>,
     /// The direct share of the chosen configuration (`ForestOptions::direct_share`; default: what
@@ -111,9 +113,14 @@ struct Args {
     /// ... and each of these direct shares; `--rounds` rounds, the combinations alternating.
     #[arg(long, value_delimiter = ',')]
     write_shares: Vec<f32>,
-    /// Rounds of the writes table and of the timeline's end-to-end runs.
+    /// Rounds of the writes table, of the timeline's end-to-end runs and of the tuned table.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// The tuned table: the chosen configuration's lane tuned on the whole batch (`ForestLane::
+    /// tune_plans`, this many rounds), then end to end of the kernel's rule and of the tuned plan,
+    /// `--rounds` rounds alternating, each of `--runs` batches.
+    #[arg(long)]
+    tune_plans: Option<usize>,
     /// A diagnostic of what the kernel's time depends on: `given` (the rows as read), `by-label` (the
     /// rows sorted by the CPU reference's label, so a workgroup's rows tend to walk the same paths) or
     /// `first-row` (every row a copy of the first: no divergence at all).
@@ -139,14 +146,16 @@ struct ChunkPlan {
     chunks: usize,
     tree_lanes: Option<u32>,
     direct_first: Option<bool>,
+    after_copy: bool,
 }
 
 impl std::fmt::Display for ChunkPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let split = match self.direct_first {
-            Some(true) => "s",
-            Some(false) => "w",
-            None => "",
+        let split = match (self.direct_first, self.after_copy) {
+            (Some(true), _) => "s",
+            (Some(false), _) => "w",
+            (None, true) => "o",
+            (None, false) => "",
         };
         write!(f, "{}{split}", self.chunks)?;
         match self.tree_lanes {
@@ -169,6 +178,10 @@ fn parse_chunk_plan(text: &str) -> Result<ChunkPlan, String> {
         None => (text, None),
     };
     let chunks = chunks.trim();
+    let (chunks, after_copy) = match chunks.strip_suffix('o') {
+        Some(chunks) => (chunks, true),
+        None => (chunks, false),
+    };
     let (chunks, direct_first) = match (chunks.strip_suffix('s'), chunks.strip_suffix('w')) {
         (Some(chunks), _) => (chunks, Some(true)),
         (_, Some(chunks)) => (chunks, Some(false)),
@@ -178,10 +191,14 @@ fn parse_chunk_plan(text: &str) -> Result<ChunkPlan, String> {
     if chunks > 1 && direct_first.is_some() {
         return Err(format!("{text:?}: only one dispatch splits (`1s`, `1w`)"));
     }
+    if after_copy && (chunks < 2 || direct_first.is_some()) {
+        return Err(format!("{text:?}: `o` is for several dispatches (`4o`)"));
+    }
     Ok(ChunkPlan {
         chunks,
         tree_lanes: lanes,
         direct_first,
+        after_copy,
     })
 }
 
@@ -530,6 +547,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let tuned = match args.tune_plans {
+        Some(tuning_rounds) => tuned_table(workload, &args, chosen, tuning_rounds)?,
+        None => serde_json::Value::Null,
+    };
     let small_batches = if args.small_batches {
         small_batch_table(workload, args.runs, chosen)?
     } else {
@@ -555,6 +576,7 @@ fn main() -> anyhow::Result<()> {
         "small_batches": small_batches,
         "timelines": timelines,
         "writes": writes,
+        "tuned": tuned,
         "finished_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
     });
     if let Some(path) = &args.json {
@@ -636,6 +658,57 @@ fn small_batch_table(
         }
     }
     Ok(table)
+}
+
+/// The chosen configuration's lane tuned on the whole batch (`--tune-plans` rounds): every plan's
+/// median, then the rule's lane and the tuned one (two lanes of one kernel) alternating for
+/// `--rounds` rounds, labels checked every time.
+fn tuned_table(
+    workload: Workload<'_>,
+    args: &Args,
+    chosen: ForestOptions,
+    tuning_rounds: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let Workload {
+        device,
+        forest,
+        rows,
+        reference,
+    } = workload;
+    let kernel = ForestKernel::new(device, forest, &chosen)?;
+    let mut rule = kernel.lane(rows.n_rows)?;
+    let mut tuned = kernel.lane(rows.n_rows)?;
+    let started = std::time::Instant::now();
+    let tuning = tuned.tune_plans(&rows.data, tuning_rounds)?;
+    let rule_plan = rule.plan_for(rows.n_rows);
+    let tuning_ms = started.elapsed().as_secs_f64() * 1e3;
+    let trials: Vec<String> = tuning
+        .trials
+        .iter()
+        .map(|trial| {
+            let mark = if trial.finalist { "*" } else { "" };
+            format!("{}{mark} {:.1}", trial.plan, trial.median_us)
+        })
+        .collect();
+    println!(
+        "tuning ({tuning_rounds} rounds, {tuning_ms:.0} ms; plan median us, * timed again): {}; chosen {} (rule {rule_plan})",
+        trials.join(", "),
+        tuning.chosen,
+    );
+    let mut rounds = Vec::new();
+    println!("tuned (e2e median us, p90):");
+    for round in 1..=args.rounds {
+        let (rule_e2e, _, rule_wrong) = time_predict(&mut rule, rows, reference, args.runs)?;
+        let (tuned_e2e, _, tuned_wrong) = time_predict(&mut tuned, rows, reference, args.runs)?;
+        println!(
+            "  round {round}:{}{}",
+            round_cell(format_args!("rule {rule_plan}"), &rule_e2e, rule_wrong),
+            round_cell(format_args!("tuned {}", tuning.chosen), &tuned_e2e, tuned_wrong)
+        );
+        rounds.push(json!({"round": round, "rule": rule_e2e, "tuned": tuned_e2e,
+                           "label_mismatches_vs_cpu_reference": rule_wrong + tuned_wrong}));
+    }
+    Ok(json!({"tuning": tuning, "tuning_ms": tuning_ms, "rule_plan": rule_plan, "rounds": rounds}))
 }
 
 /// `predict` of the whole batch end to end (3 unmeasured runs first): its statistics, the last run's
@@ -779,6 +852,7 @@ fn timeline_table(
             chunks: ForestKernel::new(device, forest, &chosen)?.pipeline_chunks(rows.n_rows),
             tree_lanes: None,
             direct_first: None,
+            after_copy: false,
         }],
         false => args.chunk_counts.clone(),
     };
@@ -788,6 +862,7 @@ fn timeline_table(
             pipeline_chunks: Some(chunks.chunks),
             tree_lanes: chunks.tree_lanes.or(chosen.tree_lanes),
             direct_rows_first: chunks.direct_first.or(chosen.direct_rows_first),
+            direct_after_copy: Some(chunks.after_copy),
             ..chosen
         };
         let kernel = ForestKernel::new(device, forest, &options)?;

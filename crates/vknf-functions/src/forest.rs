@@ -15,9 +15,14 @@ use vknf_vulkan::{
     QueueKind, Specialization, Stream, Ticket, Timestamps, copy_streaming,
 };
 
+mod plan;
 mod pool;
 mod timeline;
 
+pub use plan::{
+    BatchPlan, FINAL_ROUNDS_FACTOR, FINALIST_MARGIN, MAX_TUNED_DISPATCHES, MAX_TUNING_ROUNDS, PlanTrial, PlanTuning,
+    candidate_plans,
+};
 use timeline::HostMoment;
 pub use timeline::{BatchTimeline, ChunkTimeline};
 
@@ -132,6 +137,12 @@ pub struct ForestOptions {
     /// forest's batches in every round, where batches in several dispatches, each split so, lost
     /// (bench/RESULTS.md, "Lane steps").
     pub direct_rows_first: Option<bool>,
+    /// Whole batches split by a [`direct_share`](Self::direct_share) into several dispatches: each
+    /// dispatch's rows are written into device memory only once the previous dispatch's copy has
+    /// ended (its DMA's rows, into pinned memory, are written at once and their copy queued behind
+    /// it), so that the bus carries one dispatch's rows after another's instead of the next one's
+    /// beside the last one's copy, and each dispatch's rows are all there sooner. `None`: off.
+    pub direct_after_copy: Option<bool>,
 }
 
 /// Whether whole batches on `device` can be split between the DMA and the host's writes into device
@@ -289,6 +300,9 @@ pub struct KernelConfig {
     /// A split one-dispatch batch's directly written rows run as a dispatch of their own
     /// ([`ForestOptions::direct_rows_first`]).
     pub direct_rows_first: bool,
+    /// A split batch's dispatches write their direct share once the previous dispatch's copy has
+    /// ended ([`ForestOptions::direct_after_copy`]).
+    pub direct_after_copy: bool,
     /// The kernel walks node blocks ([`ForestOptions::node_blocks`]).
     pub node_blocks: bool,
     /// Each tree's nodes (or blocks) lie level by level in device memory ([`ForestOptions::node_order`]).
@@ -612,6 +626,7 @@ impl ForestKernel {
             direct_share,
             transfer_stream,
             direct_rows_first: options.direct_rows_first.unwrap_or(false) && direct_share > 0.0,
+            direct_after_copy: options.direct_after_copy.unwrap_or(false) && direct_share > 0.0,
             node_blocks,
             breadth_first: false,
             writers_awake_us: options
@@ -854,7 +869,9 @@ pub struct ForestLane {
     chunk_dispatches: Vec<(usize, DispatchPipeline)>,
     // Staged input with a transfer queue: each chunk's copy, on that queue, ahead of its dispatch.
     chunk_uploads: Vec<CommandList>,
-    chunks_recorded: Option<(usize, usize, bool)>,
+    chunks_recorded: Option<(usize, BatchPlan, bool)>,
+    // Plans `tune_plans` chose, by batch rows.
+    tuned_plans: Vec<(usize, BatchPlan)>,
     // The row ranges of the recorded chunks.
     chunk_bounds: Vec<(usize, usize)>,
     // Per-chunk timestamps and host moments, when asked for (`record_timeline`).
@@ -1089,6 +1106,7 @@ impl ForestLane {
             chunk_dispatches: Vec::new(),
             chunk_uploads: Vec::new(),
             chunks_recorded: None,
+            tuned_plans: Vec::new(),
             chunk_bounds: Vec::new(),
             timeline: None,
             poll_finish: false,
@@ -1432,8 +1450,8 @@ impl ForestLane {
         self.finish(BATCH_DEADLINE)
     }
 
-    fn record_chunks(&mut self, n_rows: usize, chunks: usize, want_scores: bool) -> Result<(), ForestError> {
-        if self.chunks_recorded == Some((n_rows, chunks, want_scores)) {
+    fn record_chunks(&mut self, n_rows: usize, plan: BatchPlan, want_scores: bool) -> Result<(), ForestError> {
+        if self.chunks_recorded == Some((n_rows, plan, want_scores)) {
             return Ok(());
         }
         // Until every list is recorded again, none matches a key (a failure below leaves them empty).
@@ -1441,7 +1459,7 @@ impl ForestLane {
         let r = self.kernel.resident.clone();
         let rows_per_group = r.config.rows_per_group as usize;
         let mut bounds = std::mem::take(&mut self.chunk_bounds);
-        chunk_bounds(n_rows, chunks, rows_per_group, &mut bounds);
+        chunk_bounds(n_rows, plan.dispatches, rows_per_group, &mut bounds);
         let mut lists = std::mem::take(&mut self.chunk_lists);
         let mut direct_lists = std::mem::take(&mut self.chunk_direct_lists);
         let mut dispatches = std::mem::take(&mut self.chunk_dispatches);
@@ -1462,11 +1480,8 @@ impl ForestLane {
             let staged_from = first + direct_rows(self.batch_direct_share(n_rows), end - first);
             // A batch in one dispatch: its directly written rows as a dispatch of their own, which waits
             // for no copy.
-            let direct_first = r.config.direct_rows_first
-                && on_transfer_queue
-                && one_dispatch
-                && first < staged_from
-                && staged_from < end;
+            let direct_first =
+                plan.direct_rows_first && on_transfer_queue && one_dispatch && first < staged_from && staged_from < end;
             let params = |first: usize, end: usize| Params {
                 n_rows: end as u32,
                 n_trees: r.n_trees,
@@ -1560,15 +1575,28 @@ impl ForestLane {
         uploads.truncate(if on_transfer_queue { index } else { 0 });
         self.chunk_lists = lists;
         self.chunk_uploads = uploads;
-        self.chunks_recorded = Some((n_rows, chunks, want_scores));
+        self.chunks_recorded = Some((n_rows, plan, want_scores));
         Ok(())
     }
 
     /// Runs `rows` (at most the lane's size) as `chunks` dispatches, each submitted as soon as its rows
     /// are written, so that the host's copy of chunk i+1 overlaps the GPU's work on chunk i (and the
     /// submission of chunk i overlaps the copy of chunk i+1). On the staged input path each chunk's
-    /// dispatch is preceded by the DMA of its own rows.
+    /// dispatch is preceded by the DMA of its own rows. The dispatches are ordered as the kernel's
+    /// options ask ([`ForestKernel::batch_plan`]); [`run_planned`](Self::run_planned) takes any plan.
     pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
+        let plan = BatchPlan {
+            dispatches: chunks,
+            ..self.kernel.batch_plan(0)
+        };
+        self.run_planned(rows, plan, want_scores)
+    }
+
+    /// Runs `rows` (at most the lane's size) as `plan` has it ([`run_pipelined`](Self::run_pipelined)
+    /// with the plan's orderings; those that do not apply to the batch are left out,
+    /// [`BatchPlan::as_run`]).
+    pub fn run_planned(&mut self, rows: &[f32], plan: BatchPlan, want_scores: bool) -> Result<LaneResult, ForestError> {
+        let chunks = plan.dispatches;
         let nf = self.n_features();
         let n_rows = rows.len() / nf;
         if self.pending.is_some() {
@@ -1601,7 +1629,9 @@ impl ForestLane {
                 self.max_rows
             )));
         }
-        self.record_chunks(n_rows, chunks, want_scores)?;
+        let groups = n_rows.div_ceil(self.kernel.config().rows_per_group as usize);
+        let plan = plan.as_run(groups, self.splits_by_transfer(n_rows));
+        self.record_chunks(n_rows, plan, want_scores)?;
         let bounds = &self.chunk_bounds;
         let n_chunks = bounds.len();
         let marks = match &mut self.timeline {
@@ -1622,9 +1652,11 @@ impl ForestLane {
         // memory its DMA reads (both at once, each copy split over threads); the chunk's DMA is submitted
         // as soon as its own rows are written, so that it runs while the host still writes the direct
         // share. Returns the DMA's ticket where the copy runs on the transfer queue.
+        let after_copy = plan.direct_after_copy;
         let write_and_upload = |index: usize,
                                 transfer: &mut Option<Stream>,
-                                upload: Option<&mut CommandList>|
+                                upload: Option<&mut CommandList>,
+                                previous_copy: Option<&Ticket>|
          -> Result<Option<Ticket>, ForestError> {
             let (first_row, end_row) = bounds[index];
             let staged_from = first_row + direct_rows(share, end_row - first_row);
@@ -1645,10 +1677,15 @@ impl ForestLane {
             };
             match &direct {
                 Some(target) if staged_from > first_row => {
-                    let (written, uploaded) = rayon::join(
-                        || copy_rows(target, first_row * nf, values(first_row, staged_from)),
-                        write_then_upload,
-                    );
+                    let write_direct = || {
+                        // The previous dispatch's rows first, where asked (`direct_after_copy`): its
+                        // copy would share the bus with these writes.
+                        if let Some(previous) = previous_copy.filter(|_| after_copy) {
+                            previous.wait_polling(BATCH_DEADLINE, WHOLE_BATCH_POLL)?;
+                        }
+                        copy_rows(target, first_row * nf, values(first_row, staged_from))
+                    };
+                    let (written, uploaded) = rayon::join(write_direct, write_then_upload);
                     mark(HostMoment::AllWritten);
                     match (written, uploaded) {
                         (Ok(()), uploaded) => uploaded,
@@ -1674,7 +1711,7 @@ impl ForestLane {
         // The loop runs on a worker of the pool, so that each join below costs a push to its local queue
         // rather than a hand-off from an outside thread.
         let mut dispatched = rayon::scope(|_| -> Result<Vec<Ticket>, ForestError> {
-            let mut uploaded = write_and_upload(0, transfer, uploads.get_mut(0))?;
+            let mut uploaded = write_and_upload(0, transfer, uploads.get_mut(0), None)?;
             let mut dispatched: Vec<Ticket> = Vec::with_capacity(n_chunks);
             for (index, list) in lists.iter_mut().enumerate().take(n_chunks) {
                 let next_upload = uploads.get_mut(index + 1);
@@ -1699,7 +1736,7 @@ impl ForestLane {
                     },
                     || {
                         if index + 1 < n_chunks {
-                            write_and_upload(index + 1, transfer, next_upload)
+                            write_and_upload(index + 1, transfer, next_upload, uploaded.as_ref())
                         } else {
                             Ok(None)
                         }
@@ -1784,16 +1821,14 @@ impl ForestLane {
         let mut labels: Vec<u32> = Vec::new();
         let mut scores: Vec<f32> = Vec::new();
         for (index, chunk) in rows.chunks(self.max_rows * nf).enumerate() {
-            // One dispatch where that is best: `run_pipelined` then writes the rows and runs them.
-            let chunks = self.kernel.pipeline_chunks(chunk.len() / nf);
-            let result = self
-                .run_pipelined(chunk, chunks, want_scores)
-                .map_err(|err| match err {
-                    ForestError::Input(message) if message.starts_with("row ") => {
-                        ForestError::Input(format!("batch {index}: {message}"))
-                    }
-                    other => other,
-                })?;
+            // One dispatch where that is best: `run_planned` then writes the rows and runs them.
+            let plan = self.plan_for(chunk.len() / nf);
+            let result = self.run_planned(chunk, plan, want_scores).map_err(|err| match err {
+                ForestError::Input(message) if message.starts_with("row ") => {
+                    ForestError::Input(format!("batch {index}: {message}"))
+                }
+                other => other,
+            })?;
             append_batch(&mut labels, result.labels, n_rows);
             if let Some(batch) = result.scores {
                 append_batch(&mut scores, batch, n_rows * n_outputs);
@@ -1959,6 +1994,7 @@ mod tests {
             direct_share: 0.0,
             transfer_stream: false,
             direct_rows_first: false,
+            direct_after_copy: false,
             node_blocks: true,
             breadth_first: false,
             writers_awake_us: 0,

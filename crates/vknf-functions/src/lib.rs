@@ -35,6 +35,7 @@ pub use spec::{FunctionSpec, SpecConstantKey, SpecConstantValue};
 
 #[cfg(feature = "gpu")]
 pub use forest::{
-    DEFAULT_SMALL_BATCH_ROWS, DispatchPipeline, ForestError, ForestKernel, ForestLane, ForestOptions, InputPath,
-    KernelConfig, LaneResult, LaneStep, MAX_LANE_STEPS, SmallBatchConfig,
+    BatchPlan, DEFAULT_SMALL_BATCH_ROWS, DispatchPipeline, ForestError, ForestKernel, ForestLane, ForestOptions,
+    InputPath, KernelConfig, LaneResult, LaneStep, MAX_LANE_STEPS, PlanTrial, PlanTuning, SmallBatchConfig,
+    candidate_plans,
 };

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use vknf_forest::{FLAG_BIT, GpuForest, LEAF_BIT, LOW30_MASK, NodeOrder, Prediction, Rows};
-use vknf_functions::{ForestKernel, ForestOptions, InputPath};
+use vknf_functions::{BatchPlan, ForestKernel, ForestOptions, InputPath, candidate_plans};
 use vknf_testkit::parity::{self, ParityCase};
 use vknf_vulkan::{Device, DeviceSelector, Instance, InstanceOptions};
 
@@ -339,7 +339,8 @@ fn random_rows(forest: &GpuForest, bytes: usize) -> Rows {
 /// A batch of several MiB (large enough for the direct share) on the staged path with its own transfer
 /// stream: each chunk's first rows written by the host into device memory, the rest copied there on
 /// the transfer stream while the next chunk is written. Scores must be the CPU reference's bits for
-/// every share and chunk count (a copy of the wrong range, or a dispatch before its copy, would not).
+/// every share and chunk count (a copy of the wrong range, or a dispatch before its copy, would not),
+/// with each dispatch's direct share written before or after the previous dispatch's copy.
 #[test]
 fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     let gpu = gpu();
@@ -350,17 +351,20 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
     // Other rows, written through the unsplit path first, so that a copy that misses rows leaves
     // stale values the kernel would read (a fresh lane's memory may still hold the previous lane's).
     let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
-    // Last: each dispatch's directly written rows dispatched on their own, before the copied ones.
-    for (chunks, direct_share, transfer_stream, direct_first) in [
-        (1usize, 0.0f32, true, false),
-        (1, 0.4, true, false),
-        (3, 0.0, true, false),
-        (3, 0.4, true, false),
-        (2, 1.0, true, false),
-        (3, 0.4, false, false),
-        (1, 0.4, true, true),
-        (3, 0.4, true, true),
-        (2, 1.0, true, true),
+    // Then each dispatch's direct share written after the previous dispatch's copy; last, each
+    // dispatch's directly written rows dispatched on their own, before the copied ones.
+    for (chunks, direct_share, transfer_stream, after_copy, direct_first) in [
+        (1usize, 0.0f32, true, false, false),
+        (1, 0.4, true, false, false),
+        (3, 0.0, true, false, false),
+        (3, 0.4, true, false, false),
+        (2, 1.0, true, false, false),
+        (3, 0.4, false, false, false),
+        (3, 0.4, true, true, false),
+        (4, 0.5, true, true, false),
+        (1, 0.4, true, false, true),
+        (3, 0.4, true, false, true),
+        (2, 1.0, true, false, true),
     ] {
         // The pool kept awake between batches, as `ForestOptions::for_whole_batches` has it.
         let options = ForestOptions {
@@ -370,10 +374,15 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             small_batch_rows: Some(0),
             keep_writers_awake: Some(std::time::Duration::from_micros(500)),
             direct_rows_first: Some(direct_first),
+            direct_after_copy: Some(after_copy),
             ..ForestOptions::default()
         };
         let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
         assert_eq!(kernel.config().transfer_stream, transfer_stream);
+        assert_eq!(
+            kernel.config().direct_after_copy,
+            after_copy && transfer_stream && direct_share > 0.0
+        );
         assert_eq!(
             kernel.config().direct_rows_first,
             direct_first && transfer_stream && direct_share > 0.0
@@ -408,10 +417,99 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
             same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
             assert_eq!(
                 prediction.n_rows, n_rows,
-                "{chunks} chunks, share {direct_share}, direct rows first {direct_first}, round {round}"
+                "{chunks} chunks, share {direct_share}, after copy {after_copy}, direct rows first {direct_first}, round {round}"
             );
         }
     }
+    gpu.assert_no_validation_errors();
+}
+
+/// A lane tuned for a batch size times every plan that applies to it, the rule's first, and runs
+/// batches of that size in the plan of the lowest median from then on (other sizes keep the rule),
+/// with the CPU reference's bits whatever it chose; each plan's results are checked against the
+/// first's during the tuning, so a plan that dispatched before its copy, or wrote its direct share
+/// into the wrong rows, would fail it.
+#[test]
+fn a_tuned_lane_runs_each_batch_size_in_the_plan_it_measured_fastest() {
+    let gpu = gpu();
+    let forest = fixed_point_classifier();
+    let rows = random_rows(&forest, 5 << 20);
+    let n_rows = rows.n_rows;
+    let options = ForestOptions {
+        input_path: Some(InputPath::Staged),
+        transfer_stream: Some(true),
+        small_batch_rows: Some(0),
+        ..ForestOptions::for_whole_batches()
+    };
+    let kernel = ForestKernel::new(&gpu.device, &forest, &options).unwrap();
+    let mut lane = kernel.lane(n_rows).unwrap();
+    let splits = lane.direct_share().is_some();
+    assert_eq!(splits, upload_memory_is_device_memory(&gpu.device, rows.data.len() * 4));
+    let groups = |n_rows: usize| n_rows.div_ceil(kernel.config().rows_per_group as usize);
+    let rule = kernel.batch_plan(n_rows).as_run(groups(n_rows), splits);
+    assert_eq!(lane.plan_for(n_rows), rule, "an untuned lane follows the rule");
+    let tuning = lane.tune_plans(&rows.data, 2).unwrap();
+    let timed: Vec<BatchPlan> = tuning.trials.iter().map(|trial| trial.plan).collect();
+    assert_eq!(timed, candidate_plans(rule, groups(n_rows), splits));
+    // Split batches: 1 and 1s, then d and do for 2-6 dispatches.
+    assert_eq!(timed.len(), if splits { 12 } else { 6 }, "{timed:?}");
+    // Each plan alone gives the CPU reference's bits, after another batch's rows (a copy that missed
+    // rows would leave the other batch's values).
+    let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
+    for plan in &timed {
+        lane.run_planned(&poison, *plan, false).unwrap();
+        let result = lane.run_planned(&rows.data, *plan, true).unwrap();
+        same_bits_as_the_cpu_reference(&forest, &rows, &prediction_of(result, forest.n_outputs as usize));
+    }
+    // Every plan twice; the finalists (within 5% of the best) four times more.
+    let finalists = tuning.trials.iter().filter(|trial| trial.finalist).count();
+    assert!(finalists >= 1, "{tuning:?}");
+    for trial in &tuning.trials {
+        let runs = if trial.finalist && finalists > 1 { 6 } else { 2 };
+        assert_eq!(trial.runs_us.len(), runs, "{trial:?}");
+        assert!(trial.runs_us.iter().all(|us| *us > 0.0), "{trial:?}");
+        assert!(trial.runs_us.iter().any(|us| *us <= trial.median_us), "{trial:?}");
+    }
+    let best = tuning
+        .trials
+        .iter()
+        .filter(|trial| trial.finalist)
+        .map(|trial| trial.median_us)
+        .fold(f64::INFINITY, f64::min);
+    let chosen = tuning
+        .trials
+        .iter()
+        .find(|trial| trial.finalist && trial.median_us == best)
+        .unwrap()
+        .plan;
+    assert_eq!(tuning.chosen, chosen, "the first finalist of the lowest median");
+    assert_eq!(lane.plan_for(n_rows), chosen);
+    assert_eq!(
+        lane.plan_for(n_rows - 1),
+        kernel.batch_plan(n_rows - 1).as_run(groups(n_rows - 1), splits),
+        "other sizes keep the rule"
+    );
+
+    // `predict` runs the batch in the chosen plan: its dispatches (the directly written rows first
+    // make two of one) and the CPU reference's bits.
+    let prediction = lane.predict(&rows.data, true).unwrap();
+    same_bits_as_the_cpu_reference(&forest, &rows, &prediction);
+    let dispatched = lane.pipelined_dispatches().len();
+    let expected = if chosen.direct_rows_first { 2 } else { chosen.dispatches };
+    if chosen.dispatches > 1 || splits {
+        assert_eq!(dispatched, expected, "{chosen}: {:?}", lane.pipelined_dispatches());
+    }
+    lane.forget_tuned_plans();
+    assert_eq!(lane.plan_for(n_rows), rule);
+
+    // A tuning needs a batch the lane holds.
+    for bad in [&rows.data[..0], &rows.data[..rows.n_features + 1]] {
+        let err = lane.tune_plans(bad, 1).unwrap_err().to_string();
+        assert!(err.contains("tuning needs a batch"), "{err}");
+    }
+    let mut small = kernel.lane(n_rows / 2).unwrap();
+    let err = small.tune_plans(&rows.data, 1).unwrap_err().to_string();
+    assert!(err.contains("tuning needs a batch"), "{err}");
     gpu.assert_no_validation_errors();
 }
 

@@ -105,6 +105,17 @@ fn predictions_through_the_served_function_equal_those_made_in_process() {
         &predict(&["--cpu", "--proba"]),
         "served scores vs the CPU reference",
     );
+    // A lane tuned first (every plan timed on the first batch) answers alike.
+    same_lines(
+        &served_scores,
+        &predict(&["--tune-plans", "--proba"]),
+        "served scores vs the GPU in process after tuning",
+    );
+    same_lines(
+        &remote,
+        &predict(&["--tune-plans=2", "--batch-rows", "7"]),
+        "served labels vs the GPU in process in tuned batches of 7 rows",
+    );
     // The other node layout than the default (blocks, for this forest), both ways of asking.
     same_lines(
         &served_scores,

@@ -57,6 +57,12 @@ pub struct PredictArgs {
     /// whole batches: a level's nodes share cache lines) or `depth-first` (the `.vkf` file's own).
     #[arg(long)]
     node_order: Option<NodeOrder>,
+    /// Before predicting, time every way of running a batch (dispatch counts, and the order its rows
+    /// reach the GPU) on the first batch, this many rounds each (default 5, at most 64), and run every
+    /// batch of that size in the fastest: worth it for inputs of many batches (it costs about 25 of
+    /// them a round). The trials are logged at info level.
+    #[arg(long, num_args = 0..=1, default_missing_value = "5", require_equals = true, value_name = "ROUNDS")]
+    tune_plans: Option<usize>,
 }
 
 /// Loads a model from `.onnx` or `.vkf`, with a progress bar for long loads.
@@ -122,7 +128,17 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
             ..ForestOptions::for_whole_batches()
         };
         let kernel = ForestKernel::new(&device, &forest, &options)?;
-        let mut lane = kernel.lane(args.batch_rows.min(rows.n_rows.max(1)))?;
+        let batch_rows = args.batch_rows.min(rows.n_rows.max(1));
+        let mut lane = kernel.lane(batch_rows)?;
+        if let Some(rounds) = args.tune_plans.filter(|_| rows.n_rows > 0) {
+            let tuning = lane
+                .tune_plans(&rows.data[..batch_rows * rows.n_features], rounds)
+                .context("tuning the batch plans")?;
+            for trial in &tuning.trials {
+                tracing::info!(plan = %trial.plan, median_us = trial.median_us, runs = trial.runs_us.len(), "plan timed");
+            }
+            tracing::info!(rows = tuning.rows, chosen = %tuning.chosen, "batches of this size follow the fastest plan");
+        }
         (lane.predict(&rows.data, want_scores)?, Some(instance))
     };
     tracing::info!(
