@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Call 3 (2026-12-03, issue 12): copies in the dispatches' own lists (BatchPlan::copy_in_dispatch, `c`:
 # ordered by a barrier on the compute queue instead of a semaphore from the transfer queue), bench-forest
-# built from the working tree after call 2. The wide forest's 4, 4c, 6, 6c; the deep forest's 1s, 1sc,
+# built from the working tree after call 2 (that code is now copy-in-dispatch.patch beside this script:
+# apply it to 21f8471 to rerun). The wide forest's 4, 4c, 6, 6c; the deep forest's 1s, 1sc,
 # 2o, 2c; W1a's 1s, 1sc, 2c; each shape in one process, six rounds alternating, with timelines. Then
 # two processes a shape tuned with the copies among the plans (9 rounds), the rule against the tuned
 # plan, three rounds.

@@ -679,7 +679,7 @@ fn tuned_table(
     let mut rule = kernel.lane(rows.n_rows)?;
     let mut tuned = kernel.lane(rows.n_rows)?;
     let started = std::time::Instant::now();
-    let tuning = tuned.tune_plans(&rows.data, tuning_rounds)?;
+    let tuning = tuned.tune_plans(&rows.data, tuning_rounds, false)?;
     let rule_plan = rule.plan_for(rows.n_rows);
     let tuning_ms = started.elapsed().as_secs_f64() * 1e3;
     let trials: Vec<String> = tuning

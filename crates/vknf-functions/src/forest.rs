@@ -1629,6 +1629,8 @@ impl ForestLane {
                 self.max_rows
             )));
         }
+        // (A batch of fewer workgroups than dispatches asked for still takes this path, in as many
+        // dispatches as it has workgroups, and lists them.)
         let groups = n_rows.div_ceil(self.kernel.config().rows_per_group as usize);
         let plan = plan.as_run(groups, self.splits_by_transfer(n_rows));
         self.record_chunks(n_rows, plan, want_scores)?;

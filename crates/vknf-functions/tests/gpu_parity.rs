@@ -427,8 +427,8 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
 /// A lane tuned for a batch size times every plan that applies to it, the rule's first, and runs
 /// batches of that size in the plan of the lowest median from then on (other sizes keep the rule),
 /// with the CPU reference's bits whatever it chose; each plan's results are checked against the
-/// first's during the tuning, so a plan that dispatched before its copy, or wrote its direct share
-/// into the wrong rows, would fail it.
+/// first's during the tuning (each timed run after an untimed one of the rows shifted by one), so a
+/// plan that dispatched before its copy, or wrote its direct share into the wrong rows, would fail it.
 #[test]
 fn a_tuned_lane_runs_each_batch_size_in_the_plan_it_measured_fastest() {
     let gpu = gpu();
@@ -448,16 +448,19 @@ fn a_tuned_lane_runs_each_batch_size_in_the_plan_it_measured_fastest() {
     let groups = |n_rows: usize| n_rows.div_ceil(kernel.config().rows_per_group as usize);
     let rule = kernel.batch_plan(n_rows).as_run(groups(n_rows), splits);
     assert_eq!(lane.plan_for(n_rows), rule, "an untuned lane follows the rule");
-    let tuning = lane.tune_plans(&rows.data, 2).unwrap();
+    let tuning = lane.tune_plans(&rows.data, 2, true).unwrap();
     let timed: Vec<BatchPlan> = tuning.trials.iter().map(|trial| trial.plan).collect();
     assert_eq!(timed, candidate_plans(rule, groups(n_rows), splits));
     // Split batches: 1 and 1s, then d and do for 2-6 dispatches.
     assert_eq!(timed.len(), if splits { 12 } else { 6 }, "{timed:?}");
-    // Each plan alone gives the CPU reference's bits, after another batch's rows (a copy that missed
-    // rows would leave the other batch's values).
+    // Each plan alone gives the CPU reference's bits after other rows written whole (through the
+    // unsplit path), so that a plan that missed rows, or read them before they arrived, would read
+    // those. (Whether an `o` plan's direct share waited for the previous copy leaves no trace in the
+    // results: only the timelines show it.)
     let poison: Vec<f32> = rows.data.iter().map(|v| -v - 1.0).collect();
     for plan in &timed {
-        lane.run_planned(&poison, *plan, false).unwrap();
+        lane.write_rows(0, &poison).unwrap();
+        lane.run(n_rows, false).unwrap();
         let result = lane.run_planned(&rows.data, *plan, true).unwrap();
         same_bits_as_the_cpu_reference(&forest, &rows, &prediction_of(result, forest.n_outputs as usize));
     }
@@ -504,11 +507,11 @@ fn a_tuned_lane_runs_each_batch_size_in_the_plan_it_measured_fastest() {
 
     // A tuning needs a batch the lane holds.
     for bad in [&rows.data[..0], &rows.data[..rows.n_features + 1]] {
-        let err = lane.tune_plans(bad, 1).unwrap_err().to_string();
+        let err = lane.tune_plans(bad, 1, false).unwrap_err().to_string();
         assert!(err.contains("tuning needs a batch"), "{err}");
     }
     let mut small = kernel.lane(n_rows / 2).unwrap();
-    let err = small.tune_plans(&rows.data, 1).unwrap_err().to_string();
+    let err = small.tune_plans(&rows.data, 1, false).unwrap_err().to_string();
     assert!(err.contains("tuning needs a batch"), "{err}");
     gpu.assert_no_validation_errors();
 }

@@ -101,7 +101,7 @@ pub struct PlanTuning {
     pub rows: usize,
     /// Every plan timed, the rule's first.
     pub trials: Vec<PlanTrial>,
-    /// The plan of the lowest median (the earliest listed on a tie).
+    /// The finalist of the lowest median (the earliest listed on a tie).
     pub chosen: BatchPlan,
 }
 
@@ -147,6 +147,14 @@ pub(super) fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// What a tuning runs: the caller's rows (timed), the same shifted by a row (written and run
+/// untimed before each timed run), and whether scores are read.
+struct TuningBatch<'a> {
+    rows: &'a [f32],
+    shifted: &'a [f32],
+    want_scores: bool,
+}
+
 /// The most rounds a tuning may take.
 pub const MAX_TUNING_ROUNDS: usize = 64;
 
@@ -189,14 +197,16 @@ impl ForestLane {
     /// fastest. First every plan `rounds` times (at most [`MAX_TUNING_ROUNDS`]); then the plans whose
     /// median is within [`FINALIST_MARGIN`] of the best, [`FINAL_ROUNDS_FACTOR`] times as many rounds
     /// more, so that the choice among plans a few microseconds apart rests on more runs than a
-    /// plan far behind gets. The plans alternate within each round, and each timed run follows an
-    /// untimed one in the same plan (a change of plan records the lane's command lists again). The
-    /// finalist of the lowest median over all its runs is chosen. Every plan must give the first
-    /// one's labels and scores bit for bit; one that does not fails the tuning (a fault in a plan,
-    /// never a matter of timing).
-    pub fn tune_plans(&mut self, rows: &[f32], rounds: usize) -> Result<PlanTuning, ForestError> {
-        let nf = self.n_features();
-        let n_rows = rows.len() / nf.max(1);
+    /// plan far behind gets. The plans alternate within each round, and each timed run follows the
+    /// rows shifted by one written whole (the unsplit path) and an untimed run of them in the same plan
+    /// (a change of plan records the lane's command lists again). The finalist of the lowest median over all its runs is chosen. Batches
+    /// are timed with scores read where `want_scores` (or the forest is a regressor), as the caller
+    /// will run them. Every plan must give the first one's labels (and scores, where read) bit for
+    /// bit; one that does not fails the tuning (a fault in a plan, never a matter of timing): a plan
+    /// that left rows uncopied or read them too early would find the shifted rows there.
+    pub fn tune_plans(&mut self, rows: &[f32], rounds: usize, want_scores: bool) -> Result<PlanTuning, ForestError> {
+        let nf = self.n_features().max(1);
+        let n_rows = rows.len() / nf;
         if rows.is_empty() || rows.len() % nf != 0 || n_rows > self.max_rows {
             return Err(ForestError::Input(format!(
                 "tuning needs a batch of 1 to {} rows of {nf} features; got {} values",
@@ -217,13 +227,25 @@ impl ForestLane {
                 finalist: false,
             })
             .collect();
+        // Before each timed run the batch's rows shifted by one are written whole (through the
+        // unsplit path) and run once in the plan (untimed), so that a plan that leaves rows uncopied,
+        // or reads them before they arrive, finds other rows' values there, not the timed run's own
+        // from an earlier run.
+        let mut shifted = rows.to_vec();
+        shifted.rotate_left(nf);
+        let batch = TuningBatch {
+            rows,
+            shifted: &shifted,
+            // Regressors have no labels: their scores are what must agree.
+            want_scores: want_scores || !self.kernel.is_classifier(),
+        };
         let mut expected = None;
         let everyone: Vec<usize> = (0..trials.len()).collect();
-        self.time_plans(rows, &mut trials, &everyone, rounds, &mut expected)?;
+        self.time_plans(&batch, &mut trials, &everyone, rounds, &mut expected)?;
         let finalists = finalists(&trials, FINALIST_MARGIN);
         if finalists.len() > 1 {
             self.time_plans(
-                rows,
+                &batch,
                 &mut trials,
                 &finalists,
                 rounds * FINAL_ROUNDS_FACTOR,
@@ -250,18 +272,25 @@ impl ForestLane {
     /// run's, kept there).
     fn time_plans(
         &mut self,
-        rows: &[f32],
+        batch: &TuningBatch<'_>,
         trials: &mut [PlanTrial],
         which: &[usize],
         rounds: usize,
         expected: &mut Option<(Vec<u32>, Vec<u32>)>,
     ) -> Result<(), ForestError> {
-        // Regressors have no labels: their scores are what must agree.
-        let want_scores = !self.kernel.is_classifier();
+        let TuningBatch {
+            rows,
+            shifted,
+            want_scores,
+        } = *batch;
         for _ in 0..rounds {
             for &index in which {
                 let plan = trials[index].plan;
-                self.run_planned(rows, plan, want_scores)?;
+                // The shifted rows written whole first, through the unsplit path, so that every row
+                // of the lane's device memory holds another row's values before this plan runs.
+                self.write_rows(0, shifted)?;
+                self.run(rows.len() / self.n_features().max(1), false)?;
+                self.run_planned(shifted, plan, want_scores)?;
                 let started = Instant::now();
                 let result = self.run_planned(rows, plan, want_scores)?;
                 trials[index].runs_us.push(started.elapsed().as_secs_f64() * 1e6);

@@ -59,9 +59,17 @@ pub struct PredictArgs {
     node_order: Option<NodeOrder>,
     /// Before predicting, time every way of running a batch (dispatch counts, and the order its rows
     /// reach the GPU) on the first batch, this many rounds each (default 5, at most 64), and run every
-    /// batch of that size in the fastest: worth it for inputs of many batches (it costs about 25 of
-    /// them a round). The trials are logged at info level.
-    #[arg(long, num_args = 0..=1, default_missing_value = "5", require_equals = true, value_name = "ROUNDS")]
+    /// batch of that size in the fastest: worth it for inputs of many batches. A round costs two
+    /// batches a plan (up to 12 plans), and the plans within 5% of the best run twice as many rounds
+    /// more. The trials are logged at info level.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "5",
+        require_equals = true,
+        value_name = "ROUNDS",
+        conflicts_with_all = ["cpu", "addr"]
+    )]
     tune_plans: Option<usize>,
 }
 
@@ -131,13 +139,19 @@ pub fn run(global: &super::Global, args: PredictArgs) -> anyhow::Result<()> {
         let batch_rows = args.batch_rows.min(rows.n_rows.max(1));
         let mut lane = kernel.lane(batch_rows)?;
         if let Some(rounds) = args.tune_plans.filter(|_| rows.n_rows > 0) {
+            let tuning_started = Instant::now();
             let tuning = lane
-                .tune_plans(&rows.data[..batch_rows * rows.n_features], rounds)
+                .tune_plans(&rows.data[..batch_rows * rows.n_features], rounds, want_scores)
                 .context("tuning the batch plans")?;
             for trial in &tuning.trials {
                 tracing::info!(plan = %trial.plan, median_us = trial.median_us, runs = trial.runs_us.len(), "plan timed");
             }
-            tracing::info!(rows = tuning.rows, chosen = %tuning.chosen, "batches of this size follow the fastest plan");
+            tracing::info!(
+                rows = tuning.rows,
+                chosen = %tuning.chosen,
+                tuning_ms = tuning_started.elapsed().as_secs_f64() * 1e3,
+                "batches of this size follow the fastest plan"
+            );
         }
         (lane.predict(&rows.data, want_scores)?, Some(instance))
     };
