@@ -427,8 +427,8 @@ fn large_staged_batches_on_a_transfer_stream_match_the_cpu_reference() {
 /// A lane tuned for a batch size times every plan that applies to it, the rule's first, and runs
 /// batches of that size in the plan of the lowest median from then on (other sizes keep the rule),
 /// with the CPU reference's bits whatever it chose; each plan's results are checked against the
-/// first's during the tuning (each timed run after an untimed one of the rows shifted by one), so a
-/// plan that dispatched before its copy, or wrote its direct share into the wrong rows, would fail it.
+/// first's during the tuning (once with scores after other values were written whole), so a plan
+/// that missed rows, or wrote its direct share into the wrong rows, would fail it.
 #[test]
 fn a_tuned_lane_runs_each_batch_size_in_the_plan_it_measured_fastest() {
     let gpu = gpu();

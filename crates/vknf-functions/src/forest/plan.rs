@@ -147,11 +147,11 @@ pub(super) fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// What a tuning runs: the caller's rows (timed), the same shifted by a row (written and run
-/// untimed before each timed run), and whether scores are read.
+/// What a tuning times: the caller's rows, the same rotated by half the batch (run untimed before
+/// each timed run), and whether scores are read.
 struct TuningBatch<'a> {
     rows: &'a [f32],
-    shifted: &'a [f32],
+    rotated: &'a [f32],
     want_scores: bool,
 }
 
@@ -197,13 +197,19 @@ impl ForestLane {
     /// fastest. First every plan `rounds` times (at most [`MAX_TUNING_ROUNDS`]); then the plans whose
     /// median is within [`FINALIST_MARGIN`] of the best, [`FINAL_ROUNDS_FACTOR`] times as many rounds
     /// more, so that the choice among plans a few microseconds apart rests on more runs than a
-    /// plan far behind gets. The plans alternate within each round, and each timed run follows the
-    /// rows shifted by one written whole (the unsplit path) and an untimed run of them in the same plan
-    /// (a change of plan records the lane's command lists again). The finalist of the lowest median over all its runs is chosen. Batches
-    /// are timed with scores read where `want_scores` (or the forest is a regressor), as the caller
-    /// will run them. Every plan must give the first one's labels (and scores, where read) bit for
-    /// bit; one that does not fails the tuning (a fault in a plan, never a matter of timing): a plan
-    /// that left rows uncopied or read them too early would find the shifted rows there.
+    /// plan far behind gets. The plans alternate within each round, and each timed run follows an
+    /// untimed run in the same plan of the rows rotated by half the batch (a change of plan records
+    /// the lane's command lists again). The finalist of the lowest median over all its runs is chosen.
+    /// Batches are timed with scores read where `want_scores` (or the forest is a regressor), as the
+    /// caller will run them.
+    ///
+    /// Every plan is checked before it is timed, and the tuning fails (a fault in a plan, never a
+    /// matter of timing) unless it gives the first plan's labels and score bits: each runs the batch
+    /// once with scores after other values (every row's features negated and less one) were written
+    /// whole through the unsplit path, so a plan that leaves rows uncopied reads those. The timed runs'
+    /// results (scores where read) must agree too, after the rotated rows, which a plan that read
+    /// rows before they arrived would find. Costs one batch written and two run a plan, then two
+    /// batches a plan a round.
     pub fn tune_plans(&mut self, rows: &[f32], rounds: usize, want_scores: bool) -> Result<PlanTuning, ForestError> {
         let nf = self.n_features().max(1);
         let n_rows = rows.len() / nf;
@@ -227,15 +233,15 @@ impl ForestLane {
                 finalist: false,
             })
             .collect();
-        // Before each timed run the batch's rows shifted by one are written whole (through the
-        // unsplit path) and run once in the plan (untimed), so that a plan that leaves rows uncopied,
-        // or reads them before they arrive, finds other rows' values there, not the timed run's own
-        // from an earlier run.
-        let mut shifted = rows.to_vec();
-        shifted.rotate_left(nf);
+        self.check_plans(rows, &plans)?;
+        // The untimed runs take the rows rotated by half the batch, so that a timed run that read rows
+        // before they arrived would find other rows' values (with rows grouped by label, rows half a
+        // batch away are the likeliest to differ).
+        let mut rotated = rows.to_vec();
+        rotated.rotate_left(n_rows / 2 * nf);
         let batch = TuningBatch {
             rows,
-            shifted: &shifted,
+            rotated: &rotated,
             // Regressors have no labels: their scores are what must agree.
             want_scores: want_scores || !self.kernel.is_classifier(),
         };
@@ -267,9 +273,38 @@ impl ForestLane {
         })
     }
 
+    /// Runs `rows` once in each plan, with scores, after other values were written and run whole
+    /// through the unsplit path, and fails unless every plan gives the first one's labels and score
+    /// bits: a plan that leaves rows uncopied, or copies them to the wrong place, reads the other values.
+    fn check_plans(&mut self, rows: &[f32], plans: &[BatchPlan]) -> Result<(), ForestError> {
+        let n_rows = rows.len() / self.n_features().max(1);
+        let other: Vec<f32> = rows.iter().map(|v| -v - 1.0).collect();
+        let mut first: Option<(Vec<u32>, Vec<u32>)> = None;
+        for plan in plans {
+            self.write_rows(0, &other)?;
+            self.run(n_rows, false)?;
+            let result = self.run_planned(rows, *plan, true)?;
+            let bits = (
+                result.labels,
+                result.scores.unwrap_or_default().iter().map(|s| s.to_bits()).collect(),
+            );
+            match &first {
+                None => first = Some(bits),
+                Some(first) if *first != bits => {
+                    return Err(ForestError::Unsupported(format!(
+                        "plan {plan} gave other results than plan {} on the same {n_rows} rows",
+                        plans[0]
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// `rounds` rounds of the trials at `which`, each round every one of them in turn (an untimed
-    /// run, then a timed one), their medians updated; results compared with `expected` (the first
-    /// run's, kept there).
+    /// run of the rotated rows, then a timed one of the rows), their medians updated; results
+    /// compared with `expected` (the first timed run's, kept there).
     fn time_plans(
         &mut self,
         batch: &TuningBatch<'_>,
@@ -280,17 +315,13 @@ impl ForestLane {
     ) -> Result<(), ForestError> {
         let TuningBatch {
             rows,
-            shifted,
+            rotated,
             want_scores,
         } = *batch;
         for _ in 0..rounds {
             for &index in which {
                 let plan = trials[index].plan;
-                // The shifted rows written whole first, through the unsplit path, so that every row
-                // of the lane's device memory holds another row's values before this plan runs.
-                self.write_rows(0, shifted)?;
-                self.run(rows.len() / self.n_features().max(1), false)?;
-                self.run_planned(shifted, plan, want_scores)?;
+                self.run_planned(rotated, plan, want_scores)?;
                 let started = Instant::now();
                 let result = self.run_planned(rows, plan, want_scores)?;
                 trials[index].runs_us.push(started.elapsed().as_secs_f64() * 1e6);

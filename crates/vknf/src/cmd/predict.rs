@@ -59,9 +59,10 @@ pub struct PredictArgs {
     node_order: Option<NodeOrder>,
     /// Before predicting, time every way of running a batch (dispatch counts, and the order its rows
     /// reach the GPU) on the first batch, this many rounds each (default 5, at most 64), and run every
-    /// batch of that size in the fastest: worth it for inputs of many batches. A round costs two
-    /// batches a plan (up to 12 plans), and the plans within 5% of the best run twice as many rounds
-    /// more. The trials are logged at info level.
+    /// batch of that size in the fastest: worth it for inputs of many batches. Each plan (up to 12) is
+    /// first checked against the others (a batch written and two run), then a round costs two
+    /// batches a plan, and the plans within 5% of the best run twice as many rounds more. The trials
+    /// are logged at info level.
     #[arg(
         long,
         num_args = 0..=1,
