@@ -155,6 +155,34 @@ struct TuningBatch<'a> {
     want_scores: bool,
 }
 
+/// A batch's labels and the bits of its scores (none where they were not read).
+type ResultBits = (Vec<u32>, Vec<u32>);
+
+/// Keeps the first plan's results in `first`, and fails unless `result` (of `plan`) equals them bit
+/// for bit.
+fn same_results(
+    first: &mut Option<ResultBits>,
+    result: super::LaneResult,
+    plan: BatchPlan,
+    first_plan: BatchPlan,
+) -> Result<(), ForestError> {
+    let n_rows = result.n_rows;
+    let bits = (
+        result.labels,
+        result.scores.unwrap_or_default().iter().map(|s| s.to_bits()).collect(),
+    );
+    match first {
+        None => *first = Some(bits),
+        Some(first) if *first != bits => {
+            return Err(ForestError::Unsupported(format!(
+                "plan {plan} gave other results than plan {first_plan} on the same {n_rows} rows"
+            )));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 /// The most rounds a tuning may take.
 pub const MAX_TUNING_ROUNDS: usize = 64;
 
@@ -279,25 +307,12 @@ impl ForestLane {
     fn check_plans(&mut self, rows: &[f32], plans: &[BatchPlan]) -> Result<(), ForestError> {
         let n_rows = rows.len() / self.n_features().max(1);
         let other: Vec<f32> = rows.iter().map(|v| -v - 1.0).collect();
-        let mut first: Option<(Vec<u32>, Vec<u32>)> = None;
+        let mut first = None;
         for plan in plans {
             self.write_rows(0, &other)?;
             self.run(n_rows, false)?;
             let result = self.run_planned(rows, *plan, true)?;
-            let bits = (
-                result.labels,
-                result.scores.unwrap_or_default().iter().map(|s| s.to_bits()).collect(),
-            );
-            match &first {
-                None => first = Some(bits),
-                Some(first) if *first != bits => {
-                    return Err(ForestError::Unsupported(format!(
-                        "plan {plan} gave other results than plan {} on the same {n_rows} rows",
-                        plans[0]
-                    )));
-                }
-                Some(_) => {}
-            }
+            same_results(&mut first, result, *plan, plans[0])?;
         }
         Ok(())
     }
@@ -311,7 +326,7 @@ impl ForestLane {
         trials: &mut [PlanTrial],
         which: &[usize],
         rounds: usize,
-        expected: &mut Option<(Vec<u32>, Vec<u32>)>,
+        expected: &mut Option<ResultBits>,
     ) -> Result<(), ForestError> {
         let TuningBatch {
             rows,
@@ -325,21 +340,7 @@ impl ForestLane {
                 let started = Instant::now();
                 let result = self.run_planned(rows, plan, want_scores)?;
                 trials[index].runs_us.push(started.elapsed().as_secs_f64() * 1e6);
-                let bits = (
-                    result.labels,
-                    result.scores.unwrap_or_default().iter().map(|s| s.to_bits()).collect(),
-                );
-                match expected {
-                    None => *expected = Some(bits),
-                    Some(first) if *first != bits => {
-                        return Err(ForestError::Unsupported(format!(
-                            "plan {plan} gave other results than plan {} on the same {} rows",
-                            trials[0].plan,
-                            rows.len() / self.n_features().max(1)
-                        )));
-                    }
-                    Some(_) => {}
-                }
+                same_results(expected, result, plan, trials[0].plan)?;
             }
         }
         for &index in which {
