@@ -1587,7 +1587,7 @@ impl ForestLane {
     pub fn run_pipelined(&mut self, rows: &[f32], chunks: usize, want_scores: bool) -> Result<LaneResult, ForestError> {
         let plan = BatchPlan {
             dispatches: chunks,
-            ..self.kernel.batch_plan(0)
+            ..self.kernel.batch_plan(rows.len() / self.n_features())
         };
         self.run_planned(rows, plan, want_scores)
     }
@@ -1631,8 +1631,8 @@ impl ForestLane {
         }
         // (A batch of fewer workgroups than dispatches asked for still takes this path, in as many
         // dispatches as it has workgroups, and lists them.)
-        let groups = n_rows.div_ceil(self.kernel.config().rows_per_group as usize);
-        let plan = plan.as_run(groups, self.splits_by_transfer(n_rows));
+        let (groups, splits) = self.plan_shape(n_rows);
+        let plan = plan.as_run(groups, splits);
         self.record_chunks(n_rows, plan, want_scores)?;
         let bounds = &self.chunk_bounds;
         let n_chunks = bounds.len();

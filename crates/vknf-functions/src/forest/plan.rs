@@ -210,14 +210,18 @@ impl ForestLane {
             .iter()
             .find(|(rows, _)| *rows == n_rows)
             .map_or_else(|| self.kernel.batch_plan(n_rows), |(_, plan)| *plan);
-        let groups = n_rows.div_ceil(self.kernel.config().rows_per_group as usize);
-        plan.as_run(groups, self.splits_by_transfer(n_rows))
+        let (groups, splits) = self.plan_shape(n_rows);
+        plan.as_run(groups, splits)
     }
 
-    /// Whether batches of `n_rows` are split between the host's writes into device memory and a copy on
-    /// a transfer stream (the orderings of [`BatchPlan`] apply to them only).
-    pub(super) fn splits_by_transfer(&self, n_rows: usize) -> bool {
-        self.batch_direct_share(n_rows).is_some() && self.device_input.is_some() && self.transfer.is_some()
+    /// What decides how a batch of `n_rows` can run ([`BatchPlan::as_run`]): its workgroups, and
+    /// whether it is split between the host's writes into device memory and a copy on a transfer
+    /// stream (the orderings of [`BatchPlan`] apply to such batches only).
+    pub(super) fn plan_shape(&self, n_rows: usize) -> (usize, bool) {
+        let groups = n_rows.div_ceil(self.kernel.config().rows_per_group as usize);
+        let splits =
+            self.batch_direct_share(n_rows).is_some() && self.device_input.is_some() && self.transfer.is_some();
+        (groups, splits)
     }
 
     /// Times every plan that applies to a batch of `rows` ([`candidate_plans`]) on this lane, then the
@@ -249,8 +253,7 @@ impl ForestLane {
             )));
         }
         let rounds = rounds.clamp(1, MAX_TUNING_ROUNDS);
-        let groups = n_rows.div_ceil(self.kernel.config().rows_per_group as usize);
-        let splits = self.splits_by_transfer(n_rows);
+        let (groups, splits) = self.plan_shape(n_rows);
         let plans = candidate_plans(self.kernel.batch_plan(n_rows), groups, splits);
         let mut trials: Vec<PlanTrial> = plans
             .iter()
